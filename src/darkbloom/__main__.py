@@ -1,0 +1,3 @@
+from darkbloom.cli.main import app
+
+app()

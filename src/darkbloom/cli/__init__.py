@@ -1,0 +1,1 @@
+"""The darkbloom command line (Typer)."""

@@ -1,0 +1,139 @@
+"""`darkbloom up`: coordinator + one local provider for development, state under .darkbloom/."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+
+from darkbloom.cli.process import die_with_parent
+from darkbloom.config import CoordinatorSettings
+from darkbloom.coordinator.store.credentials import (
+    create_api_key,
+    create_provider_token,
+    lookup_api_key,
+    lookup_provider_token,
+)
+from darkbloom.coordinator.store.db import make_engine, make_sessionmaker, upgrade
+from darkbloom.inference.catalog import DEFAULT_MODEL
+
+console = Console()
+
+
+def _read_secret(path: Path, key: str | None = None) -> str | None:
+    if not path.is_file():
+        return None
+    for line in path.read_text().splitlines():
+        if key is None:
+            return line.strip() or None
+        name, _, value = line.partition("=")
+        if name == key:
+            return value.strip() or None
+    return None
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+async def ensure_credentials(settings: CoordinatorSettings) -> tuple[str, str]:
+    """Reuse the dev API key and provider token across restarts; mint them the first time."""
+    await upgrade(settings.database_url)
+    engine = make_engine(settings.database_url)
+    sessions = make_sessionmaker(engine)
+    try:
+        key = _read_secret(settings.state_dir / "dev.env", "DARKBLOOM_API_KEY")
+        if key is None or await lookup_api_key(sessions, key) is None:
+            key = (await create_api_key(sessions, label="make run")).secret
+        token_file = settings.state_dir / "provider-token"
+        token = _read_secret(token_file)
+        if token is None or await lookup_provider_token(sessions, token) is None:
+            token = (await create_provider_token(sessions, label="make run")).secret
+            _write_private(token_file, token + "\n")
+    finally:
+        await engine.dispose()
+    return key, token
+
+
+def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "darkbloom", *args], env=env,
+                            preexec_fn=die_with_parent)
+
+
+def _wait_routable(base: str, model: str, procs: list[subprocess.Popen[bytes]],
+                   timeout_s: float = 180) -> bool:
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(timeout=2) as client:
+        while time.monotonic() < deadline:
+            if any(p.poll() is not None for p in procs):
+                return False
+            try:
+                listed = client.get(f"{base}/v1/models").json().get("data", [])
+                if any(m.get("id") == model for m in listed):
+                    return True
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(0.3)
+    return False
+
+
+def run_up(settings: CoordinatorSettings) -> int:
+    die_with_parent()
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    with console.status("Preparing database and credentials..."):
+        key, token = asyncio.run(ensure_credentials(settings))
+    host, port = settings.host, settings.port
+    base = f"http://{host}:{port}"
+    env = {**os.environ, "DARKBLOOM_STATE_DIR": str(settings.state_dir.resolve()),
+           "DARKBLOOM_HOST": host, "DARKBLOOM_PORT": str(port)}
+    procs: list[subprocess.Popen[bytes]] = []
+    stopping = False
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        procs.append(_spawn(["coordinator"], env))
+        provider_env = {**env, "DARKBLOOM_PROVIDER_TOKEN": token,
+                        "DARKBLOOM_PROVIDER_COORDINATOR_URL": f"ws://{host}:{port}/ws/provider"}
+        procs.append(_spawn(["serve"], provider_env))
+        with console.status(f"Starting coordinator and provider ({DEFAULT_MODEL.id})..."):
+            ready = _wait_routable(base, DEFAULT_MODEL.id, procs)
+        if not ready:
+            if not stopping:
+                console.print("[red]darkbloom did not become ready; see the log above[/red]")
+            return 1
+        _write_private(settings.state_dir / "dev.env",
+                       f"DARKBLOOM_BASE_URL={base}/v1\nDARKBLOOM_API_KEY={key}\n")
+        console.print(f"\n[bold green]darkbloom is up[/bold green]: model [bold]{DEFAULT_MODEL.id}"
+                      f"[/bold] is routable\n  base URL: {base}/v1\n  API key:  {key}\n"
+                      f"  (also in {settings.state_dir / 'dev.env'}; Ctrl-C stops both)\n")
+        while not stopping:
+            if any(p.poll() is not None for p in procs):
+                console.print("[red]a darkbloom process exited; stopping[/red]")
+                return 1
+            time.sleep(0.2)
+        return 0
+    finally:
+        for proc in reversed(procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in reversed(procs):
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

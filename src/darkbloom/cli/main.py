@@ -1,0 +1,120 @@
+"""The `darkbloom` command: parse, call, print."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from darkbloom.config import CoordinatorSettings, ProviderSettings
+
+app = typer.Typer(help="darkbloom: private AI inference on machines people already own.",
+                  no_args_is_help=True, add_completion=False)
+keys_app = typer.Typer(help="Consumer API keys.", no_args_is_help=True)
+admin_app = typer.Typer(help="Operator commands (work directly on the coordinator database).",
+                        no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(admin_app, name="admin")
+console = Console()
+
+
+@app.command()
+def coordinator(
+    host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000 or DARKBLOOM_PORT).")] = None,
+) -> None:
+    """Run the coordinator (HTTP API + provider WebSocket hub)."""
+    import uvicorn
+
+    from darkbloom.cli import logs
+    from darkbloom.coordinator.app import create_app
+    from darkbloom.protocol.frames import MAX_FRAME_BYTES
+
+    settings = CoordinatorSettings()
+    logs.setup(settings.log_level)
+    uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port,
+                ws_max_size=MAX_FRAME_BYTES, log_config=None, log_level=settings.log_level,
+                timeout_graceful_shutdown=15)
+
+
+@app.command()
+def serve(
+    coordinator_url: Annotated[str | None, typer.Option("--coordinator",
+                                                        help="ws(s)://host/ws/provider")] = None,
+    model: Annotated[list[str] | None, typer.Option(help="Model id to serve.")] = None,
+    slots: Annotated[int | None, typer.Option(help="Concurrent requests (one context each).")] = None,
+) -> None:
+    """Run a provider: load the model, dial out to the coordinator, serve until Ctrl-C."""
+    from darkbloom.cli import logs
+    from darkbloom.inference.catalog import Catalog
+    from darkbloom.provider.runtime import disable_core_dumps, load_engine
+    from darkbloom.provider.runtime import serve as run_serve
+
+    disable_core_dumps()
+    overrides: dict[str, object] = {}
+    if coordinator_url:
+        overrides["coordinator_url"] = coordinator_url
+    if model:
+        overrides["models"] = model
+    if slots:
+        overrides["slots"] = slots
+    settings = ProviderSettings(**overrides)  # type: ignore[arg-type]
+    logs.setup(settings.log_level)
+    with console.status(f"Loading {', '.join(settings.models)} with llama.cpp..."):
+        try:
+            engine = load_engine(settings, Catalog())
+        except (ValueError, FileNotFoundError) as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(2) from None
+    try:
+        asyncio.run(run_serve(settings, engine))
+    except Exception as exc:  # FatalRejection and friends: say why, exit non-zero
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def up() -> None:
+    """Start a coordinator and a local provider with the default model (what `make run` runs)."""
+    from darkbloom.cli.devstack import run_up
+
+    raise typer.Exit(run_up(CoordinatorSettings()))
+
+
+@keys_app.command("create")
+def keys_create(
+    label: Annotated[str, typer.Option(help="A name to recognise the key by.")] = "",
+    account: Annotated[str, typer.Option(help="Account id.")] = "local",
+) -> None:
+    """Create an API key for a local account and print it (shown once)."""
+    from darkbloom.coordinator.store.credentials import create_api_key
+
+    issued = asyncio.run(_with_sessions(lambda s: create_api_key(s, account, label)))
+    print(issued.secret)
+
+
+@admin_app.command("provider-token")
+def provider_token(
+    label: Annotated[str, typer.Option(help="A name for the machine.")] = "",
+    account: Annotated[str, typer.Option(help="Account the machine earns for.")] = "local",
+) -> None:
+    """Mint a provider token (darkbloom-pt-...) for an account and print it (shown once)."""
+    from darkbloom.coordinator.store.credentials import create_provider_token
+
+    issued = asyncio.run(_with_sessions(lambda s: create_provider_token(s, account, label)))
+    print(issued.secret)
+
+
+async def _with_sessions(action):  # type: ignore[no-untyped-def]
+    from darkbloom.coordinator.store.db import make_engine, make_sessionmaker, upgrade
+
+    settings = CoordinatorSettings()
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    await upgrade(settings.database_url)
+    engine = make_engine(settings.database_url)
+    try:
+        return await action(make_sessionmaker(engine))
+    finally:
+        await engine.dispose()

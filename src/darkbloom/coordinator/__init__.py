@@ -1,0 +1,1 @@
+"""The coordinator: consumer HTTP API, provider WebSocket hub, routing and storage."""

@@ -1,0 +1,1 @@
+"""HTTP and WebSocket routes; errors.py renders every failure."""

@@ -1,0 +1,206 @@
+"""POST /v1/chat/completions and /v1/completions: read, prepare, commit, then relay."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from darkbloom.coordinator.api.auth import ApiKeyDep
+from darkbloom.coordinator.api.errors import error_response
+from darkbloom.coordinator.inference import Committed, Finished, InferenceService
+from darkbloom.coordinator.recorder import Recorder
+from darkbloom.coordinator.store.credentials import KeyIdentity, now
+from darkbloom.coordinator.store.requests_log import RequestOutcome
+from darkbloom.errors import DarkbloomError, ProviderFailed, RequestTooLarge
+from darkbloom.inference.openai_format import dumps
+from darkbloom.protocol.frames import Endpoint
+
+router = APIRouter()
+T = TypeVar("T")
+
+
+class ClientGone(Exception):
+    """The consumer disconnected before its response was ready."""
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise RequestTooLarge(f"request body exceeds {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestTooLarge(f"request body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def until_disconnect(receive: Receive, work: Awaitable[T]) -> T:
+    """Run ``work``, cancelling it (and so its provider attempt) if the consumer hangs up."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_disconnect(receive))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            raise ClientGone
+    return task.result()
+
+
+def provider_headers(committed: Committed) -> dict[str, str]:
+    provider = committed.attempt.provider
+    return {
+        "x-inference-job-id": committed.attempt.request_id,
+        "x-provider-id": provider.id,
+        "x-provider-attested": "false",
+        "x-provider-trust-level": "none",
+        "x-provider-chip": provider.hardware.chip_name,
+        "x-provider-model": provider.hardware.machine_model,
+        "x-provider-encrypted": "true",
+    }
+
+
+def _elapsed_ms(since: float) -> float:
+    return round((time.perf_counter() - since) * 1000, 3)
+
+
+class SSERelay(Response):
+    """Relays a committed stream chunk by chunk and cancels the provider if the consumer leaves."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, service: InferenceService, committed: Committed, outcome: RequestOutcome,
+                 recorder: Recorder, headers: dict[str, str], started: float) -> None:
+        # No super().__init__: Response would add `content-length: 0` for the empty body.
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in {
+            **headers, "content-type": "text/event-stream; charset=utf-8",
+            "cache-control": "no-cache", "x-accel-buffering": "no"}.items()]
+        self.service = service
+        self.committed = committed
+        self.outcome = outcome
+        self.recorder = recorder
+        self.started = started
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        pump = asyncio.ensure_future(self._pump(send))
+        watcher = asyncio.ensure_future(_wait_disconnect(receive))
+        try:
+            await asyncio.wait({pump, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+            if not pump.done():
+                pump.cancel()
+                self.outcome.status, self.outcome.status_code = "cancelled", 499
+            await asyncio.gather(pump, return_exceptions=True)
+            self.outcome.duration_ms = _elapsed_ms(self.started)
+            self.recorder.submit(self.outcome)
+
+    async def _pump(self, send: Send) -> None:
+        outcome = self.outcome
+        finished = False
+        try:
+            first = self.committed.first_chunk + b"\n\n"
+            outcome.bytes_out += len(first)
+            await send({"type": "http.response.body", "body": first, "more_body": True})
+            async for item in self.service.relay(self.committed):
+                if isinstance(item, Finished):
+                    finished = True
+                    outcome.prompt_tokens = item.usage.prompt_tokens
+                    outcome.completion_tokens = item.usage.completion_tokens
+                    outcome.status, outcome.status_code = "completed", 200
+                    break
+                data = item + b"\n\n"
+                outcome.bytes_out += len(data)
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+        except DarkbloomError as exc:
+            # Status is already 200: report in-band, then end without [DONE] (api.md §2).
+            outcome.status, outcome.status_code, outcome.error_code = "failed", exc.status_code, exc.code
+            event = {"error": {"message": exc.message, "type": exc.type}}
+            await send({"type": "http.response.body", "more_body": True,
+                        "body": b"data: " + dumps(event).encode() + b"\n\n"})
+        finally:
+            if not finished:
+                self.service.dispatcher.cancel(self.committed.attempt)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _collect(service: InferenceService, committed: Committed) -> tuple[bytes, Finished]:
+    if not committed.first_chunk.startswith(b"data: "):
+        service.dispatcher.cancel(committed.attempt)
+        raise ProviderFailed("invalid provider response")
+    async for item in service.relay(committed):
+        if isinstance(item, Finished):
+            return committed.first_chunk[len(b"data: "):], item
+    raise ProviderFailed("provider ended the response without completing it")
+
+
+async def serve(request: Request, endpoint: Endpoint, identity: KeyIdentity) -> Response:
+    state = request.app.state
+    service: InferenceService = state.inference
+    recorder: Recorder = state.recorder
+    started = time.perf_counter()
+    outcome = RequestOutcome(id=uuid.uuid4().hex, endpoint=endpoint, model="", stream=False,
+                             created_at=now(), api_key_id=identity.key_id,
+                             account_id=identity.account_id)
+    relay_records = False  # a streaming relay records the outcome itself when the stream ends
+    try:
+        raw = await read_body(request, state.settings.max_body_bytes)
+        prepared = await service.prepare(endpoint, raw)
+        outcome.model, outcome.stream = prepared.model.id, prepared.request.stream
+        outcome.prompt_tokens = prepared.prompt_tokens or 0
+        committed = await until_disconnect(request.receive, service.commit(prepared))
+        outcome.ttft_ms = _elapsed_ms(started)
+        outcome.provider_id = committed.attempt.provider.id
+        outcome.attempts = committed.attempts
+        headers = provider_headers(committed)
+        if prepared.request.stream:
+            relay_records = True
+            return SSERelay(service, committed, outcome, recorder, headers, started)
+        try:
+            body, finished = await until_disconnect(request.receive, _collect(service, committed))
+        finally:
+            service.dispatcher.cancel(committed.attempt)  # no-op once complete
+        outcome.prompt_tokens = finished.usage.prompt_tokens
+        outcome.completion_tokens = finished.usage.completion_tokens
+        outcome.status, outcome.status_code, outcome.bytes_out = "completed", 200, len(body)
+        return Response(body, media_type="application/json", headers=headers)
+    except ClientGone:
+        outcome.status, outcome.status_code = "cancelled", 499
+        return Response(status_code=499)
+    except DarkbloomError as exc:
+        outcome.status_code, outcome.error_code = exc.status_code, exc.code
+        return error_response(exc)
+    finally:
+        if not relay_records:
+            outcome.duration_ms = _elapsed_ms(started)
+            recorder.submit(outcome)
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request, identity: ApiKeyDep) -> Response:
+    return await serve(request, "/v1/chat/completions", identity)
+
+
+@router.post("/v1/completions")
+async def completions(request: Request, identity: ApiKeyDep) -> Response:
+    return await serve(request, "/v1/completions", identity)

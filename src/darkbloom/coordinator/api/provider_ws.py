@@ -1,0 +1,209 @@
+"""WS /ws/provider: authenticate, take `register`, then pump frames until the socket ends.
+
+Bad input closes only this connection, with a reason (protocol.md §2 close codes); the
+coordinator keeps serving everyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from datetime import UTC, datetime
+
+from fastapi import APIRouter, WebSocket
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from darkbloom.config import CoordinatorSettings
+from darkbloom.coordinator.dispatch import Dispatcher
+from darkbloom.coordinator.routing.registry import ProviderConn
+from darkbloom.coordinator.routing.scheduler import Scheduler
+from darkbloom.coordinator.store.credentials import lookup_provider_token
+from darkbloom.crypto import SealingError, public_key_from_b64
+from darkbloom.inference.catalog import Catalog
+from darkbloom.protocol import MalformedFrame, UnknownFrame, decode, encode
+from darkbloom.protocol.frames import (
+    CLOSE_BAD_TOKEN,
+    CLOSE_EVICTED,
+    CLOSE_PROTOCOL_ORDER,
+    PROVIDER_FRAME_TYPES,
+    AttestationResponse,
+    Heartbeat,
+    ModelInfo,
+    Register,
+    Registered,
+    RejectedModel,
+    provider_frame_adapter,
+)
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+
+class _Close(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code, self.reason = code, reason
+
+
+def concurrency_cap(register: Register) -> int:
+    """protocol.md §7: 4 without capacity data, else the memory tier; never above what it says."""
+    memory = register.hardware.memory_gb
+    tier = 4 if memory <= 0 else 2 if memory <= 24 else 4 if memory <= 48 else 6 if memory <= 96 \
+        else 8 if memory <= 128 else 12
+    if register.max_concurrency is not None:
+        return max(1, min(tier, register.max_concurrency))
+    return tier
+
+
+def filter_models(catalog: Catalog, offered: list[ModelInfo]
+                  ) -> tuple[frozenset[str], list[RejectedModel]]:
+    accepted: set[str] = set()
+    rejected: list[RejectedModel] = []
+    for info in offered:
+        entry = catalog.resolve(info.id)
+        if entry is None:
+            rejected.append(RejectedModel(id=info.id[:256], reason="not in the catalog"))
+        elif info.weight_hash != entry.weight_hash:
+            rejected.append(RejectedModel(id=info.id[:256],
+                                          reason="weight hash does not match the catalog"))
+        else:
+            accepted.add(entry.id)
+    return frozenset(accepted), rejected
+
+
+class ProviderSession:
+    def __init__(self, ws: WebSocket, settings: CoordinatorSettings, catalog: Catalog,
+                 scheduler: Scheduler, dispatcher: Dispatcher) -> None:
+        self.ws = ws
+        self.settings = settings
+        self.catalog = catalog
+        self.scheduler = scheduler
+        self.dispatcher = dispatcher
+
+    async def _receive_text(self) -> str:
+        message = await self.ws.receive()
+        if message["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(message.get("code", 1000))
+        text = message.get("text")
+        if text is None:
+            raise MalformedFrame("binary frames are not part of the protocol")
+        return str(text)
+
+    async def _authenticate(self, register: Register) -> str | None:
+        header = self.ws.headers.get("authorization", "")
+        scheme, _, value = header.partition(" ")
+        token = value.strip() if scheme.lower() == "bearer" else ""
+        token = token or (register.auth_token or "")
+        if token:
+            account = await lookup_provider_token(self.ws.app.state.sessions, token)
+            if account is None:
+                raise _Close(CLOSE_BAD_TOKEN, "provider token invalid or revoked")
+            return account
+        if not self.settings.allow_anonymous_providers:
+            raise _Close(CLOSE_BAD_TOKEN, "provider token required")
+        return None
+
+    async def run(self) -> None:
+        await self.ws.accept()
+        conn: ProviderConn | None = None
+        writer: asyncio.Task[None] | None = None
+        try:
+            try:
+                first = decode(
+                    await asyncio.wait_for(self._receive_text(), self.settings.register_timeout_s),
+                    provider_frame_adapter, PROVIDER_FRAME_TYPES)
+            except TimeoutError:
+                raise _Close(CLOSE_PROTOCOL_ORDER, "register not received within "
+                             f"{self.settings.register_timeout_s:g} s") from None
+            if not isinstance(first, Register):
+                raise _Close(CLOSE_PROTOCOL_ORDER, "first frame must be register")
+            conn = await self._register(first)
+            writer = asyncio.create_task(self._write(conn))
+            self.scheduler.add(conn)
+            log.info("provider %s registered: %s, %d slot(s)", conn.id,
+                     ", ".join(sorted(conn.models)) or "no models", conn.max_concurrency)
+            await self._pump(conn)
+        except _Close as close:
+            log.warning("closing provider connection: %s (%d)", close.reason, close.code)
+            await self._close(close.code, close.reason)
+        except MalformedFrame as bad:
+            log.warning("closing provider connection: %s", bad.reason)
+            await self._close(bad.close_code, bad.reason)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            if conn is not None:
+                self.scheduler.remove(conn)
+                self.dispatcher.provider_lost(conn)
+                log.info("provider %s disconnected", conn.id)
+            if writer is not None:
+                writer.cancel()
+
+    async def _register(self, register: Register) -> ProviderConn:
+        account = await self._authenticate(register)
+        try:
+            public_key = public_key_from_b64(register.public_key)
+        except SealingError:
+            raise _Close(CLOSE_PROTOCOL_ORDER, "register.public_key is not a 32-byte X25519 key") \
+                from None
+        if not register.encrypted_response_chunks:
+            raise _Close(CLOSE_PROTOCOL_ORDER, "encrypted_response_chunks must be true")
+        models, rejected = filter_models(self.catalog, register.models)
+        conn = ProviderConn(
+            id=str(uuid.uuid4()), account_id=account, models=models, public_key=public_key,
+            public_key_b64=register.public_key, max_concurrency=concurrency_cap(register),
+            hardware=register.hardware, backend=register.backend[:64],
+            version=register.version[:32],
+        )
+        await self.ws.send_text(encode(Registered(
+            provider_id=conn.id, trust_level="none", routable=bool(models),
+            accepted_models=sorted(models), rejected_models=rejected,
+            heartbeat_interval_s=self.settings.heartbeat_interval_s,
+            server_time=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        )))
+        return conn
+
+    async def _write(self, conn: ProviderConn) -> None:
+        while True:
+            text = await conn.outbox.get()
+            try:
+                await self.ws.send_text(text)
+            except (WebSocketDisconnect, RuntimeError, OSError):
+                conn.closed = True
+                return
+
+    async def _pump(self, conn: ProviderConn) -> None:
+        while True:
+            try:
+                text = await asyncio.wait_for(self._receive_text(),
+                                              self.settings.heartbeat_timeout_s)
+            except TimeoutError:
+                raise _Close(CLOSE_EVICTED, "no heartbeat") from None
+            frame = decode(text, provider_frame_adapter, PROVIDER_FRAME_TYPES)
+            if isinstance(frame, UnknownFrame):
+                log.warning("provider %s sent unknown frame type %r; ignored", conn.id, frame.type)
+            elif isinstance(frame, Heartbeat):
+                conn.last_heartbeat = time.monotonic()
+                conn.last_status = frame
+                self.scheduler.drain()
+            elif isinstance(frame, Register):
+                raise _Close(CLOSE_PROTOCOL_ORDER, "duplicate register")
+            elif isinstance(frame, AttestationResponse):
+                log.debug("attestation_response ignored: challenges are not enabled")
+            else:
+                self.dispatcher.handle(conn, frame)
+
+    async def _close(self, code: int, reason: str) -> None:
+        if self.ws.application_state != WebSocketState.DISCONNECTED:
+            with contextlib.suppress(RuntimeError, WebSocketDisconnect, OSError):
+                await self.ws.close(code, reason[:120])
+
+
+@router.websocket("/ws/provider")
+async def provider_socket(ws: WebSocket) -> None:
+    state = ws.app.state
+    await ProviderSession(ws, state.settings, state.catalog, state.scheduler,
+                          state.dispatcher).run()

@@ -1,0 +1,60 @@
+"""create_app: wiring only. Everything long-lived is built in the lifespan and kept on app.state."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from darkbloom import __version__
+from darkbloom.config import CoordinatorSettings
+from darkbloom.coordinator.api import errors
+from darkbloom.coordinator.api.auth import KeyCache
+from darkbloom.coordinator.api.inference import router as inference_router
+from darkbloom.coordinator.api.models import router as models_router
+from darkbloom.coordinator.api.provider_ws import router as provider_router
+from darkbloom.coordinator.api.request_id import RequestIdMiddleware
+from darkbloom.coordinator.dispatch import Dispatcher
+from darkbloom.coordinator.inference import InferenceService, Tokenizers
+from darkbloom.coordinator.recorder import Recorder
+from darkbloom.coordinator.routing.scheduler import Scheduler
+from darkbloom.coordinator.store.db import make_engine, make_sessionmaker, upgrade
+from darkbloom.inference.catalog import Catalog
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: CoordinatorSettings, catalog: Catalog | None = None) -> FastAPI:
+    catalog = catalog or Catalog()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await upgrade(settings.database_url)
+        engine = make_engine(settings.database_url)
+        sessions = make_sessionmaker(engine)
+        scheduler = Scheduler(settings.queue_max_per_model, settings.queue_timeout_s)
+        dispatcher = Dispatcher(scheduler)
+        recorder = Recorder(sessions)
+        state = app.state
+        state.settings, state.catalog, state.engine, state.sessions = settings, catalog, engine, sessions
+        state.scheduler, state.dispatcher, state.recorder = scheduler, dispatcher, recorder
+        state.key_cache = KeyCache(sessions)
+        state.inference = InferenceService(settings, catalog, Tokenizers(catalog), scheduler,
+                                           dispatcher)
+        log.info("coordinator ready (database: %s)", engine.dialect.name)
+        try:
+            yield
+        finally:
+            await recorder.flush()
+            await engine.dispose()
+
+    app = FastAPI(title="darkbloom coordinator", version=__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)
+    errors.install(app)
+    app.include_router(models_router)
+    app.include_router(inference_router)
+    app.include_router(provider_router)
+    app.add_middleware(RequestIdMiddleware)
+    return app

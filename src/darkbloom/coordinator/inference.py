@@ -1,0 +1,180 @@
+"""The consumer request pipeline: validate, route, retry until the first chunk, then relay.
+
+    prepare()  parse + validate (400/404) + exact prompt tokens + output budget
+    commit()   up to N attempts, each a fresh provider, request id and key; nothing reaches the
+               consumer before the first chunk, so retries are invisible (protocol.md §9)
+    relay()    the remaining chunks, byte for byte, until inference_complete
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from darkbloom.config import CoordinatorSettings
+from darkbloom.coordinator.dispatch import Attempt, Dispatcher, Event
+from darkbloom.coordinator.routing.scheduler import Scheduler
+from darkbloom.errors import (
+    InvalidRequest,
+    ModelNotFound,
+    NoProviderAvailable,
+    ProviderFailed,
+    UpstreamTimeout,
+)
+from darkbloom.inference.budget import output_budget
+from darkbloom.inference.catalog import Catalog, CatalogModel
+from darkbloom.inference.prompt import PromptBuilder
+from darkbloom.inference.request import GenerationRequest, parse_json_body, parse_request
+from darkbloom.protocol.frames import Endpoint, Usage
+
+log = logging.getLogger(__name__)
+
+# Prompts larger than this are tokenized off the event loop.
+_INLINE_TOKENIZE_BYTES = 32 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    endpoint: Endpoint
+    body: bytes
+    request: GenerationRequest
+    model: CatalogModel
+    prompt_tokens: int | None
+    max_tokens_cap: int
+
+
+@dataclass(slots=True)
+class Committed:
+    attempt: Attempt
+    first_chunk: bytes
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    usage: Usage
+
+
+class _AttemptFailed(Exception):
+    def __init__(self, event: Event) -> None:
+        super().__init__(event.message)
+        self.event = event
+
+
+class Tokenizers:
+    """Vocabulary-only llama.cpp models, loaded once per catalog model whose file is present."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self._builders: dict[str, PromptBuilder] = {}
+        for model in catalog.models:
+            path: Path | None = model.weights_path()
+            if path is None:
+                log.warning("no local tokenizer for %s: context checks move to the provider",
+                            model.id)
+                continue
+            self._builders[model.id] = PromptBuilder.vocab_only(path)
+
+    def get(self, model_id: str) -> PromptBuilder | None:
+        return self._builders.get(model_id)
+
+
+class InferenceService:
+    def __init__(self, settings: CoordinatorSettings, catalog: Catalog, tokenizers: Tokenizers,
+                 scheduler: Scheduler, dispatcher: Dispatcher) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.tokenizers = tokenizers
+        self.scheduler = scheduler
+        self.dispatcher = dispatcher
+
+    async def prepare(self, endpoint: Endpoint, raw: bytes) -> Prepared:
+        request = parse_request(endpoint, parse_json_body(raw))
+        model = self.catalog.resolve(request.model)
+        if model is None:
+            raise ModelNotFound(f"The model {request.model!r} does not exist or is not available "
+                                "on this network; see GET /v1/models", param="model")
+        builder = self.tokenizers.get(model.id)
+        if builder is None:
+            return Prepared(endpoint, raw, request, model, None,
+                            request.max_tokens or self.settings.default_max_tokens)
+        if len(raw) > _INLINE_TOKENIZE_BYTES:
+            tokens = await asyncio.to_thread(builder.tokens, request)
+        else:
+            tokens = builder.tokens(request)
+        cap = output_budget(request, len(tokens), model.context_length,
+                            self.settings.default_max_tokens)
+        return Prepared(endpoint, raw, request, model, len(tokens), cap)
+
+    async def commit(self, prepared: Prepared) -> Committed:
+        """Dispatch until some provider produces a first chunk; raise the consumer's error if none."""
+        tried: set[str] = set()
+        last: Event | None = None
+        for n in range(1, self.settings.max_attempts + 1):
+            try:
+                provider = await self.scheduler.acquire(
+                    prepared.model.id, exclude=frozenset(tried), may_queue=n == 1)
+            except NoProviderAvailable:
+                if last is None:
+                    raise
+                break
+            attempt = self.dispatcher.send(
+                provider, prepared.body, model=prepared.request.model, endpoint=prepared.endpoint,
+                stream=prepared.request.stream, max_tokens_cap=prepared.max_tokens_cap)
+            try:
+                return Committed(attempt, await self._first_chunk(attempt), n)
+            except _AttemptFailed as failed:
+                last = failed.event
+                tried.add(provider.id)
+                log.info("attempt %d on provider %s failed: %s (%d)", n, provider.id,
+                         last.message, last.status_code)
+                if 400 <= last.status_code < 500 and last.status_code != 404:
+                    # The provider refused the request itself; another provider would too.
+                    raise InvalidRequest(last.message, param=last.param, code=last.code,
+                                         status_code=last.status_code) from None
+            except BaseException:
+                self.dispatcher.cancel(attempt)
+                raise
+        assert last is not None
+        error = UpstreamTimeout if last.status_code == 504 else ProviderFailed
+        raise error(f"inference failed after {len(tried)} attempt(s): {last.message}",
+                    status_code=last.status_code if last.status_code >= 500 else 503)
+
+    async def _first_chunk(self, attempt: Attempt) -> bytes:
+        timeout = self.settings.first_response_timeout_s
+        while True:
+            try:
+                event = await asyncio.wait_for(attempt.events.get(), timeout)
+            except TimeoutError:
+                self.dispatcher.cancel(attempt)
+                raise _AttemptFailed(Event("error", status_code=504,
+                                           message="provider did not respond in time")) from None
+            if event.kind == "accepted":
+                timeout = self.settings.accepted_timeout_s
+            elif event.kind == "chunk":
+                return event.data
+            elif event.kind == "error":
+                raise _AttemptFailed(event)
+            else:
+                raise _AttemptFailed(Event("error", status_code=502,
+                                           message="provider completed without a response"))
+
+    async def relay(self, committed: Committed) -> AsyncIterator[bytes | Finished]:
+        """Chunks after the first, then Finished; DarkbloomError if the provider fails mid-way."""
+        attempt = committed.attempt
+        while True:
+            try:
+                event = await asyncio.wait_for(attempt.events.get(), self.settings.chunk_timeout_s)
+            except TimeoutError:
+                self.dispatcher.cancel(attempt)
+                raise UpstreamTimeout("provider stopped sending; response timed out") from None
+            if event.kind == "chunk":
+                yield event.data
+            elif event.kind == "complete":
+                assert event.usage is not None
+                yield Finished(event.usage)
+                return
+            elif event.kind == "error":
+                raise ProviderFailed(event.message or "provider failed")

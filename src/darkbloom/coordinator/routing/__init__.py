@@ -1,0 +1,1 @@
+"""Which provider serves a request: the live registry and the slot scheduler."""

@@ -1,0 +1,49 @@
+"""Connected providers as the coordinator sees them: identity, models, slots and an outbox."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from nacl.public import PublicKey
+from pydantic import BaseModel
+
+from darkbloom.protocol import encode
+from darkbloom.protocol.frames import Hardware, Heartbeat
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class ProviderConn:
+    """One live provider WebSocket session (a reconnect is a new session with a new id)."""
+
+    id: str
+    account_id: str | None
+    models: frozenset[str]
+    public_key: PublicKey
+    public_key_b64: str
+    max_concurrency: int
+    hardware: Hardware
+    backend: str
+    version: str
+    outbox: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
+    in_flight: int = 0
+    served: int = 0
+    connected_at: float = field(default_factory=time.monotonic)
+    last_heartbeat: float = field(default_factory=time.monotonic)
+    last_status: Heartbeat | None = None
+    closed: bool = False
+
+    @property
+    def free_slots(self) -> int:
+        return self.max_concurrency - self.in_flight
+
+    def send(self, frame: BaseModel) -> bool:
+        """Queue a frame for the connection's writer task; never blocks the caller."""
+        if self.closed:
+            return False
+        self.outbox.put_nowait(encode(frame))
+        return True

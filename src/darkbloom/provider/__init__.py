@@ -1,0 +1,1 @@
+"""The provider agent: engines, request serving and the coordinator connection."""

@@ -1,0 +1,210 @@
+"""The provider's connection to the coordinator: dial out, register, heartbeat, serve, reconnect.
+
+Each connection is a session; when it drops every in-flight request is aborted (never resumed)
+and the agent redials with backoff 1 s doubling to 5 s, reset after a successful registration.
+Close codes 4001 (bad token) and 4003 (version too old) stop the agent: retrying cannot help.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from dataclasses import dataclass, field
+
+import websockets
+from pydantic import BaseModel
+from websockets.asyncio.client import ClientConnection
+
+from darkbloom import __version__
+from darkbloom.config import ProviderSettings
+from darkbloom.crypto import KeyPair
+from darkbloom.protocol import MalformedFrame, UnknownFrame, decode, encode
+from darkbloom.protocol.frames import (
+    COORDINATOR_FRAME_TYPES,
+    MAX_FRAME_BYTES,
+    BackendCapacity,
+    Cancel,
+    Heartbeat,
+    InferenceRequest,
+    Register,
+    Registered,
+    Slot,
+    Stats,
+    coordinator_frame_adapter,
+)
+from darkbloom.provider import hardware
+from darkbloom.provider.engines.base import Engine
+from darkbloom.provider.serving import RequestServer
+
+log = logging.getLogger(__name__)
+
+FATAL_CLOSE_CODES = {4001: "provider token rejected: run `darkbloom login` or mint a new token",
+                     4003: "provider version too old: upgrade darkbloom"}
+
+
+class FatalRejection(Exception):
+    pass
+
+
+@dataclass
+class _InFlight:
+    task: asyncio.Task[None]
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+class ProviderAgent:
+    def __init__(self, settings: ProviderSettings, engine: Engine) -> None:
+        self.settings = settings
+        self.engine = engine
+        # Held in memory only, a fresh key per process (protocol.md §6).
+        self.keys = KeyPair.generate()
+        self.registered: Registered | None = None
+        self._ws: ClientConnection | None = None
+        self._in_flight: dict[str, _InFlight] = {}
+        self.server = RequestServer(engine, self.keys, self._send)
+        self.connected = asyncio.Event()
+
+    async def _send(self, frame: BaseModel) -> None:
+        ws = self._ws
+        if ws is None:
+            return
+        try:
+            await ws.send(encode(frame))
+        except websockets.ConnectionClosed:
+            pass
+
+    def _register_frame(self) -> Register:
+        token = self.settings.token.get_secret_value() if self.settings.token else None
+        return Register(
+            hardware=hardware.detect(),
+            models=self.engine.models(),
+            backend=self.engine.name,
+            version=__version__,
+            public_key=self.keys.public_b64,
+            encrypted_response_chunks=True,
+            auth_token=token,
+            max_concurrency=self.engine.slots,
+        )
+
+    def _heartbeat_frame(self) -> Heartbeat:
+        busy = self.engine.busy_slots
+        models = [m.id for m in self.engine.models()]
+        return Heartbeat(
+            status="serving" if self._in_flight else "idle",
+            active_model=models[0] if models else None,
+            warm_models=models,
+            stats=Stats(requests_served=self.server.requests_served,
+                        tokens_generated=self.server.tokens_generated),
+            system_metrics=hardware.metrics(),
+            backend_capacity=BackendCapacity(slots=[
+                Slot(model=m, num_running=busy,
+                     num_waiting=max(0, len(self._in_flight) - busy)) for m in models]),
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        backoff = self.settings.reconnect_initial_s
+        while not stop.is_set():
+            try:
+                await self._session(stop)
+                backoff = self.settings.reconnect_initial_s
+            except FatalRejection as exc:
+                log.error("%s", exc)
+                raise
+            except (OSError, websockets.WebSocketException, TimeoutError) as exc:
+                log.warning("coordinator connection lost (%s); retrying in %.0f s",
+                            type(exc).__name__, backoff)
+            finally:
+                self._abort_all()
+            if stop.is_set():
+                break
+            if self.registered is not None:  # the last session registered: start over at 1 s
+                backoff = self.settings.reconnect_initial_s
+                self.registered = None
+            try:
+                await asyncio.wait_for(stop.wait(), backoff)
+            except TimeoutError:
+                pass
+            backoff = min(backoff * 2, self.settings.reconnect_max_s)
+
+    async def _session(self, stop: asyncio.Event) -> None:
+        headers = {}
+        if self.settings.token is not None:
+            headers["Authorization"] = f"Bearer {self.settings.token.get_secret_value()}"
+        async with websockets.connect(
+            self.settings.coordinator_url, additional_headers=headers, max_size=MAX_FRAME_BYTES,
+            ping_interval=self.settings.ping_interval_s, ping_timeout=self.settings.ping_timeout_s,
+            open_timeout=10,
+        ) as ws:
+            self._ws = ws
+            try:
+                await ws.send(encode(self._register_frame()))
+                reader = asyncio.create_task(self._read(ws))
+                beats = asyncio.create_task(self._heartbeats(ws))
+                stopper = asyncio.create_task(stop.wait())
+                done, pending = await asyncio.wait({reader, beats, stopper},
+                                                   return_when=asyncio.FIRST_COMPLETED)
+                for task in pending:
+                    task.cancel()
+                if stopper in done:
+                    await ws.close(1000, "provider shutting down")
+                    return
+                for task in done:
+                    task.result()
+            finally:
+                self._ws = None
+                self.connected.clear()
+
+    async def _read(self, ws: ClientConnection) -> None:
+        try:
+            async for message in ws:
+                try:
+                    frame = decode(message, coordinator_frame_adapter, COORDINATOR_FRAME_TYPES)
+                except MalformedFrame as exc:
+                    log.warning("closing connection: %s", exc.reason)
+                    await ws.close(exc.close_code, exc.reason[:120])
+                    return
+                if isinstance(frame, UnknownFrame):
+                    log.warning("ignoring unknown frame type %r", frame.type)
+                elif isinstance(frame, Registered):
+                    self.registered = frame
+                    self.connected.set()
+                    log.info("registered as %s; models %s", frame.provider_id,
+                             ", ".join(frame.accepted_models) or "none")
+                    for rejected in frame.rejected_models:
+                        log.warning("model %s rejected: %s", rejected.id, rejected.reason)
+                elif isinstance(frame, InferenceRequest):
+                    self._start(frame)
+                elif isinstance(frame, Cancel):
+                    entry = self._in_flight.get(frame.request_id)
+                    if entry is None:
+                        log.debug("cancel for unknown request")
+                    else:
+                        entry.cancel.set()
+                else:
+                    log.debug("ignoring %s frame", frame.type)
+        except websockets.ConnectionClosed:
+            pass
+        code = ws.close_code
+        if code in FATAL_CLOSE_CODES:
+            raise FatalRejection(f"coordinator closed the connection ({code}): "
+                                 f"{FATAL_CLOSE_CODES[code]}")
+        log.warning("coordinator closed the connection (%s %s)", code, ws.close_reason or "")
+
+    def _start(self, frame: InferenceRequest) -> None:
+        cancel = threading.Event()
+        task = asyncio.create_task(self.server.serve(frame, cancel))
+        self._in_flight[frame.request_id] = _InFlight(task, cancel)
+        task.add_done_callback(lambda _: self._in_flight.pop(frame.request_id, None))
+
+    def _abort_all(self) -> None:
+        for entry in list(self._in_flight.values()):
+            entry.cancel.set()
+            entry.task.cancel()
+
+    async def _heartbeats(self, ws: ClientConnection) -> None:
+        while True:
+            interval = (self.registered.heartbeat_interval_s if self.registered
+                        else self.settings.heartbeat_interval_s)
+            await asyncio.sleep(interval)
+            await ws.send(encode(self._heartbeat_frame()))

