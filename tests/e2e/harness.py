@@ -1,0 +1,148 @@
+"""Real processes for end-to-end tests, in the manner of vLLM's RemoteOpenAIServer.
+
+A coordinator runs under uvicorn on a free loopback port with its own state directory and
+database; providers are `darkbloom serve` processes running llama.cpp on the default model.
+Logs go to files so tests can read them (and check that no prompt text is in them).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+
+MODEL = "smollm2-135m"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _cli(args: list[str], env: dict[str, str]) -> str:
+    out = subprocess.run([sys.executable, "-m", "darkbloom", *args], env=env, check=True,
+                         capture_output=True, text=True, timeout=120)
+    return out.stdout.strip().splitlines()[-1]
+
+
+class Coordinator:
+    def __init__(self, workdir: Path, database_url: str | None = None, **settings: Any) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.log_path = workdir / "coordinator.log"
+        self.env = {**os.environ, "DARKBLOOM_STATE_DIR": str(workdir / "state"),
+                    "DARKBLOOM_PORT": str(self.port), "DARKBLOOM_LOG_LEVEL": "debug"}
+        if database_url:
+            self.env["DARKBLOOM_DATABASE_URL"] = database_url
+        for key, value in settings.items():
+            self.env[f"DARKBLOOM_{key.upper()}"] = str(value)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.api_key = ""
+        self.provider_token = ""
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws/provider"
+
+    def start(self) -> Coordinator:
+        if not self.api_key:
+            self.api_key = _cli(["keys", "create", "--label", "e2e"], self.env)
+            self.provider_token = _cli(["admin", "provider-token", "--label", "e2e"], self.env)
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "darkbloom", "coordinator"],
+                                     env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"coordinator exited; see {self.log_path}"
+            try:
+                if httpx.get(f"{self.base_url}/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError("coordinator did not become healthy")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def client(self, **kwargs: Any) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.base_url}/v1", api_key=self.api_key, max_retries=0,
+                             timeout=120, **kwargs)
+
+    def async_client(self) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=f"{self.base_url}/v1", api_key=self.api_key,
+                                  max_retries=0, timeout=120)
+
+    def provider_count(self) -> int:
+        data = httpx.get(f"{self.base_url}/v1/models", timeout=5).json()["data"]
+        return sum(m["metadata"]["provider_count"] for m in data if m["id"] == MODEL)
+
+    def wait_providers(self, n: int, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.provider_count() == n:
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"expected {n} provider(s), have {self.provider_count()}")
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+class Provider:
+    def __init__(self, coordinator: Coordinator, name: str = "provider", slots: int = 1,
+                 threads: int | None = None) -> None:
+        self.coordinator = coordinator
+        self.log_path = coordinator.workdir / f"{name}.log"
+        self.env = {**os.environ, "DARKBLOOM_PROVIDER_TOKEN": coordinator.provider_token,
+                    "DARKBLOOM_PROVIDER_COORDINATOR_URL": coordinator.ws_url,
+                    "DARKBLOOM_PROVIDER_SLOTS": str(slots),
+                    "DARKBLOOM_PROVIDER_LOG_LEVEL": "debug"}
+        if threads:
+            self.env["DARKBLOOM_PROVIDER_THREADS"] = str(threads)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait: bool = True) -> Provider:
+        before = self.coordinator.provider_count()
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "darkbloom", "serve"], env=self.env,
+                                     stdout=log, stderr=subprocess.STDOUT)
+        if wait:
+            self.coordinator.wait_providers(before + 1)
+        return self
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")

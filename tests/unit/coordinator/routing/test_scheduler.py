@@ -1,0 +1,359 @@
+"""Scheduler: least-loaded choice, slot caps, the per-model FIFO queue and its failure modes."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from darkbloom.coordinator.routing.registry import ProviderConn
+from darkbloom.coordinator.routing.scheduler import Scheduler, pick_least_loaded
+from darkbloom.errors import NoProviderAvailable
+from unit.conftest import MakeProvider
+
+pytestmark = pytest.mark.timeout(5)
+
+
+def scheduler(*providers: ProviderConn, queue_max: int = 8, queue_timeout_s: float = 5.0) -> Scheduler:
+    s = Scheduler(queue_max=queue_max, queue_timeout_s=queue_timeout_s)
+    for p in providers:
+        s.add(p)
+    return s
+
+
+async def settle() -> None:
+    """Let every ready task run until it blocks again."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def loaded(make: MakeProvider, pid: str, max_concurrency: int, in_flight: int) -> ProviderConn:
+    p = make(pid, max_concurrency=max_concurrency)
+    p.in_flight = in_flight
+    return p
+
+
+# --- pick_least_loaded -------------------------------------------------------------------
+
+
+def test_pick_lowest_fraction_in_use(make_provider: MakeProvider) -> None:
+    half = loaded(make_provider, "half", 4, 2)
+    empty = loaded(make_provider, "empty", 2, 0)
+    assert pick_least_loaded([half, empty]) is empty
+    quarter = loaded(make_provider, "quarter", 4, 1)
+    half_small = loaded(make_provider, "half-small", 2, 1)
+    assert pick_least_loaded([half_small, quarter]) is quarter
+
+
+def test_pick_fraction_tie_broken_by_fewest_in_flight(make_provider: MakeProvider) -> None:
+    small = loaded(make_provider, "small", 2, 1)
+    big = loaded(make_provider, "big", 4, 2)
+    for _ in range(20):
+        assert pick_least_loaded([big, small]) is small
+
+
+def test_pick_full_tie_is_random_among_tied(make_provider: MakeProvider) -> None:
+    a, b = loaded(make_provider, "a", 2, 0), loaded(make_provider, "b", 3, 0)
+    worse = loaded(make_provider, "c", 2, 1)
+    picks = {pick_least_loaded([a, b, worse]).id for _ in range(200)}  # type: ignore[union-attr]
+    assert picks == {"a", "b"}
+
+
+def test_pick_skips_full_and_closed(make_provider: MakeProvider) -> None:
+    full = loaded(make_provider, "full", 2, 2)
+    closed = loaded(make_provider, "closed", 8, 0)
+    closed.closed = True
+    busy = loaded(make_provider, "busy", 4, 3)
+    assert pick_least_loaded([full, closed, busy]) is busy
+    assert pick_least_loaded([full, closed]) is None
+    assert pick_least_loaded([]) is None
+
+
+# --- try_acquire / membership ------------------------------------------------------------
+
+
+def test_try_acquire_takes_a_slot_until_full(make_provider: MakeProvider) -> None:
+    p = make_provider(max_concurrency=2)
+    s = scheduler(p)
+    assert s.try_acquire("m") is p
+    assert s.try_acquire("m") is p
+    assert p.in_flight == 2
+    assert s.try_acquire("m") is None
+    assert p.in_flight == 2
+
+
+def test_try_acquire_filters_model_and_exclude(make_provider: MakeProvider) -> None:
+    a = make_provider("a", models=("m", "other"))
+    b = make_provider("b", models=("m",))
+    s = scheduler(a, b)
+    assert s.try_acquire("nobody-serves-this") is None
+    assert s.try_acquire("other", exclude=frozenset({"a"})) is None
+    assert s.try_acquire("m", exclude=frozenset({"a"})) is b
+    assert s.try_acquire("m", exclude=frozenset({"a"})) is None
+    assert a.in_flight == 0
+
+
+def test_release_never_goes_negative(make_provider: MakeProvider) -> None:
+    p = make_provider()
+    s = scheduler(p)
+    s.release(p)
+    assert p.in_flight == 0
+
+
+def test_membership_and_counts(make_provider: MakeProvider) -> None:
+    a = make_provider("a", models=("m", "n"))
+    b = make_provider("b", models=("m",))
+    s = scheduler(a, b)
+    assert s.provider_counts() == {"m": 2, "n": 1}
+    assert {p.id for p in s.serving("m")} == {"a", "b"}
+    assert [p.id for p in s.serving("m", frozenset({"a"}))] == ["b"]
+    s.remove(a)
+    assert a.closed is True
+    assert s.provider_counts() == {"m": 1}
+    assert s.serving("n") == []
+
+
+# --- acquire -----------------------------------------------------------------------------
+
+
+async def test_acquire_picks_least_loaded(make_provider: MakeProvider) -> None:
+    a = make_provider("a", max_concurrency=2)
+    b = make_provider("b", max_concurrency=2)
+    s = scheduler(a, b)
+    first = await s.acquire("m")
+    second = await s.acquire("m")
+    assert {first.id, second.id} == {"a", "b"}
+    assert (a.in_flight, b.in_flight) == (1, 1)
+
+
+async def test_acquire_with_nobody_serving_fails_at_once(make_provider: MakeProvider) -> None:
+    s = scheduler(make_provider("a", models=("m",)))
+    with pytest.raises(NoProviderAvailable) as info:
+        await s.acquire("unknown-model")
+    assert info.value.status_code == 503
+    assert s.queue_depth("unknown-model") == 0
+
+
+async def test_acquire_exclude_honoured(make_provider: MakeProvider) -> None:
+    a = make_provider("a", max_concurrency=4)
+    b = make_provider("b", max_concurrency=1)
+    s = scheduler(a, b)
+    assert await s.acquire("m", exclude=frozenset({"a"})) is b
+    with pytest.raises(NoProviderAvailable):
+        await s.acquire("m", exclude=frozenset({"a", "b"}))
+    with pytest.raises(NoProviderAvailable):
+        await s.acquire("m", exclude=frozenset({"a"}), may_queue=False)
+    assert (a.in_flight, b.in_flight) == (0, 1)
+
+
+async def test_acquire_may_queue_false_fails_when_full(make_provider: MakeProvider) -> None:
+    p = make_provider()
+    s = scheduler(p)
+    await s.acquire("m")
+    with pytest.raises(NoProviderAvailable):
+        await s.acquire("m", may_queue=False)
+    assert p.in_flight == 1
+    assert s.queue_depth("m") == 0
+
+
+async def test_slot_cap_never_exceeded_and_fifo_grants(make_provider: MakeProvider) -> None:
+    p = make_provider(max_concurrency=2)
+    s = scheduler(p, queue_max=10)
+    granted: list[int] = []
+
+    async def client(i: int) -> ProviderConn:
+        provider = await s.acquire("m")
+        granted.append(i)
+        assert provider.in_flight <= provider.max_concurrency
+        return provider
+
+    tasks = [asyncio.create_task(client(i)) for i in range(6)]
+    await settle()
+    assert granted == [0, 1]
+    assert p.in_flight == 2
+    assert s.queue_depth("m") == 4
+
+    for expected in ([0, 1, 2], [0, 1, 2, 3], [0, 1, 2, 3, 4], [0, 1, 2, 3, 4, 5]):
+        s.release(p)
+        assert p.in_flight == 2  # the freed slot went straight to the oldest waiter
+        await settle()
+        assert granted == expected
+    assert s.queue_depth("m") == 0
+    await asyncio.gather(*tasks)
+
+    for _ in range(2):
+        s.release(p)
+    assert p.in_flight == 0
+
+
+async def test_new_arrival_does_not_jump_the_queue(make_provider: MakeProvider) -> None:
+    p = make_provider()
+    s = scheduler(p)
+    await s.acquire("m")
+    order: list[str] = []
+
+    async def client(name: str) -> None:
+        await s.acquire("m")
+        order.append(name)
+
+    first = asyncio.create_task(client("first"))
+    await settle()
+    s.release(p)  # granted to "first" synchronously
+    late = asyncio.create_task(client("late"))
+    await settle()
+    assert order == ["first"]
+    assert s.queue_depth("m") == 1
+    s.release(p)
+    await asyncio.gather(first, late)
+    assert order == ["first", "late"]
+
+
+async def test_queue_full_fails_immediately_with_retry_after(make_provider: MakeProvider) -> None:
+    p = make_provider()
+    s = scheduler(p, queue_max=2)
+    await s.acquire("m")
+    waiters = [asyncio.create_task(s.acquire("m")) for _ in range(2)]
+    await settle()
+    assert s.queue_depth("m") == 2
+    with pytest.raises(NoProviderAvailable) as info:
+        await s.acquire("m")
+    assert info.value.status_code == 503
+    assert info.value.headers.get("Retry-After") == "1"
+    assert "queue is full" in info.value.message
+    assert s.queue_depth("m") == 2
+    for t in waiters:
+        t.cancel()
+    await asyncio.gather(*waiters, return_exceptions=True)
+    assert s.queue_depth("m") == 0
+    assert p.in_flight == 1
+
+
+async def test_queue_timeout(make_provider: MakeProvider) -> None:
+    p = make_provider()
+    s = scheduler(p, queue_timeout_s=0.05)
+    await s.acquire("m")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(NoProviderAvailable) as info:
+        await s.acquire("m")
+    assert 0.04 <= loop.time() - started < 1.0
+    assert "became free" in info.value.message
+    assert info.value.headers.get("Retry-After") == "1"
+    assert s.queue_depth("m") == 0
+    assert p.in_flight == 1
+    s.release(p)  # a later release finds no stale waiter to hand the slot to
+    assert p.in_flight == 0
+
+
+async def test_removing_last_provider_fails_waiters_promptly(make_provider: MakeProvider) -> None:
+    p = make_provider()
+    s = scheduler(p, queue_timeout_s=30)
+    await s.acquire("m")
+    waiters = [asyncio.create_task(s.acquire("m")) for _ in range(3)]
+    await settle()
+    assert s.queue_depth("m") == 3
+    s.remove(p)
+    results = await asyncio.wait_for(asyncio.gather(*waiters, return_exceptions=True), 0.5)
+    assert all(isinstance(r, NoProviderAvailable) for r in results)
+    assert s.queue_depth("m") == 0
+
+
+async def test_removing_one_of_two_providers_keeps_waiters(make_provider: MakeProvider) -> None:
+    a, b = make_provider("a"), make_provider("b")
+    s = scheduler(a, b, queue_timeout_s=30)
+    await s.acquire("m")
+    await s.acquire("m")
+    waiter = asyncio.create_task(s.acquire("m"))
+    await settle()
+    s.remove(a)
+    await settle()
+    assert not waiter.done()
+    s.release(a)  # the removed provider's slot is not handed out
+    await settle()
+    assert not waiter.done()
+    s.release(b)
+    assert await asyncio.wait_for(waiter, 0.5) is b
+
+
+async def test_removing_provider_only_fails_waiters_of_unserved_models(make_provider: MakeProvider) -> None:
+    a = make_provider("a", models=("m",))
+    b = make_provider("b", models=("n",))
+    s = scheduler(a, b, queue_timeout_s=30)
+    await s.acquire("m")
+    await s.acquire("n")
+    wait_m = asyncio.create_task(s.acquire("m"))
+    wait_n = asyncio.create_task(s.acquire("n"))
+    await settle()
+    s.remove(a)
+    with pytest.raises(NoProviderAvailable):
+        await asyncio.wait_for(wait_m, 0.5)
+    assert not wait_n.done()
+    s.release(b)
+    assert await asyncio.wait_for(wait_n, 0.5) is b
+
+
+async def test_adding_provider_grants_waiters(make_provider: MakeProvider) -> None:
+    a = make_provider("a")
+    s = scheduler(a)
+    await s.acquire("m")
+    waiter = asyncio.create_task(s.acquire("m"))
+    await settle()
+    b = make_provider("b")
+    s.add(b)
+    assert await asyncio.wait_for(waiter, 0.5) is b
+    assert b.in_flight == 1
+
+
+async def test_queued_waiter_exclude_honoured(make_provider: MakeProvider) -> None:
+    a, b = make_provider("a"), make_provider("b")
+    s = scheduler(a, b)
+    await s.acquire("m")
+    await s.acquire("m")
+    waiter = asyncio.create_task(s.acquire("m", exclude=frozenset({"a"})))
+    await settle()
+    s.release(a)
+    await settle()
+    assert not waiter.done()
+    assert a.in_flight == 0
+    s.release(b)
+    assert await asyncio.wait_for(waiter, 0.5) is b
+
+
+async def test_cancelled_waiter_leaves_the_queue(make_provider: MakeProvider) -> None:
+    p = make_provider()
+    s = scheduler(p)
+    await s.acquire("m")
+    waiter = asyncio.create_task(s.acquire("m"))
+    await settle()
+    waiter.cancel()
+    await asyncio.gather(waiter, return_exceptions=True)
+    assert s.queue_depth("m") == 0
+    s.release(p)
+    assert p.in_flight == 0
+
+
+async def test_cancel_after_grant_returns_the_slot(make_provider: MakeProvider) -> None:
+    p = make_provider()
+    s = scheduler(p)
+    await s.acquire("m")
+    waiter = asyncio.create_task(s.acquire("m"))
+    await settle()
+    s.release(p)  # grants the slot to the waiter, which has not resumed yet
+    assert p.in_flight == 1
+    waiter.cancel()
+    await asyncio.gather(waiter, return_exceptions=True)
+    assert p.in_flight == 0
+
+
+async def test_queues_are_per_model(make_provider: MakeProvider) -> None:
+    a = make_provider("a", models=("m",))
+    b = make_provider("b", models=("n",))
+    s = scheduler(a, b)
+    await s.acquire("m")
+    waiter = asyncio.create_task(s.acquire("m"))
+    await settle()
+    assert await s.acquire("n") is b  # the queue for m does not hold up n
+    assert s.queue_depth("m") == 1
+    assert s.queue_depth("n") == 0
+    s.release(a)
+    assert await asyncio.wait_for(waiter, 0.5) is a
