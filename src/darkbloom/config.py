@@ -29,7 +29,6 @@ class CoordinatorSettings(BaseSettings):
     first_response_timeout_s: float = 10.0
     accepted_timeout_s: float = 600.0
     chunk_timeout_s: float = 600.0
-    relay_buffer_chunks: int = 256
     max_body_bytes: int = 4 * 1024 * 1024
     default_max_tokens: int = 8192
 

@@ -8,5 +8,12 @@ import logging
 def setup(level: str) -> None:
     logging.basicConfig(level=level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # websockets logs frames at DEBUG; keep it quiet even when our own level is DEBUG.
-    logging.getLogger("websockets").setLevel(logging.INFO)
+    # websockets (also under uvicorn's "uvicorn.error" logger) logs whole frames at DEBUG, which
+    # could include request content: keep both at INFO even when our own level is DEBUG.
+    for name in ("websockets", "uvicorn.error"):
+        logging.getLogger(name).setLevel(max(logging.INFO, logging.getLogger().level))
+
+
+def uvicorn_level(level: str) -> str:
+    """uvicorn's own level, capped at info: its websocket layer logs whole frames at debug."""
+    return "info" if level.lower() in ("debug", "trace") else level

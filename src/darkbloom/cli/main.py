@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.console import Console
 
 from darkbloom.config import CoordinatorSettings, ProviderSettings
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
 
 app = typer.Typer(help="darkbloom: private AI inference on machines people already own.",
                   no_args_is_help=True, add_completion=False)
@@ -18,6 +23,7 @@ admin_app = typer.Typer(help="Operator commands (work directly on the coordinato
 app.add_typer(keys_app, name="keys")
 app.add_typer(admin_app, name="admin")
 console = Console()
+T = TypeVar("T")
 
 
 @app.command()
@@ -35,7 +41,7 @@ def coordinator(
     settings = CoordinatorSettings()
     logs.setup(settings.log_level)
     uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port,
-                ws_max_size=MAX_FRAME_BYTES, log_config=None, log_level=settings.log_level,
+                ws_max_size=MAX_FRAME_BYTES, log_config=None, log_level=logs.uvicorn_level(settings.log_level),
                 timeout_graceful_shutdown=15)
 
 
@@ -95,6 +101,17 @@ def keys_create(
     print(issued.secret)
 
 
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (not the key itself).")]) -> None:
+    """Revoke an API key; running coordinators stop accepting it within 30 s."""
+    from darkbloom.coordinator.store.credentials import revoke_api_key
+
+    if not asyncio.run(_with_sessions(lambda s: revoke_api_key(s, key_id))):
+        console.print(f"[red]no active key with id {key_id}[/red]")
+        raise typer.Exit(1)
+    console.print(f"revoked {key_id}")
+
+
 @admin_app.command("provider-token")
 def provider_token(
     label: Annotated[str, typer.Option(help="A name for the machine.")] = "",
@@ -107,7 +124,9 @@ def provider_token(
     print(issued.secret)
 
 
-async def _with_sessions(action):  # type: ignore[no-untyped-def]
+async def _with_sessions(
+    action: Callable[[async_sessionmaker[AsyncSession]], Awaitable[T]],
+) -> T:
     from darkbloom.coordinator.store.db import make_engine, make_sessionmaker, upgrade
 
     settings = CoordinatorSettings()

@@ -22,7 +22,7 @@ MAX_OUTPUT_TOKENS = 32_768
 DEFAULT_MAX_TOKENS = 8192
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 
-# Accepted and deliberately without effect on generation (documented in docs/api.md).
+# Accepted and deliberately without effect on generation (docs/decisions.md).
 _IGNORED = frozenset({
     "user", "metadata", "store", "service_tier", "parallel_tool_calls", "prompt_cache_key",
     "safety_identifier",
@@ -34,6 +34,7 @@ _SAMPLING = frozenset({
 _CHAT_KEYS = frozenset({
     "model", "messages", "max_tokens", "max_completion_tokens", "n", "stop", "stream",
     "stream_options", "response_format", "tools", "tool_choice", "logprobs", "top_logprobs",
+    "audio", "modalities", "prediction", "logit_bias",
 }) | _SAMPLING | _IGNORED
 _COMPLETION_KEYS = frozenset({
     "model", "prompt", "max_tokens", "n", "stop", "stream", "stream_options", "echo", "suffix",
@@ -104,6 +105,11 @@ def parse_chat(body: dict[str, Any]) -> GenerationRequest:
         raise _unsupported("logprobs")
     if body.get("top_logprobs") is not None:
         raise _unsupported("top_logprobs")
+    for key in ("audio", "prediction", "logit_bias"):
+        if body.get(key):
+            raise _unsupported(key)
+    if body.get("modalities") not in (None, ["text"]):
+        raise _unsupported("modalities", "modalities other than [\"text\"]")
     response_format = body.get("response_format")
     if response_format is not None:
         if not isinstance(response_format, dict) or "type" not in response_format:

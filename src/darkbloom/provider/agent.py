@@ -75,7 +75,7 @@ class ProviderAgent:
             pass
 
     def _register_frame(self) -> Register:
-        token = self.settings.token.get_secret_value() if self.settings.token else None
+        # The token travels in the upgrade's Authorization header only (protocol.md §2).
         return Register(
             hardware=hardware.detect(),
             models=self.engine.models(),
@@ -83,7 +83,6 @@ class ProviderAgent:
             version=__version__,
             public_key=self.keys.public_b64,
             encrypted_response_chunks=True,
-            auth_token=token,
             max_concurrency=self.engine.slots,
         )
 

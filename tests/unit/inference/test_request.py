@@ -264,7 +264,8 @@ def test_chat_content_part_without_type(part: Any) -> None:
                    "messages[0].content[0]")
 
 
-@pytest.mark.parametrize("part", [{"type": "text"}, {"type": "text", "text": 5}, {"type": "text", "text": None}])
+@pytest.mark.parametrize("part", [{"type": "text"}, {"type": "text", "text": 5},
+                                  {"type": "text", "text": None}])
 def test_chat_text_part_without_string_text(part: dict[str, Any]) -> None:
     messages = [{"role": "system", "content": "s"}, {"role": "user", "content": [part]}]
     assert_invalid(parse_chat, chat(messages=messages), "messages[1].content[0].text")
@@ -421,8 +422,8 @@ def test_include_usage_not_boolean(include: Any) -> None:
 # --- unknown and unsupported parameters -------------------------------------------------
 
 
-@pytest.mark.parametrize("key", ["frobnicate", "prompt", "echo", "suffix", "best_of", "logit_bias",
-                                 "functions", "audio", "modalities"])
+@pytest.mark.parametrize("key", ["frobnicate", "prompt", "echo", "suffix", "best_of", "functions",
+                                 "max_output_tokens"])
 def test_chat_unknown_parameter_named(key: str) -> None:
     err = assert_invalid(parse_chat, chat(**{key: 1}), key, "unknown_parameter")
     assert key in err.message
@@ -461,6 +462,24 @@ def test_chat_logprobs_unsupported() -> None:
     assert_invalid(parse_chat, chat(logprobs=True), "logprobs", "unsupported_parameter")
     assert_invalid(parse_chat, chat(top_logprobs=2), "top_logprobs", "unsupported_parameter")
     assert parse_chat(chat(logprobs=False)).model == "m"
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("audio", {"voice": "alloy", "format": "wav"}),
+    ("prediction", {"type": "content", "content": "x"}),
+    ("logit_bias", {"50256": -100}),
+    ("modalities", ["text", "audio"]),
+    ("modalities", ["audio"]),
+])
+def test_chat_other_unsupported_parameters(key: str, value: Any) -> None:
+    assert_invalid(parse_chat, chat(**{key: value}), key, "unsupported_parameter")
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("audio", None), ("prediction", None), ("logit_bias", {}), ("modalities", ["text"]), ("modalities", None),
+])
+def test_chat_neutral_values_of_unsupported_parameters_accepted(key: str, value: Any) -> None:
+    assert parse_chat(chat(**{key: value})).model == "m"
 
 
 @pytest.mark.parametrize("fmt", [

@@ -94,18 +94,18 @@ COORDINATOR_FRAMES: list[tuple[dict[str, Any], type[BaseModel]]] = [
 
 @pytest.mark.parametrize(("payload", "cls"), PROVIDER_FRAMES, ids=lambda v: getattr(v, "__name__", ""))
 def test_decode_provider_frames(payload: dict[str, Any], cls: type[BaseModel]) -> None:
-    frame = from_provider(payload)
-    assert type(frame) is cls
+    frame: Any = from_provider(payload)
     assert frame.type == payload["type"]
     assert frame.v == PROTOCOL_VERSION
+    assert type(frame) is cls
     assert from_provider(encode(frame)) == frame
 
 
 @pytest.mark.parametrize(("payload", "cls"), COORDINATOR_FRAMES, ids=lambda v: getattr(v, "__name__", ""))
 def test_decode_coordinator_frames(payload: dict[str, Any], cls: type[BaseModel]) -> None:
-    frame = from_coordinator(payload)
-    assert type(frame) is cls
+    frame: Any = from_coordinator(payload)
     assert frame.type == payload["type"]
+    assert type(frame) is cls
     assert from_coordinator(encode(frame)) == frame
 
 

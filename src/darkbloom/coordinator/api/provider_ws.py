@@ -58,6 +58,11 @@ def concurrency_cap(register: Register) -> int:
     return tier
 
 
+def _header_safe(text: str) -> str:
+    """Provider-reported text ends up in response headers: printable ASCII, bounded length."""
+    return "".join(c for c in text if " " <= c <= "~")[:128]
+
+
 def filter_models(catalog: Catalog, offered: list[ModelInfo]
                   ) -> tuple[frozenset[str], list[RejectedModel]]:
     accepted: set[str] = set()
@@ -152,10 +157,13 @@ class ProviderSession:
         if not register.encrypted_response_chunks:
             raise _Close(CLOSE_PROTOCOL_ORDER, "encrypted_response_chunks must be true")
         models, rejected = filter_models(self.catalog, register.models)
+        hardware = register.hardware.model_copy(update={
+            "chip_name": _header_safe(register.hardware.chip_name),
+            "machine_model": _header_safe(register.hardware.machine_model)})
         conn = ProviderConn(
             id=str(uuid.uuid4()), account_id=account, models=models, public_key=public_key,
             public_key_b64=register.public_key, max_concurrency=concurrency_cap(register),
-            hardware=register.hardware, backend=register.backend[:64],
+            hardware=hardware, backend=register.backend[:64],
             version=register.version[:32],
         )
         await self.ws.send_text(encode(Registered(

@@ -84,11 +84,6 @@ async def lookup_api_key(sessions: async_sessionmaker[AsyncSession], secret: str
     return KeyIdentity(row.id, row.account_id) if row else None
 
 
-async def touch_api_key(sessions: async_sessionmaker[AsyncSession], key_id: str) -> None:
-    async with sessions.begin() as session:
-        await session.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=now()))
-
-
 async def lookup_provider_token(
     sessions: async_sessionmaker[AsyncSession], secret: str
 ) -> str | None:

@@ -46,7 +46,7 @@ class RequestRecord(Base):
     """One consumer request: who, which model, which provider, how many tokens, how fast."""
 
     __tablename__ = "requests"
-    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # the X-Request-ID
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # server-generated, unique
     api_key_id: Mapped[str | None] = mapped_column(String(32), index=True, nullable=True)
     account_id: Mapped[str | None] = mapped_column(String(32), index=True, nullable=True)
     endpoint: Mapped[str] = mapped_column(String(64))
