@@ -41,8 +41,8 @@ def coordinator(
     settings = CoordinatorSettings()
     logs.setup(settings.log_level)
     uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port,
-                ws_max_size=MAX_FRAME_BYTES, log_config=None, log_level=logs.uvicorn_level(settings.log_level),
-                timeout_graceful_shutdown=15)
+                ws_max_size=MAX_FRAME_BYTES, log_config=None,
+                log_level=logs.uvicorn_level(settings.log_level), timeout_graceful_shutdown=15)
 
 
 @app.command()

@@ -108,8 +108,8 @@ class Dispatcher:
             provider.served += 1
             attempt.events.put_nowait(Event("complete", usage=frame.usage))
         else:
-            if frame.status_code == 499:  # informational echo of our own cancel
-                return
+            # Our own cancel() forgets the attempt first, so a 499 echo never gets here; an
+            # unprompted one still ends the attempt and frees the slot.
             self._fail(attempt, frame.status_code, frame.error, frame.code, frame.param)
 
     def _chunk(self, attempt: Attempt, frame: InferenceResponseChunk) -> None:

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from darkbloom.protocol import frames
 from darkbloom.protocol.frames import PROTOCOL_VERSION
 
 T = TypeVar("T")
@@ -29,6 +30,19 @@ class MalformedFrame(Exception):
         self.close_code = close_code
 
 
+# Every field name any wire model has: a path part outside this set is a sender-chosen dict key.
+_FIELD_NAMES = frozenset(
+    name for obj in vars(frames).values()
+    if isinstance(obj, type) and issubclass(obj, BaseModel) for name in obj.model_fields
+)
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    """Name the bad field without echoing payload text (dict keys become ``*``)."""
+    parts = [str(p) if isinstance(p, int) or p in _FIELD_NAMES else "*" for p in loc]
+    return ".".join(parts) or "?"
+
+
 def encode(frame: BaseModel) -> str:
     return frame.model_dump_json(exclude_none=True)
 
@@ -37,7 +51,7 @@ def decode(text: str | bytes, adapter: TypeAdapter[T], known_types: frozenset[st
     """Parse one frame; raise MalformedFrame with a reason that never contains payload text."""
     try:
         raw: Any = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise MalformedFrame("frame is not valid JSON") from None
     if not isinstance(raw, dict):
         raise MalformedFrame("frame is not a JSON object")
@@ -54,5 +68,5 @@ def decode(text: str | bytes, adapter: TypeAdapter[T], known_types: frozenset[st
     try:
         return adapter.validate_python(raw)
     except ValidationError as exc:
-        fields = sorted({".".join(str(p) for p in e["loc"][1:]) or "?" for e in exc.errors()})
+        fields = sorted({_path(e["loc"][1:]) for e in exc.errors()})
         raise MalformedFrame(f"invalid {frame_type} frame: bad field(s) {', '.join(fields)}") from None

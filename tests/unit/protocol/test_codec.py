@@ -217,14 +217,10 @@ def test_bad_coordinator_field_reason(payload: dict[str, Any], field: str) -> No
     assert CANARY not in info.value.reason
 
 
-@pytest.mark.xfail(strict=True, reason="codec.decode puts pydantic error locations into the reason; for "
-                                       "dict-typed fields the location includes the sender's dict key")
 def test_bad_dict_value_reason_does_not_contain_dict_key() -> None:
     malformed_from_provider({"type": "register", "privacy_capabilities": {CANARY: "not-a-bool"}})
 
 
-@pytest.mark.xfail(strict=True, reason="json.loads raises RecursionError on deeply nested input, which "
-                                       "decode does not turn into MalformedFrame")
 def test_deeply_nested_json_is_malformed() -> None:
     malformed_from_provider("[" * 100_000)
 

@@ -98,7 +98,10 @@ class Scheduler:
         waiter = _Waiter(model, exclude)
         queue.append(waiter)
         try:
-            return await asyncio.wait_for(waiter.future, self.queue_timeout_s)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that lands
+            # right after the grant, and the consumer's departure would go unnoticed.
+            async with asyncio.timeout(self.queue_timeout_s):
+                return await waiter.future
         except TimeoutError:
             raise NoProviderAvailable(
                 f"no provider for model {model!r} became free within "

@@ -348,9 +348,6 @@ async def test_slot_granted_then_cancelled_is_never_lost(make_provider: MakeProv
     assert p.in_flight == (1 if result is p else 0)
 
 
-@pytest.mark.xfail(strict=True, reason="on Python 3.11 asyncio.wait_for swallows a cancel that arrives after "
-                                       "the waiter future is resolved, so acquire() returns the provider to "
-                                       "a cancelled task and its CancelledError branch never runs")
 async def test_cancel_after_grant_propagates_and_returns_the_slot(make_provider: MakeProvider) -> None:
     p = make_provider()
     s = scheduler(p)
