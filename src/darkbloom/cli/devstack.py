@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -70,21 +71,25 @@ def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
                             preexec_fn=die_with_parent)
 
 
-def _wait_routable(base: str, model: str, procs: list[subprocess.Popen[bytes]],
-                   timeout_s: float = 180) -> bool:
+def _wait_for(url: str, ready: Callable[[httpx.Response], bool],
+              procs: list[subprocess.Popen[bytes]], stopping: Callable[[], bool],
+              timeout_s: float = 180) -> bool:
     deadline = time.monotonic() + timeout_s
     with httpx.Client(timeout=2) as client:
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not stopping():
             if any(p.poll() is not None for p in procs):
                 return False
             try:
-                listed = client.get(f"{base}/v1/models").json().get("data", [])
-                if any(m.get("id") == model for m in listed):
+                if ready(client.get(url)):
                     return True
             except (httpx.HTTPError, ValueError):
                 pass
-            time.sleep(0.3)
+            time.sleep(0.2)
     return False
+
+
+def _lists(model: str) -> Callable[[httpx.Response], bool]:
+    return lambda r: any(m.get("id") == model for m in r.json().get("data", []))
 
 
 def run_up(settings: CoordinatorSettings) -> int:
@@ -106,15 +111,20 @@ def run_up(settings: CoordinatorSettings) -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     try:
-        procs.append(_spawn(["coordinator"], env))
         provider_env = {**env, "DARKBLOOM_PROVIDER_TOKEN": token,
                         "DARKBLOOM_PROVIDER_COORDINATOR_URL": f"ws://{host}:{port}/ws/provider"}
-        procs.append(_spawn(["serve"], provider_env))
         with console.status(f"Starting coordinator and provider ({DEFAULT_MODEL.id})..."):
-            ready = _wait_routable(base, DEFAULT_MODEL.id, procs)
+            procs.append(_spawn(["coordinator"], env))
+            ready = _wait_for(f"{base}/health", lambda r: r.status_code == 200, procs,
+                              lambda: stopping)
+            if ready:
+                procs.append(_spawn(["serve"], provider_env))
+                ready = _wait_for(f"{base}/v1/models", _lists(DEFAULT_MODEL.id), procs,
+                                  lambda: stopping)
         if not ready:
-            if not stopping:
-                console.print("[red]darkbloom did not become ready; see the log above[/red]")
+            if stopping:
+                return 0
+            console.print("[red]darkbloom did not become ready; see the log above[/red]")
             return 1
         _write_private(settings.state_dir / "dev.env",
                        f"DARKBLOOM_BASE_URL={base}/v1\nDARKBLOOM_API_KEY={key}\n")

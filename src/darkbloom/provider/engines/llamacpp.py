@@ -1,4 +1,8 @@
-"""llama.cpp engine (llama-cpp-python): one llama context per slot, each run in its own thread.
+"""llama.cpp engine (llama-cpp-python): one llama context per slot, each with its own thread.
+
+Each slot keeps one long-lived worker thread: llama.cpp's OpenMP thread team belongs to the thread
+that drives it, and a fresh thread per request (or asyncio.to_thread) decoded 15-65% slower here
+while the old team spun (see docs/BENCHMARKS.md).
 
 Determinism: every request starts from an empty KV cache (``reset()``), because llama.cpp's
 prompt-prefix reuse evaluates the suffix in a different batch shape and can change greedy output.
@@ -11,9 +15,10 @@ import asyncio
 import codecs
 import logging
 import os
+import queue
 import random
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +34,31 @@ log = logging.getLogger(__name__)
 
 
 class _Slot:
-    def __init__(self, llama: Any) -> None:
+    def __init__(self, llama: Any, index: int) -> None:
         import llama_cpp
 
         self.llama = llama
         self.prompts = PromptBuilder(llama)
         self._vocab = llama._model.vocab
         self._is_eog = llama_cpp.llama_vocab_is_eog
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name=f"llama-slot-{index}", daemon=True)
+        self._thread.start()
 
     def is_eog(self, token: int) -> bool:
         return bool(self._is_eog(self._vocab, token))
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self._jobs.put(job)
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            job()
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self._thread.join(timeout=5)
+        self.llama.close()
 
 
 class LlamaCppEngine:
@@ -55,10 +75,10 @@ class LlamaCppEngine:
         per_slot = threads or max(1, cores // slots)
         self._free: asyncio.Queue[_Slot] = asyncio.Queue()
         self._all: list[_Slot] = []
-        for _ in range(slots):
+        for index in range(slots):
             llama = Llama(model_path=str(path), n_ctx=model.context_length, n_threads=per_slot,
                           n_threads_batch=per_slot, n_batch=512, verbose=False)
-            slot = _Slot(llama)
+            slot = _Slot(llama, index)
             self._all.append(slot)
             self._free.put_nowait(slot)
 
@@ -83,18 +103,20 @@ class LlamaCppEngine:
         slot = await self._free.get()
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[GenerationEvent | BaseException] = asyncio.Queue()
+        job_done = loop.create_future()
 
         def emit(item: GenerationEvent | BaseException) -> None:
             loop.call_soon_threadsafe(events.put_nowait, item)
 
-        def work() -> None:
+        def job() -> None:
             try:
                 self._run(slot, request, max_tokens_cap, cancel, emit)
             except BaseException as exc:  # handed to the awaiting coroutine, re-raised there
                 emit(exc)
+            finally:
+                loop.call_soon_threadsafe(job_done.set_result, None)
 
-        worker = threading.Thread(target=work, name="llama-slot", daemon=True)
-        worker.start()
+        slot.submit(job)
         try:
             while True:
                 item = await events.get()
@@ -105,8 +127,8 @@ class LlamaCppEngine:
                     return
         finally:
             cancel.set()  # consumer of this iterator left early: stop the thread at the next token
-            await asyncio.to_thread(worker.join)
-            self._free.put_nowait(slot)
+            # The slot is free again once its thread is idle, however this coroutine ends.
+            job_done.add_done_callback(lambda _: self._free.put_nowait(slot))
 
     def _run(self, slot: _Slot, request: GenerationRequest, max_tokens_cap: int,
              cancel: threading.Event, emit: Any) -> None:
@@ -160,7 +182,7 @@ class LlamaCppEngine:
 
     def close(self) -> None:
         for slot in self._all:
-            slot.llama.close()
+            slot.close()
 
 
 def load_default(model: CatalogModel, *, slots: int, threads: int | None,
