@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from pathlib import Path
@@ -61,7 +62,9 @@ def test_client_disconnect_cancels_and_frees_the_slot(solo: tuple[Coordinator, P
         model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
     assert reply.choices[0].message.content is not None
     assert time.monotonic() - started < 15
-    assert "cancel" in coordinator.log_text().lower() or "cancel" in provider.log_text().lower()
+    # The provider stopped generating: far fewer tokens than the 3000 asked for (~65 tok/s here).
+    stopped = re.search(r"cancelled after (\d+) token", provider.log_text())
+    assert stopped is not None and int(stopped.group(1)) < 500
 
 
 def test_cancel_while_queued_never_reaches_provider(solo: tuple[Coordinator, Provider]) -> None:

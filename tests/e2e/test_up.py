@@ -27,7 +27,7 @@ def _wait_env(workdir: Path, proc: subprocess.Popen[bytes], since: float) -> dic
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         assert proc.poll() is None, (workdir / "up.log").read_text()
-        if dev_env.is_file() and dev_env.stat().st_mtime >= since:
+        if dev_env.is_file() and dev_env.stat().st_mtime > since:
             lines = dev_env.read_text().splitlines()
             assert len(lines) == 2
             return dict(line.split("=", 1) for line in lines)
@@ -61,9 +61,10 @@ def test_up_serves_stops_cleanly_and_keeps_its_key(tmp_path: Path) -> None:
         assert f"http://127.0.0.1:{port}/v1" in (tmp_path / "up.log").read_text()
         _stop(proc, signal.SIGTERM)
 
+        time.sleep(1.1)  # the rewrite must be told apart from the first run's file by mtime
         restarted_at = time.time()
         proc = _up(tmp_path, port)
-        again = _wait_env(tmp_path, proc, since=restarted_at - 1)
+        again = _wait_env(tmp_path, proc, since=restarted_at)
         assert again["DARKBLOOM_API_KEY"] == key  # state survives restarts
         reply = client.chat.completions.create(model=MODEL, max_tokens=3,
                                                messages=[{"role": "user", "content": "hi"}])

@@ -128,8 +128,9 @@ class InferenceService:
             except _AttemptFailed as failed:
                 last = failed.event
                 tried.add(provider.id)
-                log.info("attempt %d on provider %s failed: %s (%d)", n, provider.id,
-                         last.message, last.status_code)
+                # Status and code only: a provider's message may quote the request back.
+                log.info("attempt %d on provider %s failed: %d %s", n, provider.id,
+                         last.status_code, last.code or "")
                 if 400 <= last.status_code < 500 and last.status_code != 404:
                     # The provider refused the request itself; another provider would too.
                     raise InvalidRequest(last.message, param=last.param, code=last.code,

@@ -126,6 +126,7 @@ class RequestServer:
             raise DarkbloomError("engine ended without finishing", status_code=500)
         assert isinstance(event, Finished)
         if event.finish_reason == "cancelled":
+            log.info("request %s cancelled after %d token(s)", rid, event.completion_tokens)
             await self.send(InferenceError(request_id=rid, error="cancelled", status_code=499))
             return
         usage = UsageCounts(event.prompt_tokens, event.completion_tokens)
