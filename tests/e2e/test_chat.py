@@ -65,7 +65,7 @@ def test_chat_streaming_matches_non_streaming(client: openai.OpenAI) -> None:
 
 def test_stream_wire_format(stack: Coordinator) -> None:
     """The raw SSE bytes: data events, usage on the finish chunk by default, then [DONE]."""
-    body = {"model": MODEL, "messages": HELLO, "max_tokens": 6, "stream": True}
+    body = {"model": MODEL, "messages": HELLO, "max_tokens": 6, "stream": True, "temperature": 0}
     with httpx.stream("POST", f"{stack.base_url}/v1/chat/completions", json=body, timeout=60,
                       headers={"Authorization": f"Bearer {stack.api_key}"}) as response:
         assert response.status_code == 200

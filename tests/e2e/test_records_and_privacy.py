@@ -53,7 +53,9 @@ def test_every_request_is_recorded(db_stack: tuple[Coordinator, Provider, str]) 
     ok = client.chat.completions.with_raw_response.create(
         model=MODEL, messages=[{"role": "user", "content": "Hello"}], max_tokens=5)
     reply = ok.parse()
-    list(client.completions.create(model=MODEL, prompt="Once", max_tokens=3, stream=True))
+    streamed_usage = list(client.completions.create(
+        model=MODEL, prompt="Once", max_tokens=3, stream=True,
+        stream_options={"include_usage": True}))[-1].usage
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model=MODEL, messages=[], max_tokens=3)
     coordinator.stop()  # flushes pending writes
@@ -67,7 +69,8 @@ def test_every_request_is_recorded(db_stack: tuple[Coordinator, Provider, str]) 
     assert chat["model"] == MODEL and chat["api_key_id"] and chat["status_code"] == 200
     assert chat["ttft_ms"] is not None and chat["duration_ms"] >= chat["ttft_ms"]
     streamed = next(r for r in rows if r["endpoint"] == "/v1/completions")
-    assert streamed["stream"] is True and streamed["completion_tokens"] == 3
+    assert streamed_usage is not None
+    assert streamed["stream"] is True and streamed["completion_tokens"] == streamed_usage.completion_tokens
     assert any(r["status_code"] == 400 and r["status"] == "failed" for r in rows)
 
 

@@ -85,6 +85,7 @@ def test_cancel_while_queued_never_reaches_provider(solo: tuple[Coordinator, Pro
 def test_provider_killed_mid_stream_gives_client_an_error(solo: tuple[Coordinator, Provider]) -> None:
     coordinator, provider = solo
     stream = coordinator.client().chat.completions.create(model=MODEL, messages=LONG, max_tokens=3000,
+                                                          temperature=0,
                                                           stream=True)
     seen = 0
     with pytest.raises(openai.APIError) as info:
@@ -107,7 +108,8 @@ def test_provider_killed_before_answer_non_streaming(solo: tuple[Coordinator, Pr
 
     def call() -> None:
         try:
-            coordinator.client().chat.completions.create(model=MODEL, messages=LONG, max_tokens=2000)
+            coordinator.client().chat.completions.create(model=MODEL, messages=LONG, max_tokens=2000,
+                                                         temperature=0)
         except BaseException as exc:
             result["error"] = exc
 

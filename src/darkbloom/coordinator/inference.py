@@ -26,8 +26,9 @@ from darkbloom.errors import (
 )
 from darkbloom.inference.budget import output_budget
 from darkbloom.inference.catalog import Catalog, CatalogModel
+from darkbloom.inference.dialects import parse_request
 from darkbloom.inference.prompt import PromptBuilder
-from darkbloom.inference.request import GenerationRequest, parse_json_body, parse_request
+from darkbloom.inference.request import GenerationRequest, parse_json_body
 from darkbloom.protocol.frames import Endpoint, Usage
 
 log = logging.getLogger(__name__)

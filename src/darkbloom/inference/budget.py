@@ -13,7 +13,7 @@ def output_budget(request: GenerationRequest, prompt_tokens: int, context_length
     With no max_tokens the default is capped to what the context leaves (api.md §3.1); an explicit
     max_tokens that does not fit is an error, as on OpenAI, never silently shortened.
     """
-    param = "messages" if request.endpoint == "/v1/chat/completions" else "prompt"
+    param = {"/v1/completions": "prompt", "/v1/responses": "input"}.get(request.endpoint, "messages")
     room = context_length - prompt_tokens
     if room < 1:
         raise InvalidRequest(

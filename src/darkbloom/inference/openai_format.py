@@ -12,7 +12,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from darkbloom.inference.formatting import Outcome
 from darkbloom.inference.request import GenerationRequest
+
+DONE = "data: [DONE]"
 
 
 def dumps(obj: Any) -> str:
@@ -82,15 +85,37 @@ class OpenAIFormatter:
             return [self._chunk([choice]), self._chunk([], usage)]
         return [self._chunk([choice], usage)]
 
+    # --- the Formatter contract ---------------------------------------------------------
+
+    def stream_start(self, prompt_tokens: int) -> list[str]:
+        first = self.first_chunk()
+        return [first] if first else []
+
+    def stream_delta(self, text: str) -> list[str]:
+        return [self.delta_chunk(text)]
+
+    def stream_reasoning(self, text: str) -> list[str]:
+        if not self.chat:
+            return self.stream_delta(text)
+        return [self._chunk([{"index": 0, "delta": {"reasoning_content": text}, "finish_reason": None}])]
+
+    def stream_end(self, outcome: Outcome) -> list[str]:
+        usage = UsageCounts(outcome.prompt_tokens, outcome.completion_tokens)
+        return [*self.final_chunks(outcome.finish_reason, usage), DONE]
+
+    def body(self, text: str, reasoning: str, outcome: Outcome) -> str:
+        usage = UsageCounts(outcome.prompt_tokens, outcome.completion_tokens)
+        return self.full_response(text, outcome.finish_reason, usage, reasoning)
+
     # --- non-streaming -----------------------------------------------------------------
 
-    def full_response(self, text: str, finish_reason: str, usage: UsageCounts) -> str:
+    def full_response(self, text: str, finish_reason: str, usage: UsageCounts,
+                      reasoning: str = "") -> str:
         if self.chat:
-            choice: dict[str, Any] = {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": finish_reason,
-            }
+            message = {"role": "assistant", "content": text}
+            if reasoning:
+                message["reasoning_content"] = reasoning
+            choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": finish_reason}
         else:
             choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
         return dumps({
@@ -103,4 +128,3 @@ class OpenAIFormatter:
         })
 
 
-DONE = "data: [DONE]"

@@ -63,7 +63,7 @@ class PromptBuilder:
                                  param="messages") from None
 
     def tokens(self, request: GenerationRequest) -> list[int]:
-        if request.endpoint == "/v1/chat/completions":
+        if request.prompt is None:  # every dialect but text completions is a conversation
             text, special = self.render_chat(request), True
         else:
             text, special = request.prompt or "", False

@@ -8,17 +8,24 @@ is an InvalidRequest naming the parameter, in the words OpenAI's API uses.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from darkbloom.errors import InvalidRequest
+from darkbloom.inference.fields import (
+    bounded_number,
+    is_int,
+    model_name,
+    reject_unknown,
+    stop_sequences,
+    stream_flag,
+    token_limit,
+    unsupported,
+)
 
-Endpoint = Literal["/v1/chat/completions", "/v1/completions"]
+Endpoint = Literal["/v1/chat/completions", "/v1/completions", "/v1/messages", "/v1/responses"]
 
 MAX_MESSAGES = 2048
-MAX_STOP_SEQUENCES = 4
-MAX_OUTPUT_TOKENS = 32_768
 DEFAULT_MAX_TOKENS = 8192
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 
@@ -68,6 +75,7 @@ class GenerationRequest:
     model: str
     messages: tuple[Message, ...] = ()
     prompt: str | None = None
+    instructions: str | None = None  # Responses: echoed back as given, also present in messages
     max_tokens: int | None = None
     stop: tuple[str, ...] = ()
     stream: bool = False
@@ -88,56 +96,48 @@ def parse_json_body(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def parse_request(endpoint: str, body: dict[str, Any]) -> GenerationRequest:
-    if endpoint == "/v1/chat/completions":
-        return parse_chat(body)
-    if endpoint == "/v1/completions":
-        return parse_completion(body)
-    raise InvalidRequest(f"unsupported endpoint {endpoint}")
-
-
 def parse_chat(body: dict[str, Any]) -> GenerationRequest:
-    _reject_unknown(body, _CHAT_KEYS)
-    model = _model(body)
+    reject_unknown(body, _CHAT_KEYS)
+    model = model_name(body)
     messages = _messages(body.get("messages"))
     _common_unsupported(body)
     if body.get("logprobs") not in (None, False):
-        raise _unsupported("logprobs")
+        raise unsupported("logprobs")
     if body.get("top_logprobs") is not None:
-        raise _unsupported("top_logprobs")
+        raise unsupported("top_logprobs")
     for key in ("audio", "prediction", "logit_bias"):
         if body.get(key):
-            raise _unsupported(key)
+            raise unsupported(key)
     if body.get("modalities") not in (None, ["text"]):
-        raise _unsupported("modalities", "modalities other than [\"text\"]")
+        raise unsupported("modalities", "modalities other than [\"text\"]")
     response_format = body.get("response_format")
     if response_format is not None:
         if not isinstance(response_format, dict) or "type" not in response_format:
             raise InvalidRequest("response_format must be an object with a 'type'",
                                  param="response_format")
         if response_format["type"] != "text":
-            raise _unsupported("response_format", f"response_format type {response_format['type']!r}")
+            raise unsupported("response_format", f"response_format type {response_format['type']!r}")
     if body.get("tools"):
-        raise _unsupported("tools")
+        raise unsupported("tools")
     if body.get("tool_choice") not in (None, "none", "auto"):
-        raise _unsupported("tool_choice")
-    max_tokens = _max_tokens(body, "max_tokens")
-    completion_cap = _max_tokens(body, "max_completion_tokens")
+        raise unsupported("tool_choice")
+    max_tokens = token_limit(body, "max_tokens")
+    completion_cap = token_limit(body, "max_completion_tokens")
     return GenerationRequest(
         endpoint="/v1/chat/completions",
         model=model,
         messages=messages,
         max_tokens=completion_cap if completion_cap is not None else max_tokens,
-        stop=_stop(body.get("stop")),
-        stream=_stream(body),
+        stop=stop_sequences(body.get("stop")),
+        stream=stream_flag(body),
         include_usage=_include_usage(body),
         sampling=_sampling(body),
     )
 
 
 def parse_completion(body: dict[str, Any]) -> GenerationRequest:
-    _reject_unknown(body, _COMPLETION_KEYS)
-    model = _model(body)
+    reject_unknown(body, _COMPLETION_KEYS)
+    model = model_name(body)
     prompt = body.get("prompt")
     if isinstance(prompt, list):
         if len(prompt) != 1:
@@ -150,22 +150,22 @@ def parse_completion(body: dict[str, Any]) -> GenerationRequest:
         raise InvalidRequest("prompt must not be empty", param="prompt")
     _common_unsupported(body)
     if body.get("echo") not in (None, False):
-        raise _unsupported("echo")
+        raise unsupported("echo")
     if body.get("suffix") not in (None, ""):
-        raise _unsupported("suffix")
+        raise unsupported("suffix")
     if body.get("best_of") not in (None, 1):
-        raise _unsupported("best_of")
+        raise unsupported("best_of")
     if body.get("logprobs") is not None:
-        raise _unsupported("logprobs")
+        raise unsupported("logprobs")
     if body.get("logit_bias"):
-        raise _unsupported("logit_bias")
+        raise unsupported("logit_bias")
     return GenerationRequest(
         endpoint="/v1/completions",
         model=model,
         prompt=prompt,
-        max_tokens=_max_tokens(body, "max_tokens"),
-        stop=_stop(body.get("stop")),
-        stream=_stream(body),
+        max_tokens=token_limit(body, "max_tokens"),
+        stop=stop_sequences(body.get("stop")),
+        stream=stream_flag(body),
         include_usage=_include_usage(body),
         sampling=_sampling(body),
     )
@@ -174,38 +174,20 @@ def parse_completion(body: dict[str, Any]) -> GenerationRequest:
 # --- field rules ---------------------------------------------------------------------------
 
 
-def _unsupported(param: str, what: str | None = None) -> InvalidRequest:
-    return InvalidRequest(
-        f"{what or param} is not supported by this model's engine; remove it from the request",
-        param=param,
-        code="unsupported_parameter",
-    )
 
 
-def _reject_unknown(body: dict[str, Any], allowed: frozenset[str]) -> None:
-    for key in body:
-        if key not in allowed:
-            raise InvalidRequest(f"Unrecognized request argument supplied: {key}", param=key,
-                                 code="unknown_parameter")
 
 
 def _common_unsupported(body: dict[str, Any]) -> None:
     n = body.get("n")
     if n is not None:
-        if not _is_int(n) or n < 1:
+        if not is_int(n) or n < 1:
             raise InvalidRequest("n must be a positive integer", param="n")
         if n > 1:
             raise InvalidRequest("n > 1 is not supported: each request returns one choice",
                                  param="n", code="unsupported_parameter")
 
 
-def _model(body: dict[str, Any]) -> str:
-    model = body.get("model")
-    if model is None:
-        raise InvalidRequest("model is required", param="model")
-    if not isinstance(model, str) or not 1 <= len(model) <= 256:
-        raise InvalidRequest("model must be a string of 1 to 256 characters", param="model")
-    return model
 
 
 def _messages(value: Any) -> tuple[Message, ...]:
@@ -232,7 +214,7 @@ def _messages(value: Any) -> tuple[Message, ...]:
                 param=f"{where}.role",
             )
         if item.get("tool_calls"):
-            raise _unsupported(f"{where}.tool_calls", "tool calls")
+            raise unsupported(f"{where}.tool_calls", "tool calls")
         parsed.append(Message("system" if role == "developer" else role,
                               _content(item.get("content"), f"{where}.content")))
     return tuple(parsed)
@@ -262,53 +244,27 @@ def _content(content: Any, where: str) -> str:
     raise InvalidRequest(f"{where} must be a string or an array of content parts", param=where)
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
-    return (isinstance(value, int | float) and not isinstance(value, bool)
-            and math.isfinite(value))
 
 
-def _max_tokens(body: dict[str, Any], key: str) -> int | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if not _is_int(value):
-        raise InvalidRequest(f"{key} must be an integer", param=key)
-    if value < 1:
-        raise InvalidRequest(f"{key} must be at least 1", param=key)
-    if value > MAX_OUTPUT_TOKENS:
-        raise InvalidRequest(f"{key} must be at most {MAX_OUTPUT_TOKENS}", param=key)
-    return int(value)
 
 
-def _number(body: dict[str, Any], key: str, lo: float, hi: float, *, lo_open: bool = False) -> Any:
-    value = body.get(key)
-    if value is None:
-        return None
-    if not _is_number(value):
-        raise InvalidRequest(f"{key} must be a number", param=key)
-    if value > hi or value < lo or (lo_open and value == lo):
-        bound = f"greater than {lo}" if lo_open else f"at least {lo}"
-        raise InvalidRequest(f"{key} must be {bound} and at most {hi}, got {value}", param=key)
-    return value
 
 
 def _sampling(body: dict[str, Any]) -> Sampling:
     defaults = Sampling()
-    temperature = _number(body, "temperature", 0, 2)
-    top_p = _number(body, "top_p", 0, 1, lo_open=True)
-    min_p = _number(body, "min_p", 0, 1)
-    presence = _number(body, "presence_penalty", -2, 2)
-    frequency = _number(body, "frequency_penalty", -2, 2)
-    repetition = _number(body, "repetition_penalty", 0, 2, lo_open=True)
+    temperature = bounded_number(body, "temperature", 0, 2)
+    top_p = bounded_number(body, "top_p", 0, 1, lo_open=True)
+    min_p = bounded_number(body, "min_p", 0, 1)
+    presence = bounded_number(body, "presence_penalty", -2, 2)
+    frequency = bounded_number(body, "frequency_penalty", -2, 2)
+    repetition = bounded_number(body, "repetition_penalty", 0, 2, lo_open=True)
     top_k = body.get("top_k")
-    if top_k is not None and (not _is_int(top_k) or top_k < 0):
+    if top_k is not None and (not is_int(top_k) or top_k < 0):
         raise InvalidRequest("top_k must be a non-negative integer", param="top_k")
     seed = body.get("seed")
-    if seed is not None and (not _is_int(seed) or not -(2**63) <= seed < 2**64):
+    if seed is not None and (not is_int(seed) or not -(2**63) <= seed < 2**64):
         raise InvalidRequest("seed must be a 64-bit integer", param="seed")
     return Sampling(
         temperature=defaults.temperature if temperature is None else float(temperature),
@@ -322,27 +278,8 @@ def _sampling(body: dict[str, Any]) -> Sampling:
     )
 
 
-def _stop(value: Any) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
-        raise InvalidRequest("stop must be a string or an array of strings", param="stop")
-    if len(items) > MAX_STOP_SEQUENCES:
-        raise InvalidRequest(f"stop may contain at most {MAX_STOP_SEQUENCES} sequences",
-                             param="stop")
-    if any(not s for s in items):
-        raise InvalidRequest("stop sequences must not be empty", param="stop")
-    return tuple(items)
 
 
-def _stream(body: dict[str, Any]) -> bool:
-    stream = body.get("stream", False)
-    if stream is None:
-        return False
-    if not isinstance(stream, bool):
-        raise InvalidRequest("stream must be a boolean", param="stream")
-    return stream
 
 
 def _include_usage(body: dict[str, Any]) -> bool:

@@ -16,3 +16,15 @@ class OpenAIError(BaseModel):
     """``{"error": {"message", "type", "param", "code"}}`` as OpenAI's SDKs parse it."""
 
     error: OpenAIErrorDetail
+
+
+class AnthropicErrorDetail(BaseModel):
+    type: str
+    message: str
+
+
+class AnthropicError(BaseModel):
+    """``{"type": "error", "error": {"type", "message"}}`` as Anthropic's SDKs parse it."""
+
+    type: str = "error"
+    error: AnthropicErrorDetail

@@ -14,8 +14,10 @@ from pydantic import BaseModel
 
 from darkbloom.crypto import Channel, KeyPair, SealingError, public_key_from_b64
 from darkbloom.errors import DarkbloomError, InvalidRequest
-from darkbloom.inference.openai_format import DONE, OpenAIFormatter, UsageCounts
-from darkbloom.inference.request import GenerationRequest, parse_json_body, parse_request
+from darkbloom.inference.dialects import ENDPOINTS, formatter_for, parse_request
+from darkbloom.inference.formatting import Outcome
+from darkbloom.inference.reasoning import Kind, ThinkSplitter
+from darkbloom.inference.request import GenerationRequest, parse_json_body
 from darkbloom.protocol.frames import (
     InferenceAccepted,
     InferenceComplete,
@@ -25,7 +27,7 @@ from darkbloom.protocol.frames import (
     Sealed,
     Usage,
 )
-from darkbloom.provider.engines.base import Engine, Finished
+from darkbloom.provider.engines.base import Engine, Finished, Started
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,7 @@ def _open(frame: InferenceRequest, keys: KeyPair) -> tuple[Channel, GenerationRe
     except SealingError as exc:
         raise _Refused(400, f"request body could not be decrypted: {exc}") from None
     try:
-        if frame.endpoint not in ("/v1/chat/completions", "/v1/completions"):
+        if frame.endpoint not in ENDPOINTS:
             raise _Refused(400, f"endpoint {frame.endpoint} is not served by this provider")
         request = parse_request(frame.endpoint, parse_json_body(body))
     except InvalidRequest as exc:
@@ -97,31 +99,45 @@ class RequestServer:
 
     async def _generate(self, rid: str, channel: Channel, request: GenerationRequest, cap: int,
                         cancel: threading.Event) -> None:
-        fmt = OpenAIFormatter(request)
+        fmt = formatter_for(request)
         seq = 0
 
-        async def chunk(payload: str) -> None:
+        async def chunk(payloads: list[str]) -> None:
             nonlocal seq
-            sealed = Sealed(**channel.seal(payload.encode("utf-8")))
-            await self.send(InferenceResponseChunk(request_id=rid, seq=seq, encrypted_data=sealed))
-            seq += 1
+            for payload in payloads:
+                sealed = Sealed(**channel.seal(payload.encode("utf-8")))
+                await self.send(InferenceResponseChunk(request_id=rid, seq=seq, encrypted_data=sealed))
+                seq += 1
 
-        parts: list[str] = []
-        opened = False
+        # Conversations get <think> split out; a raw text completion stays raw.
+        splitter = ThinkSplitter() if request.prompt is None else None
+        answer: list[str] = []
+        reasoning: list[str] = []
+        start: list[str] | None = None
+
+        def render(pieces: list[tuple[Kind, str]]) -> list[str]:
+            payloads = []
+            for kind, text in pieces:
+                if not request.stream:
+                    (reasoning if kind == "reasoning" else answer).append(text)
+                elif kind == "reasoning":
+                    payloads += fmt.stream_reasoning(text)
+                else:
+                    payloads += fmt.stream_delta(text)
+            return payloads
+
         async for event in self.engine.generate(request, cap, cancel):
             if isinstance(event, Finished):
                 break
-            if not request.stream:
-                parts.append(event.text)
+            if isinstance(event, Started):
+                # Held back until the first text, so the coordinator can still retry elsewhere
+                # if prefill fails (nothing is committed before the first chunk).
+                start = fmt.stream_start(event.prompt_tokens) if request.stream else []
                 continue
-            if not opened:
-                # The role chunk waits for the first token, so the coordinator can still retry
-                # elsewhere if prefill fails (nothing is committed before the first chunk).
-                opened = True
-                first = fmt.first_chunk()
-                if first is not None:
-                    await chunk(first)
-            await chunk(fmt.delta_chunk(event.text))
+            payloads = render(splitter.feed(event.text) if splitter else [("content", event.text)])
+            if payloads:
+                await chunk([*(start or []), *payloads])
+                start = []
         else:
             raise DarkbloomError("engine ended without finishing", status_code=500)
         assert isinstance(event, Finished)
@@ -129,21 +145,18 @@ class RequestServer:
             log.info("request %s cancelled after %d token(s)", rid, event.completion_tokens)
             await self.send(InferenceError(request_id=rid, error="cancelled", status_code=499))
             return
-        usage = UsageCounts(event.prompt_tokens, event.completion_tokens)
+        tail = render(splitter.flush()) if splitter else []
+        outcome = Outcome(event.finish_reason, event.prompt_tokens, event.completion_tokens,
+                          event.stop_sequence)
         if request.stream:
-            if not opened and (first := fmt.first_chunk()) is not None:
-                await chunk(first)
-            for payload in fmt.final_chunks(event.finish_reason, usage):
-                await chunk(payload)
-            await chunk(DONE)
+            await chunk([*(start or []), *tail, *fmt.stream_end(outcome)])
         else:
-            await chunk("data: " + fmt.full_response("".join(parts), event.finish_reason, usage))
-        parts.clear()
+            await chunk(["data: " + fmt.body("".join(answer), "".join(reasoning), outcome)])
+        answer.clear()
+        reasoning.clear()
         self.requests_served += 1
         self.tokens_generated += event.completion_tokens
         await self.send(InferenceComplete(
             request_id=rid, finish_reason=event.finish_reason,
             usage=Usage(prompt_tokens=event.prompt_tokens,
                         completion_tokens=event.completion_tokens)))
-
-

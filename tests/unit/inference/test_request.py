@@ -8,16 +8,16 @@ from typing import Any
 import pytest
 
 from darkbloom.errors import InvalidRequest
+from darkbloom.inference.dialects import parse_request
+from darkbloom.inference.fields import MAX_OUTPUT_TOKENS
 from darkbloom.inference.request import (
     DEFAULT_MAX_TOKENS,
     MAX_MESSAGES,
-    MAX_OUTPUT_TOKENS,
     Message,
     Sampling,
     parse_chat,
     parse_completion,
     parse_json_body,
-    parse_request,
 )
 
 Parser = Callable[[dict[str, Any]], Any]

@@ -1,11 +1,14 @@
-"""The one place errors become HTTP responses, in the OpenAI dialect (api.md §2).
+"""The one place errors become HTTP responses, in the caller's dialect (api.md §2).
 
-Handlers sit on the base classes, so every DarkbloomError, every request-validation failure and
-every unknown route answers in the same shape; FastAPI's default 422 never reaches a client.
+OpenAI's ``{"error": {...}}`` everywhere except ``/v1/messages``, which answers Anthropic's
+``{"type": "error", "error": {...}}``. Handlers sit on the base classes, so every DarkbloomError,
+every request-validation failure and every unknown route answers in its route's shape; FastAPI's
+default 422 never reaches a client.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 
 from fastapi import FastAPI, Request
@@ -14,7 +17,12 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from darkbloom.errors import DarkbloomError, InternalError
-from darkbloom.protocol.errors import OpenAIError, OpenAIErrorDetail
+from darkbloom.protocol.errors import (
+    AnthropicError,
+    AnthropicErrorDetail,
+    OpenAIError,
+    OpenAIErrorDetail,
+)
 
 log = logging.getLogger(__name__)
 
@@ -26,44 +34,73 @@ _STATUS_TYPES = {
 }
 
 
+ANTHROPIC_PATHS = frozenset({"/v1/messages"})
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
+    403: "permission_error", 404: "not_found_error", 405: "invalid_request_error",
+    413: "request_too_large", 429: "rate_limit_error", 503: "overloaded_error",
+}
+
+
 def openai_error_body(error: DarkbloomError) -> bytes:
     detail = OpenAIErrorDetail(message=error.message, type=error.type, param=error.param,
                                code=error.code)
     return OpenAIError(error=detail).model_dump_json().encode()
 
 
-def error_response(error: DarkbloomError) -> Response:
+def anthropic_error_body(error: DarkbloomError) -> bytes:
+    kind = _ANTHROPIC_TYPES.get(error.status_code, "api_error")
+    return AnthropicError(error=AnthropicErrorDetail(type=kind, message=error.message)) \
+        .model_dump_json().encode()
+
+
+def error_response(error: DarkbloomError, path: str = "") -> Response:
+    if path in ANTHROPIC_PATHS:
+        return Response(anthropic_error_body(error), status_code=error.status_code,
+                        media_type="application/json", headers=error.headers)
     return Response(openai_error_body(error), status_code=error.status_code,
                     media_type="application/json", headers=error.headers)
 
 
-async def _darkbloom(_: Request, exc: Exception) -> Response:
+def stream_error_event(error: DarkbloomError, path: str) -> bytes:
+    """The in-band error for a stream whose 200 status has already gone out (api.md §2)."""
+    if path in ANTHROPIC_PATHS:
+        return b"event: error\ndata: " + anthropic_error_body(error) + b"\n\n"
+    detail = {"message": error.message, "type": error.type}
+    if path == "/v1/responses":
+        event = {"type": "error", "error": {**detail, "code": error.code, "param": None}}
+        return b"event: error\ndata: " + json.dumps(event).encode() + b"\n\n"
+    return b"data: " + json.dumps({"error": detail}).encode() + b"\n\n"
+
+
+async def _darkbloom(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, DarkbloomError)
-    return error_response(exc)
+    return error_response(exc, request.url.path)
 
 
-async def _validation(_: Request, exc: Exception) -> Response:
+async def _validation(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     first = exc.errors()[0] if exc.errors() else {}
     loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
     param = ".".join(loc) or None
     return error_response(DarkbloomError(f"invalid {param or 'request'}: {first.get('msg', '')}",
                                          param=param, code="invalid_request_error",
-                                         status_code=400))
+                                         status_code=400), request.url.path)
 
 
-async def _http(_: Request, exc: Exception) -> Response:
+async def _http(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     kind = _STATUS_TYPES.get(exc.status_code, "invalid_request_error")
     error = DarkbloomError(str(exc.detail), code=kind, status_code=exc.status_code)
     error.type = kind
-    return error_response(error)
+    return error_response(error, request.url.path)
 
 
-async def _unexpected(_: Request, exc: Exception) -> Response:
+async def _unexpected(request: Request, exc: Exception) -> Response:
     # Log the exception type and location only: a message could quote request content.
     log.error("unhandled %s", type(exc).__name__, exc_info=False)
-    return error_response(InternalError("internal error; the request was not charged"))
+    return error_response(InternalError("internal error; the request was not charged"),
+                          request.url.path)
 
 
 def install(app: FastAPI) -> None:

@@ -13,13 +13,12 @@ from fastapi.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from darkbloom.coordinator.api.auth import ApiKeyDep
-from darkbloom.coordinator.api.errors import error_response
+from darkbloom.coordinator.api.errors import error_response, stream_error_event
 from darkbloom.coordinator.inference import Committed, Finished, InferenceService
 from darkbloom.coordinator.recorder import Recorder
 from darkbloom.coordinator.store.credentials import KeyIdentity, now
 from darkbloom.coordinator.store.requests_log import RequestOutcome
 from darkbloom.errors import DarkbloomError, ProviderFailed, RequestTooLarge
-from darkbloom.inference.openai_format import dumps
 from darkbloom.protocol.frames import Endpoint
 
 router = APIRouter()
@@ -135,9 +134,8 @@ class SSERelay(Response):
         except DarkbloomError as exc:
             # Status is already 200: report in-band, then end without [DONE] (api.md §2).
             outcome.status, outcome.status_code, outcome.error_code = "failed", exc.status_code, exc.code
-            event = {"error": {"message": exc.message, "type": exc.type}}
             await send({"type": "http.response.body", "more_body": True,
-                        "body": b"data: " + dumps(event).encode() + b"\n\n"})
+                        "body": stream_error_event(exc, self.outcome.endpoint)})
         finally:
             if not finished:
                 self.service.dispatcher.cancel(self.committed.attempt)
@@ -189,7 +187,7 @@ async def serve(request: Request, endpoint: Endpoint, identity: KeyIdentity) -> 
         return Response(status_code=499)
     except DarkbloomError as exc:
         outcome.status_code, outcome.error_code = exc.status_code, exc.code
-        return error_response(exc)
+        return error_response(exc, endpoint)
     finally:
         if not relay_records:
             outcome.duration_ms = _elapsed_ms(started)
@@ -204,3 +202,14 @@ async def chat_completions(request: Request, identity: ApiKeyDep) -> Response:
 @router.post("/v1/completions")
 async def completions(request: Request, identity: ApiKeyDep) -> Response:
     return await serve(request, "/v1/completions", identity)
+
+
+@router.post("/v1/responses")
+async def responses(request: Request, identity: ApiKeyDep) -> Response:
+    return await serve(request, "/v1/responses", identity)
+
+
+@router.post("/v1/messages")
+async def messages(request: Request, identity: ApiKeyDep) -> Response:
+    """Anthropic Messages; `anthropic-version` and `anthropic-beta` are accepted and ignored."""
+    return await serve(request, "/v1/messages", identity)

@@ -1,4 +1,7 @@
-"""X-Request-ID on every response: the client's if it is sane, else 12 random base32 chars."""
+"""X-Request-ID on every response: the client's if it is sane, else 12 random base32 chars.
+
+Also sent as ``request-id``, the header Anthropic's SDK reads into ``error.request_id``.
+"""
 
 from __future__ import annotations
 
@@ -26,11 +29,11 @@ class RequestIdMiddleware:
         given = dict(scope["headers"]).get(b"x-request-id", b"")
         request_id = given.decode() if _SANE.match(given) else new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
-        header = (b"x-request-id", request_id.encode())
+        headers = [(b"x-request-id", request_id.encode()), (b"request-id", request_id.encode())]
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), header]
+                message["headers"] = [*message.get("headers", []), *headers]
             await send(message)
 
         await self.app(scope, receive, send_with_id)

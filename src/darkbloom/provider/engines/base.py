@@ -18,6 +18,13 @@ FinishReason = Literal["stop", "length", "cancelled"]
 
 
 @dataclass(frozen=True, slots=True)
+class Started:
+    """The prompt is tokenized and accepted; generation begins."""
+
+    prompt_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
 class TextDelta:
     text: str
 
@@ -27,9 +34,10 @@ class Finished:
     finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+    stop_sequence: str | None = None  # which of the request's stop sequences ended it
 
 
-GenerationEvent = TextDelta | Finished
+GenerationEvent = Started | TextDelta | Finished
 
 
 class Engine(Protocol):
@@ -49,7 +57,7 @@ class Engine(Protocol):
 
     def generate(self, request: GenerationRequest, max_tokens_cap: int,
                  cancel: threading.Event) -> AsyncIterator[GenerationEvent]:
-        """Stream deltas, then exactly one Finished. Stops within one token once ``cancel`` is set.
+        """Stream one Started, deltas, then exactly one Finished; stops within a token of ``cancel``.
 
         Raises InvalidRequest (e.g. context_length_exceeded) before the first event.
         """

@@ -27,7 +27,13 @@ from darkbloom.inference.catalog import CatalogModel
 from darkbloom.inference.prompt import PromptBuilder
 from darkbloom.inference.request import GenerationRequest
 from darkbloom.protocol.frames import ModelInfo
-from darkbloom.provider.engines.base import Finished, FinishReason, GenerationEvent, TextDelta
+from darkbloom.provider.engines.base import (
+    Finished,
+    FinishReason,
+    GenerationEvent,
+    Started,
+    TextDelta,
+)
 from darkbloom.provider.engines.stops import StopMatcher
 
 log = logging.getLogger(__name__)
@@ -137,6 +143,7 @@ class LlamaCppEngine:
         limit = min(max_tokens_cap,
                     output_budget(request, len(prompt), self.model.context_length, max_tokens_cap))
         sampling = request.sampling
+        emit(Started(len(prompt)))
         llama.reset()
         llama.set_seed(sampling.seed % 2**32 if sampling.seed is not None
                        else random.randrange(2**32))
@@ -178,7 +185,7 @@ class LlamaCppEngine:
             tail += stops.flush()
             if tail:
                 emit(TextDelta(tail))
-        emit(Finished(finish, len(prompt), completion))
+        emit(Finished(finish, len(prompt), completion, stops.matched))
 
     def close(self) -> None:
         for slot in self._all:

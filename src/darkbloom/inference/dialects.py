@@ -1,0 +1,42 @@
+"""The translation layer's entry points: one parser and one formatter per endpoint.
+
+Every dialect maps onto the same GenerationRequest going in and the same engine Outcome coming
+out; the coordinator uses ``parse_request`` to validate before routing, the provider uses both.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from darkbloom.errors import InvalidRequest
+from darkbloom.inference.anthropic_format import AnthropicFormatter
+from darkbloom.inference.anthropic_request import parse_messages
+from darkbloom.inference.formatting import Formatter
+from darkbloom.inference.openai_format import OpenAIFormatter
+from darkbloom.inference.request import GenerationRequest, parse_chat, parse_completion
+from darkbloom.inference.responses_format import ResponsesFormatter
+from darkbloom.inference.responses_request import parse_responses
+
+_PARSERS = {
+    "/v1/chat/completions": parse_chat,
+    "/v1/completions": parse_completion,
+    "/v1/messages": parse_messages,
+    "/v1/responses": parse_responses,
+}
+
+ENDPOINTS = frozenset(_PARSERS)
+
+
+def parse_request(endpoint: str, body: dict[str, Any]) -> GenerationRequest:
+    parser = _PARSERS.get(endpoint)
+    if parser is None:
+        raise InvalidRequest(f"unsupported endpoint {endpoint}")
+    return parser(body)
+
+
+def formatter_for(request: GenerationRequest) -> Formatter:
+    if request.endpoint == "/v1/messages":
+        return AnthropicFormatter(request)
+    if request.endpoint == "/v1/responses":
+        return ResponsesFormatter(request)
+    return OpenAIFormatter(request)

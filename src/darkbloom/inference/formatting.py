@@ -1,0 +1,41 @@
+"""The contract every response dialect implements: turn engine output into consumer bytes.
+
+Each method returns SSE event payloads (``data: {...}``, optionally preceded by an ``event:``
+line) without the trailing blank line; the coordinator adds it when relaying. A non-streamed
+body is one payload, ``data: `` + the JSON document.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    finish_reason: Literal["stop", "length"]
+    prompt_tokens: int
+    completion_tokens: int
+    stop_sequence: str | None = None
+
+
+class Formatter(Protocol):
+    def stream_start(self, prompt_tokens: int) -> list[str]:
+        """Events before the first text (sent together with it, so nothing commits early)."""
+        ...
+
+    def stream_delta(self, text: str) -> list[str]:
+        """Answer text."""
+        ...
+
+    def stream_reasoning(self, text: str) -> list[str]:
+        """Reasoning text (the model's ``<think>`` part), never mixed into the answer."""
+        ...
+
+    def stream_end(self, outcome: Outcome) -> list[str]:
+        """Closing events, including the dialect's own terminator (``[DONE]``, message_stop...)."""
+        ...
+
+    def body(self, text: str, reasoning: str, outcome: Outcome) -> str:
+        """The complete non-streamed JSON document."""
+        ...

@@ -1,0 +1,130 @@
+"""Parse OpenAI Responses requests (POST /v1/responses) into a GenerationRequest.
+
+``input`` (a string or items) becomes the conversation and ``instructions`` a leading system
+message (api.md §3.3). Nothing is stored server-side, so ``previous_response_id`` is refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from darkbloom.errors import InvalidRequest
+from darkbloom.inference.fields import (
+    bounded_number,
+    model_name,
+    reject_unknown,
+    stream_flag,
+    token_limit,
+    unsupported,
+)
+from darkbloom.inference.request import MAX_MESSAGES, GenerationRequest, Message, Sampling
+
+_KEYS = frozenset({
+    "model", "input", "instructions", "max_output_tokens", "temperature", "top_p", "stream",
+    "text", "tools", "tool_choice", "store", "metadata", "user", "parallel_tool_calls",
+    "truncation", "reasoning", "previous_response_id", "include", "service_tier", "top_logprobs",
+    "background", "prompt_cache_key", "safety_identifier", "stream_options",
+})
+_ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
+_TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
+
+
+def parse_responses(body: dict[str, Any]) -> GenerationRequest:
+    reject_unknown(body, _KEYS)
+    model = model_name(body)
+    for key in ("previous_response_id", "top_logprobs"):
+        if body.get(key) is not None:
+            raise unsupported(key)
+    if body.get("background"):
+        raise unsupported("background")
+    if body.get("tools"):
+        raise unsupported("tools")
+    if body.get("tool_choice") not in (None, "none", "auto"):
+        raise unsupported("tool_choice")
+    if body.get("include"):
+        raise unsupported("include")
+    _text_format(body.get("text"))
+    instructions = body.get("instructions")
+    if instructions is not None and not isinstance(instructions, str):
+        raise InvalidRequest("instructions must be a string", param="instructions")
+    messages = ([Message("system", instructions)] if instructions else []) + _input(body.get("input"))
+    temperature = bounded_number(body, "temperature", 0, 2)
+    top_p = bounded_number(body, "top_p", 0, 1, lo_open=True)
+    defaults = Sampling()
+    return GenerationRequest(
+        endpoint="/v1/responses",
+        model=model,
+        messages=tuple(messages),
+        instructions=instructions,
+        max_tokens=token_limit(body, "max_output_tokens"),
+        stream=stream_flag(body),
+        sampling=Sampling(
+            temperature=defaults.temperature if temperature is None else float(temperature),
+            top_p=defaults.top_p if top_p is None else float(top_p),
+        ),
+    )
+
+
+def _text_format(text: Any) -> None:
+    if text is None:
+        return
+    if not isinstance(text, dict):
+        raise InvalidRequest("text must be an object", param="text")
+    fmt = text.get("format")
+    if fmt is None:
+        return
+    if not isinstance(fmt, dict) or fmt.get("type") != "text":
+        kind = fmt.get("type") if isinstance(fmt, dict) else fmt
+        raise unsupported("text.format", f"text.format type {str(kind)[:32]!r}")
+
+
+def _input(value: Any) -> list[Message]:
+    if isinstance(value, str):
+        if not value:
+            raise InvalidRequest("input must not be empty", param="input")
+        return [Message("user", value)]
+    if not isinstance(value, list):
+        raise InvalidRequest("input is required: a string or an array of input items", param="input")
+    if not value:
+        raise InvalidRequest("input must contain at least one item", param="input")
+    if len(value) > MAX_MESSAGES:
+        raise InvalidRequest(f"input may contain at most {MAX_MESSAGES} items", param="input")
+    messages = []
+    for i, item in enumerate(value):
+        where = f"input[{i}]"
+        if not isinstance(item, dict):
+            raise InvalidRequest(f"{where} must be an object", param=where)
+        kind = item.get("type", "message")
+        if kind == "reasoning":
+            continue
+        if kind in ("function_call", "function_call_output"):
+            raise unsupported(f"{where}.type", f"input items of type {kind!r}")
+        if kind != "message":
+            raise InvalidRequest(f"{where}.type: unknown input item type {str(kind)[:32]!r}",
+                                 param=f"{where}.type")
+        role = item.get("role")
+        if not isinstance(role, str) or role not in _ROLES:
+            shown = repr(role[:32]) if isinstance(role, str) else "a non-string value"
+            raise InvalidRequest(f"Invalid value for {where}.role: {shown}. Supported "
+                                 "values are: 'user', 'assistant', 'system' and 'developer'.",
+                                 param=f"{where}.role")
+        messages.append(Message(_ROLES[role], _content(item.get("content"), f"{where}.content")))
+    return messages
+
+
+def _content(content: Any, where: str) -> str:
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise InvalidRequest(f"{where} must be a string or an array of content parts", param=where)
+    texts = []
+    for j, part in enumerate(content):
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise InvalidRequest(f"{where}[{j}] must be an object with a 'type'", param=f"{where}[{j}]")
+        if part["type"] not in _TEXT_PARTS:
+            raise InvalidRequest(f"{where}[{j}] has type {part['type'][:32]!r}; this model accepts "
+                                 "text only", param=f"{where}[{j}].type", code="unsupported_parameter")
+        if not isinstance(part.get("text"), str):
+            raise InvalidRequest(f"{where}[{j}].text must be a string", param=f"{where}[{j}].text")
+        texts.append(part["text"])
+    return "\n".join(texts)

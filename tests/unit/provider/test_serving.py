@@ -1,0 +1,134 @@
+"""RequestServer end to end over sealed frames, with the scripted engine: every dialect gets
+``<think>`` reasoning split out of the answer, including tags split across engine deltas."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+from pydantic import BaseModel
+
+from darkbloom.crypto import Channel, KeyPair
+from darkbloom.protocol.frames import (
+    InferenceAccepted,
+    InferenceComplete,
+    InferenceError,
+    InferenceRequest,
+    InferenceResponseChunk,
+    Sealed,
+)
+from darkbloom.provider.engines.scripted import ScriptedEngine
+from darkbloom.provider.serving import RequestServer
+
+MODEL = "scripted-model"
+PIECES = ["<thi", "nk>Let me", " think.</th", "ink>\n\nThe", " answer", "."]
+
+
+async def serve(endpoint: str, body: dict[str, Any], pieces: list[str] = PIECES
+                ) -> tuple[list[str], list[BaseModel]]:
+    provider = KeyPair.generate()
+    session = KeyPair.generate()
+    channel = Channel(session, provider.public)
+    frames: list[BaseModel] = []
+
+    async def send(frame: BaseModel) -> None:
+        frames.append(frame)
+
+    server = RequestServer(ScriptedEngine(pieces), provider, send)
+    request = InferenceRequest(
+        request_id="r1", encrypted_body=Sealed(**channel.seal(json.dumps(body).encode())),
+        model=body["model"], endpoint=endpoint, stream=bool(body.get("stream")),  # type: ignore[arg-type]
+        max_tokens_cap=100)
+    await server.serve(request, threading.Event())
+    chunks = [f for f in frames if isinstance(f, InferenceResponseChunk)]
+    assert [c.seq for c in chunks] == list(range(len(chunks)))
+    payloads = [channel.open(c.encrypted_data.ciphertext).decode() for c in chunks if c.encrypted_data]
+    return payloads, frames
+
+
+def data(payload: str) -> dict[str, Any]:
+    return dict(json.loads(payload.split("data: ", 1)[1]))
+
+
+CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "q"}]}
+
+
+async def test_chat_non_streaming_splits_reasoning() -> None:
+    payloads, frames = await serve("/v1/chat/completions", CHAT)
+    assert isinstance(frames[0], InferenceAccepted) and isinstance(frames[-1], InferenceComplete)
+    [body] = payloads
+    message = data(body)["choices"][0]["message"]
+    assert message == {"role": "assistant", "content": "The answer.",
+                       "reasoning_content": "Let me think."}
+
+
+async def test_chat_streaming_splits_reasoning_across_chunks() -> None:
+    payloads, _ = await serve("/v1/chat/completions", {**CHAT, "stream": True})
+    assert payloads[-1] == "data: [DONE]"
+    deltas = [data(p)["choices"][0]["delta"] for p in payloads[:-1] if data(p)["choices"]]
+    assert deltas[0]["role"] == "assistant"
+    assert "".join(d.get("reasoning_content", "") for d in deltas) == "Let me think."
+    assert "".join(d.get("content") or "" for d in deltas) == "The answer."
+    assert not any("<" in (d.get("content") or "") for d in deltas)
+
+
+async def test_unclosed_think_is_all_reasoning() -> None:
+    payloads, _ = await serve("/v1/chat/completions", CHAT, ["Sure. <think>still", " going"])
+    message = data(payloads[0])["choices"][0]["message"]
+    assert message["content"] == "Sure. " and message["reasoning_content"] == "still going"
+
+
+async def test_text_completion_stays_raw() -> None:
+    payloads, _ = await serve("/v1/completions", {"model": MODEL, "prompt": "p"})
+    assert data(payloads[0])["choices"][0]["text"] == "".join(PIECES)
+
+
+async def test_messages_thinking_block() -> None:
+    body = {"model": MODEL, "max_tokens": 50, "messages": [{"role": "user", "content": "q"}]}
+    payloads, _ = await serve("/v1/messages", body)
+    content = data(payloads[0])["content"]
+    assert content == [{"type": "thinking", "thinking": "Let me think.", "signature": ""},
+                       {"type": "text", "text": "The answer."}]
+    payloads, _ = await serve("/v1/messages", {**body, "stream": True})
+    events = [data(p) for p in payloads]
+    names = [e["type"] for e in events]
+    assert names[:3] == ["message_start", "content_block_start", "ping"]
+    starts = [e for e in events if e["type"] == "content_block_start"]
+    assert [s["content_block"]["type"] for s in starts] == ["thinking", "text"]
+    assert [s["index"] for s in starts] == [0, 1]
+    thinking = "".join(e["delta"].get("thinking", "") for e in events if e["type"] == "content_block_delta")
+    text = "".join(e["delta"].get("text", "") for e in events if e["type"] == "content_block_delta")
+    assert (thinking, text) == ("Let me think.", "The answer.")
+    assert names[-2:] == ["message_delta", "message_stop"]
+    assert names.count("content_block_stop") == 2
+
+
+async def test_responses_reasoning_item() -> None:
+    body = {"model": MODEL, "input": "q"}
+    payloads, _ = await serve("/v1/responses", body)
+    output = data(payloads[0])["output"]
+    assert [item["type"] for item in output] == ["reasoning", "message"]
+    assert output[0]["summary"][0]["text"] == "Let me think."
+    assert output[1]["content"][0]["text"] == "The answer."
+    payloads, _ = await serve("/v1/responses", {**body, "stream": True})
+    events = [data(p) for p in payloads]
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    added = [e["item"]["type"] for e in events if e["type"] == "response.output_item.added"]
+    assert added == ["reasoning", "message"]
+    summary = "".join(e["delta"] for e in events if e["type"] == "response.reasoning_summary_text.delta")
+    text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    assert (summary, text) == ("Let me think.", "The answer.")
+    final = events[-1]
+    assert final["type"] == "response.completed"
+    assert [i["type"] for i in final["response"]["output"]] == ["reasoning", "message"]
+
+
+async def test_bad_body_is_refused_with_400_and_no_text() -> None:
+    canary = "canary-in-role-text-0f3a"
+    payloads, frames = await serve("/v1/chat/completions",
+                                   {"model": MODEL, "messages": [{"role": "user"}], "x": canary})
+    assert payloads == []
+    [error] = frames
+    assert isinstance(error, InferenceError) and error.status_code == 400
+    assert canary not in error.error
