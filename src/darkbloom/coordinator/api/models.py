@@ -1,4 +1,4 @@
-"""GET /v1/models (OpenAI list of what is routable now) and GET /health."""
+"""The model list, catalog and retrieve routes, and GET /health."""
 
 from __future__ import annotations
 
@@ -9,38 +9,70 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from darkbloom.coordinator.routing.scheduler import Scheduler
-from darkbloom.inference.catalog import Catalog
+from darkbloom.errors import ModelNotFound
+from darkbloom.inference.catalog import Catalog, CatalogModel
 
 router = APIRouter()
 
 
+def openai_model(model: CatalogModel, providers: int) -> dict[str, Any]:
+    return {
+        "id": model.id,
+        "object": "model",
+        "created": 0,
+        "owned_by": "darkbloom",
+        "metadata": {
+            "display_name": model.display_name,
+            "model_type": model.model_type,
+            "quantization": model.quantization,
+            "context_length": model.context_length,
+            "provider_count": providers,
+            "attested_providers": 0,
+            "trust_level": "none",
+            "input_price": model.input_price,
+            "output_price": model.output_price,
+            "aliases": list(model.aliases),
+        },
+    }
+
+
 @router.get("/v1/models")
 async def list_models(request: Request) -> dict[str, Any]:
+    """Models a connected provider serves now (api.md §5)."""
+    counts = request.app.state.scheduler.provider_counts()
     catalog: Catalog = request.app.state.catalog
-    scheduler: Scheduler = request.app.state.scheduler
-    counts = scheduler.provider_counts()
-    data = [
+    return {"object": "list", "data": [openai_model(m, counts[m.id]) for m in catalog.models
+                                       if counts.get(m.id)]}
+
+
+@router.get("/v1/models/catalog")
+async def model_catalog(request: Request, type: str | None = None) -> dict[str, Any]:
+    """Every model the network knows, online or not, with what a client needs to choose one."""
+    counts = request.app.state.scheduler.provider_counts()
+    catalog: Catalog = request.app.state.catalog
+    return {"models": [
         {
-            "id": model.id,
-            "object": "model",
-            "created": 0,
-            "owned_by": "darkbloom",
-            "metadata": {
-                "display_name": model.display_name,
-                "model_type": "text",
-                "quantization": model.quantization,
-                "context_length": model.context_length,
-                "provider_count": counts[model.id],
-                "attested_providers": 0,
-                "trust_level": "none",
-                "aliases": list(model.aliases),
-            },
+            "id": m.id, "display_name": m.display_name, "model_type": m.model_type,
+            "architecture": m.architecture, "description": m.description,
+            "context_length": m.context_length, "quantization": m.quantization,
+            "size_bytes": m.size_bytes, "size_gb": round(m.size_bytes / 1e9, 3),
+            "min_ram_gb": m.min_ram_gb, "weight_hash": m.weight_hash,
+            "download_name": m.filename, "s3_name": m.filename,
+            "input_price": m.input_price, "output_price": m.output_price,
+            "capabilities": list(m.capabilities), "aliases": list(m.aliases),
+            "providers_online": counts.get(m.id, 0), "active": True,
         }
-        for model in catalog.models
-        if counts.get(model.id)
-    ]
-    return {"object": "list", "data": data}
+        for m in catalog.models if type is None or m.model_type == type
+    ]}
+
+
+@router.get("/v1/models/{model_id:path}")
+async def retrieve_model(request: Request, model_id: str) -> dict[str, Any]:
+    """OpenAI's retrieve: any catalog model by id or alias (online or not)."""
+    model = request.app.state.catalog.resolve(model_id)
+    if model is None:
+        raise ModelNotFound(f"The model {model_id!r} does not exist", param="model")
+    return openai_model(model, request.app.state.scheduler.provider_counts().get(model.id, 0))
 
 
 @router.get("/health")
