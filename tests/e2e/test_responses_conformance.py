@@ -92,7 +92,7 @@ def test_streaming_wire_has_no_done_marker(stack: Coordinator) -> None:
     ({"input": "x", "max_output_tokens": 0}, "max_output_tokens"),
     ({"input": "x", "temperature": 9}, "temperature"),
     ({"input": "x", "previous_response_id": "resp_1"}, "previous_response_id"),
-    ({"input": "x", "text": {"format": {"type": "json_object"}}}, "text.format"),
+    ({"input": "x", "text": {"format": {"type": "yaml"}}}, "text.format.type"),
     ({"input": "x", "extra_body": {"frobnicate": 1}}, "frobnicate"),
 ])
 def test_bad_requests_are_openai_400s(client: openai.OpenAI, kwargs: dict[str, Any], param: str) -> None:

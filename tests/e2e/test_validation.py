@@ -49,7 +49,7 @@ def _body(error: openai.APIStatusError) -> dict[str, Any]:
         ({"stream": "yes"}, "stream"),
         ({"logprobs": True}, "logprobs"),
         ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"response_format": {"type": "xml"}}, "response_format.type"),
         ({"extra_body": {"frobnicate": 1}}, "frobnicate"),
     ],
 )

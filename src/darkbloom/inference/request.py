@@ -22,6 +22,7 @@ from darkbloom.inference.fields import (
     token_limit,
     unsupported,
 )
+from darkbloom.inference.grammar import ResponseFormat, parse_json_schema_format
 
 Endpoint = Literal["/v1/chat/completions", "/v1/completions", "/v1/messages", "/v1/responses"]
 
@@ -76,6 +77,7 @@ class GenerationRequest:
     messages: tuple[Message, ...] = ()
     prompt: str | None = None
     instructions: str | None = None  # Responses: echoed back as given, also present in messages
+    response_format: ResponseFormat | None = None
     max_tokens: int | None = None
     stop: tuple[str, ...] = ()
     stream: bool = False
@@ -110,13 +112,7 @@ def parse_chat(body: dict[str, Any]) -> GenerationRequest:
             raise unsupported(key)
     if body.get("modalities") not in (None, ["text"]):
         raise unsupported("modalities", "modalities other than [\"text\"]")
-    response_format = body.get("response_format")
-    if response_format is not None:
-        if not isinstance(response_format, dict) or "type" not in response_format:
-            raise InvalidRequest("response_format must be an object with a 'type'",
-                                 param="response_format")
-        if response_format["type"] != "text":
-            raise unsupported("response_format", f"response_format type {response_format['type']!r}")
+    response_format = _response_format(body.get("response_format"))
     if body.get("tools"):
         raise unsupported("tools")
     if body.get("tool_choice") not in (None, "none", "auto"):
@@ -132,7 +128,24 @@ def parse_chat(body: dict[str, Any]) -> GenerationRequest:
         stream=stream_flag(body),
         include_usage=_include_usage(body),
         sampling=_sampling(body),
+        response_format=response_format,
     )
+
+
+def _response_format(value: Any) -> ResponseFormat | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("type"), str):
+        raise InvalidRequest("response_format must be an object with a 'type'", param="response_format")
+    kind = value["type"]
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return ResponseFormat("json_object")
+    if kind == "json_schema":
+        return parse_json_schema_format(value.get("json_schema"), "response_format.json_schema")
+    raise InvalidRequest(f"Invalid value for response_format.type: {kind[:32]!r}. Supported values "
+                         "are: 'text', 'json_object' and 'json_schema'.", param="response_format.type")
 
 
 def parse_completion(body: dict[str, Any]) -> GenerationRequest:

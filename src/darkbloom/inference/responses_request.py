@@ -17,6 +17,7 @@ from darkbloom.inference.fields import (
     token_limit,
     unsupported,
 )
+from darkbloom.inference.grammar import ResponseFormat, parse_json_schema_format
 from darkbloom.inference.request import MAX_MESSAGES, GenerationRequest, Message, Sampling
 
 _KEYS = frozenset({
@@ -43,7 +44,7 @@ def parse_responses(body: dict[str, Any]) -> GenerationRequest:
         raise unsupported("tool_choice")
     if body.get("include"):
         raise unsupported("include")
-    _text_format(body.get("text"))
+    response_format = _text_format(body.get("text"))
     instructions = body.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
         raise InvalidRequest("instructions must be a string", param="instructions")
@@ -56,6 +57,7 @@ def parse_responses(body: dict[str, Any]) -> GenerationRequest:
         model=model,
         messages=tuple(messages),
         instructions=instructions,
+        response_format=response_format,
         max_tokens=token_limit(body, "max_output_tokens"),
         stream=stream_flag(body),
         sampling=Sampling(
@@ -65,17 +67,24 @@ def parse_responses(body: dict[str, Any]) -> GenerationRequest:
     )
 
 
-def _text_format(text: Any) -> None:
+def _text_format(text: Any) -> ResponseFormat | None:
+    """``text.format``: text, json_object, or json_schema with name/schema inline (Responses shape)."""
     if text is None:
-        return
+        return None
     if not isinstance(text, dict):
         raise InvalidRequest("text must be an object", param="text")
     fmt = text.get("format")
     if fmt is None:
-        return
-    if not isinstance(fmt, dict) or fmt.get("type") != "text":
-        kind = fmt.get("type") if isinstance(fmt, dict) else fmt
-        raise unsupported("text.format", f"text.format type {str(kind)[:32]!r}")
+        return None
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return ResponseFormat("json_object")
+    if kind == "json_schema":
+        return parse_json_schema_format(fmt, "text.format")
+    raise InvalidRequest(f"Invalid value for text.format.type: {str(kind)[:32]!r}. Supported values "
+                         "are: 'text', 'json_object' and 'json_schema'.", param="text.format.type")
 
 
 def _input(value: Any) -> list[Message]:

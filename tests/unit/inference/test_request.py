@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -480,13 +481,25 @@ def test_chat_neutral_values_of_unsupported_parameters_accepted(key: str, value:
     assert parse_chat(chat(**{key: value})).model == "m"
 
 
-@pytest.mark.parametrize("fmt", [
-    {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}},
-    {"type": "json_object"},
+def test_response_format_structured_outputs_parsed() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    req = parse_chat(chat(response_format={"type": "json_schema",
+                                           "json_schema": {"name": "x", "schema": schema}}))
+    assert req.response_format is not None and req.response_format.kind == "json_schema"
+    assert req.response_format.name == "x" and json.loads(req.response_format.schema or "") == schema
+    req = parse_chat(chat(response_format={"type": "json_object"}))
+    assert req.response_format is not None and req.response_format.kind == "json_object"
+
+
+@pytest.mark.parametrize(("fmt", "param"), [
+    ({"type": "xml"}, "response_format.type"),
+    ({"type": "json_schema"}, "response_format.json_schema"),
+    ({"type": "json_schema", "json_schema": {"schema": {}}}, "response_format.json_schema.name"),
+    ({"type": "json_schema", "json_schema": {"name": "x", "schema": []}},
+     "response_format.json_schema.schema"),
 ])
-def test_response_format_structured_unsupported(fmt: dict[str, Any]) -> None:
-    err = assert_invalid(parse_chat, chat(response_format=fmt), "response_format", "unsupported_parameter")
-    assert fmt["type"] in err.message
+def test_response_format_bad_structured_specs(fmt: dict[str, Any], param: str) -> None:
+    assert_invalid(parse_chat, chat(response_format=fmt), param, "invalid_request_error")
 
 
 def test_response_format_text_accepted() -> None:

@@ -203,13 +203,17 @@ def test_harmless_values_of_unsupported_fields_accepted() -> None:
     assert parse_responses(body(tool_choice="none")).model == "m"
 
 
-@pytest.mark.parametrize("fmt", [
-    {"type": "json_schema", "name": "x", "schema": {"type": "object"}},
-    {"type": "json_object"},
-    "json",
-])
-def test_text_format_other_than_text_unsupported(fmt: Any) -> None:
-    assert_invalid(body(text={"format": fmt}), "text.format", "unsupported_parameter")
+def test_text_format_structured_outputs_parsed() -> None:
+    req = parse_responses(body(text={"format": {"type": "json_schema", "name": "x",
+                                                "schema": {"type": "object"}}}))
+    assert req.response_format is not None and req.response_format.kind == "json_schema"
+    req = parse_responses(body(text={"format": {"type": "json_object"}}))
+    assert req.response_format is not None and req.response_format.kind == "json_object"
+
+
+@pytest.mark.parametrize("fmt", [{"type": "yaml"}, "json"])
+def test_text_format_unknown_type(fmt: Any) -> None:
+    assert_invalid(body(text={"format": fmt}), "text.format.type", "invalid_request_error")
 
 
 def test_text_format_text_accepted() -> None:

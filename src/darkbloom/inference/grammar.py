@@ -1,0 +1,52 @@
+"""Structured output: the GBNF grammar that constrains generation to JSON, or to a JSON Schema.
+
+llama.cpp's grammar sampler then makes every sampled token keep the output inside the grammar,
+so even a tiny model's output parses (and validates) unless max_tokens cuts it short. The
+coordinator converts the schema too, so a schema the converter cannot handle is a 400 before
+routing, never a provider failure.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from darkbloom.errors import InvalidRequest
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseFormat:
+    kind: Literal["json_object", "json_schema"]
+    schema: str | None = None  # canonical JSON text of the schema (hashable, cheap to compare)
+    name: str = ""
+
+
+def parse_json_schema_format(spec: Any, param: str) -> ResponseFormat:
+    """``{"name", "schema", "strict"?, "description"?}`` as OpenAI's json_schema format has it."""
+    if not isinstance(spec, dict):
+        raise InvalidRequest(f"{param} must be an object with 'name' and 'schema'", param=param)
+    name = spec.get("name")
+    if not isinstance(name, str) or not name or len(name) > 64:
+        raise InvalidRequest(f"{param}.name is required: a string of 1 to 64 characters",
+                             param=f"{param}.name")
+    schema = spec.get("schema")
+    if not isinstance(schema, dict):
+        raise InvalidRequest(f"{param}.schema must be a JSON Schema object", param=f"{param}.schema")
+    fmt = ResponseFormat("json_schema", json.dumps(schema, sort_keys=True), name)
+    gbnf(fmt, param=f"{param}.schema")  # refuse now what the engine could not enforce
+    return fmt
+
+
+def gbnf(fmt: ResponseFormat, param: str = "response_format") -> str:
+    from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+
+    if fmt.kind == "json_object" or fmt.schema is None:
+        return str(JSON_GBNF)
+    try:
+        return str(json_schema_to_gbnf(fmt.schema))
+    # The converter reports unsupported schemas with assert statements as well as exceptions.
+    except (AssertionError, ValueError, KeyError, TypeError, NotImplementedError,
+            RecursionError) as exc:
+        raise InvalidRequest(f"this JSON Schema cannot be enforced: {type(exc).__name__}",
+                             param=param, code="unsupported_parameter") from None
