@@ -7,14 +7,16 @@ Anthropic's API sends it.
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any, Literal
 
 from darkbloom.inference.formatting import Outcome
 from darkbloom.inference.openai_format import dumps
 from darkbloom.inference.request import GenerationRequest
+from darkbloom.inference.tools import ToolCall
 
-BlockKind = Literal["thinking", "text"]
+BlockKind = Literal["thinking", "text", "tool_use"]
 
 
 def _event(name: str, payload: dict[str, Any]) -> str:
@@ -24,6 +26,8 @@ def _event(name: str, payload: dict[str, Any]) -> str:
 def stop_reason(outcome: Outcome) -> str:
     if outcome.finish_reason == "length":
         return "max_tokens"
+    if outcome.finish_reason == "tool_calls":
+        return "tool_use"
     return "stop_sequence" if outcome.stop_sequence else "end_turn"
 
 
@@ -31,6 +35,11 @@ def _empty_block(kind: BlockKind) -> dict[str, Any]:
     if kind == "thinking":
         return {"type": "thinking", "thinking": "", "signature": ""}
     return {"type": "text", "text": ""}
+
+
+def tool_use(call: ToolCall, arguments: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"type": "tool_use", "id": "toolu_" + call.id.removeprefix("call_"), "name": call.name,
+            "input": json.loads(call.arguments) if arguments is None else arguments}
 
 
 class AnthropicFormatter:
@@ -50,13 +59,13 @@ class AnthropicFormatter:
             "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
         }
 
-    def _switch(self, kind: BlockKind) -> list[str]:
-        if self._open == kind:
+    def _switch(self, kind: BlockKind, block: dict[str, Any] | None = None) -> list[str]:
+        if self._open == kind and kind != "tool_use":
             return []
         events = self._close()
         self._open, self._index = kind, self._index + 1
         events.append(_event("content_block_start",
-                             {"index": self._index, "content_block": _empty_block(kind)}))
+                             {"index": self._index, "content_block": block or _empty_block(kind)}))
         if self._index == 0:
             events.append(_event("ping", {}))
         return events
@@ -79,9 +88,15 @@ class AnthropicFormatter:
             "index": self._index, "delta": {"type": "thinking_delta", "thinking": text}})]
 
     def stream_end(self, outcome: Outcome) -> list[str]:
-        opened = self._switch("text") if self._index < 0 else []  # always at least one block
+        events = []
+        for call in outcome.tool_calls:
+            events += self._switch("tool_use", tool_use(call, {}))
+            events.append(_event("content_block_delta", {
+                "index": self._index, "delta": {"type": "input_json_delta", "partial_json": call.arguments}}))
+        if self._index < 0:  # always at least one block
+            events += self._switch("text")
         return [
-            *opened,
+            *events,
             *self._close(),
             _event("message_delta", {
                 "delta": {"stop_reason": stop_reason(outcome), "stop_sequence": outcome.stop_sequence},
@@ -93,5 +108,7 @@ class AnthropicFormatter:
         content: list[dict[str, Any]] = []
         if reasoning:
             content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
-        content.append({"type": "text", "text": text})
+        if text or not outcome.tool_calls:
+            content.append({"type": "text", "text": text})
+        content += [tool_use(call) for call in outcome.tool_calls]
         return dumps(self._message(content, outcome, outcome.prompt_tokens, outcome.completion_tokens))

@@ -6,6 +6,7 @@ top-level fields are refused. Content the engine cannot use (images, documents) 
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from darkbloom.errors import InvalidRequest
@@ -20,6 +21,7 @@ from darkbloom.inference.fields import (
     unsupported,
 )
 from darkbloom.inference.request import MAX_MESSAGES, GenerationRequest, Message, Sampling
+from darkbloom.inference.tools import AUTO, NONE, Tool, ToolChoice, check_unique, choose, define, written_call
 
 _KEYS = frozenset({
     "model", "max_tokens", "messages", "system", "temperature", "top_p", "top_k",
@@ -36,10 +38,8 @@ def parse_messages(body: dict[str, Any]) -> GenerationRequest:
         raise InvalidRequest("max_tokens: Field required", param="max_tokens")
     max_tokens = token_limit(body, "max_tokens")
     messages = [*_system(body.get("system")), *_turns(body.get("messages"))]
-    if body.get("tools"):
-        raise unsupported("tools")
-    if body.get("tool_choice") not in (None, {"type": "none"}, {"type": "auto"}):
-        raise unsupported("tool_choice")
+    tools = _tools(body.get("tools"))
+    tool_choice = _tool_choice(body.get("tool_choice"), tools)
     top_k = body.get("top_k")
     if top_k is not None and (not is_int(top_k) or top_k < 0):
         raise InvalidRequest("top_k: must be a non-negative integer", param="top_k")
@@ -58,7 +58,41 @@ def parse_messages(body: dict[str, Any]) -> GenerationRequest:
             top_p=defaults.top_p if top_p is None else float(top_p),
             top_k=int(top_k or 0),
         ),
+        tools=tools,
+        tool_choice=tool_choice,
     )
+
+
+def _tools(value: Any) -> tuple[Tool, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise InvalidRequest("tools: must be an array", param="tools")
+    tools = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise InvalidRequest(f"tools.{i}: must be an object", param=f"tools.{i}")
+        if item.get("type") not in (None, "custom"):
+            raise unsupported(f"tools.{i}.type", f"server tools ({str(item.get('type'))[:32]!r})")
+        if "input_schema" not in item:
+            raise InvalidRequest(f"tools.{i}.input_schema: Field required", param=f"tools.{i}.input_schema")
+        tools.append(define(item.get("name"), item.get("description"), item["input_schema"],
+                            f"tools.{i}"))
+    return check_unique(tools, "tools")
+
+
+def _tool_choice(value: Any, tools: tuple[Tool, ...]) -> ToolChoice:
+    if value is None:
+        return AUTO if tools else NONE
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind in ("auto", "none"):
+        return choose(kind, None, tools, "tool_choice")
+    if kind == "any":
+        return choose("required", None, tools, "tool_choice")
+    if kind == "tool" and isinstance(value.get("name"), str):
+        return choose("required", value["name"], tools, "tool_choice")
+    raise InvalidRequest("tool_choice: must be {\"type\": \"auto\" | \"any\" | \"none\"} or "
+                         "{\"type\": \"tool\", \"name\": ...}", param="tool_choice")
 
 
 def _system(value: Any) -> list[Message]:
@@ -80,6 +114,7 @@ def _turns(value: Any) -> list[Message]:
     if len(value) > MAX_MESSAGES:
         raise InvalidRequest(f"messages: at most {MAX_MESSAGES} messages", param="messages")
     turns = []
+    call_names: dict[str, str] = {}  # tool_use id -> tool name, for the results that follow
     for i, item in enumerate(value):
         where = f"messages.{i}"
         if not isinstance(item, dict):
@@ -92,7 +127,7 @@ def _turns(value: Any) -> list[Message]:
         if isinstance(content, str):
             text = content
         elif isinstance(content, list):
-            text = _text_blocks(content, f"{where}.content")
+            text = _text_blocks(content, f"{where}.content", call_names)
         else:
             raise InvalidRequest(f"{where}.content: must be a string or an array of content blocks",
                                  param=f"{where}.content")
@@ -100,13 +135,16 @@ def _turns(value: Any) -> list[Message]:
     return turns
 
 
-def _text_blocks(blocks: list[Any], where: str) -> str:
+def _text_blocks(blocks: list[Any], where: str, call_names: dict[str, str] | None = None) -> str:
     texts = []
     for j, block in enumerate(blocks):
         if not isinstance(block, dict) or not isinstance(block.get("type"), str):
             raise InvalidRequest(f"{where}.{j}: must be an object with a 'type'", param=f"{where}.{j}")
         kind = block["type"]
         if kind in _SKIPPED_BLOCKS:
+            continue
+        if call_names is not None and kind in ("tool_use", "tool_result"):
+            texts.append(_tool_block(block, f"{where}.{j}", call_names))
             continue
         if kind in ("image", "document", "tool_use", "tool_result"):
             raise InvalidRequest(f"{where}.{j}: content blocks of type {kind!r} are not supported "
@@ -119,3 +157,23 @@ def _text_blocks(blocks: list[Any], where: str) -> str:
             raise InvalidRequest(f"{where}.{j}.text: Field required", param=f"{where}.{j}.text")
         texts.append(block["text"])
     return "".join(texts)
+
+
+def _tool_block(block: dict[str, Any], where: str, call_names: dict[str, str]) -> str:
+    """An earlier tool_use or tool_result, written into the prompt as text."""
+    if block["type"] == "tool_use":
+        name, arguments = block.get("name"), block.get("input", {})
+        if not isinstance(name, str) or not isinstance(arguments, dict):
+            raise InvalidRequest(f"{where}: tool_use needs a name and an input object", param=where)
+        if isinstance(block.get("id"), str):
+            call_names[block["id"]] = name
+        return written_call(name, json.dumps(arguments))
+    call_id = block.get("tool_use_id")
+    if not isinstance(call_id, str):
+        raise InvalidRequest(f"{where}.tool_use_id: Field required", param=f"{where}.tool_use_id")
+    content = block.get("content", "")
+    if isinstance(content, list):
+        content = _text_blocks(content, f"{where}.content")
+    elif not isinstance(content, str):
+        raise InvalidRequest(f"{where}.content: must be a string or text blocks", param=f"{where}.content")
+    return f"Result of {call_names.get(call_id, call_id)}: {content}"

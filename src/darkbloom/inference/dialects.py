@@ -12,6 +12,7 @@ from darkbloom.errors import InvalidRequest
 from darkbloom.inference.anthropic_format import AnthropicFormatter
 from darkbloom.inference.anthropic_request import parse_messages
 from darkbloom.inference.formatting import Formatter
+from darkbloom.inference.grammar import grammar_for
 from darkbloom.inference.openai_format import OpenAIFormatter
 from darkbloom.inference.request import GenerationRequest, parse_chat, parse_completion
 from darkbloom.inference.responses_format import ResponsesFormatter
@@ -31,7 +32,10 @@ def parse_request(endpoint: str, body: dict[str, Any]) -> GenerationRequest:
     parser = _PARSERS.get(endpoint)
     if parser is None:
         raise InvalidRequest(f"unsupported endpoint {endpoint}")
-    return parser(body)
+    request = parser(body)
+    if request.tool_choice.mode == "required":
+        grammar_for(request)  # a parameters schema the grammar cannot express is a 400 now
+    return request
 
 
 def formatter_for(request: GenerationRequest) -> Formatter:

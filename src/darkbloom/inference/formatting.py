@@ -10,13 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from darkbloom.inference.tools import ToolCall
+
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "tool_calls"]
     prompt_tokens: int
     completion_tokens: int
     stop_sequence: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 class Formatter(Protocol):

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from darkbloom.errors import InvalidRequest
+from darkbloom.inference.tools import allowed, call_schema
+
+if TYPE_CHECKING:
+    from darkbloom.inference.request import GenerationRequest
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,15 +42,33 @@ def parse_json_schema_format(spec: Any, param: str) -> ResponseFormat:
     return fmt
 
 
+_LOOSE_CHAR = 'char ::= [^"\\\\] |'
+_STRICT_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
+
+
 def gbnf(fmt: ResponseFormat, param: str = "response_format") -> str:
     from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
     if fmt.kind == "json_object" or fmt.schema is None:
         return str(JSON_GBNF)
     try:
-        return str(json_schema_to_gbnf(fmt.schema))
+        grammar = str(json_schema_to_gbnf(fmt.schema))
+        # The converter lets raw control characters into strings, which strict JSON parsers
+        # (Python's json, JSON.parse) reject; forbid them as llama.cpp's own JSON grammar does.
+        return grammar.replace(_LOOSE_CHAR, _STRICT_CHAR)
     # The converter reports unsupported schemas with assert statements as well as exceptions.
     except (AssertionError, ValueError, KeyError, TypeError, NotImplementedError,
             RecursionError) as exc:
         raise InvalidRequest(f"this JSON Schema cannot be enforced: {type(exc).__name__}",
                              param=param, code="unsupported_parameter") from None
+
+
+def grammar_for(request: GenerationRequest) -> str | None:
+    """The grammar a request's generation runs under, if any: a forced tool call wins over a
+    response format (OpenAI ignores response_format while a call is forced too)."""
+    if request.tool_choice.mode == "required":
+        call = ResponseFormat("json_schema", call_schema(allowed(request.tools, request.tool_choice)))
+        return gbnf(call, param="tools")
+    if request.response_format is not None:
+        return gbnf(request.response_format)
+    return None

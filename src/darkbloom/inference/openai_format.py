@@ -14,6 +14,7 @@ from typing import Any
 
 from darkbloom.inference.formatting import Outcome
 from darkbloom.inference.request import GenerationRequest
+from darkbloom.inference.tools import ToolCall
 
 DONE = "data: [DONE]"
 
@@ -100,21 +101,35 @@ class OpenAIFormatter:
         return [self._chunk([{"index": 0, "delta": {"reasoning_content": text}, "finish_reason": None}])]
 
     def stream_end(self, outcome: Outcome) -> list[str]:
+        """Tool calls as OpenAI streams them: id, type and name first, then the arguments."""
         usage = UsageCounts(outcome.prompt_tokens, outcome.completion_tokens)
-        return [*self.final_chunks(outcome.finish_reason, usage), DONE]
+        calls = []
+        for i, call in enumerate(outcome.tool_calls):
+            opening = {"index": i, "id": call.id, "type": "function",
+                       "function": {"name": call.name, "arguments": ""}}
+            calls.append(self._tool_delta(opening))
+            calls.append(self._tool_delta({"index": i, "function": {"arguments": call.arguments}}))
+        return [*calls, *self.final_chunks(outcome.finish_reason, usage), DONE]
+
+    def _tool_delta(self, call: dict[str, Any]) -> str:
+        return self._chunk([{"index": 0, "delta": {"tool_calls": [call]}, "finish_reason": None}])
 
     def body(self, text: str, reasoning: str, outcome: Outcome) -> str:
         usage = UsageCounts(outcome.prompt_tokens, outcome.completion_tokens)
-        return self.full_response(text, outcome.finish_reason, usage, reasoning)
+        return self.full_response(text, outcome.finish_reason, usage, reasoning, outcome.tool_calls)
 
     # --- non-streaming -----------------------------------------------------------------
 
     def full_response(self, text: str, finish_reason: str, usage: UsageCounts,
-                      reasoning: str = "") -> str:
+                      reasoning: str = "", tool_calls: tuple[ToolCall, ...] = ()) -> str:
         if self.chat:
-            message = {"role": "assistant", "content": text}
+            message: dict[str, Any] = {"role": "assistant", "content": text}
             if reasoning:
                 message["reasoning_content"] = reasoning
+            if tool_calls:
+                message["tool_calls"] = [
+                    {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                    for c in tool_calls]
             choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": finish_reason}
         else:
             choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}

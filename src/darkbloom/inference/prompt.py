@@ -16,6 +16,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from darkbloom.errors import InvalidRequest
 from darkbloom.inference.request import GenerationRequest
+from darkbloom.inference.tools import allowed, system_prompt
 
 # ChatML, for GGUF files that carry no template of their own.
 _FALLBACK_TEMPLATE = (
@@ -54,6 +55,13 @@ class PromptBuilder:
 
     def render_chat(self, request: GenerationRequest) -> str:
         messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        offered = allowed(request.tools, request.tool_choice)
+        if offered:  # the tools go into the (first) system message
+            listing = system_prompt(offered)
+            if messages and messages[0]["role"] == "system":
+                messages[0] = {"role": "system", "content": f"{messages[0]['content']}\n\n{listing}"}
+            else:
+                messages.insert(0, {"role": "system", "content": listing})
         try:
             return self._template.render(messages=messages, add_generation_prompt=True,
                                          bos_token=self._bos, eos_token=self._eos)

@@ -23,6 +23,7 @@ from darkbloom.inference.fields import (
     unsupported,
 )
 from darkbloom.inference.grammar import ResponseFormat, parse_json_schema_format
+from darkbloom.inference.tools import AUTO, NONE, Tool, ToolChoice, check_unique, choose, define, written_call
 
 Endpoint = Literal["/v1/chat/completions", "/v1/completions", "/v1/messages", "/v1/responses"]
 
@@ -78,6 +79,8 @@ class GenerationRequest:
     prompt: str | None = None
     instructions: str | None = None  # Responses: echoed back as given, also present in messages
     response_format: ResponseFormat | None = None
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice = NONE
     max_tokens: int | None = None
     stop: tuple[str, ...] = ()
     stream: bool = False
@@ -113,10 +116,8 @@ def parse_chat(body: dict[str, Any]) -> GenerationRequest:
     if body.get("modalities") not in (None, ["text"]):
         raise unsupported("modalities", "modalities other than [\"text\"]")
     response_format = _response_format(body.get("response_format"))
-    if body.get("tools"):
-        raise unsupported("tools")
-    if body.get("tool_choice") not in (None, "none", "auto"):
-        raise unsupported("tool_choice")
+    tools = _tools(body.get("tools"))
+    tool_choice = _tool_choice(body.get("tool_choice"), tools)
     max_tokens = token_limit(body, "max_tokens")
     completion_cap = token_limit(body, "max_completion_tokens")
     return GenerationRequest(
@@ -129,7 +130,41 @@ def parse_chat(body: dict[str, Any]) -> GenerationRequest:
         include_usage=_include_usage(body),
         sampling=_sampling(body),
         response_format=response_format,
+        tools=tools,
+        tool_choice=tool_choice,
     )
+
+
+def _tools(value: Any) -> tuple[Tool, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise InvalidRequest("tools must be an array", param="tools")
+    tools = []
+    for i, item in enumerate(value):
+        where = f"tools[{i}]"
+        if not isinstance(item, dict) or item.get("type") != "function":
+            raise InvalidRequest(f"{where}.type must be 'function'", param=f"{where}.type")
+        function = item.get("function")
+        if not isinstance(function, dict):
+            raise InvalidRequest(f"{where}.function is required", param=f"{where}.function")
+        tools.append(define(function.get("name"), function.get("description"),
+                            function.get("parameters"), f"{where}.function"))
+    return check_unique(tools, "tools")
+
+
+def _tool_choice(value: Any, tools: tuple[Tool, ...]) -> ToolChoice:
+    if value is None:
+        return AUTO if tools else NONE
+    if value in ("none", "auto", "required"):
+        return choose(value, None, tools, "tool_choice")
+    if isinstance(value, dict) and value.get("type") == "function" \
+            and isinstance(value.get("function"), dict):
+        name = value["function"].get("name")
+        if isinstance(name, str):
+            return choose("required", name, tools, "tool_choice")
+    raise InvalidRequest("tool_choice must be 'none', 'auto', 'required' or "
+                         '{"type": "function", "function": {"name": ...}}', param="tool_choice")
 
 
 def _response_format(value: Any) -> ResponseFormat | None:
@@ -213,6 +248,7 @@ def _messages(value: Any) -> tuple[Message, ...]:
     if len(value) > MAX_MESSAGES:
         raise InvalidRequest(f"messages may contain at most {MAX_MESSAGES} items", param="messages")
     parsed = []
+    call_names: dict[str, str] = {}  # tool_call_id -> function name, for the results that follow
     for i, item in enumerate(value):
         where = f"messages[{i}]"
         if not isinstance(item, dict):
@@ -226,11 +262,35 @@ def _messages(value: Any) -> tuple[Message, ...]:
                 "'system', 'developer', 'user', 'assistant' and 'tool'.",
                 param=f"{where}.role",
             )
-        if item.get("tool_calls"):
-            raise unsupported(f"{where}.tool_calls", "tool calls")
-        parsed.append(Message("system" if role == "developer" else role,
-                              _content(item.get("content"), f"{where}.content")))
+        if role == "assistant" and item.get("tool_calls"):
+            calls = _written_calls(item["tool_calls"], f"{where}.tool_calls", call_names)
+            said = item.get("content") if isinstance(item.get("content"), str) else ""
+            parsed.append(Message("assistant", f"{said}\n{calls}" if said else calls))
+            continue
+        content = _content(item.get("content"), f"{where}.content")
+        if role == "tool":
+            call_id = item.get("tool_call_id")
+            if not isinstance(call_id, str):
+                raise InvalidRequest(f"{where}.tool_call_id is required", param=f"{where}.tool_call_id")
+            content = f"Result of {call_names.get(call_id, call_id)}: {content}"
+        parsed.append(Message("system" if role == "developer" else role, content))
     return tuple(parsed)
+
+
+def _written_calls(calls: Any, where: str, call_names: dict[str, str]) -> str:
+    if not isinstance(calls, list):
+        raise InvalidRequest(f"{where} must be an array", param=where)
+    written = []
+    for j, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str) \
+                or not isinstance(function.get("arguments", ""), str):
+            raise InvalidRequest(f"{where}[{j}] must have function.name and function.arguments "
+                                 "(a JSON string)", param=f"{where}[{j}]")
+        if isinstance(call.get("id"), str):
+            call_names[call["id"]] = function["name"]
+        written.append(written_call(function["name"], function.get("arguments", "")))
+    return "\n".join(written)
 
 
 def _content(content: Any, where: str) -> str:

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from darkbloom.inference.formatting import Outcome
 from darkbloom.inference.openai_format import dumps
 from darkbloom.inference.request import GenerationRequest
+from darkbloom.inference.tools import ToolCall
 
 ItemKind = Literal["reasoning", "message"]
 
@@ -25,14 +26,20 @@ class ResponsesFormatter:
         self.id = "resp_" + self._token
         self.created_at = int(time.time())
         self._seq = 0
-        self._items: list[tuple[ItemKind, str]] = []  # finished items: kind, text
+        self._items: list[dict[str, Any]] = []  # finished output items
         self._open: ItemKind | None = None
         self._text: list[str] = []
 
     # --- objects -----------------------------------------------------------------------
 
-    def _item_id(self, kind: ItemKind, index: int) -> str:
-        return f"{'rs' if kind == 'reasoning' else 'msg'}_{self._token}_{index}"
+    def _item_id(self, kind: ItemKind | Literal["function_call"], index: int) -> str:
+        prefix = {"reasoning": "rs", "message": "msg", "function_call": "fc"}[kind]
+        return f"{prefix}_{self._token}_{index}"
+
+    def _call_item(self, call: ToolCall, index: int, done: bool) -> dict[str, Any]:
+        return {"id": self._item_id("function_call", index), "type": "function_call",
+                "status": "completed" if done else "in_progress", "call_id": call.id,
+                "name": call.name, "arguments": call.arguments if done else ""}
 
     @staticmethod
     def _part(kind: ItemKind, text: str) -> dict[str, Any]:
@@ -49,14 +56,14 @@ class ResponsesFormatter:
                 "status": "completed" if text is not None else "in_progress",
                 "content": [self._part(kind, text)] if text is not None else []}
 
-    def _response(self, items: list[tuple[ItemKind, str]], outcome: Outcome | None) -> dict[str, Any]:
+    def _response(self, items: list[dict[str, Any]], outcome: Outcome | None) -> dict[str, Any]:
         request = self.request
         status, usage, incomplete = "in_progress", None, None
         if outcome is not None:
             length = outcome.finish_reason == "length"
             status = "incomplete" if length else "completed"
             incomplete = {"reason": "max_output_tokens"} if length else None
-            reasoned = any(kind == "reasoning" for kind, _ in items)
+            reasoned = any(item["type"] == "reasoning" for item in items)
             usage = {
                 "input_tokens": outcome.prompt_tokens,
                 "input_tokens_details": {"cached_tokens": 0},
@@ -69,7 +76,7 @@ class ResponsesFormatter:
             "id": self.id, "object": "response", "created_at": self.created_at, "status": status,
             "error": None, "incomplete_details": incomplete, "instructions": request.instructions,
             "max_output_tokens": request.max_tokens, "model": request.model,
-            "output": [self._item(kind, i, text) for i, (kind, text) in enumerate(items)],
+            "output": items,
             "parallel_tool_calls": False, "previous_response_id": None,
             "reasoning": {"effort": None, "summary": None}, "store": False,
             "temperature": request.sampling.temperature, "text": {"format": {"type": "text"}},
@@ -119,7 +126,7 @@ class ResponsesFormatter:
                   self._event(names[1], {**where, "part": self._part(kind, text)}),
                   self._event("response.output_item.done",
                               {"output_index": index, "item": self._item(kind, index, text)})]
-        self._items.append((kind, text))
+        self._items.append(self._item(kind, index, text))
         self._open, self._text = None, []
         return events
 
@@ -144,14 +151,30 @@ class ResponsesFormatter:
         return self._delta("reasoning", text)
 
     def stream_end(self, outcome: Outcome) -> list[str]:
-        events = [] if any(k == "message" for k, _ in self._items) or self._open == "message" \
-            else self._switch("message")
+        has_message = self._open == "message" or any(i["type"] == "message" for i in self._items)
+        events = [] if has_message or outcome.tool_calls else self._switch("message")
         events += self._close()
+        for call in outcome.tool_calls:
+            index = len(self._items)
+            where = {"item_id": self._item_id("function_call", index), "output_index": index}
+            events += [
+                self._event("response.output_item.added",
+                            {"output_index": index, "item": self._call_item(call, index, False)}),
+                self._event("response.function_call_arguments.delta", {**where, "delta": call.arguments}),
+                self._event("response.function_call_arguments.done",
+                            {**where, "name": call.name, "arguments": call.arguments}),
+                self._event("response.output_item.done",
+                            {"output_index": index, "item": self._call_item(call, index, True)}),
+            ]
+            self._items.append(self._call_item(call, index, True))
         # Always response.completed (the SDK's final-response helpers wait for it); a length stop
         # shows as status "incomplete" with incomplete_details, as in a non-streamed body.
         return [*events, self._event("response.completed",
                                      {"response": self._response(self._items, outcome)})]
 
     def body(self, text: str, reasoning: str, outcome: Outcome) -> str:
-        items: list[tuple[ItemKind, str]] = [("reasoning", reasoning)] if reasoning else []
-        return dumps(self._response([*items, ("message", text)], outcome))
+        items = [self._item("reasoning", 0, reasoning)] if reasoning else []
+        if text or not outcome.tool_calls:
+            items.append(self._item("message", len(items), text))
+        items += [self._call_item(call, len(items) + i, True) for i, call in enumerate(outcome.tool_calls)]
+        return dumps(self._response(items, outcome))

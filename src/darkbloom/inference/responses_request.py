@@ -19,6 +19,7 @@ from darkbloom.inference.fields import (
 )
 from darkbloom.inference.grammar import ResponseFormat, parse_json_schema_format
 from darkbloom.inference.request import MAX_MESSAGES, GenerationRequest, Message, Sampling
+from darkbloom.inference.tools import AUTO, NONE, Tool, ToolChoice, check_unique, choose, define, written_call
 
 _KEYS = frozenset({
     "model", "input", "instructions", "max_output_tokens", "temperature", "top_p", "stream",
@@ -38,10 +39,8 @@ def parse_responses(body: dict[str, Any]) -> GenerationRequest:
             raise unsupported(key)
     if body.get("background"):
         raise unsupported("background")
-    if body.get("tools"):
-        raise unsupported("tools")
-    if body.get("tool_choice") not in (None, "none", "auto"):
-        raise unsupported("tool_choice")
+    tools = _tools(body.get("tools"))
+    tool_choice = _tool_choice(body.get("tool_choice"), tools)
     if body.get("include"):
         raise unsupported("include")
     response_format = _text_format(body.get("text"))
@@ -58,6 +57,8 @@ def parse_responses(body: dict[str, Any]) -> GenerationRequest:
         messages=tuple(messages),
         instructions=instructions,
         response_format=response_format,
+        tools=tools,
+        tool_choice=tool_choice,
         max_tokens=token_limit(body, "max_output_tokens"),
         stream=stream_flag(body),
         sampling=Sampling(
@@ -99,6 +100,7 @@ def _input(value: Any) -> list[Message]:
     if len(value) > MAX_MESSAGES:
         raise InvalidRequest(f"input may contain at most {MAX_MESSAGES} items", param="input")
     messages = []
+    call_names: dict[str, str] = {}  # call_id -> function name, for the outputs that follow
     for i, item in enumerate(value):
         where = f"input[{i}]"
         if not isinstance(item, dict):
@@ -106,8 +108,20 @@ def _input(value: Any) -> list[Message]:
         kind = item.get("type", "message")
         if kind == "reasoning":
             continue
-        if kind in ("function_call", "function_call_output"):
-            raise unsupported(f"{where}.type", f"input items of type {kind!r}")
+        if kind == "function_call":
+            name, arguments = item.get("name"), item.get("arguments", "")
+            if not isinstance(name, str) or not isinstance(arguments, str):
+                raise InvalidRequest(f"{where} needs a name and arguments (a JSON string)", param=where)
+            if isinstance(item.get("call_id"), str):
+                call_names[item["call_id"]] = name
+            messages.append(Message("assistant", written_call(name, arguments)))
+            continue
+        if kind == "function_call_output":
+            call_id, output = item.get("call_id"), item.get("output")
+            if not isinstance(call_id, str) or not isinstance(output, str):
+                raise InvalidRequest(f"{where} needs a call_id and an output string", param=where)
+            messages.append(Message("tool", f"Result of {call_names.get(call_id, call_id)}: {output}"))
+            continue
         if kind != "message":
             raise InvalidRequest(f"{where}.type: unknown input item type {str(kind)[:32]!r}",
                                  param=f"{where}.type")
@@ -137,3 +151,29 @@ def _content(content: Any, where: str) -> str:
             raise InvalidRequest(f"{where}[{j}].text must be a string", param=f"{where}[{j}].text")
         texts.append(part["text"])
     return "\n".join(texts)
+
+
+def _tools(value: Any) -> tuple[Tool, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise InvalidRequest("tools must be an array", param="tools")
+    tools = []
+    for i, item in enumerate(value):
+        where = f"tools[{i}]"
+        kind = item.get("type") if isinstance(item, dict) else None
+        if kind != "function":
+            raise unsupported(f"{where}.type", f"tools of type {str(kind)[:32]!r}")
+        tools.append(define(item.get("name"), item.get("description"), item.get("parameters"), where))
+    return check_unique(tools, "tools")
+
+
+def _tool_choice(value: Any, tools: tuple[Tool, ...]) -> ToolChoice:
+    if value is None:
+        return AUTO if tools else NONE
+    if value in ("none", "auto", "required"):
+        return choose(value, None, tools, "tool_choice")
+    if isinstance(value, dict) and value.get("type") == "function" and isinstance(value.get("name"), str):
+        return choose("required", value["name"], tools, "tool_choice")
+    raise InvalidRequest("tool_choice must be 'none', 'auto', 'required' or "
+                         '{"type": "function", "name": ...}', param="tool_choice")

@@ -14,9 +14,7 @@ from pydantic import BaseModel
 
 from darkbloom.crypto import Channel, KeyPair, SealingError, public_key_from_b64
 from darkbloom.errors import DarkbloomError, InvalidRequest
-from darkbloom.inference.dialects import ENDPOINTS, formatter_for, parse_request
-from darkbloom.inference.formatting import Outcome
-from darkbloom.inference.reasoning import Kind, ThinkSplitter
+from darkbloom.inference.dialects import ENDPOINTS, parse_request
 from darkbloom.inference.request import GenerationRequest, parse_json_body
 from darkbloom.protocol.frames import (
     InferenceAccepted,
@@ -27,6 +25,7 @@ from darkbloom.protocol.frames import (
     Sealed,
     Usage,
 )
+from darkbloom.provider.assembly import ResponseAssembler
 from darkbloom.provider.engines.base import Engine, Finished, Started
 
 log = logging.getLogger(__name__)
@@ -99,7 +98,6 @@ class RequestServer:
 
     async def _generate(self, rid: str, channel: Channel, request: GenerationRequest, cap: int,
                         cancel: threading.Event) -> None:
-        fmt = formatter_for(request)
         seq = 0
 
         async def chunk(payloads: list[str]) -> None:
@@ -109,35 +107,14 @@ class RequestServer:
                 await self.send(InferenceResponseChunk(request_id=rid, seq=seq, encrypted_data=sealed))
                 seq += 1
 
-        # Conversations get <think> split out; a raw text completion stays raw.
-        splitter = ThinkSplitter() if request.prompt is None else None
-        answer: list[str] = []
-        reasoning: list[str] = []
-        start: list[str] | None = None
-
-        def render(pieces: list[tuple[Kind, str]]) -> list[str]:
-            payloads = []
-            for kind, text in pieces:
-                if not request.stream:
-                    (reasoning if kind == "reasoning" else answer).append(text)
-                elif kind == "reasoning":
-                    payloads += fmt.stream_reasoning(text)
-                else:
-                    payloads += fmt.stream_delta(text)
-            return payloads
-
+        assembler = ResponseAssembler(request)
         async for event in self.engine.generate(request, cap, cancel):
             if isinstance(event, Finished):
                 break
             if isinstance(event, Started):
-                # Held back until the first text, so the coordinator can still retry elsewhere
-                # if prefill fails (nothing is committed before the first chunk).
-                start = fmt.stream_start(event.prompt_tokens) if request.stream else []
-                continue
-            payloads = render(splitter.feed(event.text) if splitter else [("content", event.text)])
-            if payloads:
-                await chunk([*(start or []), *payloads])
-                start = []
+                assembler.started(event.prompt_tokens)
+            elif payloads := assembler.text(event.text):
+                await chunk(payloads)
         else:
             raise DarkbloomError("engine ended without finishing", status_code=500)
         assert isinstance(event, Finished)
@@ -145,15 +122,7 @@ class RequestServer:
             log.info("request %s cancelled after %d token(s)", rid, event.completion_tokens)
             await self.send(InferenceError(request_id=rid, error="cancelled", status_code=499))
             return
-        tail = render(splitter.flush()) if splitter else []
-        outcome = Outcome(event.finish_reason, event.prompt_tokens, event.completion_tokens,
-                          event.stop_sequence)
-        if request.stream:
-            await chunk([*(start or []), *tail, *fmt.stream_end(outcome)])
-        else:
-            await chunk(["data: " + fmt.body("".join(answer), "".join(reasoning), outcome)])
-        answer.clear()
-        reasoning.clear()
+        await chunk(assembler.finish(event))
         self.requests_served += 1
         self.tokens_generated += event.completion_tokens
         await self.send(InferenceComplete(

@@ -24,7 +24,7 @@ from typing import Any
 
 from darkbloom.inference.budget import output_budget
 from darkbloom.inference.catalog import CatalogModel
-from darkbloom.inference.grammar import gbnf
+from darkbloom.inference.grammar import grammar_for
 from darkbloom.inference.prompt import PromptBuilder
 from darkbloom.inference.request import GenerationRequest
 from darkbloom.protocol.frames import ModelInfo
@@ -154,10 +154,10 @@ class LlamaCppEngine:
         matched = False
         finish: FinishReason = "length"
         grammar = None
-        if request.response_format is not None:
+        if (text := grammar_for(request)) is not None:
             from llama_cpp.llama_grammar import LlamaGrammar
 
-            grammar = LlamaGrammar.from_string(gbnf(request.response_format), verbose=False)
+            grammar = LlamaGrammar.from_string(text, verbose=False)
         generator = llama.generate(
             prompt, grammar=grammar, top_k=sampling.top_k, top_p=sampling.top_p, min_p=sampling.min_p,
             temp=sampling.temperature, repeat_penalty=sampling.repetition_penalty,

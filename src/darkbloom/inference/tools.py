@@ -1,0 +1,128 @@
+"""Function calling for every dialect: tool definitions, the choice, the prompt and the call.
+
+The model is told the tools in a system message and answers a call as one JSON object,
+``{"name": ..., "arguments": {...}}``. With ``required`` or a named tool the answer is
+grammar-constrained to exactly such an object for the allowed tools, so the arguments always
+parse and match the tool's parameter schema; with ``auto`` an answer that is such an object is
+read as a call, anything else is text. Earlier calls and results in the conversation are
+written back into the prompt in the same shape.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from darkbloom.errors import InvalidRequest
+
+MAX_TOOLS = 128
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    name: str
+    description: str
+    parameters: str  # canonical JSON text of the parameters schema
+
+
+@dataclass(frozen=True, slots=True)
+class ToolChoice:
+    mode: Literal["none", "auto", "required"]
+    name: str | None = None  # a named tool (mode "required" restricted to it)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: str  # JSON text, as OpenAI returns it
+
+
+AUTO = ToolChoice("auto")
+NONE = ToolChoice("none")
+
+
+def define(name: Any, description: Any, parameters: Any, where: str) -> Tool:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise InvalidRequest(f"{where}.name must match ^[a-zA-Z0-9_-]{{1,64}}$", param=f"{where}.name")
+    if description is not None and not isinstance(description, str):
+        raise InvalidRequest(f"{where}.description must be a string", param=f"{where}.description")
+    if parameters is None:
+        parameters = {"type": "object", "properties": {}}
+    if not isinstance(parameters, dict):
+        raise InvalidRequest(f"{where} parameters must be a JSON Schema object", param=where)
+    return Tool(name, description or "", json.dumps(parameters, sort_keys=True))
+
+
+def check_unique(tools: list[Tool], param: str) -> tuple[Tool, ...]:
+    if len(tools) > MAX_TOOLS:
+        raise InvalidRequest(f"{param} may contain at most {MAX_TOOLS} tools", param=param)
+    names = [t.name for t in tools]
+    if len(set(names)) != len(names):
+        raise InvalidRequest(f"{param} contains duplicate tool names", param=param)
+    return tuple(tools)
+
+
+def choose(mode: str, name: str | None, tools: tuple[Tool, ...], param: str) -> ToolChoice:
+    if mode == "none":
+        return NONE
+    if not tools:
+        raise InvalidRequest(f"{param} requires tools", param=param)
+    if name is not None and name not in {t.name for t in tools}:
+        raise InvalidRequest(f"{param} names a tool that is not in tools", param=param)
+    return ToolChoice("auto" if mode == "auto" else "required", name)
+
+
+def new_call_id(prefix: str = "call_") -> str:
+    return prefix + uuid.uuid4().hex[:24]
+
+
+def allowed(tools: tuple[Tool, ...], choice: ToolChoice) -> tuple[Tool, ...]:
+    if choice.mode == "none":
+        return ()
+    return tuple(t for t in tools if choice.name is None or t.name == choice.name)
+
+
+def system_prompt(tools: tuple[Tool, ...]) -> str:
+    listing = json.dumps([{"name": t.name, "description": t.description,
+                           "parameters": json.loads(t.parameters)} for t in tools])
+    return ("You can call these functions:\n" + listing + "\nTo call one, reply with only a JSON "
+            'object of the form {"name": <function name>, "arguments": <arguments object>}.')
+
+
+def call_schema(tools: tuple[Tool, ...]) -> str:
+    """JSON Schema of exactly one call to one of ``tools``: the grammar for required/named."""
+    options = [{"type": "object", "properties": {"name": {"const": t.name},
+                                                 "arguments": json.loads(t.parameters)},
+                "required": ["name", "arguments"], "additionalProperties": False} for t in tools]
+    return json.dumps(options[0] if len(options) == 1 else {"anyOf": options}, sort_keys=True)
+
+
+def written_call(name: str, arguments: str) -> str:
+    """How an earlier call is written back into the prompt: the shape the model answers in."""
+    try:
+        parsed: Any = json.loads(arguments)
+    except ValueError:
+        parsed = arguments
+    return json.dumps({"name": name, "arguments": parsed})
+
+
+def read_call(text: str, tools: tuple[Tool, ...]) -> ToolCall | None:
+    """The call in a finished answer, or None when the answer is ordinary text."""
+    stripped = text.strip()
+    if not stripped.startswith("{"):
+        return None
+    try:
+        obj = json.loads(stripped)
+    except ValueError:
+        return None
+    if not isinstance(obj, dict) or set(obj) - {"name", "arguments"}:
+        return None
+    name, arguments = obj.get("name"), obj.get("arguments", {})
+    if name not in {t.name for t in tools} or not isinstance(arguments, dict):
+        return None
+    return ToolCall(new_call_id(), str(name), json.dumps(arguments))
