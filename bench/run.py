@@ -20,6 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,6 +155,8 @@ def micro_costs() -> dict[str, float]:
     from darkbloom.coordinator.routing.scheduler import Scheduler
     from darkbloom.crypto import Channel, KeyPair
     from darkbloom.inference.catalog import Catalog
+    from darkbloom.inference.dialects import formatter_for, parse_request
+    from darkbloom.inference.formatting import Outcome
     from darkbloom.inference.openai_format import OpenAIFormatter
     from darkbloom.protocol import decode, encode
     from darkbloom.protocol.frames import (
@@ -201,7 +204,32 @@ def micro_costs() -> dict[str, float]:
         assert isinstance(frame, InferenceResponseChunk) and frame.encrypted_data is not None
         return to_provider.open(frame.encrypted_data.ciphertext)
 
+    dialect_bodies = {
+        "/v1/chat/completions": {"model": DEFAULT_MODEL.id, "messages": MESSAGES, "stream": True},
+        "/v1/messages": {"model": DEFAULT_MODEL.id, "messages": MESSAGES, "max_tokens": 64,
+                         "stream": True},
+        "/v1/responses": {"model": DEFAULT_MODEL.id, "input": MESSAGES[0]["content"], "stream": True},
+    }
+
+    def translate(endpoint: str) -> Callable[[], object]:
+        """Parse the body, then format a 64-token stream: the whole per-dialect translation."""
+        body = dialect_bodies[endpoint]
+        outcome = Outcome("length", 20, MAX_TOKENS)
+
+        def run() -> object:
+            request = parse_request(endpoint, body)
+            fmt = formatter_for(request)
+            out = fmt.stream_start(20)
+            for _ in range(MAX_TOKENS):
+                out += fmt.stream_delta(" the")
+            return out + fmt.stream_end(outcome)
+        return run
+
+    translation = {endpoint: p50_us(translate(endpoint), 500) for endpoint in dialect_bodies}
+    chat_us = translation["/v1/chat/completions"]
     return {
+        **{f"translation {endpoint} (parse + {MAX_TOKENS}-token stream; {us - chat_us:+.1f} vs chat)": us
+           for endpoint, us in translation.items()},
         "coordinator prepare (parse, validate, render, tokenize, budget)": asyncio.run(prepare_us()),
         "request sealing (new ephemeral key + box)":
             p50_us(lambda: Channel(KeyPair.generate(), provider_keys.public).seal(raw)),
