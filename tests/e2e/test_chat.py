@@ -134,3 +134,28 @@ def test_system_and_multi_turn(client: openai.OpenAI) -> None:
         {"role": "user", "content": [{"type": "text", "text": "And grass?"}]},
     ])
     assert reply.choices[0].message.content
+
+
+def test_logprobs(client: openai.OpenAI) -> None:
+    """Logprobs come from the raw model distribution: greedy picks the top alternative."""
+    reply = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=6, temperature=0,
+                                           logprobs=True, top_logprobs=3)
+    choice = reply.choices[0]
+    assert choice.logprobs is not None and choice.logprobs.content is not None
+    entries = choice.logprobs.content
+    assert len(entries) == reply.usage.completion_tokens  # type: ignore[union-attr]
+    assert "".join(e.token for e in entries) == choice.message.content
+    for entry in entries:
+        assert entry.logprob <= 0 and len(entry.top_logprobs) == 3
+        assert entry.top_logprobs[0].token == entry.token
+        assert bytes(entry.bytes or []).decode() == entry.token
+    streamed = list(client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=6, temperature=0,
+                                                   logprobs=True, stream=True))
+    tokens = [e.token for c in streamed if c.choices and c.choices[0].logprobs
+              for e in c.choices[0].logprobs.content or []]
+    assert tokens == [e.token for e in entries]
+    legacy = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=4,
+                                       temperature=0, logprobs=2)
+    lp = legacy.choices[0].logprobs
+    assert lp is not None and lp.tokens is not None and "".join(lp.tokens) == legacy.choices[0].text
+    assert lp.top_logprobs is not None and all(len(alts) == 2 for alts in lp.top_logprobs)

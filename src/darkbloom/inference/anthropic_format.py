@@ -11,7 +11,7 @@ import json
 import uuid
 from typing import Any, Literal
 
-from darkbloom.inference.formatting import Outcome
+from darkbloom.inference.formatting import Logprobs, Outcome
 from darkbloom.inference.openai_format import dumps
 from darkbloom.inference.request import GenerationRequest
 from darkbloom.inference.tools import ToolCall
@@ -79,7 +79,7 @@ class AnthropicFormatter:
     def stream_start(self, prompt_tokens: int) -> list[str]:
         return [_event("message_start", {"message": self._message([], None, prompt_tokens, 1)})]
 
-    def stream_delta(self, text: str) -> list[str]:
+    def stream_delta(self, text: str, logprobs: Logprobs = ()) -> list[str]:
         return [*self._switch("text"), _event("content_block_delta", {
             "index": self._index, "delta": {"type": "text_delta", "text": text}})]
 
@@ -104,7 +104,7 @@ class AnthropicFormatter:
             _event("message_stop", {}),
         ]
 
-    def body(self, text: str, reasoning: str, outcome: Outcome) -> str:
+    def body(self, text: str, reasoning: str, outcome: Outcome, logprobs: Logprobs = ()) -> str:
         content: list[dict[str, Any]] = []
         if reasoning:
             content.append({"type": "thinking", "thinking": reasoning, "signature": ""})

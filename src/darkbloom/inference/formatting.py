@@ -14,6 +14,19 @@ from darkbloom.inference.tools import ToolCall
 
 
 @dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """One generated token's log probability and its best alternatives (raw model distribution)."""
+
+    token: str
+    logprob: float
+    bytes: tuple[int, ...]
+    top: tuple[tuple[str, float, tuple[int, ...]], ...] = ()
+
+
+Logprobs = tuple[TokenLogprob, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
     finish_reason: Literal["stop", "length", "tool_calls"]
     prompt_tokens: int
@@ -27,8 +40,8 @@ class Formatter(Protocol):
         """Events before the first text (sent together with it, so nothing commits early)."""
         ...
 
-    def stream_delta(self, text: str) -> list[str]:
-        """Answer text."""
+    def stream_delta(self, text: str, logprobs: Logprobs = ()) -> list[str]:
+        """Answer text (and, when asked for, the logprobs of the tokens that made it)."""
         ...
 
     def stream_reasoning(self, text: str) -> list[str]:
@@ -39,6 +52,6 @@ class Formatter(Protocol):
         """Closing events, including the dialect's own terminator (``[DONE]``, message_stop...)."""
         ...
 
-    def body(self, text: str, reasoning: str, outcome: Outcome) -> str:
+    def body(self, text: str, reasoning: str, outcome: Outcome, logprobs: Logprobs = ()) -> str:
         """The complete non-streamed JSON document."""
         ...

@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from darkbloom.inference.formatting import Outcome
+from darkbloom.inference.formatting import Logprobs, Outcome
 from darkbloom.inference.request import GenerationRequest
 from darkbloom.inference.tools import ToolCall
 
@@ -46,6 +46,7 @@ class OpenAIFormatter:
         self.id = prefix + uuid.uuid4().hex
         self.created = int(time.time())
         self._object = "chat.completion" if self.chat else "text_completion"
+        self._text_offset = 0  # legacy logprobs.text_offset runs across the whole completion
 
     # --- streaming ---------------------------------------------------------------------
 
@@ -68,12 +69,35 @@ class OpenAIFormatter:
         return self._chunk([{"index": 0, "delta": {"role": "assistant", "content": ""},
                              "finish_reason": None}])
 
-    def delta_chunk(self, text: str) -> str:
+    def delta_chunk(self, text: str, logprobs: Logprobs = ()) -> str:
         if self.chat:
             choice: dict[str, Any] = {"index": 0, "delta": {"content": text}, "finish_reason": None}
+            if logprobs:
+                choice["logprobs"] = self._chat_logprobs(logprobs)
         else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": None}
+            choice = {"index": 0, "text": text, "logprobs": self._text_logprobs(logprobs),
+                      "finish_reason": None}
         return self._chunk([choice])
+
+    def _chat_logprobs(self, logprobs: Logprobs) -> dict[str, Any]:
+        return {"content": [
+            {"token": t.token, "logprob": t.logprob, "bytes": list(t.bytes),
+             "top_logprobs": [{"token": tok, "logprob": lp, "bytes": list(b)} for tok, lp, b in t.top]}
+            for t in logprobs], "refusal": None}
+
+    def _text_logprobs(self, logprobs: Logprobs) -> dict[str, Any] | None:
+        """The legacy completions shape: parallel arrays, alternatives as token → logprob maps."""
+        if self.request.logprobs is None:
+            return None
+        offsets, offset = [], self._text_offset
+        for t in logprobs:
+            offsets.append(offset)
+            offset += len(t.token)
+        self._text_offset = offset
+        return {"tokens": [t.token for t in logprobs],
+                "token_logprobs": [t.logprob for t in logprobs],
+                "top_logprobs": [{tok: lp for tok, lp, _ in t.top} for t in logprobs],
+                "text_offset": offsets}
 
     def final_chunks(self, finish_reason: str, usage: UsageCounts) -> list[str]:
         """Finish chunk, then usage: on its own `choices: []` chunk when the client asked for it
@@ -92,8 +116,8 @@ class OpenAIFormatter:
         first = self.first_chunk()
         return [first] if first else []
 
-    def stream_delta(self, text: str) -> list[str]:
-        return [self.delta_chunk(text)]
+    def stream_delta(self, text: str, logprobs: Logprobs = ()) -> list[str]:
+        return [self.delta_chunk(text, logprobs)]
 
     def stream_reasoning(self, text: str) -> list[str]:
         if not self.chat:
@@ -114,14 +138,16 @@ class OpenAIFormatter:
     def _tool_delta(self, call: dict[str, Any]) -> str:
         return self._chunk([{"index": 0, "delta": {"tool_calls": [call]}, "finish_reason": None}])
 
-    def body(self, text: str, reasoning: str, outcome: Outcome) -> str:
+    def body(self, text: str, reasoning: str, outcome: Outcome, logprobs: Logprobs = ()) -> str:
         usage = UsageCounts(outcome.prompt_tokens, outcome.completion_tokens)
-        return self.full_response(text, outcome.finish_reason, usage, reasoning, outcome.tool_calls)
+        return self.full_response(text, outcome.finish_reason, usage, reasoning, outcome.tool_calls,
+                                  logprobs)
 
     # --- non-streaming -----------------------------------------------------------------
 
     def full_response(self, text: str, finish_reason: str, usage: UsageCounts,
-                      reasoning: str = "", tool_calls: tuple[ToolCall, ...] = ()) -> str:
+                      reasoning: str = "", tool_calls: tuple[ToolCall, ...] = (),
+                      logprobs: Logprobs = ()) -> str:
         if self.chat:
             message: dict[str, Any] = {"role": "assistant", "content": text}
             if reasoning:
@@ -131,8 +157,11 @@ class OpenAIFormatter:
                     {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
                     for c in tool_calls]
             choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": finish_reason}
+            if self.request.logprobs is not None:
+                choice["logprobs"] = self._chat_logprobs(logprobs)
         else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+            choice = {"index": 0, "text": text, "logprobs": self._text_logprobs(logprobs),
+                      "finish_reason": finish_reason}
         return dumps({
             "id": self.id,
             "object": self._object,

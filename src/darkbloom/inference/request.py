@@ -28,6 +28,7 @@ from darkbloom.inference.tools import AUTO, NONE, Tool, ToolChoice, check_unique
 Endpoint = Literal["/v1/chat/completions", "/v1/completions", "/v1/messages", "/v1/responses"]
 
 MAX_MESSAGES = 2048
+MAX_TOP_LOGPROBS = 20
 DEFAULT_MAX_TOKENS = 8192
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 
@@ -81,6 +82,7 @@ class GenerationRequest:
     response_format: ResponseFormat | None = None
     tools: tuple[Tool, ...] = ()
     tool_choice: ToolChoice = NONE
+    logprobs: int | None = None  # None: off; N: each token's logprob and its N best alternatives
     max_tokens: int | None = None
     stop: tuple[str, ...] = ()
     stream: bool = False
@@ -106,10 +108,7 @@ def parse_chat(body: dict[str, Any]) -> GenerationRequest:
     model = model_name(body)
     messages = _messages(body.get("messages"))
     _common_unsupported(body)
-    if body.get("logprobs") not in (None, False):
-        raise unsupported("logprobs")
-    if body.get("top_logprobs") is not None:
-        raise unsupported("top_logprobs")
+    logprobs = _chat_logprobs(body)
     for key in ("audio", "prediction", "logit_bias"):
         if body.get(key):
             raise unsupported(key)
@@ -132,7 +131,22 @@ def parse_chat(body: dict[str, Any]) -> GenerationRequest:
         response_format=response_format,
         tools=tools,
         tool_choice=tool_choice,
+        logprobs=logprobs,
     )
+
+
+def _chat_logprobs(body: dict[str, Any]) -> int | None:
+    """``logprobs: true`` (+ ``top_logprobs`` 0-20): the number of alternatives, or None for off."""
+    wanted, top = body.get("logprobs"), body.get("top_logprobs")
+    if wanted is not None and not isinstance(wanted, bool):
+        raise InvalidRequest("logprobs must be a boolean", param="logprobs")
+    if top is not None:
+        if not is_int(top) or not 0 <= top <= MAX_TOP_LOGPROBS:
+            raise InvalidRequest(f"top_logprobs must be an integer from 0 to {MAX_TOP_LOGPROBS}",
+                                 param="top_logprobs")
+        if not wanted:
+            raise InvalidRequest("top_logprobs requires logprobs: true", param="top_logprobs")
+    return int(top or 0) if wanted else None
 
 
 def _tools(value: Any) -> tuple[Tool, ...]:
@@ -203,8 +217,9 @@ def parse_completion(body: dict[str, Any]) -> GenerationRequest:
         raise unsupported("suffix")
     if body.get("best_of") not in (None, 1):
         raise unsupported("best_of")
-    if body.get("logprobs") is not None:
-        raise unsupported("logprobs")
+    logprobs = body.get("logprobs")
+    if logprobs is not None and (not is_int(logprobs) or not 0 <= logprobs <= 5):
+        raise InvalidRequest("logprobs must be an integer from 0 to 5", param="logprobs")
     if body.get("logit_bias"):
         raise unsupported("logit_bias")
     return GenerationRequest(
@@ -216,6 +231,7 @@ def parse_completion(body: dict[str, Any]) -> GenerationRequest:
         stream=stream_flag(body),
         include_usage=_include_usage(body),
         sampling=_sampling(body),
+        logprobs=logprobs,
     )
 
 

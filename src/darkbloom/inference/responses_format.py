@@ -11,7 +11,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from darkbloom.inference.formatting import Outcome
+from darkbloom.inference.formatting import Logprobs, Outcome
 from darkbloom.inference.openai_format import dumps
 from darkbloom.inference.request import GenerationRequest
 from darkbloom.inference.tools import ToolCall
@@ -144,7 +144,7 @@ class ResponsesFormatter:
         return [self._event("response.created", {"response": created}),
                 self._event("response.in_progress", {"response": created})]
 
-    def stream_delta(self, text: str) -> list[str]:
+    def stream_delta(self, text: str, logprobs: Logprobs = ()) -> list[str]:
         return self._delta("message", text)
 
     def stream_reasoning(self, text: str) -> list[str]:
@@ -172,7 +172,7 @@ class ResponsesFormatter:
         return [*events, self._event("response.completed",
                                      {"response": self._response(self._items, outcome)})]
 
-    def body(self, text: str, reasoning: str, outcome: Outcome) -> str:
+    def body(self, text: str, reasoning: str, outcome: Outcome, logprobs: Logprobs = ()) -> str:
         items = [self._item("reasoning", 0, reasoning)] if reasoning else []
         if text or not outcome.tool_calls:
             items.append(self._item("message", len(items), text))

@@ -9,7 +9,7 @@ back instead of streamed; with a forced call it is always held.
 from __future__ import annotations
 
 from darkbloom.inference.dialects import formatter_for
-from darkbloom.inference.formatting import Outcome
+from darkbloom.inference.formatting import Logprobs, Outcome
 from darkbloom.inference.reasoning import Kind, ThinkSplitter
 from darkbloom.inference.request import GenerationRequest
 from darkbloom.inference.tools import allowed, read_call
@@ -27,6 +27,7 @@ class ResponseAssembler:
         self._held: list[str] = []
         self._answer: list[str] = []
         self._reasoning: list[str] = []
+        self._logprobs: Logprobs = ()
         self._start: list[str] = []
 
     def started(self, prompt_tokens: int) -> None:
@@ -34,10 +35,10 @@ class ResponseAssembler:
         # retry elsewhere if prefill fails (nothing is committed before it).
         self._start = self.fmt.stream_start(prompt_tokens) if self.request.stream else []
 
-    def text(self, text: str) -> list[str]:
+    def text(self, text: str, logprobs: Logprobs = ()) -> list[str]:
         pieces: list[tuple[Kind, str]] = (self._splitter.feed(text) if self._splitter
                                            else [("content", text)])
-        return self._emit(self._render(pieces))
+        return self._emit(self._render(pieces, logprobs))
 
     def finish(self, finished: Finished) -> list[str]:
         assert finished.finish_reason != "cancelled"
@@ -53,7 +54,8 @@ class ResponseAssembler:
             else:
                 payloads += self._release(held)
         if not self.request.stream:
-            return ["data: " + self.fmt.body("".join(self._answer), "".join(self._reasoning), outcome)]
+            return ["data: " + self.fmt.body("".join(self._answer), "".join(self._reasoning), outcome,
+                                             self._logprobs)]
         return self._emit([*payloads, *self.fmt.stream_end(outcome)])
 
     def _emit(self, payloads: list[str]) -> list[str]:
@@ -61,7 +63,8 @@ class ResponseAssembler:
             payloads, self._start = [*self._start, *payloads], []
         return payloads
 
-    def _render(self, pieces: list[tuple[Kind, str]]) -> list[str]:
+    def _render(self, pieces: list[tuple[Kind, str]], logprobs: Logprobs = ()) -> list[str]:
+        """Logprobs ride with the answer text of the same engine delta (reasoning gets none)."""
         payloads: list[str] = []
         for kind, text in pieces:
             if kind == "reasoning":
@@ -76,14 +79,16 @@ class ResponseAssembler:
                     self._holding = False  # plain text: it cannot be a call any more
                     payloads += self._release("".join(self._held))
             else:
-                payloads += self._release(text)
+                payloads += self._release(text, logprobs)
+                logprobs = ()
         return payloads
 
-    def _release(self, text: str) -> list[str]:
+    def _release(self, text: str, logprobs: Logprobs = ()) -> list[str]:
         self._held = []
         if not text:
             return []
         if not self.request.stream:
             self._answer.append(text)
+            self._logprobs += logprobs
             return []
-        return self.fmt.stream_delta(text)
+        return self.fmt.stream_delta(text, logprobs)

@@ -113,7 +113,7 @@ class RequestServer:
                 break
             if isinstance(event, Started):
                 assembler.started(event.prompt_tokens)
-            elif payloads := assembler.text(event.text):
+            elif payloads := assembler.text(event.text, event.logprobs):
                 await chunk(payloads)
         else:
             raise DarkbloomError("engine ended without finishing", status_code=500)

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from darkbloom.inference.formatting import Logprobs
 from darkbloom.inference.request import GenerationRequest
 from darkbloom.protocol.frames import ModelInfo
 
@@ -27,6 +28,7 @@ class Started:
 @dataclass(frozen=True, slots=True)
 class TextDelta:
     text: str
+    logprobs: Logprobs = ()  # the tokens behind this text, when the request asked for logprobs
 
 
 @dataclass(frozen=True, slots=True)

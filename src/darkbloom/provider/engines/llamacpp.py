@@ -24,6 +24,7 @@ from typing import Any
 
 from darkbloom.inference.budget import output_budget
 from darkbloom.inference.catalog import CatalogModel
+from darkbloom.inference.formatting import TokenLogprob
 from darkbloom.inference.grammar import grammar_for
 from darkbloom.inference.prompt import PromptBuilder
 from darkbloom.inference.request import GenerationRequest
@@ -66,6 +67,37 @@ class _Slot:
         self._jobs.put(None)
         self._thread.join(timeout=5)
         self.llama.close()
+
+
+class _Scorer:
+    """Log probabilities from the logits the sampler just used (the raw model distribution)."""
+
+    def __init__(self, llama: Any) -> None:
+        import llama_cpp
+        import numpy
+
+        self._np = numpy
+        self._llama = llama
+        self._logits = llama_cpp.llama_get_logits_ith
+        self._n_vocab = llama.n_vocab()
+
+    def _text(self, token: int) -> tuple[str, tuple[int, ...]]:
+        raw = bytes(self._llama.detokenize([token]))
+        return raw.decode("utf-8", "replace"), tuple(raw)
+
+    def score(self, token: int, piece: bytes, top: int) -> TokenLogprob:
+        np = self._np
+        row = np.ctypeslib.as_array(self._logits(self._llama._ctx.ctx, -1), shape=(self._n_vocab,))
+        peak = float(row.max())
+        logprobs = row - (peak + float(np.log(np.exp(row - peak).sum())))
+        best: list[tuple[str, float, tuple[int, ...]]] = []
+        if top:
+            ids = np.argpartition(logprobs, -top)[-top:]
+            for alt in sorted(ids.tolist(), key=lambda i: -float(logprobs[i])):
+                text, raw = self._text(alt)
+                best.append((text, float(logprobs[alt]), raw))
+        return TokenLogprob(piece.decode("utf-8", "replace"), float(logprobs[token]), tuple(piece),
+                            tuple(best))
 
 
 class LlamaCppEngine:
@@ -150,6 +182,8 @@ class LlamaCppEngine:
                        else random.randrange(2**32))
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         stops = StopMatcher(request.stop)
+        scorer = _Scorer(llama) if request.logprobs is not None else None
+        scored: list[TokenLogprob] = []  # waiting for their text to be emitted
         completion = 0
         matched = False
         finish: FinishReason = "length"
@@ -174,10 +208,14 @@ class LlamaCppEngine:
                     finish = "stop"
                     break
                 completion += 1
-                text = decoder.decode(bytes(llama.detokenize([token])))
+                piece = bytes(llama.detokenize([token]))
+                if scorer is not None:
+                    scored.append(scorer.score(token, piece, request.logprobs or 0))
+                text = decoder.decode(piece)
                 safe, stopped = stops.feed(text)
                 if safe:
-                    emit(TextDelta(safe))
+                    emit(TextDelta(safe, tuple(scored)))
+                    scored.clear()
                 if stopped:
                     finish, matched = "stop", True
                     break
@@ -190,7 +228,7 @@ class LlamaCppEngine:
             tail, _ = stops.feed(decoder.decode(b"", final=True))
             tail += stops.flush()
             if tail:
-                emit(TextDelta(tail))
+                emit(TextDelta(tail, tuple(scored)))
         emit(Finished(finish, len(prompt), completion, stops.matched))
 
     def close(self) -> None:
