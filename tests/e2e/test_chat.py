@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import openai
 
@@ -159,3 +161,13 @@ def test_logprobs(client: openai.OpenAI) -> None:
     lp = legacy.choices[0].logprobs
     assert lp is not None and lp.tokens is not None and "".join(lp.tokens) == legacy.choices[0].text
     assert lp.top_logprobs is not None and all(len(alts) == 2 for alts in lp.top_logprobs)
+
+
+def test_penalties_are_honoured(client: openai.OpenAI) -> None:
+    """presence/frequency penalties reach the sampler: a repetitive greedy answer changes."""
+    ask: dict[str, Any] = dict(model=MODEL, max_tokens=40, temperature=0,
+                               messages=[{"role": "user", "content": "Repeat the word cat many times."}])
+    plain = client.chat.completions.create(**ask).choices[0].message.content
+    penalised = client.chat.completions.create(**ask, presence_penalty=2.0,
+                                               frequency_penalty=2.0).choices[0].message.content
+    assert plain != penalised

@@ -74,7 +74,7 @@ def _tools(value: Any) -> tuple[Tool, ...]:
             raise InvalidRequest(f"tools.{i}: must be an object", param=f"tools.{i}")
         if item.get("type") not in (None, "custom"):
             raise unsupported(f"tools.{i}.type", f"server tools ({str(item.get('type'))[:32]!r})")
-        if "input_schema" not in item:
+        if not isinstance(item.get("input_schema"), dict):
             raise InvalidRequest(f"tools.{i}.input_schema: Field required", param=f"tools.{i}.input_schema")
         tools.append(define(item.get("name"), item.get("description"), item["input_schema"],
                             f"tools.{i}"))
@@ -156,7 +156,7 @@ def _text_blocks(blocks: list[Any], where: str, call_names: dict[str, str] | Non
         if not isinstance(block.get("text"), str):
             raise InvalidRequest(f"{where}.{j}.text: Field required", param=f"{where}.{j}.text")
         texts.append(block["text"])
-    return "".join(texts)
+    return "\n".join(texts)
 
 
 def _tool_block(block: dict[str, Any], where: str, call_names: dict[str, str]) -> str:

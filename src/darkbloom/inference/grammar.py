@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True, slots=True)
 class ResponseFormat:
     kind: Literal["json_object", "json_schema"]
-    schema: str | None = None  # canonical JSON text of the schema (hashable, cheap to compare)
+    schema: str | None = None  # JSON text of the schema, key order as given (hashable)
     name: str = ""
 
 
@@ -37,7 +37,8 @@ def parse_json_schema_format(spec: Any, param: str) -> ResponseFormat:
     schema = spec.get("schema")
     if not isinstance(schema, dict):
         raise InvalidRequest(f"{param}.schema must be a JSON Schema object", param=f"{param}.schema")
-    fmt = ResponseFormat("json_schema", json.dumps(schema, sort_keys=True), name)
+    # Key order is kept: the output follows the schema's property order, as OpenAI's does.
+    fmt = ResponseFormat("json_schema", json.dumps(schema), name)
     gbnf(fmt, param=f"{param}.schema")  # refuse now what the engine could not enforce
     return fmt
 

@@ -280,7 +280,7 @@ def _messages(value: Any) -> tuple[Message, ...]:
             )
         if role == "assistant" and item.get("tool_calls"):
             calls = _written_calls(item["tool_calls"], f"{where}.tool_calls", call_names)
-            said = item.get("content") if isinstance(item.get("content"), str) else ""
+            said = _content(item["content"], f"{where}.content") if item.get("content") else ""
             parsed.append(Message("assistant", f"{said}\n{calls}" if said else calls))
             continue
         content = _content(item.get("content"), f"{where}.content")

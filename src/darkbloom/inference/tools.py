@@ -26,7 +26,7 @@ _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 class Tool:
     name: str
     description: str
-    parameters: str  # canonical JSON text of the parameters schema
+    parameters: str  # JSON text of the parameters schema, key order as given
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,15 +47,16 @@ NONE = ToolChoice("none")
 
 
 def define(name: Any, description: Any, parameters: Any, where: str) -> Tool:
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise InvalidRequest(f"{where}.name must match ^[a-zA-Z0-9_-]{{1,64}}$", param=f"{where}.name")
     if description is not None and not isinstance(description, str):
         raise InvalidRequest(f"{where}.description must be a string", param=f"{where}.description")
     if parameters is None:
         parameters = {"type": "object", "properties": {}}
-    if not isinstance(parameters, dict):
-        raise InvalidRequest(f"{where} parameters must be a JSON Schema object", param=where)
-    return Tool(name, description or "", json.dumps(parameters, sort_keys=True))
+    if not isinstance(parameters, dict) or parameters.get("type", "object") != "object":
+        raise InvalidRequest(f"{where} parameters must be a JSON Schema of type object", param=where)
+    # Key order is kept: the grammar follows the schema's property order, as OpenAI's does.
+    return Tool(name, description or "", json.dumps(parameters))
 
 
 def check_unique(tools: list[Tool], param: str) -> tuple[Tool, ...]:
@@ -99,7 +100,7 @@ def call_schema(tools: tuple[Tool, ...]) -> str:
     options = [{"type": "object", "properties": {"name": {"const": t.name},
                                                  "arguments": json.loads(t.parameters)},
                 "required": ["name", "arguments"], "additionalProperties": False} for t in tools]
-    return json.dumps(options[0] if len(options) == 1 else {"anyOf": options}, sort_keys=True)
+    return json.dumps(options[0] if len(options) == 1 else {"anyOf": options})
 
 
 def written_call(name: str, arguments: str) -> str:
@@ -123,6 +124,6 @@ def read_call(text: str, tools: tuple[Tool, ...]) -> ToolCall | None:
     if not isinstance(obj, dict) or set(obj) - {"name", "arguments"}:
         return None
     name, arguments = obj.get("name"), obj.get("arguments", {})
-    if name not in {t.name for t in tools} or not isinstance(arguments, dict):
+    if not isinstance(name, str) or name not in {t.name for t in tools} or not isinstance(arguments, dict):
         return None
     return ToolCall(new_call_id(), str(name), json.dumps(arguments))

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
 from darkbloom.errors import InvalidRequest
 from darkbloom.inference.anthropic_request import parse_messages
+from darkbloom.inference.dialects import parse_request
 from darkbloom.inference.fields import MAX_OUTPUT_TOKENS
+from darkbloom.inference.grammar import grammar_for
 from darkbloom.inference.request import MAX_MESSAGES, Message, Sampling
+from darkbloom.inference.tools import Tool, ToolChoice
 
 CANARY = "CANARY-7f3a9c-do-not-echo"
 
@@ -124,7 +128,7 @@ def test_system_text_blocks_become_leading_system_message() -> None:
     blocks = [{"type": "text", "text": "be "}, {"type": "text", "text": "brief",
                                                 "cache_control": {"type": "ephemeral"}}]
     req = parse_messages(body(system=blocks))
-    assert req.messages[0] == Message("system", "be brief")
+    assert req.messages[0] == Message("system", "be \nbrief")  # one block a line
     assert req.messages[1:] == (Message("user", "hi"),)
 
 
@@ -172,9 +176,11 @@ def test_string_content() -> None:
     assert parse_messages(body(messages=[user("hello")])).messages == (Message("user", "hello"),)
 
 
-def test_text_blocks_are_joined() -> None:
+def test_text_blocks_are_joined_with_newlines() -> None:
     blocks = [{"type": "text", "text": "Hello, "}, {"type": "text", "text": "world"}]
-    assert parse_messages(body(messages=[user(blocks)])).messages == (Message("user", "Hello, world"),)
+    assert parse_messages(body(messages=[user(blocks)])).messages == (Message("user", "Hello, \nworld"),)
+    one = [{"type": "text", "text": "Hello, world"}]
+    assert parse_messages(body(messages=[user(one)])).messages == (Message("user", "Hello, world"),)
 
 
 @pytest.mark.parametrize("content", [None, 5, {"type": "text", "text": "hi"}, True])
@@ -196,13 +202,25 @@ def test_thinking_blocks_are_skipped() -> None:
 @pytest.mark.parametrize("block", [
     {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}},
     {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "doc"}},
-    {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}},
-    {"type": "tool_result", "tool_use_id": "toolu_1", "content": "42"},
 ])
 def test_unsupported_blocks(block: dict[str, Any]) -> None:
     blocks = [{"type": "text", "text": "look"}, block]
     err = assert_invalid(body(messages=[user(blocks)]), "messages.0.content.1.type", "unsupported_parameter")
     assert block["type"] in err.message
+
+
+@pytest.mark.parametrize("block", [
+    {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}},
+    {"type": "tool_result", "tool_use_id": "toolu_1", "content": "42"},
+])
+def test_tool_blocks_unsupported_in_system_and_inside_a_tool_result(block: dict[str, Any]) -> None:
+    """Tool blocks belong in turns: in ``system`` or nested in a tool_result they are refused."""
+    system = [{"type": "text", "text": "s"}, block]
+    err = assert_invalid(body(system=system), "system.1.type", "unsupported_parameter")
+    assert block["type"] in err.message
+    nested = {"type": "tool_result", "tool_use_id": "toolu_0", "content": [block]}
+    assert_invalid(body(messages=[user([nested])]), "messages.0.content.0.content.0.type",
+                   "unsupported_parameter")
 
 
 @pytest.mark.parametrize("kind", ["video", "input_text", "Text", ""])
@@ -297,20 +315,196 @@ def test_anthropic_extras_accepted() -> None:
     assert parse_messages(body(thinking={"type": "disabled"})).model == "m"
 
 
-def test_tools_unsupported() -> None:
+def test_tools_are_parsed() -> None:
     tools = [{"name": "get_weather", "description": "w", "input_schema": {"type": "object"}}]
-    assert_invalid(body(tools=tools), "tools", "unsupported_parameter")
+    req = parse_messages(body(tools=tools))
+    assert req.tools == (Tool("get_weather", "w", '{"type": "object"}'),)
+    assert req.tool_choice == ToolChoice("auto")
 
 
-def test_empty_tools_and_harmless_tool_choice_accepted() -> None:
-    assert parse_messages(body(tools=[])).model == "m"
-    assert parse_messages(body(tool_choice={"type": "auto"})).model == "m"
-    assert parse_messages(body(tool_choice={"type": "none"})).model == "m"
+def test_empty_tools_and_tool_choice_none_accepted() -> None:
+    req = parse_messages(body(tools=[]))
+    assert (req.tools, req.tool_choice) == ((), ToolChoice("none"))
+    assert parse_messages(body(tool_choice={"type": "none"})).tool_choice == ToolChoice("none")
 
 
-@pytest.mark.parametrize("choice", [{"type": "any"}, {"type": "tool", "name": "f"}])
-def test_forcing_tool_choice_unsupported(choice: dict[str, Any]) -> None:
-    assert_invalid(body(tool_choice=choice), "tool_choice", "unsupported_parameter")
+@pytest.mark.parametrize("choice", [{"type": "auto"}, {"type": "any"}, {"type": "tool", "name": "f"}])
+def test_tool_choice_other_than_none_needs_tools(choice: dict[str, Any]) -> None:
+    err = assert_invalid(body(tool_choice=choice), "tool_choice")
+    assert "requires tools" in err.message
+    assert_invalid(body(tools=[], tool_choice=choice), "tool_choice")
+
+
+# --- tools -------------------------------------------------------------------------------
+
+WEATHER = {"type": "object", "required": ["city"], "properties": {"city": {"type": "string"}}}
+TOOLS: list[Any] = [
+    {"name": "get_weather", "description": "Weather for a city", "input_schema": WEATHER},
+    {"type": "custom", "name": "get_time", "input_schema": {"type": "object"}},
+]
+
+
+def test_tools_parsed_into_tools_with_parameters_in_their_order() -> None:
+    req = parse_messages(body(tools=TOOLS))
+    assert req.tools == (Tool("get_weather", "Weather for a city", json.dumps(WEATHER)),
+                         Tool("get_time", "", '{"type": "object"}'))
+    assert req.tools[0].parameters == ('{"type": "object", "required": ["city"], '
+                                       '"properties": {"city": {"type": "string"}}}')
+    assert req.tool_choice == ToolChoice("auto")
+
+
+@pytest.mark.parametrize("kind", ["web_search_20250305", "bash_20250124", "text_editor_20250124",
+                                  "computer_20241022", "function", ""])
+def test_server_tools_unsupported(kind: str) -> None:
+    tools = [TOOLS[0], {"type": kind, "name": "srv", "input_schema": {}}]
+    assert_invalid(body(tools=tools), "tools.1.type", "unsupported_parameter")
+
+
+@pytest.mark.parametrize(("tools", "param"), [
+    ({"name": "f", "input_schema": {}}, "tools"),
+    (["f"], "tools.0"),
+    ([{"name": "f"}], "tools.0.input_schema"),
+    ([{"name": "f", "description": "d"}], "tools.0.input_schema"),
+    ([{"name": "f", "input_schema": "{}"}], "tools.0.input_schema"),
+    ([{"name": "f", "input_schema": []}], "tools.0.input_schema"),
+    ([{"name": "f", "input_schema": 5}], "tools.0.input_schema"),
+    ([{"name": "f", "input_schema": {"type": "string"}}], "tools.0"),
+    ([{"name": "f", "input_schema": {"type": "array", "items": {}}}], "tools.0"),
+    ([{"input_schema": {}}], "tools.0.name"),
+    ([{"name": "get weather", "input_schema": {}}], "tools.0.name"),
+    ([{"name": "x" * 65, "input_schema": {}}], "tools.0.name"),
+    ([{"name": "f", "description": 1, "input_schema": {}}], "tools.0.description"),
+    ([TOOLS[0], {"name": "get_weather", "input_schema": {}}], "tools"),
+])
+def test_bad_tools(tools: Any, param: str) -> None:
+    assert_invalid(body(tools=tools), param)
+
+
+def test_at_most_128_tools() -> None:
+    tools = [{"name": f"t{i}", "input_schema": {"type": "object"}} for i in range(129)]
+    assert len(parse_messages(body(tools=tools[:128])).tools) == 128
+    assert_invalid(body(tools=tools), "tools")
+
+
+@pytest.mark.parametrize("tool", [{"name": "f", "input_schema": None}, {"name": "f"}])
+def test_null_or_missing_input_schema_refused(tool: dict[str, Any]) -> None:
+    err = assert_invalid(body(tools=[tool]), "tools.0.input_schema")
+    assert err.message == "tools.0.input_schema: Field required"
+
+
+@pytest.mark.parametrize(("choice", "expected"), [
+    ({"type": "none"}, ToolChoice("none")),
+    ({"type": "auto"}, ToolChoice("auto")),
+    ({"type": "auto", "disable_parallel_tool_use": True}, ToolChoice("auto")),
+    ({"type": "any"}, ToolChoice("required")),
+    ({"type": "tool", "name": "get_time"}, ToolChoice("required", "get_time")),
+])
+def test_tool_choice_with_tools(choice: dict[str, Any], expected: ToolChoice) -> None:
+    req = parse_messages(body(tools=TOOLS, tool_choice=choice))
+    assert req.tool_choice == expected
+    assert len(req.tools) == 2
+
+
+def test_named_tool_choice_must_name_a_tool_in_tools() -> None:
+    err = assert_invalid(body(tools=TOOLS, tool_choice={"type": "tool", "name": "get_stock"}), "tool_choice")
+    assert "not in tools" in err.message
+
+
+@pytest.mark.parametrize("choice", ["auto", "any", "none", 1, [], {}, {"type": "required"},
+                                    {"type": "tool"}, {"type": "tool", "name": 5},
+                                    {"type": "function", "function": {"name": "get_time"}}])
+def test_malformed_tool_choice(choice: Any) -> None:
+    assert_invalid(body(tools=TOOLS, tool_choice=choice), "tool_choice")
+
+
+def test_tool_use_and_tool_result_written_into_the_prompt() -> None:
+    messages = [
+        user("Weather in Paris?"),
+        {"role": "assistant", "content": [
+            {"type": "thinking", "thinking": "use the tool", "signature": "s"},
+            {"type": "tool_use", "id": "toolu_a", "name": "get_weather", "input": {"city": "Paris"}},
+        ]},
+        user([{"type": "tool_result", "tool_use_id": "toolu_a", "content": "sunny"}]),
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_b", "name": "get_time"}]},
+        user([{"type": "tool_result", "tool_use_id": "toolu_b",
+               "content": [{"type": "text", "text": "12:"}, {"type": "text", "text": "00"}]}]),
+        user([{"type": "tool_result", "tool_use_id": "toolu_unknown", "is_error": True}]),
+    ]
+    req = parse_messages(body(messages=messages, tools=TOOLS))
+    assert req.messages == (
+        Message("user", "Weather in Paris?"),
+        Message("assistant", '{"name": "get_weather", "arguments": {"city": "Paris"}}'),
+        Message("user", "Result of get_weather: sunny"),
+        Message("assistant", '{"name": "get_time", "arguments": {}}'),
+        Message("user", "Result of get_time: 12:\n00"),
+        Message("user", "Result of toolu_unknown: "),
+    )
+
+
+def test_several_tool_blocks_in_one_turn_stay_apart() -> None:
+    messages = [
+        user("Weather and time?"),
+        {"role": "assistant", "content": [
+            {"type": "text", "text": "Let me check."},
+            {"type": "tool_use", "id": "a", "name": "get_weather", "input": {"city": "Paris"}},
+            {"type": "tool_use", "id": "b", "name": "get_time", "input": {}},
+        ]},
+        user([{"type": "tool_result", "tool_use_id": "a", "content": "sunny"},
+              {"type": "tool_result", "tool_use_id": "b", "content": "noon"}]),
+    ]
+    req = parse_messages(body(messages=messages, tools=TOOLS))
+    assert req.messages[1].content.split("\n") == [
+        "Let me check.", '{"name": "get_weather", "arguments": {"city": "Paris"}}',
+        '{"name": "get_time", "arguments": {}}']
+    assert req.messages[2].content.split("\n") == ["Result of get_weather: sunny", "Result of get_time: noon"]
+
+
+@pytest.mark.parametrize(("block", "param"), [
+    ({"type": "tool_use", "id": "t", "input": {}}, "messages.0.content.0"),
+    ({"type": "tool_use", "id": "t", "name": 5, "input": {}}, "messages.0.content.0"),
+    ({"type": "tool_use", "id": "t", "name": "f", "input": "{}"}, "messages.0.content.0"),
+    ({"type": "tool_result", "content": "42"}, "messages.0.content.0.tool_use_id"),
+    ({"type": "tool_result", "tool_use_id": 5, "content": "42"}, "messages.0.content.0.tool_use_id"),
+    ({"type": "tool_result", "tool_use_id": "t", "content": 42}, "messages.0.content.0.content"),
+    ({"type": "tool_result", "tool_use_id": "t", "content": {"type": "text", "text": "42"}},
+     "messages.0.content.0.content"),
+    ({"type": "tool_result", "tool_use_id": "t", "content": [{"type": "text"}]},
+     "messages.0.content.0.content.0.text"),
+])
+def test_malformed_tool_blocks(block: dict[str, Any], param: str) -> None:
+    assert_invalid(body(messages=[user([block])]), param)
+
+
+@pytest.mark.parametrize(("choice", "forced"), [
+    ({"type": "none"}, False), ({"type": "auto"}, False), ({"type": "any"}, True),
+    ({"type": "tool", "name": "get_time"}, True),
+])
+def test_grammar_only_for_a_forced_call(choice: dict[str, Any], forced: bool) -> None:
+    grammar = grammar_for(parse_messages(body(tools=TOOLS, tool_choice=choice)))
+    if not forced:
+        assert grammar is None
+        return
+    assert isinstance(grammar, str) and "root ::=" in grammar and '\\"get_time\\"' in grammar
+    assert ('\\"get_weather\\"' in grammar) == (choice["type"] == "any")
+
+
+UNENFORCEABLE = {"not": {"type": "string"}}
+
+
+@pytest.mark.parametrize("choice", [{"type": "any"}, {"type": "tool", "name": "odd"}])
+def test_parse_request_refuses_a_forced_call_it_cannot_enforce(choice: dict[str, Any]) -> None:
+    tools = [*TOOLS, {"name": "odd", "input_schema": UNENFORCEABLE}]
+    with pytest.raises(InvalidRequest) as info:
+        parse_request("/v1/messages", body(tools=tools, tool_choice=choice))
+    err = info.value
+    assert (err.status_code, err.param, err.code) == (400, "tools", "unsupported_parameter")
+
+
+def test_parse_request_accepts_an_unenforceable_schema_when_not_forced() -> None:
+    tools = [*TOOLS, {"name": "odd", "input_schema": UNENFORCEABLE}]
+    assert len(parse_request("/v1/messages", body(tools=tools)).tools) == 3
+    named = parse_request("/v1/messages", body(tools=tools, tool_choice={"type": "tool", "name": "get_time"}))
+    assert named.tool_choice == ToolChoice("required", "get_time")
 
 
 # --- privacy: error messages never echo content -----------------------------------------
@@ -321,12 +515,17 @@ def test_forcing_tool_choice_unsupported(choice: dict[str, Any]) -> None:
     {"messages": [user(CANARY), {"role": "assistant", "content": 5}]},
     {"messages": [user([{"type": "text", "text": CANARY}, {"type": "image", "source": {"data": CANARY}}])]},
     {"messages": [user([{"type": "text", "text": CANARY}, {"type": "video", "data": CANARY}])]},
-    {"messages": [user([{"type": "tool_result", "tool_use_id": "t", "content": CANARY}])]},
+    {"messages": [user([{"type": "tool_result", "tool_use_id": "t", "content": [
+        {"type": "text", "text": CANARY}, {"type": "image", "source": CANARY}]}])]},
+    {"messages": [user([{"type": "tool_result", "content": CANARY}])]},
+    {"messages": [user([{"type": "tool_use", "id": "t", "name": "f", "input": CANARY}])]},
     {"messages": [user([{"type": "text", "text": {"nested": CANARY}}])]},
     {"messages": [user(CANARY)], "temperature": 1.5},
     {"messages": [user(CANARY)], "max_tokens": 0},
     {"messages": [user(CANARY)], "stop_sequences": "x"},
-    {"messages": [user(CANARY)], "tools": [{"name": "f", "description": CANARY, "input_schema": {}}]},
+    {"messages": [user(CANARY)], "tools": [{"name": "f", "description": CANARY}]},
+    {"messages": [user(CANARY)], "tools": [{"name": "f", "description": CANARY, "input_schema": [CANARY]}]},
+    {"messages": [user(CANARY)], "tools": [{"name": f"{CANARY} x", "input_schema": {}}]},
     {"system": CANARY, "messages": "not a list"},
     {"system": [{"type": "text", "text": CANARY}, {"type": "document", "source": {"data": CANARY}}]},
 ])

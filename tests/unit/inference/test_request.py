@@ -11,6 +11,7 @@ import pytest
 from darkbloom.errors import InvalidRequest
 from darkbloom.inference.dialects import parse_request
 from darkbloom.inference.fields import MAX_OUTPUT_TOKENS
+from darkbloom.inference.grammar import grammar_for
 from darkbloom.inference.request import (
     DEFAULT_MAX_TOKENS,
     MAX_MESSAGES,
@@ -20,8 +21,11 @@ from darkbloom.inference.request import (
     parse_completion,
     parse_json_body,
 )
+from darkbloom.inference.tools import Tool, ToolChoice
 
 Parser = Callable[[dict[str, Any]], Any]
+
+CANARY_TOOL = "CANARY-tool-9d2e41-do-not-echo"
 
 
 def chat(**overrides: Any) -> dict[str, Any]:
@@ -128,10 +132,22 @@ def test_default_max_tokens_constant() -> None:
 
 
 def test_chat_all_roles_and_developer_becomes_system() -> None:
-    messages = [{"role": r, "content": r} for r in ("system", "developer", "user", "assistant", "tool")]
+    messages: list[dict[str, Any]] = [{"role": r, "content": r}
+                                      for r in ("system", "developer", "user", "assistant", "tool")]
+    messages[-1]["tool_call_id"] = "call_1"
     req = parse_chat(chat(messages=messages))
     assert [m.role for m in req.messages] == ["system", "system", "user", "assistant", "tool"]
-    assert [m.content for m in req.messages] == ["system", "developer", "user", "assistant", "tool"]
+    # A result whose call is not in the history is labelled with its id.
+    assert [m.content for m in req.messages] == ["system", "developer", "user", "assistant",
+                                                 "Result of call_1: tool"]
+
+
+@pytest.mark.parametrize("call_id", [None, 5, ["call_1"]])
+def test_chat_tool_message_needs_a_tool_call_id(call_id: Any) -> None:
+    item: dict[str, Any] = {"role": "tool", "content": "42"}
+    if call_id is not None:
+        item["tool_call_id"] = call_id
+    assert_invalid(parse_chat, chat(messages=[item]), "messages[0].tool_call_id")
 
 
 def test_chat_sampling_values_are_parsed() -> None:
@@ -218,10 +234,23 @@ def test_chat_bad_role_is_truncated_in_message() -> None:
     assert role not in err.message
 
 
-def test_chat_message_with_tool_calls_unsupported() -> None:
+def test_chat_message_with_tool_calls_is_written_into_the_prompt() -> None:
     item = {"role": "assistant", "content": None,
             "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}
-    assert_invalid(parse_chat, chat(messages=[item]), "messages[0].tool_calls", "unsupported_parameter")
+    req = parse_chat(chat(messages=[item]))
+    assert req.messages == (Message("assistant", '{"name": "f", "arguments": {}}'),)
+
+
+@pytest.mark.parametrize("calls", [
+    "f", {"function": {"name": "f"}}, ["f"], [{"id": "c"}], [{"function": "f"}],
+    [{"function": {"arguments": "{}"}}], [{"function": {"name": 5, "arguments": "{}"}}],
+    [{"function": {"name": "f", "arguments": {"a": 1}}}],
+])
+def test_chat_malformed_tool_calls(calls: Any) -> None:
+    item = {"role": "assistant", "content": None, "tool_calls": calls}
+    err = invalid(parse_chat, chat(messages=[item]))
+    assert err.param is not None and err.param.startswith("messages[0].tool_calls")
+    assert err.code == "invalid_request_error"
 
 
 def test_chat_message_missing_content() -> None:
@@ -438,29 +467,48 @@ def test_unknown_parameter_checked_before_other_fields() -> None:
     assert_invalid(parse_chat, {"bogus": 1}, "bogus", "unknown_parameter")
 
 
-def test_tools_unsupported() -> None:
+def test_tools_are_parsed() -> None:
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
-    assert_invalid(parse_chat, chat(tools=tools), "tools", "unsupported_parameter")
+    req = parse_chat(chat(tools=tools))
+    assert req.tools == (Tool("f", "", '{"type": "object"}'),)
+    assert req.tool_choice == ToolChoice("auto")
 
 
 def test_empty_tools_accepted() -> None:
-    assert parse_chat(chat(tools=[])).model == "m"
+    req = parse_chat(chat(tools=[]))
+    assert (req.tools, req.tool_choice) == ((), ToolChoice("none"))
 
 
-@pytest.mark.parametrize("choice", ["none", "auto"])
-def test_tool_choice_none_or_auto_accepted(choice: str) -> None:
-    assert parse_chat(chat(tool_choice=choice)).model == "m"
+def test_tool_choice_none_accepted_without_tools() -> None:
+    req = parse_chat(chat(tool_choice="none"))
+    assert (req.tools, req.tool_choice) == ((), ToolChoice("none"))
 
 
-@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "f"}}])
-def test_tool_choice_forcing_a_tool_unsupported(choice: Any) -> None:
-    assert_invalid(parse_chat, chat(tool_choice=choice), "tool_choice", "unsupported_parameter")
+@pytest.mark.parametrize("choice", ["auto", "required", {"type": "function", "function": {"name": "f"}}])
+def test_tool_choice_other_than_none_needs_tools(choice: Any) -> None:
+    err = assert_invalid(parse_chat, chat(tool_choice=choice), "tool_choice")
+    assert "requires tools" in err.message
+    assert_invalid(parse_chat, chat(tools=[], tool_choice=choice), "tool_choice")
 
 
-def test_chat_logprobs_unsupported() -> None:
-    assert_invalid(parse_chat, chat(logprobs=True), "logprobs", "unsupported_parameter")
-    assert_invalid(parse_chat, chat(top_logprobs=2), "top_logprobs", "unsupported_parameter")
-    assert parse_chat(chat(logprobs=False)).model == "m"
+def test_chat_logprobs_are_parsed() -> None:
+    assert parse_chat(chat()).logprobs is None
+    assert parse_chat(chat(logprobs=False)).logprobs is None
+    assert parse_chat(chat(logprobs=True)).logprobs == 0
+    assert parse_chat(chat(logprobs=True, top_logprobs=2)).logprobs == 2
+    assert parse_chat(chat(logprobs=True, top_logprobs=20)).logprobs == 20
+
+
+@pytest.mark.parametrize(("overrides", "param"), [
+    ({"logprobs": 1}, "logprobs"), ({"logprobs": "true"}, "logprobs"),
+    ({"top_logprobs": 2}, "top_logprobs"), ({"logprobs": False, "top_logprobs": 2}, "top_logprobs"),
+    ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+    ({"logprobs": True, "top_logprobs": -1}, "top_logprobs"),
+    ({"logprobs": True, "top_logprobs": 2.0}, "top_logprobs"),
+    ({"logprobs": True, "top_logprobs": True}, "top_logprobs"),
+])
+def test_chat_bad_logprobs(overrides: dict[str, Any], param: str) -> None:
+    assert_invalid(parse_chat, chat(**overrides), param)
 
 
 @pytest.mark.parametrize(("key", "value"), [
@@ -487,6 +535,7 @@ def test_response_format_structured_outputs_parsed() -> None:
                                            "json_schema": {"name": "x", "schema": schema}}))
     assert req.response_format is not None and req.response_format.kind == "json_schema"
     assert req.response_format.name == "x" and json.loads(req.response_format.schema or "") == schema
+    assert req.response_format.schema == json.dumps(schema)  # key order as given, not sorted
     req = parse_chat(chat(response_format={"type": "json_object"}))
     assert req.response_format is not None and req.response_format.kind == "json_object"
 
@@ -543,11 +592,20 @@ def test_completion_batched_prompt_message() -> None:
 
 
 @pytest.mark.parametrize(("key", "value"), [
-    ("echo", True), ("suffix", "the end"), ("best_of", 2), ("best_of", 0), ("logprobs", 0),
-    ("logprobs", 5), ("logit_bias", {"50256": -100}),
+    ("echo", True), ("suffix", "the end"), ("best_of", 2), ("best_of", 0), ("logit_bias", {"50256": -100}),
 ])
 def test_completion_unsupported_parameters(key: str, value: Any) -> None:
     assert_invalid(parse_completion, completion(**{key: value}), key, "unsupported_parameter")
+
+
+@pytest.mark.parametrize("value", [0, 5])
+def test_completion_logprobs_parsed(value: int) -> None:
+    assert parse_completion(completion(logprobs=value)).logprobs == value
+
+
+@pytest.mark.parametrize("value", [-1, 6, 1.0, "2", True])
+def test_completion_bad_logprobs(value: Any) -> None:
+    assert_invalid(parse_completion, completion(logprobs=value), "logprobs")
 
 
 @pytest.mark.parametrize(("key", "value"), [
@@ -579,3 +637,228 @@ def test_error_message_never_echoes_prompt_text() -> None:
     assert secret not in err.message
     err = invalid(parse_completion, completion(prompt=secret, top_p=0))
     assert secret not in err.message
+
+
+# --- tools -------------------------------------------------------------------------------
+
+WEATHER = {"type": "object", "required": ["city"], "properties": {"city": {"type": "string"}}}
+TOOLS: list[Any] = [
+    {"type": "function", "function": {"name": "get_weather", "description": "Weather for a city",
+                                      "parameters": WEATHER}},
+    {"type": "function", "function": {"name": "get_time"}},
+]
+
+
+def test_tools_parsed_into_tools_with_parameters_in_their_order() -> None:
+    req = parse_chat(chat(tools=TOOLS))
+    assert req.tools == (
+        Tool("get_weather", "Weather for a city", json.dumps(WEATHER)),
+        Tool("get_time", "", '{"type": "object", "properties": {}}'),
+    )
+    assert req.tool_choice == ToolChoice("auto")
+    # Key order in the request is kept (the grammar follows it): a reordered schema is other text.
+    reordered = {"properties": {"city": {"type": "string"}}, "required": ["city"], "type": "object"}
+    other = parse_chat(chat(tools=[{"type": "function", "function": {
+        "name": "get_weather", "description": "Weather for a city", "parameters": reordered}}]))
+    assert other.tools[0].parameters == json.dumps(reordered) != req.tools[0].parameters
+    assert json.loads(other.tools[0].parameters) == json.loads(req.tools[0].parameters)
+
+
+@pytest.mark.parametrize(("choice", "expected"), [
+    ("none", ToolChoice("none")),
+    ("auto", ToolChoice("auto")),
+    ("required", ToolChoice("required")),
+    ({"type": "function", "function": {"name": "get_time"}}, ToolChoice("required", "get_time")),
+])
+def test_tool_choice_with_tools(choice: Any, expected: ToolChoice) -> None:
+    req = parse_chat(chat(tools=TOOLS, tool_choice=choice))
+    assert req.tool_choice == expected
+    assert [t.name for t in req.tools] == ["get_weather", "get_time"]
+
+
+def test_named_tool_choice_must_name_a_tool_in_tools() -> None:
+    choice = {"type": "function", "function": {"name": "get_stock_price"}}
+    err = assert_invalid(parse_chat, chat(tools=TOOLS, tool_choice=choice), "tool_choice")
+    assert "not in tools" in err.message
+
+
+@pytest.mark.parametrize("choice", [
+    "any", "Auto", "", 1, True, ["auto"], {"type": "function"}, {"type": "function", "name": "get_time"},
+    {"type": "function", "function": {"name": 5}}, {"type": "function", "function": "get_time"},
+    {"type": "tool", "function": {"name": "get_time"}}, {"type": "auto"},
+])
+def test_malformed_tool_choice(choice: Any) -> None:
+    assert_invalid(parse_chat, chat(tools=TOOLS, tool_choice=choice), "tool_choice")
+
+
+@pytest.mark.parametrize(("tools", "param"), [
+    ({"type": "function", "function": {"name": "f"}}, "tools"),
+    ("f", "tools"),
+    (["f"], "tools[0].type"),
+    ([{"function": {"name": "f"}}], "tools[0].type"),
+    ([{"type": "web_search", "function": {"name": "f"}}], "tools[0].type"),
+    ([{"type": "function"}], "tools[0].function"),
+    ([{"type": "function", "function": "f"}], "tools[0].function"),
+    ([{"type": "function", "name": "f", "parameters": {}}], "tools[0].function"),
+    ([{"type": "function", "function": {}}], "tools[0].function.name"),
+    ([{"type": "function", "function": {"name": ""}}], "tools[0].function.name"),
+    ([{"type": "function", "function": {"name": "get weather"}}], "tools[0].function.name"),
+    ([{"type": "function", "function": {"name": "a.b"}}], "tools[0].function.name"),
+    ([{"type": "function", "function": {"name": "x" * 65}}], "tools[0].function.name"),
+    ([{"type": "function", "function": {"name": 5}}], "tools[0].function.name"),
+    ([{"type": "function", "function": {"name": "f", "description": 5}}], "tools[0].function.description"),
+    ([{"type": "function", "function": {"name": "f", "parameters": []}}], "tools[0].function"),
+    ([{"type": "function", "function": {"name": "f", "parameters": "{}"}}], "tools[0].function"),
+    ([{"type": "function", "function": {"name": "f", "parameters": {"type": "array"}}}], "tools[0].function"),
+    ([{"type": "function", "function": {"name": "f\n"}}], "tools[0].function.name"),
+    ([TOOLS[0], {"type": "function", "function": {"name": "get_weather"}}], "tools"),
+])
+def test_bad_tools(tools: Any, param: str) -> None:
+    assert_invalid(parse_chat, chat(tools=tools), param)
+
+
+def test_tool_names_allowed_characters() -> None:
+    names = ["a", "A-b_9", "x" * 64]
+    tools = [{"type": "function", "function": {"name": n}} for n in names]
+    assert [t.name for t in parse_chat(chat(tools=tools)).tools] == names
+
+
+def test_at_most_128_tools() -> None:
+    tools = [{"type": "function", "function": {"name": f"f{i}"}} for i in range(129)]
+    assert len(parse_chat(chat(tools=tools[:128])).tools) == 128
+    err = assert_invalid(parse_chat, chat(tools=tools), "tools")
+    assert "128" in err.message
+
+
+def test_tool_calls_and_results_written_into_the_prompt() -> None:
+    messages = [
+        {"role": "user", "content": "Weather in Paris, and the time?"},
+        {"role": "assistant", "content": "Let me check.", "tool_calls": [
+            {"id": "call_a", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+            {"id": "call_b", "type": "function", "function": {"name": "get_time", "arguments": "{}"}},
+        ]},
+        {"role": "tool", "tool_call_id": "call_a", "content": "sunny"},
+        {"role": "tool", "tool_call_id": "call_b", "content": [{"type": "text", "text": "12:00"}]},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_c", "type": "function", "function": {"name": "get_weather", "arguments": "Paris"}},
+        ]},
+    ]
+    req = parse_chat(chat(messages=messages, tools=TOOLS))
+    assert req.messages == (
+        Message("user", "Weather in Paris, and the time?"),
+        Message("assistant", 'Let me check.\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n'
+                             '{"name": "get_time", "arguments": {}}'),
+        Message("tool", "Result of get_weather: sunny"),
+        Message("tool", "Result of get_time: 12:00"),
+        # arguments that are not JSON are kept as a string rather than refused
+        Message("assistant", '{"name": "get_weather", "arguments": "Paris"}'),
+    )
+    assert json.loads(req.messages[1].content.split("\n")[1]) == {"name": "get_weather",
+                                                                  "arguments": {"city": "Paris"}}
+
+
+def test_tool_call_without_arguments_or_id() -> None:
+    item = {"role": "assistant", "tool_calls": [{"type": "function", "function": {"name": "get_time"}}]}
+    result = {"role": "tool", "tool_call_id": "call_x", "content": "noon"}
+    req = parse_chat(chat(messages=[item, result]))
+    assert req.messages == (Message("assistant", '{"name": "get_time", "arguments": ""}'),
+                            Message("tool", "Result of call_x: noon"))
+
+
+@pytest.mark.parametrize(("content", "said"), [
+    ("Let me check.", "Let me check."),
+    ([{"type": "text", "text": "Let me check."}], "Let me check."),
+    ([{"type": "text", "text": "Let me "}, {"type": "text", "text": "check."}], "Let me check."),
+    (None, ""), ("", ""), ([], ""),
+])
+def test_tool_calls_keep_text_parts_of_the_same_turn(content: Any, said: str) -> None:
+    item = {"role": "assistant", "content": content,
+            "tool_calls": [{"id": "c", "type": "function",
+                            "function": {"name": "get_time", "arguments": "{}"}}]}
+    req = parse_chat(chat(messages=[item]))
+    call = '{"name": "get_time", "arguments": {}}'
+    assert req.messages == (Message("assistant", f"{said}\n{call}" if said else call),)
+
+
+@pytest.mark.parametrize(("content", "param", "code"), [
+    (5, "messages[0].content", "invalid_request_error"),
+    ({"type": "text", "text": "x"}, "messages[0].content", "invalid_request_error"),
+    (["x"], "messages[0].content[0]", "invalid_request_error"),
+    ([{"type": "text"}], "messages[0].content[0].text", "invalid_request_error"),
+    ([{"type": "image_url", "image_url": {"url": "x"}}], "messages[0].content[0].type",
+     "unsupported_parameter"),
+])
+def test_tool_calls_content_follows_the_content_rules(content: Any, param: str, code: str) -> None:
+    item = {"role": "assistant", "content": content,
+            "tool_calls": [{"id": "c", "type": "function",
+                            "function": {"name": "get_time", "arguments": "{}"}}]}
+    assert_invalid(parse_chat, chat(messages=[item]), param, code)
+
+
+@pytest.mark.parametrize(("choice", "forced"), [
+    ("none", False), ("auto", False), ("required", True),
+    ({"type": "function", "function": {"name": "get_time"}}, True),
+])
+def test_grammar_only_for_a_forced_call(choice: Any, forced: bool) -> None:
+    grammar = grammar_for(parse_chat(chat(tools=TOOLS, tool_choice=choice)))
+    if not forced:
+        assert grammar is None
+        return
+    assert isinstance(grammar, str) and "root ::=" in grammar
+    assert '\\"get_time\\"' in grammar
+    # a named tool is the only one the grammar allows
+    assert ('\\"get_weather\\"' in grammar) == (choice == "required")
+
+
+def test_forced_call_grammar_wins_over_response_format() -> None:
+    req = parse_chat(chat(tools=TOOLS, tool_choice="required", response_format={"type": "json_object"}))
+    forced = grammar_for(req)
+    assert forced is not None and '\\"get_weather\\"' in forced
+    auto = grammar_for(parse_chat(chat(tools=TOOLS, response_format={"type": "json_object"})))
+    assert auto is not None and "get_weather" not in auto
+
+
+UNENFORCEABLE = {"not": {"type": "string"}}
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "odd"}}])
+def test_parse_request_refuses_a_forced_call_it_cannot_enforce(choice: Any) -> None:
+    tools = [*TOOLS, {"type": "function", "function": {"name": "odd", "parameters": UNENFORCEABLE}}]
+    err = assert_invalid(lambda b: parse_request("/v1/chat/completions", b),
+                         chat(tools=tools, tool_choice=choice), "tools", "unsupported_parameter")
+    assert "cannot be enforced" in err.message
+
+
+@pytest.mark.parametrize("choice", ["auto", "none", {"type": "function", "function": {"name": "get_time"}}])
+def test_parse_request_accepts_an_unenforceable_schema_it_need_not_enforce(choice: Any) -> None:
+    tools = [*TOOLS, {"type": "function", "function": {"name": "odd", "parameters": UNENFORCEABLE}}]
+    req = parse_request("/v1/chat/completions", chat(tools=tools, tool_choice=choice))
+    assert [t.name for t in req.tools] == ["get_weather", "get_time", "odd"]
+
+
+def test_forced_call_grammar_writes_the_name_first() -> None:
+    grammar = grammar_for(parse_chat(chat(tools=TOOLS[:1], tool_choice="required")))
+    assert grammar is not None
+    root = next(line for line in grammar.splitlines() if line.startswith("root ::="))
+    assert root.index("name-kv") < root.index("arguments-kv")
+
+
+@pytest.mark.parametrize("tools", [
+    [{"type": "function", "function": {"name": "f", "description": CANARY_TOOL}}, "x"],
+    [{"type": "function", "function": {"name": f"{CANARY_TOOL} with spaces"}}],
+    [{"type": "function", "function": {"name": "f", "description": CANARY_TOOL,
+                                       "parameters": [CANARY_TOOL]}}],
+])
+def test_tool_errors_never_echo_definitions(tools: list[Any]) -> None:
+    err = invalid(parse_chat, chat(tools=tools))
+    assert CANARY_TOOL not in err.message and CANARY_TOOL not in (err.param or "")
+
+
+def test_tool_call_errors_never_echo_arguments_or_results() -> None:
+    call = {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": {"x": CANARY_TOOL}}}]}
+    err = invalid(parse_chat, chat(messages=[call]))
+    assert CANARY_TOOL not in err.message
+    result = {"role": "tool", "content": CANARY_TOOL}
+    err = invalid(parse_chat, chat(messages=[result]))
+    assert CANARY_TOOL not in err.message

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
 from darkbloom.errors import InvalidRequest
+from darkbloom.inference.dialects import parse_request
 from darkbloom.inference.fields import MAX_OUTPUT_TOKENS
+from darkbloom.inference.grammar import grammar_for
 from darkbloom.inference.request import MAX_MESSAGES, Message, Sampling
 from darkbloom.inference.responses_request import parse_responses
+from darkbloom.inference.tools import Tool, ToolChoice
 
 CANARY = "CANARY-51be07-do-not-echo"
 
@@ -142,12 +146,15 @@ def test_content_wrong_type(content: Any) -> None:
     assert_invalid(body(input=[msg("user", content)]), "input[0].content")
 
 
-@pytest.mark.parametrize("item", [
-    {"type": "function_call", "call_id": "call_1", "name": "f", "arguments": "{}"},
-    {"type": "function_call_output", "call_id": "call_1", "output": "42"},
+@pytest.mark.parametrize(("item", "expected"), [
+    ({"type": "function_call", "call_id": "call_1", "name": "f", "arguments": "{}"},
+     Message("assistant", '{"name": "f", "arguments": {}}')),
+    ({"type": "function_call_output", "call_id": "call_1", "output": "42"},
+     Message("tool", "Result of call_1: 42")),
 ])
-def test_function_call_items_unsupported(item: dict[str, Any]) -> None:
-    assert_invalid(body(input=[msg("user", "q"), item]), "input[1].type", "unsupported_parameter")
+def test_function_call_items_become_messages(item: dict[str, Any], expected: Message) -> None:
+    req = parse_responses(body(input=[msg("user", "q"), item]))
+    assert req.messages == (Message("user", "q"), expected)
 
 
 def test_reasoning_items_skipped() -> None:
@@ -187,20 +194,37 @@ def test_unhashable_role_is_a_400(role: Any) -> None:
     ("top_logprobs", 2),
     ("background", True),
     ("include", ["reasoning.encrypted_content"]),
-    ("tools", [{"type": "function", "name": "f", "parameters": {}}]),
-    ("tools", [{"type": "web_search"}]),
-    ("tool_choice", "required"),
-    ("tool_choice", {"type": "function", "name": "f"}),
 ])
 def test_unsupported_fields(key: str, value: Any) -> None:
     assert_invalid(body(**{key: value}), key, "unsupported_parameter")
 
 
+@pytest.mark.parametrize("tool", [{"type": "web_search"}, {"type": "file_search", "vector_store_ids": []},
+                                  {"type": "custom", "name": "f"}, {"name": "f", "parameters": {}}])
+def test_non_function_tools_unsupported(tool: dict[str, Any]) -> None:
+    tools = [{"type": "function", "name": "f", "parameters": {}}, tool]
+    assert_invalid(body(tools=tools), "tools[1].type", "unsupported_parameter")
+
+
+def test_function_tools_parsed() -> None:
+    req = parse_responses(body(tools=[{"type": "function", "name": "f", "parameters": {}}]))
+    assert req.tools == (Tool("f", "", "{}"),)
+    assert req.tool_choice == ToolChoice("auto")
+
+
+@pytest.mark.parametrize("choice", ["auto", "required", {"type": "function", "name": "f"}])
+def test_tool_choice_other_than_none_needs_tools(choice: Any) -> None:
+    err = assert_invalid(body(tool_choice=choice), "tool_choice")
+    assert "requires tools" in err.message
+    assert_invalid(body(tools=[], tool_choice=choice), "tool_choice")
+
+
 def test_harmless_values_of_unsupported_fields_accepted() -> None:
     req = parse_responses(body(previous_response_id=None, top_logprobs=None, background=False, include=[],
-                               tools=[], tool_choice="auto"))
+                               tools=[], tool_choice="none"))
     assert req.messages == (Message("user", "hi"),)
-    assert parse_responses(body(tool_choice="none")).model == "m"
+    assert (req.tools, req.tool_choice) == ((), ToolChoice("none"))
+    assert parse_responses(body(tool_choice="none")).tool_choice == ToolChoice("none")
 
 
 def test_text_format_structured_outputs_parsed() -> None:
@@ -275,6 +299,155 @@ def test_stream_flag() -> None:
     assert_invalid(body(stream="yes"), "stream")
 
 
+# --- tools -------------------------------------------------------------------------------
+
+WEATHER = {"type": "object", "required": ["city"], "properties": {"city": {"type": "string"}}}
+TOOLS: list[Any] = [
+    {"type": "function", "name": "get_weather", "description": "Weather for a city", "parameters": WEATHER,
+     "strict": True},
+    {"type": "function", "name": "get_time"},
+]
+
+
+def test_tools_parsed_into_tools_with_parameters_in_their_order() -> None:
+    req = parse_responses(body(tools=TOOLS))
+    assert req.tools == (Tool("get_weather", "Weather for a city", json.dumps(WEATHER)),
+                         Tool("get_time", "", '{"type": "object", "properties": {}}'))
+    assert req.tools[0].parameters == ('{"type": "object", "required": ["city"], '
+                                       '"properties": {"city": {"type": "string"}}}')
+    assert req.tool_choice == ToolChoice("auto")
+
+
+@pytest.mark.parametrize(("tools", "param"), [
+    ({"type": "function", "name": "f"}, "tools"),
+    ([{"type": "function", "function": {"name": "f"}}], "tools[0].name"),
+    ([{"type": "function", "name": ""}], "tools[0].name"),
+    ([{"type": "function", "name": "a/b"}], "tools[0].name"),
+    ([{"type": "function", "name": "x" * 65}], "tools[0].name"),
+    ([{"type": "function", "name": "f", "description": ["d"]}], "tools[0].description"),
+    ([{"type": "function", "name": "f", "parameters": "{}"}], "tools[0]"),
+    ([{"type": "function", "name": "f", "parameters": {"type": "string"}}], "tools[0]"),
+    ([{"type": "function", "name": "f\n"}], "tools[0].name"),
+    ([TOOLS[0], {"type": "function", "name": "get_weather"}], "tools"),
+])
+def test_bad_tools(tools: Any, param: str) -> None:
+    assert_invalid(body(tools=tools), param)
+
+
+@pytest.mark.parametrize("tool", ["f", None, 1])
+def test_tool_not_an_object(tool: Any) -> None:
+    assert invalid(body(tools=[tool])).param == "tools[0].type"
+
+
+def test_at_most_128_tools() -> None:
+    tools = [{"type": "function", "name": f"t{i}"} for i in range(129)]
+    assert len(parse_responses(body(tools=tools[:128])).tools) == 128
+    assert_invalid(body(tools=tools), "tools")
+
+
+@pytest.mark.parametrize(("choice", "expected"), [
+    ("none", ToolChoice("none")),
+    ("auto", ToolChoice("auto")),
+    ("required", ToolChoice("required")),
+    ({"type": "function", "name": "get_time"}, ToolChoice("required", "get_time")),
+])
+def test_tool_choice_with_tools(choice: Any, expected: ToolChoice) -> None:
+    req = parse_responses(body(tools=TOOLS, tool_choice=choice))
+    assert req.tool_choice == expected
+    assert len(req.tools) == 2
+
+
+def test_named_tool_choice_must_name_a_tool_in_tools() -> None:
+    err = assert_invalid(body(tools=TOOLS, tool_choice={"type": "function", "name": "get_stock"}),
+                         "tool_choice")
+    assert "not in tools" in err.message
+
+
+@pytest.mark.parametrize("choice", [
+    "any", "", 1, [], {"type": "function"}, {"type": "function", "name": 5},
+    {"type": "function", "function": {"name": "get_time"}}, {"type": "tool", "name": "get_time"},
+    {"type": "allowed_tools", "mode": "auto", "tools": []}, {"type": "web_search"},
+])
+def test_malformed_tool_choice(choice: Any) -> None:
+    assert_invalid(body(tools=TOOLS, tool_choice=choice), "tool_choice")
+
+
+def test_function_calls_and_outputs_written_into_the_prompt() -> None:
+    items = [
+        msg("user", "Weather in Paris, and the time?"),
+        {"type": "function_call", "id": "fc_1", "call_id": "call_a", "name": "get_weather",
+         "arguments": '{"city": "Paris"}'},
+        {"type": "function_call", "call_id": "call_b", "name": "get_time", "arguments": "not json"},
+        {"type": "function_call_output", "call_id": "call_a", "output": "sunny"},
+        {"type": "function_call_output", "call_id": "call_b", "output": "12:00"},
+        {"type": "function_call", "name": "get_time"},
+        {"type": "function_call_output", "call_id": "call_z", "output": "later"},
+    ]
+    req = parse_responses(body(input=items, tools=TOOLS))
+    assert req.messages == (
+        Message("user", "Weather in Paris, and the time?"),
+        Message("assistant", '{"name": "get_weather", "arguments": {"city": "Paris"}}'),
+        Message("assistant", '{"name": "get_time", "arguments": "not json"}'),
+        Message("tool", "Result of get_weather: sunny"),
+        Message("tool", "Result of get_time: 12:00"),
+        Message("assistant", '{"name": "get_time", "arguments": ""}'),
+        Message("tool", "Result of call_z: later"),
+    )
+
+
+@pytest.mark.parametrize("item", [
+    {"type": "function_call", "call_id": "c", "arguments": "{}"},
+    {"type": "function_call", "call_id": "c", "name": 5, "arguments": "{}"},
+    {"type": "function_call", "call_id": "c", "name": "f", "arguments": {}},
+    {"type": "function_call_output", "output": "42"},
+    {"type": "function_call_output", "call_id": 5, "output": "42"},
+    {"type": "function_call_output", "call_id": "c"},
+    {"type": "function_call_output", "call_id": "c", "output": [{"type": "input_text", "text": "42"}]},
+])
+def test_malformed_function_call_items(item: dict[str, Any]) -> None:
+    assert_invalid(body(input=[msg("user", "q"), item]), "input[1]")
+
+
+@pytest.mark.parametrize(("choice", "forced"), [
+    ("none", False), ("auto", False), ("required", True), ({"type": "function", "name": "get_time"}, True),
+])
+def test_grammar_only_for_a_forced_call(choice: Any, forced: bool) -> None:
+    grammar = grammar_for(parse_responses(body(tools=TOOLS, tool_choice=choice)))
+    if not forced:
+        assert grammar is None
+        return
+    assert isinstance(grammar, str) and "root ::=" in grammar and '\\"get_time\\"' in grammar
+    assert ('\\"get_weather\\"' in grammar) == (choice == "required")
+
+
+def test_forced_call_grammar_wins_over_text_format() -> None:
+    fmt = {"format": {"type": "json_schema", "name": "x", "schema": {"type": "object"}}}
+    forced = grammar_for(parse_responses(body(tools=TOOLS, tool_choice="required", text=fmt)))
+    assert forced is not None and '\\"get_weather\\"' in forced
+    auto = grammar_for(parse_responses(body(tools=TOOLS, text=fmt)))
+    assert auto is not None and "get_weather" not in auto
+
+
+UNENFORCEABLE = {"not": {"type": "string"}}
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "name": "odd"}])
+def test_parse_request_refuses_a_forced_call_it_cannot_enforce(choice: Any) -> None:
+    tools = [*TOOLS, {"type": "function", "name": "odd", "parameters": UNENFORCEABLE}]
+    with pytest.raises(InvalidRequest) as info:
+        parse_request("/v1/responses", body(tools=tools, tool_choice=choice))
+    err = info.value
+    assert (err.status_code, err.param, err.code) == (400, "tools", "unsupported_parameter")
+
+
+def test_parse_request_accepts_an_unenforceable_schema_when_not_forced() -> None:
+    tools = [*TOOLS, {"type": "function", "name": "odd", "parameters": UNENFORCEABLE}]
+    assert len(parse_request("/v1/responses", body(tools=tools)).tools) == 3
+    choice = {"type": "function", "name": "get_time"}
+    named = parse_request("/v1/responses", body(tools=tools, tool_choice=choice))
+    assert named.tool_choice == ToolChoice("required", "get_time")
+
+
 # --- privacy: error messages never echo content -----------------------------------------
 
 
@@ -283,9 +456,14 @@ def test_stream_flag() -> None:
     {"input": [msg("user", CANARY), msg("user", 5)]},
     {"input": [msg("user", [{"type": "input_text", "text": CANARY},
                             {"type": "input_image", "image_url": f"data:image/png;base64,{CANARY}"}])]},
-    {"input": [msg("user", CANARY), {"type": "function_call_output", "call_id": "c", "output": CANARY}]},
+    {"input": [msg("user", CANARY), {"type": "function_call_output", "output": CANARY}]},
+    {"input": [msg("user", CANARY), {"type": "function_call_output", "call_id": "c", "output": [CANARY]}]},
+    {"input": [msg("user", CANARY), {"type": "function_call", "call_id": "c", "arguments": CANARY}]},
     {"input": [msg("user", CANARY), {"type": "function_call", "call_id": "c", "name": "f",
-                                     "arguments": CANARY}]},
+                                     "arguments": {"x": CANARY}}]},
+    {"input": CANARY, "tools": [{"type": "function", "name": f"{CANARY} x", "description": CANARY}]},
+    {"input": CANARY, "tools": [{"type": "function", "name": "f", "description": CANARY,
+                                 "parameters": [CANARY]}]},
     {"input": [msg("user", [{"type": "input_text", "text": {"nested": CANARY}}])]},
     {"input": CANARY, "temperature": 3},
     {"input": CANARY, "max_output_tokens": 0},
