@@ -319,7 +319,8 @@ Reading the numbers (2-core machine, everything co-located):
   behind the streams ahead, so it grows with any decode gap times the queue position.
 - Driving llama.cpp from a fresh Python thread per request decoded ~3x slower here (its OpenMP
   team belongs to the thread that created it); the provider therefore keeps one long-lived
-  thread per slot, which restored decode from ~65 to parity at 1 stream.
+  thread per slot, which raised the 1-stream decode ratio from 0.73x to 0.89x-1.02x across
+  runs here.
 """
     out = ROOT / "docs" / "BENCHMARKS.md"
     out.write_text(report)
