@@ -99,3 +99,12 @@ def test_bad_requests_are_openai_400s(client: openai.OpenAI, kwargs: dict[str, A
         client.responses.create(model=MODEL, **kwargs)
     error = info.value.response.json()["error"]
     assert error["param"] == param and error["type"] == "invalid_request_error"
+
+
+def test_oversized_and_malformed_bodies(stack: Coordinator) -> None:
+    headers = {"Authorization": f"Bearer {stack.api_key}"}
+    big = b'{"model":"smollm2-135m","input":"' + b"a" * (5 << 20) + b'"}'
+    response = httpx.post(f"{stack.base_url}/v1/responses", content=big, headers=headers)
+    assert response.status_code == 413 and response.json()["error"]["type"] == "request_too_large"
+    response = httpx.post(f"{stack.base_url}/v1/responses", content=b"[1]", headers=headers)
+    assert response.status_code == 400 and response.json()["error"]["type"] == "invalid_request_error"

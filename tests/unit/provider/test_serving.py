@@ -7,7 +7,8 @@ import json
 import threading
 from typing import Any
 
-from pydantic import BaseModel
+import pytest
+from pydantic import BaseModel, TypeAdapter
 
 from darkbloom.crypto import Channel, KeyPair
 from darkbloom.protocol.frames import (
@@ -132,3 +133,86 @@ async def test_bad_body_is_refused_with_400_and_no_text() -> None:
     [error] = frames
     assert isinstance(error, InferenceError) and error.status_code == 400
     assert canary not in error.error
+
+
+async def test_stock_sdk_models_read_the_reasoning() -> None:
+    """The bytes the provider makes parse into each stock SDK's own response types, with the
+    reasoning where each SDK looks for it (the default model never emits <think>, so this is
+    where the SDK side of reasoning is checked)."""
+    import anthropic.types
+    import openai.types.chat
+    import openai.types.responses
+
+    payloads, _ = await serve("/v1/chat/completions", CHAT)
+    chat = openai.types.chat.ChatCompletion.model_validate(data(payloads[0]))
+    assert chat.choices[0].message.content == "The answer."
+    assert (chat.choices[0].message.model_extra or {})["reasoning_content"] == "Let me think."
+
+    body = {"model": MODEL, "max_tokens": 50, "messages": [{"role": "user", "content": "q"}]}
+    payloads, _ = await serve("/v1/messages", body)
+    message = anthropic.types.Message.model_validate(data(payloads[0]))
+    thinking, text = message.content
+    assert isinstance(thinking, anthropic.types.ThinkingBlock) and thinking.thinking == "Let me think."
+    assert isinstance(text, anthropic.types.TextBlock) and text.text == "The answer."
+
+    payloads, _ = await serve("/v1/responses", {"model": MODEL, "input": "q"})
+    response = openai.types.responses.Response.model_validate(data(payloads[0]))
+    assert response.output_text == "The answer."
+    reasoning = response.output[0]
+    assert isinstance(reasoning, openai.types.responses.ResponseReasoningItem)
+    assert reasoning.summary[0].text == "Let me think."
+
+
+CALL_PIECES = ['{"name": "get_time", ', '"arguments": {"tz": "UTC"}}']
+TIME_TOOL = {"type": "object", "properties": {"tz": {"type": "string"}}, "required": ["tz"]}
+CASES: list[tuple[str, dict[str, Any], list[str]]] = [
+    ("/v1/chat/completions", CHAT, PIECES),
+    ("/v1/chat/completions", {**CHAT, "stream_options": {"include_usage": True}}, PIECES),
+    ("/v1/chat/completions", {**CHAT, "tool_choice": "required", "tools": [
+        {"type": "function", "function": {"name": "get_time", "parameters": TIME_TOOL}}]}, CALL_PIECES),
+    ("/v1/completions", {"model": MODEL, "prompt": "p"}, PIECES),
+    ("/v1/messages", {"model": MODEL, "max_tokens": 50, "messages": [{"role": "user", "content": "q"}]},
+     PIECES),
+    ("/v1/messages", {"model": MODEL, "max_tokens": 50, "messages": [{"role": "user", "content": "q"}],
+                      "tool_choice": {"type": "any"},
+                      "tools": [{"name": "get_time", "input_schema": TIME_TOOL}]}, CALL_PIECES),
+    ("/v1/responses", {"model": MODEL, "input": "q"}, PIECES),
+    ("/v1/responses", {"model": MODEL, "input": "q", "tool_choice": "required",
+                       "tools": [{"type": "function", "name": "get_time", "parameters": TIME_TOOL}]},
+     CALL_PIECES),
+]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(("endpoint", "body", "pieces"), CASES)
+async def test_every_payload_validates_against_the_stock_sdk_types(
+        endpoint: str, body: dict[str, Any], pieces: list[str], stream: bool) -> None:
+    """Strict validation (not the SDKs' lenient construct) of every body and stream event."""
+    import anthropic.types
+    import openai.types
+    import openai.types.chat
+    import openai.types.responses
+
+    if stream:
+        body = {**body, "stream": True}
+    elif "stream_options" in body:
+        return
+    whole, event = {
+        "/v1/chat/completions": (openai.types.chat.ChatCompletion, openai.types.chat.ChatCompletionChunk),
+        "/v1/completions": (openai.types.Completion, openai.types.Completion),
+        "/v1/messages": (anthropic.types.Message, anthropic.types.RawMessageStreamEvent),
+        "/v1/responses": (openai.types.responses.Response, openai.types.responses.ResponseStreamEvent),
+    }[endpoint]
+    payloads, frames = await serve(endpoint, body, pieces)
+    assert isinstance(frames[-1], InferenceComplete)
+    if not stream:
+        TypeAdapter(whole).validate_python(data(payloads[0]))
+        return
+    for payload in payloads:
+        obj = data(payload) if payload != "data: [DONE]" else None
+        if obj is None or obj.get("type") == "ping":  # the SDK handles ping outside its union
+            continue
+        if endpoint == "/v1/completions" and obj["choices"][0]["finish_reason"] is None:
+            # OpenAI's own streamed completions send null here too; the SDK's type omits it.
+            obj["choices"][0]["finish_reason"] = "stop"
+        TypeAdapter(event).validate_python(obj)
