@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, computed_field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -19,6 +20,8 @@ class CoordinatorSettings(BaseSettings):
     log_level: str = "info"
 
     allow_anonymous_providers: bool = False
+    # trust.md §9: self_signed by default (hardware needs an operator CA, not built yet).
+    min_trust_level: Literal["none", "self_signed", "hardware"] = "self_signed"
     heartbeat_interval_s: int = 5
     heartbeat_timeout_s: float = 90.0
     register_timeout_s: float = 10.0
@@ -45,6 +48,8 @@ class ProviderSettings(BaseSettings):
 
     coordinator_url: str = "ws://127.0.0.1:8000/ws/provider"
     token: SecretStr | None = None
+    # Holds identity.pem (the persistent P-256 identity key, mode 0600).
+    config_dir: Path = Field(default_factory=lambda: Path.home() / ".config" / "darkbloom")
     models: list[str] = Field(default_factory=lambda: ["smollm2-135m"])
     # One llama.cpp context per slot; the provider advertises exactly this many.
     slots: int = 1

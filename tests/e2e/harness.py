@@ -121,6 +121,7 @@ class Provider:
         self.env = {**os.environ, "DARKBLOOM_PROVIDER_TOKEN": coordinator.provider_token,
                     "DARKBLOOM_PROVIDER_COORDINATOR_URL": coordinator.ws_url,
                     "DARKBLOOM_PROVIDER_SLOTS": str(slots),
+                    "DARKBLOOM_PROVIDER_CONFIG_DIR": str(coordinator.workdir / f"{name}-config"),
                     "DARKBLOOM_PROVIDER_LOG_LEVEL": "debug"}
         if threads:
             self.env["DARKBLOOM_PROVIDER_THREADS"] = str(threads)

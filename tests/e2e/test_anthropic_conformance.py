@@ -162,3 +162,14 @@ def test_bearer_auth_and_version_header_optional(stack: Coordinator) -> None:
                           json={"model": MODEL, "max_tokens": 2, "messages": HI},
                           headers={"Authorization": f"Bearer {stack.api_key}"})
     assert response.status_code == 200 and response.json()["type"] == "message"
+
+
+def test_count_tokens_matches_generation_usage(claude: anthropic.Anthropic) -> None:
+    counted = claude.messages.count_tokens(model=MODEL, messages=HI, system="Answer briefly.")
+    message = claude.messages.create(model=MODEL, max_tokens=2, messages=HI, system="Answer briefly.")
+    assert counted.input_tokens == message.usage.input_tokens
+    with pytest.raises(anthropic.NotFoundError):
+        claude.messages.count_tokens(model="nope", messages=HI)
+    with pytest.raises(anthropic.BadRequestError) as info:
+        claude.messages.count_tokens(model=MODEL, messages=[])
+    assert _error(info.value)["type"] == "invalid_request_error"

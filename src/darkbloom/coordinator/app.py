@@ -15,6 +15,7 @@ from darkbloom.coordinator.api.auth import KeyCache
 from darkbloom.coordinator.api.inference import router as inference_router
 from darkbloom.coordinator.api.models import router as models_router
 from darkbloom.coordinator.api.provider_ws import router as provider_router
+from darkbloom.coordinator.api.providers import router as providers_router
 from darkbloom.coordinator.api.request_id import RequestIdMiddleware
 from darkbloom.coordinator.dispatch import Dispatcher
 from darkbloom.coordinator.inference import InferenceService, Tokenizers
@@ -34,7 +35,8 @@ def create_app(settings: CoordinatorSettings, catalog: Catalog | None = None) ->
         await upgrade(settings.database_url)
         engine = make_engine(settings.database_url)
         sessions = make_sessionmaker(engine)
-        scheduler = Scheduler(settings.queue_max_per_model, settings.queue_timeout_s)
+        scheduler = Scheduler(settings.queue_max_per_model, settings.queue_timeout_s,
+                              settings.min_trust_level)
         dispatcher = Dispatcher(scheduler)
         recorder = Recorder(sessions)
         state = app.state
@@ -56,5 +58,6 @@ def create_app(settings: CoordinatorSettings, catalog: Catalog | None = None) ->
     app.include_router(models_router)
     app.include_router(inference_router)
     app.include_router(provider_router)
+    app.include_router(providers_router)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -109,6 +109,19 @@ class InferenceService:
                             self.settings.default_max_tokens)
         return Prepared(endpoint, raw, request, model, len(tokens), cap)
 
+    async def count_tokens(self, raw: bytes) -> int:
+        """Anthropic's count_tokens: the exact prompt tokens a Messages request would use."""
+        body = parse_json_body(raw)
+        body.setdefault("max_tokens", 1)  # count_tokens takes a Messages body without it
+        request = parse_request("/v1/messages", body)
+        model = self.catalog.resolve(request.model)
+        if model is None:
+            raise ModelNotFound(f"model: {request.model!r} not found", param="model")
+        builder = self.tokenizers.get(model.id)
+        if builder is None:
+            raise NoProviderAvailable(f"token counting for {model.id} is not available here")
+        return len(await asyncio.to_thread(builder.tokens, request))
+
     async def commit(self, prepared: Prepared) -> Committed:
         """Dispatch until some provider produces a first chunk; raise the consumer's error if none."""
         tried: set[str] = set()

@@ -19,6 +19,7 @@ from websockets.asyncio.client import ClientConnection
 from darkbloom import __version__
 from darkbloom.config import ProviderSettings
 from darkbloom.crypto import KeyPair
+from darkbloom.crypto.signing import IdentityKey
 from darkbloom.protocol import MalformedFrame, UnknownFrame, decode, encode
 from darkbloom.protocol.frames import (
     COORDINATOR_FRAME_TYPES,
@@ -33,7 +34,7 @@ from darkbloom.protocol.frames import (
     Stats,
     coordinator_frame_adapter,
 )
-from darkbloom.provider import hardware
+from darkbloom.provider import attestation, hardware
 from darkbloom.provider.engines.base import Engine
 from darkbloom.provider.serving import RequestServer
 
@@ -59,6 +60,8 @@ class ProviderAgent:
         self.engine = engine
         # Held in memory only, a fresh key per process (protocol.md §6).
         self.keys = KeyPair.generate()
+        # Persistent across restarts, so trust and reputation follow the machine (trust.md §9).
+        self.identity = IdentityKey.load_or_create(settings.config_dir / "identity.pem")
         self.registered: Registered | None = None
         self._ws: ClientConnection | None = None
         self._in_flight: dict[str, _InFlight] = {}
@@ -76,8 +79,10 @@ class ProviderAgent:
 
     def _register_frame(self) -> Register:
         # The token travels in the upgrade's Authorization header only (protocol.md §2).
+        machine = hardware.detect()
         return Register(
-            hardware=hardware.detect(),
+            hardware=machine,
+            attestation=attestation.build(self.identity, self.keys.public_b64, machine, self.engine.name),
             models=self.engine.models(),
             backend=self.engine.name,
             version=__version__,

@@ -91,7 +91,7 @@ def test_body_completed() -> None:
     assert item == {"type": "message", "role": "assistant", "status": "completed",
                     "content": [{"type": "output_text", "text": "Hello", "annotations": [], "logprobs": []}]}
     assert doc["usage"] == {
-        "input_tokens": 10, "input_tokens_details": {"cached_tokens": 0},
+        "input_tokens": 10, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
         "output_tokens": 4, "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": 14,
     }

@@ -65,15 +65,21 @@ async def until_disconnect(receive: Receive, work: Awaitable[T]) -> T:
 
 def provider_headers(committed: Committed) -> dict[str, str]:
     provider = committed.attempt.provider
-    return {
+    headers = {
         "x-inference-job-id": committed.attempt.request_id,
         "x-provider-id": provider.id,
-        "x-provider-attested": "false",
-        "x-provider-trust-level": "none",
+        "x-provider-attested": "true" if provider.trust_level != "none" else "false",
+        "x-provider-trust-level": provider.trust_level,
         "x-provider-chip": provider.hardware.chip_name,
         "x-provider-model": provider.hardware.machine_model,
         "x-provider-encrypted": "true",
+        "x-provider-secure-enclave": "false",
     }
+    if provider.identity_key:
+        headers["x-attestation-se-public-key"] = provider.identity_key
+    if provider.serial:
+        headers["x-provider-serial"] = headers["x-attestation-device-serial"] = provider.serial
+    return headers
 
 
 def _elapsed_ms(since: float) -> float:
@@ -207,6 +213,14 @@ async def completions(request: Request, identity: ApiKeyDep) -> Response:
 @router.post("/v1/responses")
 async def responses(request: Request, identity: ApiKeyDep) -> Response:
     return await serve(request, "/v1/responses", identity)
+
+
+@router.post("/v1/messages/count_tokens")
+async def count_tokens(request: Request, identity: ApiKeyDep) -> dict[str, int]:
+    """Anthropic's token counter: no generation, no provider, nothing recorded."""
+    state = request.app.state
+    raw = await read_body(request, state.settings.max_body_bytes)
+    return {"input_tokens": await state.inference.count_tokens(raw)}
 
 
 @router.post("/v1/messages")

@@ -21,6 +21,7 @@ from darkbloom.coordinator.dispatch import Dispatcher
 from darkbloom.coordinator.routing.registry import ProviderConn
 from darkbloom.coordinator.routing.scheduler import Scheduler
 from darkbloom.coordinator.store.credentials import lookup_provider_token
+from darkbloom.coordinator.trust.attestation import at_least, verify_blob
 from darkbloom.crypto import SealingError, public_key_from_b64
 from darkbloom.inference.catalog import Catalog
 from darkbloom.protocol import MalformedFrame, UnknownFrame, decode, encode
@@ -157,6 +158,9 @@ class ProviderSession:
         if not register.encrypted_response_chunks:
             raise _Close(CLOSE_PROTOCOL_ORDER, "encrypted_response_chunks must be true")
         models, rejected = filter_models(self.catalog, register.models)
+        verdict = verify_blob(register.attestation, register.public_key)
+        if verdict.reason:
+            log.warning("provider attestation not accepted: %s", verdict.reason)
         hardware = register.hardware.model_copy(update={
             "chip_name": _header_safe(register.hardware.chip_name),
             "machine_model": _header_safe(register.hardware.machine_model)})
@@ -164,10 +168,13 @@ class ProviderSession:
             id=str(uuid.uuid4()), account_id=account, models=models, public_key=public_key,
             public_key_b64=register.public_key, max_concurrency=concurrency_cap(register),
             hardware=hardware, backend=register.backend[:64],
-            version=register.version[:32],
+            version=register.version[:32], trust_level=verdict.level,
+            identity_key=verdict.identity_key, serial=_header_safe(verdict.serial or "") or None,
+            attestation_raw=verdict.raw_b64, attestation_signature=verdict.signature,
         )
         await self.ws.send_text(encode(Registered(
-            provider_id=conn.id, trust_level="none", routable=bool(models),
+            provider_id=conn.id, trust_level=verdict.level,
+            routable=bool(models) and at_least(verdict.level, self.settings.min_trust_level),
             accepted_models=sorted(models), rejected_models=rejected,
             heartbeat_interval_s=self.settings.heartbeat_interval_s,
             server_time=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),

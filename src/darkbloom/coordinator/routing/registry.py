@@ -36,6 +36,11 @@ class ProviderConn:
     last_heartbeat: float = field(default_factory=time.monotonic)
     last_status: Heartbeat | None = None
     closed: bool = False
+    trust_level: str = "none"
+    identity_key: str | None = None
+    serial: str | None = None
+    attestation_raw: str | None = None
+    attestation_signature: str | None = None
 
     @property
     def free_slots(self) -> int:

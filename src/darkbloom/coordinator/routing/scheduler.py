@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from darkbloom.coordinator.routing.registry import ProviderConn
+from darkbloom.coordinator.trust.attestation import at_least
 from darkbloom.errors import NoProviderAvailable
 
 
@@ -35,7 +36,8 @@ def pick_least_loaded(candidates: Iterable[ProviderConn]) -> ProviderConn | None
 
 
 class Scheduler:
-    def __init__(self, queue_max: int, queue_timeout_s: float) -> None:
+    def __init__(self, queue_max: int, queue_timeout_s: float, min_trust: str = "none") -> None:
+        self.min_trust = min_trust
         self.queue_max = queue_max
         self.queue_timeout_s = queue_timeout_s
         self.providers: dict[str, ProviderConn] = {}
@@ -60,11 +62,14 @@ class Scheduler:
 
     def serving(self, model: str, exclude: frozenset[str] = frozenset()) -> list[ProviderConn]:
         return [p for p in self.providers.values()
-                if model in p.models and p.id not in exclude and not p.closed]
+                if model in p.models and p.id not in exclude and not p.closed
+                and at_least(p.trust_level, self.min_trust)]
 
     def provider_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for provider in self.providers.values():
+            if not at_least(provider.trust_level, self.min_trust):
+                continue
             for model in provider.models:
                 counts[model] = counts.get(model, 0) + 1
         return counts

@@ -1,0 +1,49 @@
+"""GET /v1/providers/attestation: public, so consumers can check providers for themselves.
+
+Each entry carries the exact signed attestation bytes and signature (trust.md §9), so a consumer
+verifies the blob locally instead of trusting this listing's summary fields.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from darkbloom.coordinator.routing.registry import ProviderConn
+
+router = APIRouter()
+
+
+def _entry(p: ProviderConn) -> dict[str, Any]:
+    return {
+        "provider_id": p.id,
+        "chip_name": p.hardware.chip_name,
+        "hardware_model": p.hardware.machine_model,
+        "serial_number": p.serial,
+        "trust_level": p.trust_level,
+        "status": "serving" if p.in_flight else "online",
+        "memory_gb": p.hardware.memory_gb,
+        "gpu_cores": p.hardware.gpu_cores,
+        "models": sorted(p.models),
+        "backend": p.backend,
+        "secure_enclave": False,
+        "se_public_key": p.identity_key,
+        "identity_public_key": p.identity_key,
+        "encryption_public_key": p.public_key_b64,
+        "attestation_raw": p.attestation_raw,
+        "attestation_signature": p.attestation_signature,
+        "certificate_chain": [],
+    }
+
+
+@router.get("/v1/providers/attestation")
+async def attestation_listing(request: Request) -> dict[str, Any]:
+    providers = request.app.state.scheduler.providers.values()
+    return {
+        "providers": [_entry(p) for p in providers],
+        "verification_instructions": (
+            "base64-decode attestation_raw; verify attestation_signature over those bytes with the "
+            "P-256 key in their publicKey field (ECDSA/SHA-256, DER); check that publicKey equals "
+            "identity_public_key and encryptionPublicKey equals encryption_public_key."),
+    }

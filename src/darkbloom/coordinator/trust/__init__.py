@@ -1,0 +1,1 @@
+"""Provider trust: attestation verification and trust levels (trust.md)."""

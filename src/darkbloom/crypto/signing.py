@@ -1,0 +1,84 @@
+"""P-256 identity keys: sign and verify (trust.md §1: ECDSA over SHA-256, DER, base64).
+
+Public keys travel as raw X‖Y (64 bytes, base64), the reference's form; the 65-byte
+uncompressed SEC1 form (``04`` prefix) is accepted too.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+
+def canonical_json(obj: Any) -> bytes:
+    """The one encoding anything signed uses: sorted keys, no whitespace, ASCII."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def _raw_public(key: ec.EllipticCurvePublicKey) -> bytes:
+    point = key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    return point[1:]
+
+
+def public_key_from_raw(text: str) -> ec.EllipticCurvePublicKey | None:
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if len(raw) == 64:
+        raw = b"\x04" + raw
+    try:
+        return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), raw)
+    except ValueError:
+        return None
+
+
+def verify(public_key_b64: str, data: bytes, signature_b64: str) -> bool:
+    key = public_key_from_raw(public_key_b64)
+    if key is None:
+        return False
+    try:
+        key.verify(base64.b64decode(signature_b64, validate=True), data, ec.ECDSA(hashes.SHA256()))
+    except (InvalidSignature, binascii.Error, ValueError):
+        return False
+    return True
+
+
+class IdentityKey:
+    """A provider's long-lived signing key."""
+
+    def __init__(self, private: ec.EllipticCurvePrivateKey) -> None:
+        self._private = private
+        self.public_b64 = base64.b64encode(_raw_public(private.public_key())).decode("ascii")
+
+    @classmethod
+    def generate(cls) -> IdentityKey:
+        return cls(ec.generate_private_key(ec.SECP256R1()))
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> IdentityKey:
+        """Reuse the key across restarts; create it (mode 0600) on first start."""
+        if path.is_file():
+            loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
+            if not isinstance(loaded, ec.EllipticCurvePrivateKey):
+                raise ValueError(f"{path} does not hold an EC private key")
+            return cls(loaded)
+        key = cls.generate()
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        pem = key._private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption())
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+        return key
+
+    def sign(self, data: bytes) -> str:
+        return base64.b64encode(self._private.sign(data, ec.ECDSA(hashes.SHA256()))).decode("ascii")

@@ -1,0 +1,62 @@
+"""The provider's signed attestation blob (trust.md §2, §9): who it is, which X25519 key it
+vouches for, and its self-reported posture, signed by its persistent P-256 identity key.
+
+The exact signed bytes travel base64-encoded next to the signature, so the coordinator verifies
+the very bytes that were signed and never a re-serialisation.
+"""
+
+from __future__ import annotations
+
+import base64
+import platform
+import resource
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from darkbloom import __version__
+from darkbloom.crypto.signing import IdentityKey, canonical_json
+from darkbloom.protocol.frames import Hardware
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def posture() -> dict[str, Any]:
+    """Linux posture fields (advisory under a software key, trust.md §9)."""
+    ptrace = _read("/proc/sys/kernel/yama/ptrace_scope")
+    lockdown = _read("/sys/kernel/security/lockdown") or ""
+    active = lockdown[lockdown.find("[") + 1:lockdown.find("]")] if "[" in lockdown else "none"
+    soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
+    return {
+        "platform": "linux" if platform.system() == "Linux" else platform.system().lower(),
+        "ptraceScope": int(ptrace) if ptrace and ptrace.isdigit() else -1,
+        "kernelLockdown": active,
+        "coreDumpsDisabled": soft == 0 and hard == 0,
+        "secureBootEnabled": False,  # not readable without privileges; reported, never assumed
+    }
+
+
+def build(identity: IdentityKey, encryption_key_b64: str, hardware: Hardware, engine: str
+          ) -> dict[str, Any]:
+    inner = {
+        "v": 1,
+        "publicKey": identity.public_b64,
+        "encryptionPublicKey": encryption_key_b64,
+        "chipName": hardware.chip_name,
+        "hardwareModel": hardware.machine_model,
+        "osVersion": platform.release(),
+        "engine": engine,
+        "engineVersion": __version__,
+        "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        **posture(),
+    }
+    if serial := _read("/sys/class/dmi/id/product_serial"):
+        inner["serialNumber"] = serial
+    signed = canonical_json(inner)
+    return {"attestation": inner, "attestation_raw": base64.b64encode(signed).decode("ascii"),
+            "signature": identity.sign(signed)}

@@ -1,0 +1,84 @@
+"""Provider identity and attestation with real processes: a persistent 0600 identity key, a
+signed blob the coordinator verifies, a public listing a consumer can check on its own, and
+trust headers on every response."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import stat
+from pathlib import Path
+
+import httpx
+import openai
+import websockets
+
+from darkbloom.crypto.signing import verify
+from tests.e2e.harness import MODEL, Coordinator, Provider
+
+
+def _listing(stack: Coordinator) -> list[dict[str, object]]:
+    return list(httpx.get(f"{stack.base_url}/v1/providers/attestation").json()["providers"])
+
+
+def test_listing_is_verifiable_by_the_consumer(stack: Coordinator) -> None:
+    [entry] = [p for p in _listing(stack) if p["trust_level"] == "self_signed"]
+    raw = base64.b64decode(str(entry["attestation_raw"]))
+    blob = json.loads(raw)
+    assert verify(blob["publicKey"], raw, str(entry["attestation_signature"]))
+    assert blob["publicKey"] == entry["identity_public_key"] == entry["se_public_key"]
+    assert blob["encryptionPublicKey"] == entry["encryption_public_key"]
+    assert entry["models"] == [MODEL]
+
+
+def test_responses_carry_trust_headers(stack: Coordinator, client: openai.OpenAI) -> None:
+    raw = client.chat.completions.with_raw_response.create(
+        model=MODEL, max_tokens=2, messages=[{"role": "user", "content": "hi"}])
+    assert raw.headers["x-provider-attested"] == "true"
+    assert raw.headers["x-provider-trust-level"] == "self_signed"
+    identity = raw.headers["x-attestation-se-public-key"]
+    assert identity in {p["identity_public_key"] for p in _listing(stack)}
+
+
+def test_identity_key_is_private_and_survives_restarts(tmp_path: Path) -> None:
+    coordinator = Coordinator(tmp_path).start()
+    provider = Provider(coordinator).start()
+    try:
+        key_file = tmp_path / "provider-config" / "identity.pem"
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        first = {p["identity_public_key"] for p in _listing(coordinator)}
+        provider.stop()
+        coordinator.wait_providers(0)
+        provider.start()
+        assert {p["identity_public_key"] for p in _listing(coordinator)} == first
+        # The X25519 key is per process (protocol.md §6), the identity key is not.
+        assert len(first) == 1
+    finally:
+        provider.stop()
+        coordinator.stop()
+
+
+def test_provider_without_attestation_is_not_routed(stack: Coordinator) -> None:
+    async def go() -> dict[str, object]:
+        async with websockets.connect(stack.ws_url, additional_headers={
+                "Authorization": f"Bearer {stack.provider_token}"}) as ws:
+            await ws.send(json.dumps({
+                "type": "register", "public_key": base64.b64encode(os.urandom(32)).decode(),
+                "models": [{"id": MODEL, "weight_hash": _weight_hash()}], "backend": "x"}))
+            registered = json.loads(await ws.recv())
+            assert stack.provider_count() == 1  # only the real, attested provider counts
+            listing = [p for p in _listing(stack) if p["trust_level"] == "none"]
+            assert listing and listing[0]["attestation_raw"] is None
+            return dict(registered)
+
+    registered = asyncio.run(go())
+    assert registered["trust_level"] == "none" and registered["routable"] is False
+    assert registered["accepted_models"] == [MODEL]
+
+
+def _weight_hash() -> str:
+    from darkbloom.inference.catalog import DEFAULT_MODEL
+
+    return DEFAULT_MODEL.weight_hash
