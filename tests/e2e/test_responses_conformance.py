@@ -77,7 +77,8 @@ def test_streaming_wire_has_no_done_marker(stack: Coordinator) -> None:
         raw = r.read().decode()
     blocks = [b for b in raw.split("\n\n") if b]
     assert "[DONE]" not in raw
-    last = json.loads(blocks[-1].split("data: ", 1)[1])
+    assert blocks[-1].startswith(": darkbloom-receipt ")  # the receipt is the last line
+    last = json.loads(blocks[-2].split("data: ", 1)[1])
     assert last["type"] == "response.completed" and last["response"]["usage"]["output_tokens"] == 3
 
 

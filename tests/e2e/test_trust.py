@@ -82,3 +82,51 @@ def _weight_hash() -> str:
     from darkbloom.inference.catalog import DEFAULT_MODEL
 
     return DEFAULT_MODEL.weight_hash
+
+
+def _post(stack: Coordinator, path: str, body: dict[str, object]) -> tuple[bytes, httpx.Response]:
+    raw = json.dumps(body).encode()
+    response = httpx.post(f"{stack.base_url}{path}", content=raw, timeout=60,
+                          headers={"Authorization": f"Bearer {stack.api_key}",
+                                   "Content-Type": "application/json"})
+    assert response.status_code == 200
+    return raw, response
+
+
+def test_non_streamed_receipt_verifies(stack: Coordinator) -> None:
+    from darkbloom.client.verify import decode_receipt_header, verify_receipt
+
+    sent, response = _post(stack, "/v1/chat/completions", {
+        "model": MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]})
+    receipt = decode_receipt_header(response.headers["x-darkbloom-receipt"])
+    assert response.headers["x-response-hash"] == receipt["response_sha256"]
+    assert receipt["request_id"] == response.headers["x-inference-job-id"]
+    assert receipt["model"] == MODEL and receipt["weight_hash"] and receipt["quantization"] == "Q4_1"
+    steps = verify_receipt(receipt, response.headers["x-se-signature"], response.content,
+                           _listing(stack), sent)  # type: ignore[arg-type]
+    assert all(step.ok for step in steps), steps
+    tampered = verify_receipt(receipt, response.headers["x-se-signature"], response.content + b" ",
+                              _listing(stack), sent)  # type: ignore[arg-type]
+    assert [s.name for s in tampered if not s.ok] == ["response hash matches the bytes received"]
+
+
+def test_darkbloom_verify_cli_on_a_saved_stream(stack: Coordinator, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    _, response = _post(stack, "/v1/messages", {
+        "model": MODEL, "max_tokens": 5, "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+    saved, listing = tmp_path / "stream.txt", tmp_path / "attestation.json"
+    saved.write_bytes(response.content)
+    listing.write_text(httpx.get(f"{stack.base_url}/v1/providers/attestation").text)
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "darkbloom", "verify", str(saved),
+                               "--attestation", str(listing)], capture_output=True, text=True)
+
+    ok = run()
+    assert ok.returncode == 0, ok.stdout
+    assert ok.stdout.count("✓") == 5 and "✗" not in ok.stdout
+    saved.write_bytes(response.content.replace(b"text_delta", b"text_delt4", 1))
+    bad = run()
+    assert bad.returncode == 1 and "✗ response hash" in bad.stdout

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
@@ -87,6 +89,33 @@ def up() -> None:
     from darkbloom.cli.devstack import run_up
 
     raise typer.Exit(run_up(CoordinatorSettings()))
+
+
+@app.command()
+def verify(
+    response: Annotated[Path, typer.Argument(help="Saved response: SSE stream text or JSON body.")],
+    attestation: Annotated[Path, typer.Option(help="Saved GET /v1/providers/attestation JSON.")],
+    receipt: Annotated[str | None, typer.Option(help="x-darkbloom-receipt header (bodies).")] = None,
+    signature: Annotated[str | None, typer.Option(help="x-se-signature header (bodies).")] = None,
+    request: Annotated[Path | None, typer.Option(help="The exact request body sent.")] = None,
+) -> None:
+    """Check a response's receipt offline: attested provider, response bytes, signature."""
+    from darkbloom.client.verify import decode_receipt_header, parse_sse, verify_receipt
+
+    text = response.read_bytes()
+    transcript, signed, sig = parse_sse(text.decode("utf-8", "replace"))
+    if signed is None:  # a non-streamed body: the receipt came in headers
+        if receipt is None or signature is None:
+            console.print("[red]no receipt in the file: pass --receipt and --signature[/red]")
+            raise typer.Exit(2)
+        signed, sig, transcript = decode_receipt_header(receipt), signature, text
+    listing = json.loads(attestation.read_text()).get("providers", [])
+    steps = verify_receipt(signed, sig or "", transcript, listing,
+                           request.read_bytes() if request else None)
+    for step in steps:
+        mark = "[green]✓[/green]" if step.ok else "[red]✗[/red]"
+        console.print(f"{mark} {step.name}" + (f"  ({step.detail})" if step.detail else ""))
+    raise typer.Exit(0 if all(step.ok for step in steps) else 1)
 
 
 @keys_app.command("create")

@@ -39,6 +39,7 @@ class Event:
     kind: Literal["accepted", "chunk", "complete", "error"]
     data: bytes = b""
     usage: Usage | None = None
+    receipt: dict[str, object] | None = None
     status_code: int = 0
     message: str = ""
     code: str | None = None
@@ -106,7 +107,7 @@ class Dispatcher:
         elif isinstance(frame, InferenceComplete):
             self._finish(attempt)
             provider.served += 1
-            attempt.events.put_nowait(Event("complete", usage=frame.usage))
+            attempt.events.put_nowait(Event("complete", usage=frame.usage, receipt=frame.receipt))
         else:
             # Our own cancel() forgets the attempt first, so a 499 echo never gets here; an
             # unprompted one still ends the attempt and frees the slot.

@@ -57,6 +57,7 @@ class Committed:
 @dataclass(frozen=True, slots=True)
 class Finished:
     usage: Usage
+    receipt: dict[str, object] | None = None  # {"receipt": {...}, "signature": "..."}
 
 
 class _AttemptFailed(Exception):
@@ -189,7 +190,7 @@ class InferenceService:
                 yield event.data
             elif event.kind == "complete":
                 assert event.usage is not None
-                yield Finished(event.usage)
+                yield Finished(event.usage, event.receipt)
                 return
             elif event.kind == "error":
                 raise ProviderFailed(event.message or "provider failed")

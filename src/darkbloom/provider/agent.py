@@ -65,7 +65,7 @@ class ProviderAgent:
         self.registered: Registered | None = None
         self._ws: ClientConnection | None = None
         self._in_flight: dict[str, _InFlight] = {}
-        self.server = RequestServer(engine, self.keys, self._send)
+        self.server = RequestServer(engine, self.keys, self._send, self.identity)
         self.connected = asyncio.Event()
 
     async def _send(self, frame: BaseModel) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from pydantic import BaseModel
 
 from darkbloom.crypto import Channel, KeyPair, SealingError, public_key_from_b64
+from darkbloom.crypto.signing import IdentityKey
 from darkbloom.errors import DarkbloomError, InvalidRequest
 from darkbloom.inference.dialects import ENDPOINTS, parse_request
 from darkbloom.inference.request import GenerationRequest, parse_json_body
@@ -27,6 +28,7 @@ from darkbloom.protocol.frames import (
 )
 from darkbloom.provider.assembly import ResponseAssembler
 from darkbloom.provider.engines.base import Engine, Finished, Started
+from darkbloom.provider.receipts import DONE, ReceiptWriter, comment
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ class _Refused(Exception):
         self.status, self.message, self.code, self.param = status, message, code, param
 
 
-def _open(frame: InferenceRequest, keys: KeyPair) -> tuple[Channel, GenerationRequest]:
+def _open(frame: InferenceRequest, keys: KeyPair) -> tuple[Channel, GenerationRequest, bytes]:
     try:
         channel = Channel(keys, public_key_from_b64(frame.encrypted_body.ephemeral_public_key))
         body = channel.open(frame.encrypted_body.ciphertext)
@@ -52,19 +54,19 @@ def _open(frame: InferenceRequest, keys: KeyPair) -> tuple[Channel, GenerationRe
         request = parse_request(frame.endpoint, parse_json_body(body))
     except InvalidRequest as exc:
         raise _Refused(400, exc.message, exc.code, exc.param) from None
-    finally:
-        del body
     if request.model != frame.model or request.stream != frame.stream:
         raise _Refused(400, "sealed body does not match the request's model or stream fields")
-    return channel, request
+    return channel, request, body
 
 
 class RequestServer:
     """Turns engine events into sealed, sequenced chunks on the socket."""
 
-    def __init__(self, engine: Engine, keys: KeyPair, send: Send) -> None:
+    def __init__(self, engine: Engine, keys: KeyPair, send: Send,
+                 identity: IdentityKey | None = None) -> None:
         self.engine = engine
         self.keys = keys
+        self.identity = identity or IdentityKey.generate()
         self.send = send
         self.requests_served = 0
         self.tokens_generated = 0
@@ -72,7 +74,7 @@ class RequestServer:
     async def serve(self, frame: InferenceRequest, cancel: threading.Event) -> None:
         rid = frame.request_id
         try:
-            channel, request = _open(frame, self.keys)
+            channel, request, body = _open(frame, self.keys)
             if not self.engine.serves(request.model):
                 raise _Refused(404, f"model {request.model!r} is not served by this provider")
         except _Refused as refused:
@@ -82,8 +84,10 @@ class RequestServer:
                                            param=refused.param))
             return
         await self.send(InferenceAccepted(request_id=rid))
+        receipts = self._receipt_writer(frame, request, body)
+        del body
         try:
-            await self._generate(rid, channel, request, frame.max_tokens_cap, cancel)
+            await self._generate(rid, channel, request, frame.max_tokens_cap, cancel, receipts)
         except InvalidRequest as exc:
             await self.send(InferenceError(request_id=rid, error=exc.message, status_code=400,
                                            code=exc.code, param=exc.param))
@@ -96,13 +100,26 @@ class RequestServer:
             await self.send(InferenceError(request_id=rid, error="engine failure",
                                            status_code=500))
 
+    def _receipt_writer(self, frame: InferenceRequest, request: GenerationRequest,
+                        body: bytes) -> ReceiptWriter:
+        served = next((m for m in self.engine.models() if self.engine.serves(m.id)), None)
+        fields = {
+            "request_id": frame.request_id, "model": request.model, "endpoint": frame.endpoint,
+            "provider_key": self.identity.public_b64, "encryption_key": self.keys.public_b64,
+            "weight_hash": served.weight_hash if served else None,
+            "quantization": served.quantization if served else None,
+        }
+        return ReceiptWriter(self.identity, fields, body, request.stream)
+
     async def _generate(self, rid: str, channel: Channel, request: GenerationRequest, cap: int,
-                        cancel: threading.Event) -> None:
+                        cancel: threading.Event, receipts: ReceiptWriter) -> None:
         seq = 0
 
-        async def chunk(payloads: list[str]) -> None:
+        async def chunk(payloads: list[str], record: bool = True) -> None:
             nonlocal seq
             for payload in payloads:
+                if record:
+                    receipts.add(payload)
                 sealed = Sealed(**channel.seal(payload.encode("utf-8")))
                 await self.send(InferenceResponseChunk(request_id=rid, seq=seq, encrypted_data=sealed))
                 seq += 1
@@ -122,10 +139,21 @@ class RequestServer:
             log.info("request %s cancelled after %d token(s)", rid, event.completion_tokens)
             await self.send(InferenceError(request_id=rid, error="cancelled", status_code=499))
             return
-        await chunk(assembler.finish(event))
+        final = assembler.finish(event)
+        for payload in final:
+            receipts.add(payload)
+        receipt, signature = receipts.sign(event.prompt_tokens, event.completion_tokens)
+        if request.stream:
+            # The receipt comment covers every data event before it: it goes just ahead of
+            # [DONE] (chat, completions) or last (Messages, Responses).
+            at = final.index(DONE) if DONE in final else len(final)
+            final.insert(at, comment(receipt, signature))
+        await chunk(final, record=False)
         self.requests_served += 1
         self.tokens_generated += event.completion_tokens
         await self.send(InferenceComplete(
             request_id=rid, finish_reason=event.finish_reason,
+            receipt={"receipt": receipt, "signature": signature},
+            response_hash=str(receipt["response_sha256"]), se_signature=signature,
             usage=Usage(prompt_tokens=event.prompt_tokens,
                         completion_tokens=event.completion_tokens)))

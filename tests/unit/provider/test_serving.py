@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 from pydantic import BaseModel, TypeAdapter
 
 from darkbloom.crypto import Channel, KeyPair
+from darkbloom.crypto.signing import canonical_json, verify
 from darkbloom.protocol.frames import (
     InferenceAccepted,
     InferenceComplete,
@@ -45,7 +47,11 @@ async def serve(endpoint: str, body: dict[str, Any], pieces: list[str] = PIECES
     chunks = [f for f in frames if isinstance(f, InferenceResponseChunk)]
     assert [c.seq for c in chunks] == list(range(len(chunks)))
     payloads = [channel.open(c.encrypted_data.ciphertext).decode() for c in chunks if c.encrypted_data]
-    return payloads, frames
+    RECEIPT_COMMENTS[:] = [p for p in payloads if p.startswith(":")]
+    return [p for p in payloads if not p.startswith(":")], frames
+
+
+RECEIPT_COMMENTS: list[str] = []  # the receipt comment lines of the last serve() call
 
 
 def data(payload: str) -> dict[str, Any]:
@@ -216,3 +222,35 @@ async def test_every_payload_validates_against_the_stock_sdk_types(
             # OpenAI's own streamed completions send null here too; the SDK's type omits it.
             obj["choices"][0]["finish_reason"] = "stop"
         TypeAdapter(event).validate_python(obj)
+
+
+
+@pytest.mark.parametrize("endpoint", ["/v1/chat/completions", "/v1/messages", "/v1/responses"])
+async def test_streamed_receipt_signs_the_transcript(endpoint: str) -> None:
+    body: dict[str, Any] = {"model": MODEL, "stream": True}
+    body.update({"/v1/chat/completions": {"messages": [{"role": "user", "content": "q"}]},
+                 "/v1/messages": {"messages": [{"role": "user", "content": "q"}], "max_tokens": 9},
+                 "/v1/responses": {"input": "q"}}[endpoint])
+    payloads, frames = await serve(endpoint, body)
+    [line] = RECEIPT_COMMENTS
+    signed = json.loads(line.removeprefix(": darkbloom-receipt "))
+    receipt, signature = signed["receipt"], signed["signature"]
+    transcript = b"".join((p.split("data: ", 1)[1] + "\n").encode() for p in payloads
+                          if p != "data: [DONE]")
+    assert receipt["response_sha256"] == hashlib.sha256(transcript).hexdigest()
+    assert receipt["request_sha256"] == hashlib.sha256(json.dumps(body).encode()).hexdigest()
+    assert verify(receipt["provider_key"], canonical_json(receipt), signature)
+    complete = frames[-1]
+    assert isinstance(complete, InferenceComplete) and complete.receipt == signed
+    assert receipt["endpoint"] == endpoint and receipt["completion_tokens"] == len(PIECES)
+
+
+async def test_non_streamed_receipt_signs_the_body() -> None:
+    payloads, frames = await serve("/v1/chat/completions", CHAT)
+    assert RECEIPT_COMMENTS == []
+    complete = frames[-1]
+    assert isinstance(complete, InferenceComplete) and complete.receipt is not None
+    receipt = complete.receipt["receipt"]
+    assert isinstance(receipt, dict)
+    body = payloads[0].removeprefix("data: ").encode()
+    assert receipt["response_sha256"] == hashlib.sha256(body).hexdigest() == complete.response_hash

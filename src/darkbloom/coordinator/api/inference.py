@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 import uuid
 from collections.abc import Awaitable
@@ -18,6 +19,7 @@ from darkbloom.coordinator.inference import Committed, Finished, InferenceServic
 from darkbloom.coordinator.recorder import Recorder
 from darkbloom.coordinator.store.credentials import KeyIdentity, now
 from darkbloom.coordinator.store.requests_log import RequestOutcome
+from darkbloom.crypto.signing import canonical_json
 from darkbloom.errors import DarkbloomError, ProviderFailed, RequestTooLarge
 from darkbloom.protocol.frames import Endpoint
 
@@ -80,6 +82,19 @@ def provider_headers(committed: Committed) -> dict[str, str]:
     if provider.serial:
         headers["x-provider-serial"] = headers["x-attestation-device-serial"] = provider.serial
     return headers
+
+
+def receipt_headers(signed: dict[str, object] | None) -> dict[str, str]:
+    """trust.md §5: a non-streamed body's receipt travels in headers (the body is untouched)."""
+    receipt = signed.get("receipt") if signed else None
+    signature = signed.get("signature") if signed else None
+    if not isinstance(receipt, dict) or not isinstance(signature, str):
+        return {}
+    return {
+        "x-response-hash": str(receipt.get("response_sha256", "")),
+        "x-se-signature": signature,
+        "x-darkbloom-receipt": base64.b64encode(canonical_json(receipt)).decode("ascii"),
+    }
 
 
 def _elapsed_ms(since: float) -> float:
@@ -187,7 +202,8 @@ async def serve(request: Request, endpoint: Endpoint, identity: KeyIdentity) -> 
         outcome.prompt_tokens = finished.usage.prompt_tokens
         outcome.completion_tokens = finished.usage.completion_tokens
         outcome.status, outcome.status_code, outcome.bytes_out = "completed", 200, len(body)
-        return Response(body, media_type="application/json", headers=headers)
+        return Response(body, media_type="application/json",
+                        headers={**headers, **receipt_headers(finished.receipt)})
     except ClientGone:
         outcome.status, outcome.status_code = "cancelled", 499
         return Response(status_code=499)
