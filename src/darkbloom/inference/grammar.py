@@ -37,6 +37,11 @@ def parse_json_schema_format(spec: Any, param: str) -> ResponseFormat:
     schema = spec.get("schema")
     if not isinstance(schema, dict):
         raise InvalidRequest(f"{param}.schema must be a JSON Schema object", param=f"{param}.schema")
+    unenforced = unenforced_keyword(schema)
+    if unenforced is not None:
+        raise InvalidRequest(f"{param}.schema uses {unenforced!r}, which the grammar cannot enforce; "
+                             "remove it (output would not be guaranteed to validate)",
+                             param=f"{param}.schema", code="unsupported_parameter")
     # Key order is kept: the output follows the schema's property order, as OpenAI's does.
     fmt = ResponseFormat("json_schema", json.dumps(schema), name)
     gbnf(fmt, param=f"{param}.schema")  # refuse now what the engine could not enforce
@@ -45,6 +50,38 @@ def parse_json_schema_format(spec: Any, param: str) -> ResponseFormat:
 
 _LOOSE_CHAR = 'char ::= [^"\\\\] |'
 _STRICT_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
+
+
+# Keywords llama.cpp's converter silently ignores: output could break them, so they are refused.
+_UNENFORCED = frozenset({
+    "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "uniqueItems",
+    "minProperties", "maxProperties", "patternProperties", "propertyNames", "dependentRequired",
+    "dependentSchemas", "dependencies", "if", "then", "else", "contains", "minContains",
+    "maxContains", "not",
+})
+_FORMATS = frozenset({"date", "time", "date-time"})
+
+
+def unenforced_keyword(schema: object) -> str | None:
+    """The first keyword in ``schema`` (at any depth) that the grammar would not enforce."""
+    if isinstance(schema, list):
+        return next((k for item in schema if (k := unenforced_keyword(item)) is not None), None)
+    if not isinstance(schema, dict):
+        return None
+    for key, value in schema.items():
+        if key in _UNENFORCED:
+            return str(key)
+        if key == "format" and value not in _FORMATS:
+            return f"format: {str(value)[:32]}"
+        if key in ("properties", "$defs", "definitions") and isinstance(value, dict):
+            found = next((k for sub in value.values() if (k := unenforced_keyword(sub)) is not None), None)
+        elif key not in ("enum", "const", "default", "examples", "description", "title"):
+            found = unenforced_keyword(value)
+        else:
+            found = None
+        if found:
+            return found
+    return None
 
 
 def gbnf(fmt: ResponseFormat, param: str = "response_format") -> str:
@@ -68,8 +105,11 @@ def grammar_for(request: GenerationRequest) -> str | None:
     """The grammar a request's generation runs under, if any: a forced tool call wins over a
     response format (OpenAI ignores response_format while a call is forced too)."""
     if request.tool_choice.mode == "required":
-        call = ResponseFormat("json_schema", call_schema(allowed(request.tools, request.tool_choice)))
-        return gbnf(call, param="tools")
+        schema = call_schema(allowed(request.tools, request.tool_choice))
+        if (unenforced := unenforced_keyword(json.loads(schema))) is not None:
+            raise InvalidRequest(f"a tool's parameters use {unenforced!r}, which a forced call's "
+                                 "grammar cannot enforce", param="tools", code="unsupported_parameter")
+        return gbnf(ResponseFormat("json_schema", schema), param="tools")
     if request.response_format is not None:
         return gbnf(request.response_format)
     return None

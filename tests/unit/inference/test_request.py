@@ -827,7 +827,7 @@ def test_parse_request_refuses_a_forced_call_it_cannot_enforce(choice: Any) -> N
     tools = [*TOOLS, {"type": "function", "function": {"name": "odd", "parameters": UNENFORCEABLE}}]
     err = assert_invalid(lambda b: parse_request("/v1/chat/completions", b),
                          chat(tools=tools, tool_choice=choice), "tools", "unsupported_parameter")
-    assert "cannot be enforced" in err.message
+    assert "cannot" in err.message and "enforce" in err.message
 
 
 @pytest.mark.parametrize("choice", ["auto", "none", {"type": "function", "function": {"name": "get_time"}}])

@@ -25,6 +25,8 @@ from darkbloom.protocol.frames import Endpoint
 
 router = APIRouter()
 T = TypeVar("T")
+RECEIPT_MARK = b": darkbloom-receipt "
+_COMPLETE_GRACE_S = 5.0  # how long a finished stream waits for inference_complete after a hang-up
 
 
 class ClientGone(Exception):
@@ -119,6 +121,9 @@ class SSERelay(Response):
         self.outcome = outcome
         self.recorder = recorder
         self.started = started
+        # Set once the receipt comment (the end of the content) has been relayed: a consumer
+        # that hangs up after that has its whole response, so it is not a cancel.
+        self.content_done = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
@@ -126,6 +131,8 @@ class SSERelay(Response):
         watcher = asyncio.ensure_future(_wait_disconnect(receive))
         try:
             await asyncio.wait({pump, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if not pump.done() and self.content_done:
+                await asyncio.wait({pump}, timeout=_COMPLETE_GRACE_S)
         finally:
             watcher.cancel()
             if not pump.done():
@@ -149,6 +156,8 @@ class SSERelay(Response):
                     outcome.completion_tokens = item.usage.completion_tokens
                     outcome.status, outcome.status_code = "completed", 200
                     break
+                if item.startswith(RECEIPT_MARK):
+                    self.content_done = True
                 data = item + b"\n\n"
                 outcome.bytes_out += len(data)
                 await send({"type": "http.response.body", "body": data, "more_body": True})
