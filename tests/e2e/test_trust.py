@@ -130,3 +130,22 @@ def test_darkbloom_verify_cli_on_a_saved_stream(stack: Coordinator, tmp_path: Pa
     saved.write_bytes(response.content.replace(b"text_delta", b"text_delt4", 1))
     bad = run()
     assert bad.returncode == 1 and "✗ response hash" in bad.stdout
+
+
+def test_minimum_trust_level_per_request(stack: Coordinator, client: openai.OpenAI) -> None:
+    ask = {"model": MODEL, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
+    ok = client.chat.completions.with_raw_response.create(
+        **ask, extra_headers={"x-min-trust-level": "self_signed"})  # type: ignore[call-overload]
+    assert ok.headers["x-provider-trust-level"] == "self_signed"
+    try:
+        client.chat.completions.create(**ask, extra_headers={"x-min-trust-level": "hardware"})  # type: ignore[call-overload]
+        raise AssertionError("a hardware-only request must not be served by a self_signed provider")
+    except openai.InternalServerError as exc:
+        assert exc.status_code == 503
+        error = exc.response.json()["error"]
+        assert error["code"] == "trust_level_unavailable" and "hardware" in error["message"]
+    try:
+        client.chat.completions.create(**ask, extra_headers={"x-min-trust-level": "gold"})  # type: ignore[call-overload]
+        raise AssertionError("an unknown level is a 400")
+    except openai.BadRequestError as exc:
+        assert exc.response.json()["error"]["param"] == "x-min-trust-level"

@@ -17,6 +17,7 @@ from pathlib import Path
 from darkbloom.config import CoordinatorSettings
 from darkbloom.coordinator.dispatch import Attempt, Dispatcher, Event
 from darkbloom.coordinator.routing.scheduler import Scheduler
+from darkbloom.coordinator.trust.attestation import LEVELS
 from darkbloom.errors import (
     InvalidRequest,
     ModelNotFound,
@@ -45,6 +46,7 @@ class Prepared:
     model: CatalogModel
     prompt_tokens: int | None
     max_tokens_cap: int
+    min_trust: str | None = None
 
 
 @dataclass(slots=True)
@@ -92,7 +94,10 @@ class InferenceService:
         self.scheduler = scheduler
         self.dispatcher = dispatcher
 
-    async def prepare(self, endpoint: Endpoint, raw: bytes) -> Prepared:
+    async def prepare(self, endpoint: Endpoint, raw: bytes, min_trust: str | None = None) -> Prepared:
+        if min_trust is not None and min_trust not in LEVELS:
+            raise InvalidRequest(f"x-min-trust-level must be one of {', '.join(LEVELS)}",
+                                 param="x-min-trust-level")
         request = parse_request(endpoint, parse_json_body(raw))
         model = self.catalog.resolve(request.model)
         if model is None:
@@ -101,14 +106,14 @@ class InferenceService:
         builder = self.tokenizers.get(model.id)
         if builder is None:
             return Prepared(endpoint, raw, request, model, None,
-                            request.max_tokens or self.settings.default_max_tokens)
+                            request.max_tokens or self.settings.default_max_tokens, min_trust)
         if len(raw) > _INLINE_TOKENIZE_BYTES:
             tokens = await asyncio.to_thread(builder.tokens, request)
         else:
             tokens = builder.tokens(request)
         cap = output_budget(request, len(tokens), model.context_length,
                             self.settings.default_max_tokens)
-        return Prepared(endpoint, raw, request, model, len(tokens), cap)
+        return Prepared(endpoint, raw, request, model, len(tokens), cap, min_trust)
 
     async def count_tokens(self, raw: bytes) -> int:
         """Anthropic's count_tokens: the exact prompt tokens a Messages request would use."""
@@ -130,7 +135,8 @@ class InferenceService:
         for n in range(1, self.settings.max_attempts + 1):
             try:
                 provider = await self.scheduler.acquire(
-                    prepared.model.id, exclude=frozenset(tried), may_queue=n == 1)
+                    prepared.model.id, exclude=frozenset(tried), may_queue=n == 1,
+                    min_trust=prepared.min_trust)
             except NoProviderAvailable:
                 if last is None:
                     raise

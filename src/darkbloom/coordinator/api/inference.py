@@ -193,7 +193,7 @@ async def serve(request: Request, endpoint: Endpoint, identity: KeyIdentity) -> 
     relay_records = False  # a streaming relay records the outcome itself when the stream ends
     try:
         raw = await read_body(request, state.settings.max_body_bytes)
-        prepared = await service.prepare(endpoint, raw)
+        prepared = await service.prepare(endpoint, raw, request.headers.get("x-min-trust-level"))
         outcome.model, outcome.stream = prepared.model.id, prepared.request.stream
         outcome.prompt_tokens = prepared.prompt_tokens or 0
         committed = await until_disconnect(request.receive, service.commit(prepared))

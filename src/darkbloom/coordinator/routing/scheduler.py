@@ -21,6 +21,7 @@ from darkbloom.errors import NoProviderAvailable
 class _Waiter:
     model: str
     exclude: frozenset[str]
+    min_trust: str
     future: asyncio.Future[ProviderConn] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
 
@@ -54,16 +55,18 @@ class Scheduler:
         self.providers.pop(provider.id, None)
         # Waiters for a model nobody serves any more would otherwise sit out the full timeout.
         for model, queue in self._queues.items():
-            if not self.serving(model):
-                while queue:
-                    waiter = queue.popleft()
-                    if not waiter.future.done():
-                        waiter.future.set_exception(_nobody_serves(model))
+            while queue and not self.serving(model, min_trust=queue[0].min_trust):
+                waiter = queue.popleft()
+                if not waiter.future.done():
+                    waiter.future.set_exception(self._nobody_serves(model, waiter.min_trust))
 
-    def serving(self, model: str, exclude: frozenset[str] = frozenset()) -> list[ProviderConn]:
+    def serving(self, model: str, exclude: frozenset[str] = frozenset(),
+                min_trust: str | None = None) -> list[ProviderConn]:
+        """Providers that may take ``model``: trusted to the network's minimum and the request's."""
+        level = min_trust if min_trust and at_least(min_trust, self.min_trust) else self.min_trust
         return [p for p in self.providers.values()
                 if model in p.models and p.id not in exclude and not p.closed
-                and at_least(p.trust_level, self.min_trust)]
+                and at_least(p.trust_level, level)]
 
     def provider_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -79,19 +82,20 @@ class Scheduler:
 
     # --- slots -------------------------------------------------------------------------
 
-    def try_acquire(self, model: str, exclude: frozenset[str] = frozenset()) -> ProviderConn | None:
-        provider = pick_least_loaded(self.serving(model, exclude))
+    def try_acquire(self, model: str, exclude: frozenset[str] = frozenset(),
+                    min_trust: str | None = None) -> ProviderConn | None:
+        provider = pick_least_loaded(self.serving(model, exclude, min_trust))
         if provider is not None:
             provider.in_flight += 1
         return provider
 
     async def acquire(self, model: str, exclude: frozenset[str] = frozenset(),
-                      may_queue: bool = True) -> ProviderConn:
-        if not self.serving(model, exclude):
-            raise _nobody_serves(model)
+                      may_queue: bool = True, min_trust: str | None = None) -> ProviderConn:
+        if not self.serving(model, exclude, min_trust):
+            raise self._nobody_serves(model, min_trust)
         queue = self._queues.setdefault(model, deque())
         if not queue:  # FIFO: never jump ahead of requests already waiting
-            provider = self.try_acquire(model, exclude)
+            provider = self.try_acquire(model, exclude, min_trust)
             if provider is not None:
                 return provider
         if not may_queue:
@@ -100,7 +104,7 @@ class Scheduler:
             raise NoProviderAvailable(
                 f"model {model!r} is at capacity: all providers are busy and the queue is full "
                 f"({self.queue_max} waiting); retry shortly", headers={"Retry-After": "1"})
-        waiter = _Waiter(model, exclude)
+        waiter = _Waiter(model, exclude, min_trust or self.min_trust)
         queue.append(waiter)
         try:
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that lands
@@ -122,6 +126,14 @@ class Scheduler:
             if waiter in queue:
                 queue.remove(waiter)
 
+    def _nobody_serves(self, model: str, min_trust: str | None) -> NoProviderAvailable:
+        if min_trust and not at_least(self.min_trust, min_trust) and self.serving(model):
+            # Never a silent downgrade: say that trust, not capacity, is what is missing.
+            return NoProviderAvailable(f"no provider at trust level {min_trust!r} or above is "
+                                       f"serving model {model!r}", code="trust_level_unavailable")
+        return NoProviderAvailable(f"no provider is serving model {model!r} right now; "
+                                   "try again when one is online")
+
     def release(self, provider: ProviderConn) -> None:
         provider.in_flight = max(0, provider.in_flight - 1)
         self.drain()
@@ -133,13 +145,8 @@ class Scheduler:
                 if waiter.future.done():
                     queue.remove(waiter)
                     continue
-                provider = self.try_acquire(model, waiter.exclude)
+                provider = self.try_acquire(model, waiter.exclude, waiter.min_trust)
                 if provider is None:
                     break
                 queue.remove(waiter)
                 waiter.future.set_result(provider)
-
-
-def _nobody_serves(model: str) -> NoProviderAvailable:
-    return NoProviderAvailable(f"no provider is serving model {model!r} right now; "
-                               "try again when one is online")
