@@ -22,6 +22,10 @@ class CoordinatorSettings(BaseSettings):
     allow_anonymous_providers: bool = False
     # trust.md §9: self_signed by default (hardware needs an operator CA, not built yet).
     min_trust_level: Literal["none", "self_signed", "hardware"] = "self_signed"
+    # trust.md §4: challenge every 5 minutes, 30 s to answer, 3 strikes and out.
+    challenge_interval_s: float = 300.0
+    challenge_timeout_s: float = 30.0
+    challenge_max_strikes: int = 3
     heartbeat_interval_s: int = 5
     heartbeat_timeout_s: float = 90.0
     register_timeout_s: float = 10.0

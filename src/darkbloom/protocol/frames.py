@@ -185,6 +185,12 @@ class AttestationResponse(Frame):
     signature: str
     public_key: str
     status_signature: str | None = None
+    # Fresh posture (trust.md §9, Linux): covered by status_signature.
+    platform: str | None = None
+    core_dumps_disabled: bool | None = None
+    ptrace_scope: int | None = None
+    kernel_lockdown: str | None = None
+    secure_boot_enabled: bool | None = None
 
 
 ProviderFrame = Annotated[

@@ -19,11 +19,14 @@ from websockets.asyncio.client import ClientConnection
 from darkbloom import __version__
 from darkbloom.config import ProviderSettings
 from darkbloom.crypto import KeyPair
+from darkbloom.crypto.challenge import challenge_bytes, status_bytes
 from darkbloom.crypto.signing import IdentityKey
 from darkbloom.protocol import MalformedFrame, UnknownFrame, decode, encode
 from darkbloom.protocol.frames import (
     COORDINATOR_FRAME_TYPES,
     MAX_FRAME_BYTES,
+    AttestationChallenge,
+    AttestationResponse,
     BackendCapacity,
     Cancel,
     Heartbeat,
@@ -179,6 +182,8 @@ class ProviderAgent:
                         log.warning("model %s rejected: %s", rejected.id, rejected.reason)
                 elif isinstance(frame, InferenceRequest):
                     self._start(frame)
+                elif isinstance(frame, AttestationChallenge):
+                    await self._send(self._answer(frame))
                 elif isinstance(frame, Cancel):
                     entry = self._in_flight.get(frame.request_id)
                     if entry is None:
@@ -194,6 +199,19 @@ class ProviderAgent:
             raise FatalRejection(f"coordinator closed the connection ({code}): "
                                  f"{FATAL_CLOSE_CODES[code]}")
         log.warning("coordinator closed the connection (%s %s)", code, ws.close_reason or "")
+
+    def _answer(self, challenge: AttestationChallenge) -> AttestationResponse:
+        """Sign the nonce and the current posture (trust.md §4, §9)."""
+        now = attestation.posture()
+        fields = {"platform": now["platform"], "core_dumps_disabled": now["coreDumpsDisabled"],
+                  "ptrace_scope": now["ptraceScope"], "kernel_lockdown": now["kernelLockdown"],
+                  "secure_boot_enabled": now["secureBootEnabled"]}
+        return AttestationResponse(
+            nonce=challenge.nonce, public_key=self.keys.public_b64,
+            signature=self.identity.sign(challenge_bytes(challenge.nonce, challenge.timestamp)),
+            status_signature=self.identity.sign(status_bytes(challenge.nonce, challenge.timestamp,
+                                                             fields)),
+            **fields)
 
     def _start(self, frame: InferenceRequest) -> None:
         cancel = threading.Event()

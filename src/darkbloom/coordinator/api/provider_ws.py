@@ -22,6 +22,7 @@ from darkbloom.coordinator.routing.registry import ProviderConn
 from darkbloom.coordinator.routing.scheduler import Scheduler
 from darkbloom.coordinator.store.credentials import lookup_provider_token
 from darkbloom.coordinator.trust.attestation import at_least, verify_blob
+from darkbloom.coordinator.trust.challenges import Challenger
 from darkbloom.crypto import SealingError, public_key_from_b64
 from darkbloom.inference.catalog import Catalog
 from darkbloom.protocol import MalformedFrame, UnknownFrame, decode, encode
@@ -88,6 +89,7 @@ class ProviderSession:
         self.catalog = catalog
         self.scheduler = scheduler
         self.dispatcher = dispatcher
+        self.challenger: Challenger | None = None
 
     async def _receive_text(self) -> str:
         message = await self.ws.receive()
@@ -116,6 +118,7 @@ class ProviderSession:
         await self.ws.accept()
         conn: ProviderConn | None = None
         writer: asyncio.Task[None] | None = None
+        challenges: asyncio.Task[None] | None = None
         try:
             try:
                 first = decode(
@@ -128,6 +131,8 @@ class ProviderSession:
                 raise _Close(CLOSE_PROTOCOL_ORDER, "first frame must be register")
             conn = await self._register(first)
             writer = asyncio.create_task(self._write(conn))
+            if self.challenger is not None:  # the first challenge goes out at once (trust.md §4)
+                challenges = asyncio.create_task(self.challenger.run())
             self.scheduler.add(conn)
             log.info("provider %s registered: %s, %d slot(s)", conn.id,
                      ", ".join(sorted(conn.models)) or "no models", conn.max_concurrency)
@@ -145,8 +150,9 @@ class ProviderSession:
                 self.scheduler.remove(conn)
                 self.dispatcher.provider_lost(conn)
                 log.info("provider %s disconnected", conn.id)
-            if writer is not None:
-                writer.cancel()
+            for task in (writer, challenges):
+                if task is not None:
+                    task.cancel()
 
     async def _register(self, register: Register) -> ProviderConn:
         account = await self._authenticate(register)
@@ -172,11 +178,17 @@ class ProviderSession:
             identity_key=verdict.identity_key, serial=_header_safe(verdict.serial or "") or None,
             attestation_raw=verdict.raw_b64, attestation_signature=verdict.signature,
         )
+        if verdict.identity_key:
+            settings = self.settings
+            self.challenger = Challenger(conn, settings.challenge_interval_s,
+                                         settings.challenge_timeout_s, settings.challenge_max_strikes,
+                                         verdict.posture or {})
         await self.ws.send_text(encode(Registered(
             provider_id=conn.id, trust_level=verdict.level,
             routable=bool(models) and at_least(verdict.level, self.settings.min_trust_level),
             accepted_models=sorted(models), rejected_models=rejected,
             heartbeat_interval_s=self.settings.heartbeat_interval_s,
+            challenge_interval_s=max(1, round(self.settings.challenge_interval_s)),
             server_time=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         )))
         return conn
@@ -207,7 +219,10 @@ class ProviderSession:
             elif isinstance(frame, Register):
                 raise _Close(CLOSE_PROTOCOL_ORDER, "duplicate register")
             elif isinstance(frame, AttestationResponse):
-                log.debug("attestation_response ignored: challenges are not enabled")
+                if self.challenger is None:
+                    log.warning("provider %s answered a challenge it was never sent", conn.id)
+                else:
+                    self.challenger.answer(frame)
             else:
                 self.dispatcher.handle(conn, frame)
 

@@ -37,6 +37,8 @@ class ProviderConn:
     last_status: Heartbeat | None = None
     closed: bool = False
     trust_level: str = "none"
+    untrusted: bool = False  # failed challenges or a posture regression: never routed again
+    strikes: int = 0  # consecutive failed challenges; any strike makes it unroutable for now
     identity_key: str | None = None
     serial: str | None = None
     attestation_raw: str | None = None

@@ -66,12 +66,13 @@ class Scheduler:
         level = min_trust if min_trust and at_least(min_trust, self.min_trust) else self.min_trust
         return [p for p in self.providers.values()
                 if model in p.models and p.id not in exclude and not p.closed
-                and at_least(p.trust_level, level)]
+                and not p.untrusted and p.strikes == 0 and at_least(p.trust_level, level)]
 
     def provider_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for provider in self.providers.values():
-            if not at_least(provider.trust_level, self.min_trust):
+            if provider.untrusted or provider.strikes or not at_least(provider.trust_level,
+                                                                       self.min_trust):
                 continue
             for model in provider.models:
                 counts[model] = counts.get(model, 0) + 1

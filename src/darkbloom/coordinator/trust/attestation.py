@@ -30,6 +30,7 @@ class Verdict:
     serial: str | None = None
     raw_b64: str | None = None
     signature: str | None = None
+    posture: dict[str, object] | None = None  # snake_case, as challenge answers report it
 
 
 def at_least(level: str, minimum: str) -> bool:
@@ -66,4 +67,7 @@ def verify_blob(blob: dict[str, Any] | None, encryption_key_b64: str,
     if stamp < now - MAX_AGE or stamp > now + MAX_SKEW:
         return Verdict("none", "attestation timestamp is stale or in the future")
     serial = inner.get("serialNumber") if isinstance(inner.get("serialNumber"), str) else None
-    return Verdict("self_signed", "", key, serial, raw_b64, signature)
+    posture = {"core_dumps_disabled": inner.get("coreDumpsDisabled"),
+               "ptrace_scope": inner.get("ptraceScope")}
+    return Verdict("self_signed", "", key, serial, raw_b64, signature,
+                   {k: v for k, v in posture.items() if v is not None})
