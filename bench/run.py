@@ -154,6 +154,7 @@ def micro_costs() -> dict[str, float]:
     from darkbloom.coordinator.inference import InferenceService, Tokenizers
     from darkbloom.coordinator.routing.scheduler import Scheduler
     from darkbloom.crypto import Channel, KeyPair
+    from darkbloom.crypto.signing import IdentityKey, canonical_json
     from darkbloom.inference.catalog import Catalog
     from darkbloom.inference.dialects import formatter_for, parse_request
     from darkbloom.inference.formatting import Outcome
@@ -165,6 +166,7 @@ def micro_costs() -> dict[str, float]:
         Sealed,
         provider_frame_adapter,
     )
+    from darkbloom.provider.receipts import ReceiptWriter
 
     def p50_us(fn: object, n: int = 2000) -> float:
         times = []
@@ -190,6 +192,12 @@ def micro_costs() -> dict[str, float]:
                                              encrypted_data=Sealed(**to_coordinator.seal(payload))))
 
     frame_text = provider_chunk()
+    identity = IdentityKey.generate()
+    writer = ReceiptWriter(identity, {"model": DEFAULT_MODEL.id}, raw, stream=True)
+    frame_payload = fmt.delta_chunk(" the")
+    sample_receipt = {"v": 1, "request_id": "r" * 36, "model": DEFAULT_MODEL.id,
+                      "response_sha256": "0" * 64, "request_sha256": "0" * 64,
+                      "provider_key": identity.public_b64, "completion_tokens": 64}
 
     async def prepare_us() -> float:
         times = []
@@ -231,6 +239,10 @@ def micro_costs() -> dict[str, float]:
         **{f"translation {endpoint} (parse + {MAX_TOKENS}-token stream; {us - chat_us:+.1f} vs chat)": us
            for endpoint, us in translation.items()},
         "coordinator prepare (parse, validate, render, tokenize, budget)": asyncio.run(prepare_us()),
+        "receipt signing per request (ECDSA P-256 over the canonical receipt)":
+            p50_us(lambda: identity.sign(canonical_json(sample_receipt)), 500),
+        "receipt hashing per chunk (transcript SHA-256 update)":
+            p50_us(lambda: writer.add(frame_payload)),
         "request sealing (new ephemeral key + box)":
             p50_us(lambda: Channel(KeyPair.generate(), provider_keys.public).seal(raw)),
         "provider per chunk (format + seal + frame)": p50_us(provider_chunk),

@@ -149,3 +149,19 @@ def test_minimum_trust_level_per_request(stack: Coordinator, client: openai.Open
         raise AssertionError("an unknown level is a 400")
     except openai.BadRequestError as exc:
         assert exc.response.json()["error"]["param"] == "x-min-trust-level"
+
+
+def test_provider_process_has_core_dumps_disabled(tmp_path: Path) -> None:
+    """A core dump would hold decrypted prompts: `darkbloom serve` sets RLIMIT_CORE to 0."""
+    coordinator = Coordinator(tmp_path).start()
+    provider = Provider(coordinator).start()
+    try:
+        assert provider.proc is not None
+        limits = Path(f"/proc/{provider.proc.pid}/limits").read_text()
+        [core] = [line for line in limits.splitlines() if line.startswith("Max core file size")]
+        assert core.split()[4:6] == ["0", "0"]
+        blob = json.loads(base64.b64decode(str(_listing(coordinator)[0]["attestation_raw"])))
+        assert blob["coreDumpsDisabled"] is True
+    finally:
+        provider.stop()
+        coordinator.stop()
