@@ -26,6 +26,8 @@ class CoordinatorSettings(BaseSettings):
     challenge_interval_s: float = 300.0
     challenge_timeout_s: float = 30.0
     challenge_max_strikes: int = 3
+    # PEM files of the operator CA roots that can grant `hardware` trust (trust.md §9).
+    trust_root_ca_files: list[Path] = Field(default_factory=list)
     heartbeat_interval_s: int = 5
     heartbeat_timeout_s: float = 90.0
     register_timeout_s: float = 10.0

@@ -165,3 +165,45 @@ def test_provider_process_has_core_dumps_disabled(tmp_path: Path) -> None:
     finally:
         provider.stop()
         coordinator.stop()
+
+
+def test_hardware_trust_through_an_operator_ca(tmp_path: Path) -> None:
+    """CSR from `darkbloom identity csr`, signed by the operator's CA (via an intermediate),
+    installed with `darkbloom identity install-cert`: the provider is then `hardware`."""
+    import subprocess
+    import sys
+
+    from tests.ca import CA, pem_chain
+
+    root = CA()
+    inter = root.intermediate()
+    (tmp_path / "root.pem").write_bytes(root.pem())
+    coordinator = Coordinator(tmp_path, trust_root_ca_files=json.dumps([str(tmp_path / "root.pem")]))
+    coordinator.start()
+    provider = Provider(coordinator)
+
+    def cli(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "darkbloom", *args], env=provider.env,
+                              capture_output=True, text=True, check=True)
+        return done.stdout
+
+    csr = cli("identity", "csr").encode()
+    chain = tmp_path / "chain.pem"
+    chain.write_bytes(pem_chain(inter.sign_csr(csr), inter.cert))
+    cli("identity", "install-cert", str(chain))
+    wrong = tmp_path / "wrong.pem"
+    wrong.write_bytes(pem_chain(inter.leaf(CA().key.public_key()), inter.cert))
+    refused = subprocess.run([sys.executable, "-m", "darkbloom", "identity", "install-cert", str(wrong)],
+                             env=provider.env, capture_output=True, text=True)
+    assert refused.returncode == 1
+    provider.start()
+    try:
+        [entry] = _listing(coordinator)
+        assert entry["trust_level"] == "hardware" and len(entry["certificate_chain"]) == 2  # type: ignore[arg-type]
+        reply = coordinator.client().chat.completions.with_raw_response.create(
+            model=MODEL, max_tokens=2, messages=[{"role": "user", "content": "hi"}],
+            extra_headers={"x-min-trust-level": "hardware"})
+        assert reply.headers["x-provider-trust-level"] == "hardware"
+    finally:
+        provider.stop()
+        coordinator.stop()

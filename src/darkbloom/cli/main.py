@@ -24,6 +24,9 @@ admin_app = typer.Typer(help="Operator commands (work directly on the coordinato
                         no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(admin_app, name="admin")
+identity_app = typer.Typer(help="The provider's identity key and its certificate.",
+                           no_args_is_help=True)
+app.add_typer(identity_app, name="identity")
 console = Console()
 T = TypeVar("T")
 
@@ -116,6 +119,37 @@ def verify(
         mark = "[green]✓[/green]" if step.ok else "[red]✗[/red]"
         console.print(f"{mark} {step.name}" + (f"  ({step.detail})" if step.detail else ""))
     raise typer.Exit(0 if all(step.ok for step in steps) else 1)
+
+
+@identity_app.command("csr")
+def identity_csr() -> None:
+    """Print a certificate signing request for this provider's identity key (PEM)."""
+    from darkbloom.crypto.signing import IdentityKey
+    from darkbloom.provider.attestation import machine_serial
+
+    settings = ProviderSettings()
+    identity = IdentityKey.load_or_create(settings.config_dir / "identity.pem")
+    print(identity.csr_pem(f"darkbloom provider {identity.key_id}", machine_serial()).decode(), end="")
+
+
+@identity_app.command("install-cert")
+def identity_install_cert(
+    chain: Annotated[Path, typer.Argument(help="PEM chain signed by the operator's CA, leaf first.")],
+) -> None:
+    """Install the certificate chain the provider presents for hardware trust."""
+    from cryptography import x509
+
+    from darkbloom.crypto.signing import IdentityKey
+    from darkbloom.provider.attestation import CHAIN_FILE
+
+    settings = ProviderSettings()
+    identity = IdentityKey.load_or_create(settings.config_dir / "identity.pem")
+    certs = x509.load_pem_x509_certificates(chain.read_bytes())
+    if not certs or not identity.matches(certs[0].public_key()):
+        console.print("[red]the first certificate is not for this provider's identity key[/red]")
+        raise typer.Exit(1)
+    (settings.config_dir / CHAIN_FILE).write_bytes(chain.read_bytes())
+    console.print(f"installed {len(certs)} certificate(s); the next `darkbloom serve` presents them")
 
 
 @keys_app.command("create")

@@ -22,6 +22,7 @@ from darkbloom.coordinator.inference import InferenceService, Tokenizers
 from darkbloom.coordinator.recorder import Recorder
 from darkbloom.coordinator.routing.scheduler import Scheduler
 from darkbloom.coordinator.store.db import make_engine, make_sessionmaker, upgrade
+from darkbloom.coordinator.trust.certificates import load_roots
 from darkbloom.inference.catalog import Catalog
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ def create_app(settings: CoordinatorSettings, catalog: Catalog | None = None) ->
         state.settings, state.catalog, state.engine, state.sessions = settings, catalog, engine, sessions
         state.scheduler, state.dispatcher, state.recorder = scheduler, dispatcher, recorder
         state.key_cache = KeyCache(sessions)
+        state.root_cas = load_roots(settings.trust_root_ca_files)
         state.inference = InferenceService(settings, catalog, Tokenizers(catalog), scheduler,
                                            dispatcher)
         log.info("coordinator ready (database: %s)", engine.dialect.name)

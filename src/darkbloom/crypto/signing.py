@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -59,6 +60,15 @@ class IdentityKey:
         self._private = private
         self.public_b64 = base64.b64encode(_raw_public(private.public_key())).decode("ascii")
 
+    @property
+    def key_id(self) -> str:
+        """trust.md §9: the first 16 hex chars of SHA-256 of the raw public key."""
+        return hashlib.sha256(base64.b64decode(self.public_b64)).hexdigest()[:16]
+
+    def matches(self, key: object) -> bool:
+        return isinstance(key, ec.EllipticCurvePublicKey) and \
+            key.public_numbers() == self._private.public_key().public_numbers()
+
     @classmethod
     def generate(cls) -> IdentityKey:
         return cls(ec.generate_private_key(ec.SECP256R1()))
@@ -79,6 +89,18 @@ class IdentityKey:
         with os.fdopen(fd, "wb") as f:
             f.write(pem)
         return key
+
+    def csr_pem(self, common_name: str, serial: str | None = None) -> bytes:
+        """A certificate signing request for this key, for the operator's CA (trust.md §9)."""
+        from cryptography import x509
+        from cryptography.x509.oid import NameOID
+
+        names = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+        if serial:
+            names.append(x509.NameAttribute(NameOID.SERIAL_NUMBER, serial))
+        request = x509.CertificateSigningRequestBuilder().subject_name(x509.Name(names)) \
+            .sign(self._private, hashes.SHA256())
+        return request.public_bytes(serialization.Encoding.PEM)
 
     def sign(self, data: bytes) -> str:
         return base64.b64encode(self._private.sign(data, ec.ECDSA(hashes.SHA256()))).decode("ascii")

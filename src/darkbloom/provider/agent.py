@@ -86,6 +86,7 @@ class ProviderAgent:
         return Register(
             hardware=machine,
             attestation=attestation.build(self.identity, self.keys.public_b64, machine, self.engine.name),
+            certificate_chain=attestation.load_chain(self.settings.config_dir),
             models=self.engine.models(),
             backend=self.engine.name,
             version=__version__,

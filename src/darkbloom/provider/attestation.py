@@ -55,8 +55,27 @@ def build(identity: IdentityKey, encryption_key_b64: str, hardware: Hardware, en
         "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         **posture(),
     }
-    if serial := _read("/sys/class/dmi/id/product_serial"):
+    if serial := machine_serial():
         inner["serialNumber"] = serial
     signed = canonical_json(inner)
     return {"attestation": inner, "attestation_raw": base64.b64encode(signed).decode("ascii"),
             "signature": identity.sign(signed)}
+
+
+CHAIN_FILE = "chain.pem"
+
+
+def load_chain(config_dir: Path) -> list[str] | None:
+    """The installed certificate chain (leaf first) as base64 DER, for register.certificate_chain."""
+    path = config_dir / CHAIN_FILE
+    if not path.is_file():
+        return None
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    certs = x509.load_pem_x509_certificates(path.read_bytes())
+    return [base64.b64encode(c.public_bytes(Encoding.DER)).decode("ascii") for c in certs]
+
+
+def machine_serial() -> str | None:
+    return _read("/sys/class/dmi/id/product_serial")

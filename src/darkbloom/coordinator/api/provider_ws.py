@@ -11,6 +11,7 @@ import contextlib
 import logging
 import time
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from fastapi import APIRouter, WebSocket
@@ -22,6 +23,7 @@ from darkbloom.coordinator.routing.registry import ProviderConn
 from darkbloom.coordinator.routing.scheduler import Scheduler
 from darkbloom.coordinator.store.credentials import lookup_provider_token
 from darkbloom.coordinator.trust.attestation import at_least, verify_blob
+from darkbloom.coordinator.trust.certificates import check_chain
 from darkbloom.coordinator.trust.challenges import Challenger
 from darkbloom.crypto import SealingError, public_key_from_b64
 from darkbloom.inference.catalog import Catalog
@@ -167,6 +169,13 @@ class ProviderSession:
         verdict = verify_blob(register.attestation, register.public_key)
         if verdict.reason:
             log.warning("provider attestation not accepted: %s", verdict.reason)
+        elif register.certificate_chain is not None and verdict.identity_key:
+            refused = check_chain(register.certificate_chain, verdict.identity_key, verdict.serial,
+                                  self.ws.app.state.root_cas)
+            if refused is None:
+                verdict = replace(verdict, level="hardware")
+            else:
+                log.warning("provider certificate chain not accepted: %s", refused)
         hardware = register.hardware.model_copy(update={
             "chip_name": _header_safe(register.hardware.chip_name),
             "machine_model": _header_safe(register.hardware.machine_model)})
@@ -177,6 +186,7 @@ class ProviderSession:
             version=register.version[:32], trust_level=verdict.level,
             identity_key=verdict.identity_key, serial=_header_safe(verdict.serial or "") or None,
             attestation_raw=verdict.raw_b64, attestation_signature=verdict.signature,
+            certificate_chain=register.certificate_chain if verdict.level == "hardware" else None,
         )
         if verdict.identity_key:
             settings = self.settings

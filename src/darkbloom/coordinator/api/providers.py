@@ -34,7 +34,7 @@ def _entry(p: ProviderConn) -> dict[str, Any]:
         "encryption_public_key": p.public_key_b64,
         "attestation_raw": p.attestation_raw,
         "attestation_signature": p.attestation_signature,
-        "certificate_chain": [],
+        "certificate_chain": p.certificate_chain or [],
     }
 
 

@@ -43,6 +43,7 @@ class ProviderConn:
     serial: str | None = None
     attestation_raw: str | None = None
     attestation_signature: str | None = None
+    certificate_chain: list[str] | None = None
 
     @property
     def free_slots(self) -> int:
