@@ -190,9 +190,12 @@ class ProviderSession:
         )
         if verdict.identity_key:
             settings = self.settings
-            self.challenger = Challenger(conn, settings.challenge_interval_s,
-                                         settings.challenge_timeout_s, settings.challenge_max_strikes,
-                                         verdict.posture or {})
+            key, serial, chain = verdict.identity_key, verdict.serial, register.certificate_chain
+            roots = self.ws.app.state.root_cas
+            self.challenger = Challenger(
+                conn, settings.challenge_interval_s, settings.challenge_timeout_s,
+                settings.challenge_max_strikes, verdict.posture or {},
+                recheck_chain=lambda: check_chain(chain, key, serial, roots))
         await self.ws.send_text(encode(Registered(
             provider_id=conn.id, trust_level=verdict.level,
             routable=bool(models) and at_least(verdict.level, self.settings.min_trust_level),

@@ -11,6 +11,7 @@ import base64
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -49,7 +50,9 @@ def regression(before: dict[str, object], now: dict[str, object]) -> str | None:
 
 class Challenger:
     def __init__(self, conn: ProviderConn, interval_s: float, timeout_s: float, max_strikes: int,
-                 registered_posture: dict[str, object]) -> None:
+                 registered_posture: dict[str, object],
+                 recheck_chain: Callable[[], str | None] | None = None) -> None:
+        self.recheck_chain = recheck_chain
         self.conn = conn
         self.interval_s = interval_s
         self.timeout_s = timeout_s
@@ -77,6 +80,7 @@ class Challenger:
             state.strikes, state.last_pass = 0, time.monotonic()
             state.passed += 1
             self.conn.strikes = 0
+            self._recheck_hardware()
             return
         self._strike()
         log.warning("provider %s failed a challenge (%s); strike %d", self.conn.id, state.verdict,
@@ -112,6 +116,16 @@ class Challenger:
         else:
             state.posture = {**state.posture, **{k: v for k, v in posture.items() if v is not None}}
         state.answered.set()
+
+    def _recheck_hardware(self) -> None:
+        """trust.md §9: certificate expiry is re-checked at every challenge."""
+        if self.conn.trust_level != "hardware" or self.recheck_chain is None:
+            return
+        reason = self.recheck_chain()
+        if reason is not None:
+            self.conn.trust_level = "self_signed"
+            log.warning("provider %s drops to self_signed: %s", self.conn.id, reason)
+            self.conn.send(TrustUpdate(trust_level="self_signed", routable=True, reason=reason))
 
     def _strike(self) -> None:
         """A failure makes the provider unroutable at once, until its next pass."""
