@@ -15,7 +15,7 @@ import httpx
 import openai
 import websockets
 
-from darkbloom.crypto.signing import verify
+from darkbloom.crypto.signing import canonical_json, verify
 from tests.e2e.harness import MODEL, Coordinator, Provider
 
 
@@ -207,3 +207,25 @@ def test_hardware_trust_through_an_operator_ca(tmp_path: Path) -> None:
     finally:
         provider.stop()
         coordinator.stop()
+
+
+def test_receipt_lookup_by_request_id(stack: Coordinator) -> None:
+    import subprocess
+    import sys
+
+    _, response = _post(stack, "/v1/chat/completions", {
+        "model": MODEL, "max_tokens": 3, "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+    request_id = response.headers["x-request-id"]
+    headers = {"Authorization": f"Bearer {stack.api_key}"}
+    for _ in range(50):  # the record is written just after the stream ends
+        found = httpx.get(f"{stack.base_url}/v1/receipts/{request_id}", headers=headers)
+        if found.status_code == 200:
+            break
+    assert found.status_code == 200
+    signed = found.json()
+    assert verify(signed["receipt"]["provider_key"], canonical_json(signed["receipt"]), signed["signature"])
+    other_key = subprocess.run([sys.executable, "-m", "darkbloom", "keys", "create", "--account", "other"],
+                               env=stack.env, capture_output=True, text=True, check=True).stdout.strip()
+    other = httpx.get(f"{stack.base_url}/v1/receipts/{request_id}",
+                      headers={"Authorization": f"Bearer {other_key}"})
+    assert other.status_code == 404 and other.json()["error"]["type"] == "not_found"

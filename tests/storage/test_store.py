@@ -22,7 +22,7 @@ async def test_migrations_are_idempotent_and_complete(database_url: str) -> None
         version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar_one()
     await engine.dispose()
     assert {"accounts", "api_keys", "provider_tokens", "requests", "alembic_version"} <= tables
-    assert version == "0001"
+    assert version == "0002"
 
 
 async def test_api_keys_are_stored_only_as_hashes(sessions: async_sessionmaker[AsyncSession]) -> None:
@@ -68,3 +68,17 @@ async def test_request_log_round_trip(sessions: async_sessionmaker[AsyncSession]
     assert [r.id for r in rows] == ["req2", "req1"]
     assert rows[0].prompt_tokens == 12 and rows[0].stream is False and rows[1].stream is True
     assert rows[0].ttft_ms == 12.5
+
+
+async def test_receipts_by_x_request_id_and_account(sessions: async_sessionmaker[AsyncSession]) -> None:
+    from darkbloom.coordinator.store.requests_log import find_receipt
+
+    base = datetime.now(UTC)
+    for i, account in enumerate(("a", "a", "b")):
+        await record(sessions, RequestOutcome(
+            id=f"r{i}", endpoint="/v1/chat/completions", model="m", stream=False,
+            created_at=base + timedelta(seconds=i), account_id=account, status="completed",
+            status_code=200, x_request_id="same-id", receipt=f'{{"n":{i}}}', receipt_signature="sig"))
+    assert await find_receipt(sessions, "same-id", "a") == ('{"n":1}', "sig")
+    assert await find_receipt(sessions, "same-id", "b") == ('{"n":2}', "sig")
+    assert await find_receipt(sessions, "other-id", "a") is None

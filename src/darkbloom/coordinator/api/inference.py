@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import time
 import uuid
 from collections.abc import Awaitable
@@ -18,9 +19,9 @@ from darkbloom.coordinator.api.errors import error_response, stream_error_event
 from darkbloom.coordinator.inference import Committed, Finished, InferenceService
 from darkbloom.coordinator.recorder import Recorder
 from darkbloom.coordinator.store.credentials import KeyIdentity, now
-from darkbloom.coordinator.store.requests_log import RequestOutcome
+from darkbloom.coordinator.store.requests_log import RequestOutcome, find_receipt
 from darkbloom.crypto.signing import canonical_json
-from darkbloom.errors import DarkbloomError, ProviderFailed, RequestTooLarge
+from darkbloom.errors import DarkbloomError, NotFound, ProviderFailed, RequestTooLarge
 from darkbloom.protocol.frames import Endpoint
 
 router = APIRouter()
@@ -99,6 +100,15 @@ def receipt_headers(signed: dict[str, object] | None) -> dict[str, str]:
     }
 
 
+def keep_receipt(outcome: RequestOutcome, signed: dict[str, object] | None) -> None:
+    """Record the receipt for GET /v1/receipts/{id}: hashes and counts, never text."""
+    receipt = signed.get("receipt") if signed else None
+    signature = signed.get("signature") if signed else None
+    if isinstance(receipt, dict) and isinstance(signature, str):
+        outcome.receipt = canonical_json(receipt).decode("ascii")
+        outcome.receipt_signature = signature[:200]
+
+
 def _elapsed_ms(since: float) -> float:
     return round((time.perf_counter() - since) * 1000, 3)
 
@@ -152,6 +162,7 @@ class SSERelay(Response):
             async for item in self.service.relay(self.committed):
                 if isinstance(item, Finished):
                     finished = True
+                    keep_receipt(outcome, item.receipt)
                     outcome.prompt_tokens = item.usage.prompt_tokens
                     outcome.completion_tokens = item.usage.completion_tokens
                     outcome.status, outcome.status_code = "completed", 200
@@ -189,7 +200,8 @@ async def serve(request: Request, endpoint: Endpoint, identity: KeyIdentity) -> 
     started = time.perf_counter()
     outcome = RequestOutcome(id=uuid.uuid4().hex, endpoint=endpoint, model="", stream=False,
                              created_at=now(), api_key_id=identity.key_id,
-                             account_id=identity.account_id)
+                             account_id=identity.account_id,
+                             x_request_id=request.scope["state"].get("request_id"))
     relay_records = False  # a streaming relay records the outcome itself when the stream ends
     try:
         raw = await read_body(request, state.settings.max_body_bytes)
@@ -211,6 +223,7 @@ async def serve(request: Request, endpoint: Endpoint, identity: KeyIdentity) -> 
         outcome.prompt_tokens = finished.usage.prompt_tokens
         outcome.completion_tokens = finished.usage.completion_tokens
         outcome.status, outcome.status_code, outcome.bytes_out = "completed", 200, len(body)
+        keep_receipt(outcome, finished.receipt)
         return Response(body, media_type="application/json",
                         headers={**headers, **receipt_headers(finished.receipt)})
     except ClientGone:
@@ -238,6 +251,16 @@ async def completions(request: Request, identity: ApiKeyDep) -> Response:
 @router.post("/v1/responses")
 async def responses(request: Request, identity: ApiKeyDep) -> Response:
     return await serve(request, "/v1/responses", identity)
+
+
+@router.get("/v1/receipts/{request_id}")
+async def get_receipt(request: Request, request_id: str, identity: ApiKeyDep) -> dict[str, object]:
+    """trust.md §5: a receipt by the response's X-Request-ID, for the same account only."""
+    found = await find_receipt(request.app.state.sessions, request_id, identity.account_id)
+    if found is None:
+        raise NotFound(f"no receipt for request {request_id[:64]!r} on this account")
+    receipt, signature = found
+    return {"receipt": json.loads(receipt), "signature": signature}
 
 
 @router.post("/v1/messages/count_tokens")

@@ -30,6 +30,9 @@ class RequestOutcome:
     error_code: str | None = None
     attempts: int = 0
     bytes_out: int = 0
+    x_request_id: str | None = None
+    receipt: str | None = None
+    receipt_signature: str | None = None
 
 
 async def record(sessions: async_sessionmaker[AsyncSession], outcome: RequestOutcome) -> None:
@@ -42,3 +45,15 @@ async def recent(sessions: async_sessionmaker[AsyncSession], limit: int = 100) -
         rows = await session.execute(
             select(RequestRecord).order_by(RequestRecord.created_at.desc()).limit(limit))
         return list(rows.scalars())
+
+
+async def find_receipt(sessions: async_sessionmaker[AsyncSession], x_request_id: str,
+                       account_id: str) -> tuple[str, str] | None:
+    """The newest receipt recorded under this X-Request-ID for this account."""
+    async with sessions() as session:
+        row = (await session.execute(
+            select(RequestRecord.receipt, RequestRecord.receipt_signature)
+            .where(RequestRecord.x_request_id == x_request_id, RequestRecord.account_id == account_id,
+                   RequestRecord.receipt.is_not(None))
+            .order_by(RequestRecord.created_at.desc()).limit(1))).first()
+    return (row.receipt, row.receipt_signature) if row else None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Integer, String
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -63,3 +63,6 @@ class RequestRecord(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=1)
     bytes_out: Mapped[int] = mapped_column(BigInteger, default=0)
+    x_request_id: Mapped[str | None] = mapped_column(String(64), index=True, nullable=True)
+    receipt: Mapped[str | None] = mapped_column(Text, nullable=True)  # canonical JSON
+    receipt_signature: Mapped[str | None] = mapped_column(String(200), nullable=True)
