@@ -21,6 +21,7 @@ from darkbloom.coordinator.dispatch import Dispatcher
 from darkbloom.coordinator.inference import InferenceService, Tokenizers
 from darkbloom.coordinator.recorder import Recorder
 from darkbloom.coordinator.routing.scheduler import Scheduler
+from darkbloom.coordinator.sender_sealing import key_id, load_or_create_key
 from darkbloom.coordinator.store.db import make_engine, make_sessionmaker, upgrade
 from darkbloom.coordinator.trust.certificates import load_roots
 from darkbloom.inference.catalog import Catalog
@@ -45,6 +46,8 @@ def create_app(settings: CoordinatorSettings, catalog: Catalog | None = None) ->
         state.scheduler, state.dispatcher, state.recorder = scheduler, dispatcher, recorder
         state.key_cache = KeyCache(sessions)
         state.root_cas = load_roots(settings.trust_root_ca_files)
+        state.sender_keys = load_or_create_key(settings.state_dir / "coordinator-x25519.key")
+        state.sender_kid = key_id(state.sender_keys)
         state.inference = InferenceService(settings, catalog, Tokenizers(catalog), scheduler,
                                            dispatcher)
         log.info("coordinator ready (database: %s)", engine.dialect.name)

@@ -8,7 +8,7 @@ import json
 import time
 import uuid
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -18,8 +18,10 @@ from darkbloom.coordinator.api.auth import ApiKeyDep
 from darkbloom.coordinator.api.errors import error_response, stream_error_event
 from darkbloom.coordinator.inference import Committed, Finished, InferenceService
 from darkbloom.coordinator.recorder import Recorder
+from darkbloom.coordinator.sender_sealing import is_sealed, open_envelope, seal_body, seal_event
 from darkbloom.coordinator.store.credentials import KeyIdentity, now
 from darkbloom.coordinator.store.requests_log import RequestOutcome, find_receipt
+from darkbloom.crypto import Channel
 from darkbloom.crypto.signing import canonical_json
 from darkbloom.errors import DarkbloomError, NotFound, ProviderFailed, RequestTooLarge
 from darkbloom.protocol.frames import Endpoint
@@ -119,7 +121,9 @@ class SSERelay(Response):
     media_type = "text/event-stream"
 
     def __init__(self, service: InferenceService, committed: Committed, outcome: RequestOutcome,
-                 recorder: Recorder, headers: dict[str, str], started: float) -> None:
+                 recorder: Recorder, headers: dict[str, str], started: float,
+                 reply_channel: Channel | None = None) -> None:
+        self.reply_channel = reply_channel  # sender-sealed request: every event goes back sealed
         # No super().__init__: Response would add `content-length: 0` for the empty body.
         self.status_code = 200
         self.background = None
@@ -152,11 +156,16 @@ class SSERelay(Response):
             self.outcome.duration_ms = _elapsed_ms(self.started)
             self.recorder.submit(self.outcome)
 
+    def _event(self, payload: bytes) -> bytes:
+        if self.reply_channel is not None:
+            payload = seal_event(self.reply_channel, payload)
+        return payload + b"\n\n"
+
     async def _pump(self, send: Send) -> None:
         outcome = self.outcome
         finished = False
         try:
-            first = self.committed.first_chunk + b"\n\n"
+            first = self._event(self.committed.first_chunk)
             outcome.bytes_out += len(first)
             await send({"type": "http.response.body", "body": first, "more_body": True})
             async for item in self.service.relay(self.committed):
@@ -169,14 +178,14 @@ class SSERelay(Response):
                     break
                 if item.startswith(RECEIPT_MARK):
                     self.content_done = True
-                data = item + b"\n\n"
+                data = self._event(item)
                 outcome.bytes_out += len(data)
                 await send({"type": "http.response.body", "body": data, "more_body": True})
         except DarkbloomError as exc:
             # Status is already 200: report in-band, then end without [DONE] (api.md §2).
             outcome.status, outcome.status_code, outcome.error_code = "failed", exc.status_code, exc.code
             await send({"type": "http.response.body", "more_body": True,
-                        "body": stream_error_event(exc, self.outcome.endpoint)})
+                        "body": self._event(stream_error_event(exc, self.outcome.endpoint)[:-2])})
         finally:
             if not finished:
                 self.service.dispatcher.cancel(self.committed.attempt)
@@ -193,6 +202,18 @@ async def _collect(service: InferenceService, committed: Committed) -> tuple[byt
     raise ProviderFailed("provider ended the response without completing it")
 
 
+async def _read_request(request: Request, state: Any) -> tuple[bytes, Channel | None]:
+    """The plaintext body, opening a sender-sealed one (trust.md §6) and keeping its channel."""
+    limit = state.settings.max_body_bytes
+    if not is_sealed(request.headers.get("content-type")):
+        return await read_body(request, limit), None
+    envelope = await read_body(request, limit * 4 // 3 + 4096)  # base64 inflates the body
+    raw, channel = open_envelope(envelope, state.sender_keys)
+    if len(raw) > limit:
+        raise RequestTooLarge(f"request body exceeds {limit} bytes")
+    return raw, channel
+
+
 async def serve(request: Request, endpoint: Endpoint, identity: KeyIdentity) -> Response:
     state = request.app.state
     service: InferenceService = state.inference
@@ -204,7 +225,7 @@ async def serve(request: Request, endpoint: Endpoint, identity: KeyIdentity) -> 
                              x_request_id=request.scope["state"].get("request_id"))
     relay_records = False  # a streaming relay records the outcome itself when the stream ends
     try:
-        raw = await read_body(request, state.settings.max_body_bytes)
+        raw, reply_channel = await _read_request(request, state)
         prepared = await service.prepare(endpoint, raw, request.headers.get("x-min-trust-level"))
         outcome.model, outcome.stream = prepared.model.id, prepared.request.stream
         outcome.prompt_tokens = prepared.prompt_tokens or 0
@@ -215,7 +236,7 @@ async def serve(request: Request, endpoint: Endpoint, identity: KeyIdentity) -> 
         headers = provider_headers(committed)
         if prepared.request.stream:
             relay_records = True
-            return SSERelay(service, committed, outcome, recorder, headers, started)
+            return SSERelay(service, committed, outcome, recorder, headers, started, reply_channel)
         try:
             body, finished = await until_disconnect(request.receive, _collect(service, committed))
         finally:
@@ -224,6 +245,10 @@ async def serve(request: Request, endpoint: Endpoint, identity: KeyIdentity) -> 
         outcome.completion_tokens = finished.usage.completion_tokens
         outcome.status, outcome.status_code, outcome.bytes_out = "completed", 200, len(body)
         keep_receipt(outcome, finished.receipt)
+        if reply_channel is not None:
+            return Response(seal_body(reply_channel, state.sender_kid, body),
+                            media_type="application/darkbloom-sealed+json",
+                            headers={**headers, **receipt_headers(finished.receipt)})
         return Response(body, media_type="application/json",
                         headers={**headers, **receipt_headers(finished.receipt)})
     except ClientGone:

@@ -1,4 +1,6 @@
-"""GET /v1/providers/attestation: public, so consumers can check providers for themselves.
+"""Public trust routes: the provider attestation listing and the coordinator's sealing key.
+
+GET /v1/providers/attestation is public, so consumers can check providers for themselves.
 
 Each entry carries the exact signed attestation bytes and signature (trust.md §9), so a consumer
 verifies the blob locally instead of trusting this listing's summary fields.
@@ -9,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
 
 from darkbloom.coordinator.routing.registry import ProviderConn
 
@@ -48,3 +51,12 @@ async def attestation_listing(request: Request) -> dict[str, Any]:
             "P-256 key in their publicKey field (ECDSA/SHA-256, DER); check that publicKey equals "
             "identity_public_key and encryptionPublicKey equals encryption_public_key."),
     }
+
+
+@router.get("/v1/encryption-key")
+async def encryption_key(request: Request) -> JSONResponse:
+    """The coordinator's X25519 key for sender-side sealing (trust.md §6)."""
+    keys = request.app.state.sender_keys
+    return JSONResponse({"kid": request.app.state.sender_kid, "public_key": keys.public_b64,
+                         "algorithm": "x25519-nacl-box"},
+                        headers={"Cache-Control": "public, max-age=300"})
