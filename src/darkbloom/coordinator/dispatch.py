@@ -8,6 +8,7 @@ error, cancel, or the provider's socket dropping.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from dataclasses import dataclass, field
@@ -50,7 +51,7 @@ class Event:
 class Attempt:
     request_id: str
     provider: ProviderConn
-    channel: Channel
+    channel: Channel | None  # None: sealed by the consumer, the coordinator cannot open it
     events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
     next_seq: int = 0
     done: bool = False
@@ -61,19 +62,26 @@ class Dispatcher:
         self.scheduler = scheduler
         self.pending: dict[str, Attempt] = {}
 
-    def send(self, provider: ProviderConn, body: bytes, *, model: str, endpoint: Endpoint,
+    def send(self, provider: ProviderConn, body: bytes | Sealed, *, model: str, endpoint: Endpoint,
              stream: bool, max_tokens_cap: int) -> Attempt:
-        """Seal ``body`` to the provider's key and queue it; the caller already holds a slot."""
-        channel = Channel(KeyPair.generate(), provider.public_key)
+        """Seal ``body`` to the provider's key (or forward the consumer's own envelope unchanged)
+        and queue it; the caller already holds a slot."""
+        channel: Channel | None = None
+        if isinstance(body, Sealed):
+            envelope = body
+        else:
+            channel = Channel(KeyPair.generate(), provider.public_key)
+            envelope = Sealed(**channel.seal(body))
         attempt = Attempt(request_id=str(uuid.uuid4()), provider=provider, channel=channel)
         self.pending[attempt.request_id] = attempt
         frame = InferenceRequest(
             request_id=attempt.request_id,
-            encrypted_body=Sealed(**channel.seal(body)),
+            encrypted_body=envelope,
             model=model,
             endpoint=endpoint,
             stream=stream,
             max_tokens_cap=max_tokens_cap,
+            sealed_by="coordinator" if channel else "consumer",
         )
         if not provider.send(frame):
             self._fail(attempt, 502, "provider disconnected")
@@ -123,11 +131,15 @@ class Dispatcher:
         if frame.encrypted_data.ephemeral_public_key != attempt.provider.public_key_b64:
             self._violation(attempt, "chunk sealed by a key other than the provider's")
             return
-        try:
-            plaintext = attempt.channel.open(frame.encrypted_data.ciphertext)
-        except SealingError as exc:
-            self._violation(attempt, f"chunk could not be opened: {exc}")
-            return
+        if attempt.channel is None:  # consumer-blind: relay ciphertext we cannot open
+            plaintext = b"data: " + json.dumps(
+                {"sealed": frame.encrypted_data.ciphertext, "seq": frame.seq}).encode()
+        else:
+            try:
+                plaintext = attempt.channel.open(frame.encrypted_data.ciphertext)
+            except SealingError as exc:
+                self._violation(attempt, f"chunk could not be opened: {exc}")
+                return
         attempt.next_seq += 1
         if attempt.events.qsize() >= MAX_BUFFERED_EVENTS:
             log.warning("request %s: consumer too slow, cancelling", attempt.request_id)

@@ -30,10 +30,11 @@ from darkbloom.inference.catalog import Catalog, CatalogModel
 from darkbloom.inference.dialects import parse_request
 from darkbloom.inference.prompt import PromptBuilder
 from darkbloom.inference.request import GenerationRequest, parse_json_body
-from darkbloom.protocol.frames import Endpoint, Usage
+from darkbloom.protocol.frames import Endpoint, Sealed, Usage
 
 log = logging.getLogger(__name__)
 
+MAX_SEALED_PROVIDERS = 3
 # Prompts larger than this are tokenized off the event loop.
 _INLINE_TOKENIZE_BYTES = 32 * 1024
 
@@ -47,6 +48,8 @@ class Prepared:
     prompt_tokens: int | None
     max_tokens_cap: int
     min_trust: str | None = None
+    # Consumer-blind mode: provider id -> (its X25519 key as the consumer saw it, the envelope).
+    sealed_for: dict[str, tuple[str, Sealed]] | None = None
 
 
 @dataclass(slots=True)
@@ -115,6 +118,39 @@ class InferenceService:
                             self.settings.default_max_tokens)
         return Prepared(endpoint, raw, request, model, len(tokens), cap, min_trust)
 
+    def prepare_blind(self, endpoint: Endpoint, raw: bytes, min_trust: str | None = None) -> Prepared:
+        """A body the consumer sealed to providers itself (trust.md §9): only the clear fields
+        can be checked here; the providers validate the rest and refuse what they must."""
+        if min_trust is not None and min_trust not in LEVELS:
+            raise InvalidRequest(f"x-min-trust-level must be one of {', '.join(LEVELS)}",
+                                 param="x-min-trust-level")
+        body = parse_json_body(raw)
+        model_name, stream, max_tokens = body.get("model"), body.get("stream", False), body.get("max_tokens")
+        if not isinstance(model_name, str) or not model_name:
+            raise InvalidRequest("model is required in the clear", param="model")
+        if not isinstance(stream, bool):
+            raise InvalidRequest("stream must be a boolean", param="stream")
+        if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool)
+                                       or max_tokens < 1):
+            raise InvalidRequest("max_tokens must be a positive integer", param="max_tokens")
+        model = self.catalog.resolve(model_name)
+        if model is None:
+            raise ModelNotFound(f"The model {model_name!r} does not exist", param="model")
+        entries = body.get("sealed")
+        if not isinstance(entries, list) or not 1 <= len(entries) <= MAX_SEALED_PROVIDERS:
+            raise InvalidRequest(f"sealed must list 1 to {MAX_SEALED_PROVIDERS} provider envelopes",
+                                 param="sealed")
+        sealed_for: dict[str, tuple[str, Sealed]] = {}
+        for i, entry in enumerate(entries):
+            fields = ("provider_id", "encryption_public_key", "ephemeral_public_key", "ciphertext")
+            if not isinstance(entry, dict) or not all(isinstance(entry.get(f), str) for f in fields):
+                raise InvalidRequest(f"sealed[{i}] needs {', '.join(fields)}", param=f"sealed[{i}]")
+            sealed_for[entry["provider_id"]] = (entry["encryption_public_key"], Sealed(
+                ephemeral_public_key=entry["ephemeral_public_key"], ciphertext=entry["ciphertext"]))
+        request = GenerationRequest(endpoint=endpoint, model=model_name, stream=stream)
+        cap = max_tokens or self.settings.default_max_tokens  # the provider also caps to its context
+        return Prepared(endpoint, raw, request, model, None, cap, min_trust, sealed_for)
+
     async def count_tokens(self, raw: bytes) -> int:
         """Anthropic's count_tokens: the exact prompt tokens a Messages request would use."""
         body = parse_json_body(raw)
@@ -136,13 +172,23 @@ class InferenceService:
             try:
                 provider = await self.scheduler.acquire(
                     prepared.model.id, exclude=frozenset(tried), may_queue=n == 1,
-                    min_trust=prepared.min_trust)
+                    min_trust=prepared.min_trust,
+                    only=frozenset(prepared.sealed_for) if prepared.sealed_for else None)
             except NoProviderAvailable:
                 if last is None:
                     raise
                 break
+            body: bytes | Sealed = prepared.body
+            if prepared.sealed_for is not None:
+                sealed_to, body = prepared.sealed_for[provider.id]
+                if sealed_to != provider.public_key_b64:  # it restarted: a new X25519 key
+                    self.scheduler.release(provider)
+                    tried.add(provider.id)
+                    last = Event("error", status_code=503,
+                                 message="a provider's encryption key changed; seal to it again")
+                    continue
             attempt = self.dispatcher.send(
-                provider, prepared.body, model=prepared.request.model, endpoint=prepared.endpoint,
+                provider, body, model=prepared.request.model, endpoint=prepared.endpoint,
                 stream=prepared.request.stream, max_tokens_cap=prepared.max_tokens_cap)
             try:
                 return Committed(attempt, await self._first_chunk(attempt), n)

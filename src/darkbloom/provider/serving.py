@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable
 
 from pydantic import BaseModel
@@ -33,6 +34,7 @@ from darkbloom.provider.receipts import DONE, ReceiptWriter, comment
 log = logging.getLogger(__name__)
 
 Send = Callable[[BaseModel], Awaitable[None]]
+REPLAY_WINDOW_S = 15 * 60
 
 
 class _Refused(Exception):
@@ -67,6 +69,7 @@ class RequestServer:
         self.engine = engine
         self.keys = keys
         self.identity = identity or IdentityKey.generate()
+        self._seen_consumer_keys: dict[str, float] = {}  # replay guard for consumer-sealed bodies
         self.send = send
         self.requests_served = 0
         self.tokens_generated = 0
@@ -74,6 +77,8 @@ class RequestServer:
     async def serve(self, frame: InferenceRequest, cancel: threading.Event) -> None:
         rid = frame.request_id
         try:
+            if frame.sealed_by == "consumer":
+                self._refuse_replay(frame.encrypted_body.ephemeral_public_key)
             channel, request, body = _open(frame, self.keys)
             if not self.engine.serves(request.model):
                 raise _Refused(404, f"model {request.model!r} is not served by this provider")
@@ -87,7 +92,8 @@ class RequestServer:
         receipts = self._receipt_writer(frame, request, body)
         del body
         try:
-            await self._generate(rid, channel, request, frame.max_tokens_cap, cancel, receipts)
+            await self._generate(rid, channel, request, frame.max_tokens_cap, cancel, receipts,
+                                 frame.sealed_by)
         except InvalidRequest as exc:
             await self.send(InferenceError(request_id=rid, error=exc.message, status_code=400,
                                            code=exc.code, param=exc.param))
@@ -99,6 +105,15 @@ class RequestServer:
             log.error("engine failure on %s: %s", rid, type(exc).__name__)
             await self.send(InferenceError(request_id=rid, error="engine failure",
                                            status_code=500))
+
+    def _refuse_replay(self, ephemeral_key: str) -> None:
+        """trust.md §9: a consumer's ephemeral key is good for one request within 15 minutes."""
+        now = time.monotonic()
+        self._seen_consumer_keys = {k: t for k, t in self._seen_consumer_keys.items()
+                                    if now - t < REPLAY_WINDOW_S}
+        if ephemeral_key in self._seen_consumer_keys:
+            raise _Refused(409, "replayed sealed request")
+        self._seen_consumer_keys[ephemeral_key] = now
 
     def _receipt_writer(self, frame: InferenceRequest, request: GenerationRequest,
                         body: bytes) -> ReceiptWriter:
@@ -112,7 +127,7 @@ class RequestServer:
         return ReceiptWriter(self.identity, fields, body, request.stream)
 
     async def _generate(self, rid: str, channel: Channel, request: GenerationRequest, cap: int,
-                        cancel: threading.Event, receipts: ReceiptWriter) -> None:
+                        cancel: threading.Event, receipts: ReceiptWriter, sealed_by: str) -> None:
         seq = 0
 
         async def chunk(payloads: list[str], record: bool = True) -> None:
@@ -143,7 +158,12 @@ class RequestServer:
         for payload in final:
             receipts.add(payload)
         receipt, signature = receipts.sign(event.prompt_tokens, event.completion_tokens)
-        if request.stream:
+        blind = sealed_by == "consumer"
+        if blind and not request.stream:
+            # The coordinator must not see even the receipt's hashes (short answers are
+            # guessable): it travels sealed to the consumer, after the body.
+            final.append(comment(receipt, signature))
+        elif request.stream:
             # The receipt comment covers every data event before it: it goes just ahead of
             # [DONE] (chat, completions) or last (Messages, Responses).
             at = final.index(DONE) if DONE in final else len(final)
@@ -153,7 +173,8 @@ class RequestServer:
         self.tokens_generated += event.completion_tokens
         await self.send(InferenceComplete(
             request_id=rid, finish_reason=event.finish_reason,
-            receipt={"receipt": receipt, "signature": signature},
-            response_hash=str(receipt["response_sha256"]), se_signature=signature,
+            receipt=None if blind else {"receipt": receipt, "signature": signature},
+            response_hash=None if blind else str(receipt["response_sha256"]),
+            se_signature=None if blind else signature,
             usage=Usage(prompt_tokens=event.prompt_tokens,
                         completion_tokens=event.completion_tokens)))

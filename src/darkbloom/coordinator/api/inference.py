@@ -16,7 +16,7 @@ from starlette.types import Receive, Scope, Send
 
 from darkbloom.coordinator.api.auth import ApiKeyDep
 from darkbloom.coordinator.api.errors import error_response, stream_error_event
-from darkbloom.coordinator.inference import Committed, Finished, InferenceService
+from darkbloom.coordinator.inference import MAX_SEALED_PROVIDERS, Committed, Finished, InferenceService
 from darkbloom.coordinator.recorder import Recorder
 from darkbloom.coordinator.sender_sealing import is_sealed, open_envelope, seal_body, seal_event
 from darkbloom.coordinator.store.credentials import KeyIdentity, now
@@ -29,6 +29,7 @@ from darkbloom.protocol.frames import Endpoint
 router = APIRouter()
 T = TypeVar("T")
 RECEIPT_MARK = b": darkbloom-receipt "
+PROVIDER_SEALED = "application/darkbloom-provider-sealed+json"
 _COMPLETE_GRACE_S = 5.0  # how long a finished stream waits for inference_complete after a hang-up
 
 
@@ -202,6 +203,21 @@ async def _collect(service: InferenceService, committed: Committed) -> tuple[byt
     raise ProviderFailed("provider ended the response without completing it")
 
 
+async def _collect_sealed(service: InferenceService, committed: Committed) -> tuple[bytes, Finished]:
+    """Consumer-blind, not streamed: every sealed chunk in order, for the consumer to open."""
+    chunks = [committed.first_chunk]
+    async for item in service.relay(committed):
+        if isinstance(item, Finished):
+            sealed = [json.loads(c[len(b"data: "):])["sealed"] for c in chunks]
+            return json.dumps({"sealed": sealed}).encode(), item
+        chunks.append(item)
+    raise ProviderFailed("provider ended the response without completing it")
+
+
+def is_provider_sealed(content_type: str | None) -> bool:
+    return (content_type or "").split(";")[0].strip().lower() == PROVIDER_SEALED
+
+
 async def _read_request(request: Request, state: Any) -> tuple[bytes, Channel | None]:
     """The plaintext body, opening a sender-sealed one (trust.md §6) and keeping its channel."""
     limit = state.settings.max_body_bytes
@@ -225,8 +241,15 @@ async def serve(request: Request, endpoint: Endpoint, identity: KeyIdentity) -> 
                              x_request_id=request.scope["state"].get("request_id"))
     relay_records = False  # a streaming relay records the outcome itself when the stream ends
     try:
-        raw, reply_channel = await _read_request(request, state)
-        prepared = await service.prepare(endpoint, raw, request.headers.get("x-min-trust-level"))
+        min_trust = request.headers.get("x-min-trust-level")
+        blind = is_provider_sealed(request.headers.get("content-type"))
+        if blind:  # consumer-blind: the body stays sealed to providers end to end
+            raw = await read_body(request, state.settings.max_body_bytes * MAX_SEALED_PROVIDERS + 4096)
+            reply_channel = None
+            prepared = service.prepare_blind(endpoint, raw, min_trust)
+        else:
+            raw, reply_channel = await _read_request(request, state)
+            prepared = await service.prepare(endpoint, raw, min_trust)
         outcome.model, outcome.stream = prepared.model.id, prepared.request.stream
         outcome.prompt_tokens = prepared.prompt_tokens or 0
         committed = await until_disconnect(request.receive, service.commit(prepared))
@@ -237,6 +260,12 @@ async def serve(request: Request, endpoint: Endpoint, identity: KeyIdentity) -> 
         if prepared.request.stream:
             relay_records = True
             return SSERelay(service, committed, outcome, recorder, headers, started, reply_channel)
+        if blind:
+            body, finished = await until_disconnect(request.receive, _collect_sealed(service, committed))
+            outcome.prompt_tokens = finished.usage.prompt_tokens
+            outcome.completion_tokens = finished.usage.completion_tokens
+            outcome.status, outcome.status_code, outcome.bytes_out = "completed", 200, len(body)
+            return Response(body, media_type=PROVIDER_SEALED, headers=headers)
         try:
             body, finished = await until_disconnect(request.receive, _collect(service, committed))
         finally:

@@ -22,6 +22,7 @@ class _Waiter:
     model: str
     exclude: frozenset[str]
     min_trust: str
+    only: frozenset[str] | None
     future: asyncio.Future[ProviderConn] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
 
@@ -61,12 +62,13 @@ class Scheduler:
                     waiter.future.set_exception(self._nobody_serves(model, waiter.min_trust))
 
     def serving(self, model: str, exclude: frozenset[str] = frozenset(),
-                min_trust: str | None = None) -> list[ProviderConn]:
+                min_trust: str | None = None, only: frozenset[str] | None = None) -> list[ProviderConn]:
         """Providers that may take ``model``: trusted to the network's minimum and the request's."""
         level = min_trust if min_trust and at_least(min_trust, self.min_trust) else self.min_trust
         return [p for p in self.providers.values()
                 if model in p.models and p.id not in exclude and not p.closed
-                and not p.untrusted and p.strikes == 0 and at_least(p.trust_level, level)]
+                and (only is None or p.id in only) and not p.untrusted and p.strikes == 0
+                and at_least(p.trust_level, level)]
 
     def provider_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -84,19 +86,25 @@ class Scheduler:
     # --- slots -------------------------------------------------------------------------
 
     def try_acquire(self, model: str, exclude: frozenset[str] = frozenset(),
-                    min_trust: str | None = None) -> ProviderConn | None:
-        provider = pick_least_loaded(self.serving(model, exclude, min_trust))
+                    min_trust: str | None = None, only: frozenset[str] | None = None
+                    ) -> ProviderConn | None:
+        provider = pick_least_loaded(self.serving(model, exclude, min_trust, only))
         if provider is not None:
             provider.in_flight += 1
         return provider
 
     async def acquire(self, model: str, exclude: frozenset[str] = frozenset(),
-                      may_queue: bool = True, min_trust: str | None = None) -> ProviderConn:
-        if not self.serving(model, exclude, min_trust):
+                      may_queue: bool = True, min_trust: str | None = None,
+                      only: frozenset[str] | None = None) -> ProviderConn:
+        """``only``: the providers a consumer sealed its request to (consumer-blind mode)."""
+        if not self.serving(model, exclude, min_trust, only):
+            if only is not None:
+                raise NoProviderAvailable(f"none of the providers the request is sealed to is "
+                                          f"serving model {model!r} now; seal to others")
             raise self._nobody_serves(model, min_trust)
         queue = self._queues.setdefault(model, deque())
         if not queue:  # FIFO: never jump ahead of requests already waiting
-            provider = self.try_acquire(model, exclude, min_trust)
+            provider = self.try_acquire(model, exclude, min_trust, only)
             if provider is not None:
                 return provider
         if not may_queue:
@@ -105,7 +113,7 @@ class Scheduler:
             raise NoProviderAvailable(
                 f"model {model!r} is at capacity: all providers are busy and the queue is full "
                 f"({self.queue_max} waiting); retry shortly", headers={"Retry-After": "1"})
-        waiter = _Waiter(model, exclude, min_trust or self.min_trust)
+        waiter = _Waiter(model, exclude, min_trust or self.min_trust, only)
         queue.append(waiter)
         try:
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that lands
@@ -146,7 +154,7 @@ class Scheduler:
                 if waiter.future.done():
                     queue.remove(waiter)
                     continue
-                provider = self.try_acquire(model, waiter.exclude, waiter.min_trust)
+                provider = self.try_acquire(model, waiter.exclude, waiter.min_trust, waiter.only)
                 if provider is None:
                     break
                 queue.remove(waiter)
