@@ -93,6 +93,10 @@ def test_no_prompt_or_completion_text_is_kept(db_stack: tuple[Coordinator, Provi
     needles = [canary] + [t for t in (completion.strip(), streamed.strip()) if len(t) >= 12]
     haystacks = {"coordinator log": coordinator.log_text(), "provider log": provider.log_text(),
                  "request rows": repr(_rows(url))}
+    # Anything the provider wrote to disk (its config dir: identity key, nothing else expected).
+    for path in (provider.log_path.parent / "provider-config").rglob("*"):
+        if path.is_file():
+            haystacks[f"provider file {path.name}"] = path.read_bytes().decode("latin-1")
     if url.startswith("sqlite"):
         db_file = Path(url.split("///", 1)[1])
         for path in db_file.parent.glob(db_file.name + "*"):  # the file and its WAL

@@ -254,3 +254,26 @@ async def test_non_streamed_receipt_signs_the_body() -> None:
     assert isinstance(receipt, dict)
     body = payloads[0].removeprefix("data: ").encode()
     assert receipt["response_sha256"] == hashlib.sha256(body).hexdigest() == complete.response_hash
+
+
+async def test_bodies_sealed_to_another_key_or_tampered_are_refused() -> None:
+    provider, stranger, session = KeyPair.generate(), KeyPair.generate(), KeyPair.generate()
+    frames: list[BaseModel] = []
+
+    async def send(frame: BaseModel) -> None:
+        frames.append(frame)
+
+    server = RequestServer(ScriptedEngine(PIECES), provider, send)
+    body = json.dumps(CHAT).encode()
+    to_stranger = Sealed(**Channel(session, stranger.public).seal(body))
+    good = Channel(session, provider.public).seal(body)
+    tampered = Sealed(ephemeral_public_key=good["ephemeral_public_key"],
+                      ciphertext=good["ciphertext"][:-6] + "AAAAA=")
+    for envelope in (to_stranger, tampered):
+        frames.clear()
+        await server.serve(InferenceRequest(request_id="r", encrypted_body=envelope, model=MODEL,
+                                            endpoint="/v1/chat/completions", stream=False,
+                                            max_tokens_cap=10), threading.Event())
+        [error] = frames
+        assert isinstance(error, InferenceError) and error.status_code == 400
+        assert "could not be decrypted" in error.error
