@@ -204,6 +204,23 @@ def test_hardware_trust_through_an_operator_ca(tmp_path: Path) -> None:
             model=MODEL, max_tokens=2, messages=[{"role": "user", "content": "hi"}],
             extra_headers={"x-min-trust-level": "hardware"})
         assert reply.headers["x-provider-trust-level"] == "hardware"
+        from darkbloom.client.blind import seal_to_providers
+        from darkbloom.client.verify import decode_receipt_header, verify_receipt
+
+        receipt = decode_receipt_header(reply.headers["x-darkbloom-receipt"])
+        signature, body = reply.headers["x-se-signature"], reply.http_response.content
+        pinned = verify_receipt(receipt, signature, body, _listing(coordinator), root_cas=[root.cert])  # type: ignore[arg-type]
+        assert all(step.ok for step in pinned), pinned
+        stranger = verify_receipt(receipt, signature, body, _listing(coordinator), root_cas=[CA().cert])  # type: ignore[arg-type]
+        assert [s.name for s in stranger if not s.ok] == ["certificate chain leads to a pinned root"]
+        ask = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+        _, channels = seal_to_providers(ask, _listing(coordinator), root_cas=[root.cert])  # type: ignore[arg-type]
+        assert len(channels) == 1
+        try:
+            seal_to_providers(ask, _listing(coordinator), root_cas=[CA().cert])  # type: ignore[arg-type]
+            raise AssertionError("no provider chains to a root we do not know")
+        except LookupError:
+            pass
     finally:
         provider.stop()
         coordinator.stop()

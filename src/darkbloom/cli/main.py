@@ -101,6 +101,7 @@ def verify(
     receipt: Annotated[str | None, typer.Option(help="x-darkbloom-receipt header (bodies).")] = None,
     signature: Annotated[str | None, typer.Option(help="x-se-signature header (bodies).")] = None,
     request: Annotated[Path | None, typer.Option(help="The exact request body sent.")] = None,
+    root_ca: Annotated[Path | None, typer.Option(help="PEM root CA you pin: check the chain.")] = None,
 ) -> None:
     """Check a response's receipt offline: attested provider, response bytes, signature."""
     from darkbloom.client.verify import decode_receipt_header, parse_sse, verify_receipt
@@ -113,8 +114,13 @@ def verify(
             raise typer.Exit(2)
         signed, sig, transcript = decode_receipt_header(receipt), signature, text
     listing = json.loads(attestation.read_text()).get("providers", [])
+    roots = None
+    if root_ca is not None:
+        from darkbloom.crypto.certificates import load_roots
+
+        roots = load_roots([root_ca])
     steps = verify_receipt(signed, sig or "", transcript, listing,
-                           request.read_bytes() if request else None)
+                           request.read_bytes() if request else None, roots)
     for step in steps:
         mark = "[green]✓[/green]" if step.ok else "[red]✗[/red]"
         console.print(f"{mark} {step.name}" + (f"  ({step.detail})" if step.detail else ""))

@@ -16,6 +16,7 @@ import json
 from typing import Any
 
 from darkbloom.crypto import Channel, KeyPair, SealingError, public_key_from_b64
+from darkbloom.crypto.certificates import check_chain
 from darkbloom.crypto.signing import verify
 
 MEDIA_TYPE = "application/darkbloom-provider-sealed+json"
@@ -36,12 +37,19 @@ def attested(entry: dict[str, Any]) -> bool:
 
 
 def seal_to_providers(body: dict[str, Any], listing: list[dict[str, Any]],
-                      min_trust: str = "self_signed", providers: int = MAX_PROVIDERS
-                      ) -> tuple[bytes, dict[str, Channel]]:
-    """The envelope to POST, and the per-provider channel that opens the answer."""
+                      min_trust: str = "self_signed", providers: int = MAX_PROVIDERS,
+                      root_cas: list[Any] | None = None) -> tuple[bytes, dict[str, Channel]]:
+    """The envelope to POST, and the per-provider channel that opens the answer.
+
+    ``root_cas`` are roots you pin yourself: with them only providers whose chain leads to one
+    are used (a coordinator could otherwise list self-made ``self_signed`` impostors).
+    """
     model = body["model"]
     eligible = [p for p in listing if model in p.get("models", []) and attested(p)
-                and LEVELS.index(str(p.get("trust_level", "none"))) >= LEVELS.index(min_trust)]
+                and LEVELS.index(str(p.get("trust_level", "none"))) >= LEVELS.index(min_trust)
+                and (root_cas is None or check_chain(p.get("certificate_chain") or None,
+                                                     str(p.get("identity_public_key")), None,
+                                                     root_cas) is None)]
     if not eligible:
         raise LookupError(f"no attested provider at {min_trust} or above serves {model!r}")
     plaintext = json.dumps(body).encode()

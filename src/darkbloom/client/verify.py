@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from darkbloom.crypto.certificates import check_chain
 from darkbloom.crypto.signing import canonical_json, verify
 
 RECEIPT_PREFIX = ": darkbloom-receipt "
@@ -54,8 +55,13 @@ def decode_receipt_header(value: str) -> dict[str, Any]:
 
 
 def verify_receipt(receipt: dict[str, Any], signature: str, response: bytes,
-                   providers: list[dict[str, Any]], request_body: bytes | None = None) -> list[Step]:
-    """Run every check; the response is a stream's transcript or a body's exact bytes."""
+                   providers: list[dict[str, Any]], request_body: bytes | None = None,
+                   root_cas: list[Any] | None = None) -> list[Step]:
+    """Run every check; the response is a stream's transcript or a body's exact bytes.
+
+    With ``root_cas`` (certificates you pin yourself, never ones a coordinator serves) the
+    provider's certificate chain must lead to one of them: hardware trust checked locally.
+    """
     steps: list[Step] = []
     key = receipt.get("provider_key")
     entry = next((p for p in providers if p.get("identity_public_key") == key), None)
@@ -72,6 +78,11 @@ def verify_receipt(receipt: dict[str, Any], signature: str, response: bytes,
                                        str(entry.get("attestation_signature") or ""))
         steps.append(Step("attestation blob is signed by that identity key",
                           signed and blob.get("publicKey") == key))
+        if root_cas is not None:
+            problem = check_chain(entry.get("certificate_chain") or None, str(key),
+                                  blob.get("serialNumber"), root_cas)
+            steps.append(Step("certificate chain leads to a pinned root", problem is None,
+                              problem or ""))
         steps.append(Step("attestation binds the receipt's encryption key",
                           blob.get("encryptionPublicKey") == receipt.get("encryption_key"),
                           "the provider may have restarted since (new per-process X25519 key)"

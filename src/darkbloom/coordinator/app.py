@@ -23,7 +23,7 @@ from darkbloom.coordinator.recorder import Recorder
 from darkbloom.coordinator.routing.scheduler import Scheduler
 from darkbloom.coordinator.sender_sealing import key_id, load_or_create_key
 from darkbloom.coordinator.store.db import make_engine, make_sessionmaker, upgrade
-from darkbloom.coordinator.trust.certificates import load_roots
+from darkbloom.crypto.certificates import load_roots
 from darkbloom.inference.catalog import Catalog
 
 log = logging.getLogger(__name__)

@@ -42,6 +42,12 @@ def public_key_from_raw(text: str) -> ec.EllipticCurvePublicKey | None:
         return None
 
 
+def key_id(public_key_b64: str) -> str:
+    """trust.md §9: the first 16 hex chars of SHA-256 of the raw public key."""
+    raw = base64.b64decode(public_key_b64)
+    return hashlib.sha256(raw[-64:]).hexdigest()[:16]
+
+
 def verify(public_key_b64: str, data: bytes, signature_b64: str) -> bool:
     key = public_key_from_raw(public_key_b64)
     if key is None:
@@ -62,8 +68,7 @@ class IdentityKey:
 
     @property
     def key_id(self) -> str:
-        """trust.md §9: the first 16 hex chars of SHA-256 of the raw public key."""
-        return hashlib.sha256(base64.b64decode(self.public_b64)).hexdigest()[:16]
+        return key_id(self.public_b64)
 
     def matches(self, key: object) -> bool:
         return isinstance(key, ec.EllipticCurvePublicKey) and \

@@ -22,7 +22,7 @@ from darkbloom.coordinator.sender_sealing import is_sealed, open_envelope, seal_
 from darkbloom.coordinator.store.credentials import KeyIdentity, now
 from darkbloom.coordinator.store.requests_log import RequestOutcome, find_receipt
 from darkbloom.crypto import Channel
-from darkbloom.crypto.signing import canonical_json
+from darkbloom.crypto.signing import canonical_json, key_id
 from darkbloom.errors import DarkbloomError, NotFound, ProviderFailed, RequestTooLarge
 from darkbloom.protocol.frames import Endpoint
 
@@ -87,6 +87,8 @@ def provider_headers(committed: Committed) -> dict[str, str]:
         headers["x-attestation-se-public-key"] = provider.identity_key
     if provider.serial:
         headers["x-provider-serial"] = headers["x-attestation-device-serial"] = provider.serial
+    elif provider.identity_key:  # no readable hardware serial: the identity key's id stands in
+        headers["x-provider-serial"] = key_id(provider.identity_key)
     return headers
 
 

@@ -23,9 +23,9 @@ from darkbloom.coordinator.routing.registry import ProviderConn
 from darkbloom.coordinator.routing.scheduler import Scheduler
 from darkbloom.coordinator.store.credentials import lookup_provider_token
 from darkbloom.coordinator.trust.attestation import at_least, verify_blob
-from darkbloom.coordinator.trust.certificates import check_chain
 from darkbloom.coordinator.trust.challenges import Challenger
 from darkbloom.crypto import SealingError, public_key_from_b64
+from darkbloom.crypto.certificates import check_chain
 from darkbloom.inference.catalog import Catalog
 from darkbloom.protocol import MalformedFrame, UnknownFrame, decode, encode
 from darkbloom.protocol.frames import (

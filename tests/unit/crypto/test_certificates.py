@@ -7,7 +7,7 @@ import base64
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from darkbloom.coordinator.trust.certificates import check_chain
+from darkbloom.crypto.certificates import check_chain
 from tests.ca import CA
 
 
