@@ -11,8 +11,6 @@ from typing import Any
 
 from darkbloom.errors import InvalidRequest
 from darkbloom.inference.fields import (
-    bounded_number,
-    is_int,
     model_name,
     reject_unknown,
     stop_sequences,
@@ -20,7 +18,7 @@ from darkbloom.inference.fields import (
     token_limit,
     unsupported,
 )
-from darkbloom.inference.request import MAX_MESSAGES, GenerationRequest, Message, Sampling
+from darkbloom.inference.request import MAX_MESSAGES, GenerationRequest, Message, basic_sampling
 from darkbloom.inference.tools import AUTO, NONE, Tool, ToolChoice, check_unique, choose, define, written_call
 
 _KEYS = frozenset({
@@ -40,12 +38,6 @@ def parse_messages(body: dict[str, Any]) -> GenerationRequest:
     messages = [*_system(body.get("system")), *_turns(body.get("messages"))]
     tools = _tools(body.get("tools"))
     tool_choice = _tool_choice(body.get("tool_choice"), tools)
-    top_k = body.get("top_k")
-    if top_k is not None and (not is_int(top_k) or top_k < 0):
-        raise InvalidRequest("top_k: must be a non-negative integer", param="top_k")
-    temperature = bounded_number(body, "temperature", 0, 1)
-    top_p = bounded_number(body, "top_p", 0, 1, lo_open=True)
-    defaults = Sampling()
     return GenerationRequest(
         endpoint="/v1/messages",
         model=model,
@@ -53,11 +45,7 @@ def parse_messages(body: dict[str, Any]) -> GenerationRequest:
         max_tokens=max_tokens,
         stop=stop_sequences(body.get("stop_sequences"), param="stop_sequences", allow_string=False),
         stream=stream_flag(body),
-        sampling=Sampling(
-            temperature=defaults.temperature if temperature is None else float(temperature),
-            top_p=defaults.top_p if top_p is None else float(top_p),
-            top_k=int(top_k or 0),
-        ),
+        sampling=basic_sampling(body, temperature_max=1, top_k_prefix=":"),
         tools=tools,
         tool_choice=tool_choice,
     )

@@ -8,7 +8,7 @@ is an InvalidRequest naming the parameter, in the words OpenAI's API uses.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from darkbloom.errors import InvalidRequest
@@ -238,10 +238,6 @@ def parse_completion(body: dict[str, Any]) -> GenerationRequest:
 # --- field rules ---------------------------------------------------------------------------
 
 
-
-
-
-
 def _common_unsupported(body: dict[str, Any]) -> None:
     n = body.get("n")
     if n is not None:
@@ -250,8 +246,6 @@ def _common_unsupported(body: dict[str, Any]) -> None:
         if n > 1:
             raise InvalidRequest("n > 1 is not supported: each request returns one choice",
                                  param="n", code="unsupported_parameter")
-
-
 
 
 def _messages(value: Any) -> tuple[Message, ...]:
@@ -333,42 +327,36 @@ def _content(content: Any, where: str) -> str:
     raise InvalidRequest(f"{where} must be a string or an array of content parts", param=where)
 
 
-
-
-
-
-
-
+def basic_sampling(body: dict[str, Any], temperature_max: float, top_k_prefix: str = "") -> Sampling:
+    """temperature (0 to ``temperature_max``), top_p and top_k, with provider.md's defaults:
+    what every dialect has; OpenAI's extra knobs are added by ``_sampling``."""
+    defaults = Sampling()
+    temperature = bounded_number(body, "temperature", 0, temperature_max)
+    top_p = bounded_number(body, "top_p", 0, 1, lo_open=True)
+    top_k = body.get("top_k")
+    if top_k is not None and (not is_int(top_k) or top_k < 0):
+        raise InvalidRequest(f"top_k{top_k_prefix} must be a non-negative integer", param="top_k")
+    return Sampling(temperature=defaults.temperature if temperature is None else float(temperature),
+                    top_p=defaults.top_p if top_p is None else float(top_p), top_k=int(top_k or 0))
 
 
 def _sampling(body: dict[str, Any]) -> Sampling:
-    defaults = Sampling()
-    temperature = bounded_number(body, "temperature", 0, 2)
-    top_p = bounded_number(body, "top_p", 0, 1, lo_open=True)
+    base = basic_sampling(body, temperature_max=2)
     min_p = bounded_number(body, "min_p", 0, 1)
     presence = bounded_number(body, "presence_penalty", -2, 2)
     frequency = bounded_number(body, "frequency_penalty", -2, 2)
     repetition = bounded_number(body, "repetition_penalty", 0, 2, lo_open=True)
-    top_k = body.get("top_k")
-    if top_k is not None and (not is_int(top_k) or top_k < 0):
-        raise InvalidRequest("top_k must be a non-negative integer", param="top_k")
     seed = body.get("seed")
     if seed is not None and (not is_int(seed) or not -(2**63) <= seed < 2**64):
         raise InvalidRequest("seed must be a 64-bit integer", param="seed")
-    return Sampling(
-        temperature=defaults.temperature if temperature is None else float(temperature),
-        top_p=defaults.top_p if top_p is None else float(top_p),
-        top_k=int(top_k or 0),
+    return replace(
+        base,
         min_p=float(min_p or 0.0),
         presence_penalty=float(presence or 0.0),
         frequency_penalty=float(frequency or 0.0),
         repetition_penalty=1.0 if repetition is None else float(repetition),
         seed=seed,
     )
-
-
-
-
 
 
 def _include_usage(body: dict[str, Any]) -> bool:

@@ -10,7 +10,6 @@ from typing import Any
 
 from darkbloom.errors import InvalidRequest
 from darkbloom.inference.fields import (
-    bounded_number,
     model_name,
     reject_unknown,
     stream_flag,
@@ -18,7 +17,7 @@ from darkbloom.inference.fields import (
     unsupported,
 )
 from darkbloom.inference.grammar import ResponseFormat, parse_json_schema_format
-from darkbloom.inference.request import MAX_MESSAGES, GenerationRequest, Message, Sampling
+from darkbloom.inference.request import MAX_MESSAGES, GenerationRequest, Message, basic_sampling
 from darkbloom.inference.tools import AUTO, NONE, Tool, ToolChoice, check_unique, choose, define, written_call
 
 _KEYS = frozenset({
@@ -48,9 +47,6 @@ def parse_responses(body: dict[str, Any]) -> GenerationRequest:
     if instructions is not None and not isinstance(instructions, str):
         raise InvalidRequest("instructions must be a string", param="instructions")
     messages = ([Message("system", instructions)] if instructions else []) + _input(body.get("input"))
-    temperature = bounded_number(body, "temperature", 0, 2)
-    top_p = bounded_number(body, "top_p", 0, 1, lo_open=True)
-    defaults = Sampling()
     return GenerationRequest(
         endpoint="/v1/responses",
         model=model,
@@ -61,10 +57,7 @@ def parse_responses(body: dict[str, Any]) -> GenerationRequest:
         tool_choice=tool_choice,
         max_tokens=token_limit(body, "max_output_tokens"),
         stream=stream_flag(body),
-        sampling=Sampling(
-            temperature=defaults.temperature if temperature is None else float(temperature),
-            top_p=defaults.top_p if top_p is None else float(top_p),
-        ),
+        sampling=basic_sampling(body, temperature_max=2),
     )
 
 
