@@ -246,3 +246,25 @@ def test_receipt_lookup_by_request_id(stack: Coordinator) -> None:
     other = httpx.get(f"{stack.base_url}/v1/receipts/{request_id}",
                       headers={"Authorization": f"Bearer {other_key}"})
     assert other.status_code == 404 and other.json()["error"]["type"] == "not_found"
+
+
+def test_per_key_minimum_trust_level(stack: Coordinator) -> None:
+    import subprocess
+    import sys
+
+    strict = subprocess.run([sys.executable, "-m", "darkbloom", "keys", "create", "--min-trust-level",
+                             "hardware"], env=stack.env, capture_output=True, text=True,
+                            check=True).stdout.strip()
+    client = openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key=strict, max_retries=0)
+    try:
+        client.chat.completions.create(model=MODEL, max_tokens=2,
+                                       messages=[{"role": "user", "content": "hi"}])
+        raise AssertionError("a hardware-only key must not be served by a self_signed provider")
+    except openai.InternalServerError as exc:
+        assert exc.response.json()["error"]["code"] == "trust_level_unavailable"
+    try:  # a laxer header cannot lower the key's own minimum
+        client.chat.completions.create(model=MODEL, max_tokens=2, extra_headers={"x-min-trust-level": "none"},
+                                       messages=[{"role": "user", "content": "hi"}])
+        raise AssertionError("the header must not downgrade the key's setting")
+    except openai.InternalServerError as exc:
+        assert exc.status_code == 503

@@ -22,7 +22,7 @@ async def test_migrations_are_idempotent_and_complete(database_url: str) -> None
         version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar_one()
     await engine.dispose()
     assert {"accounts", "api_keys", "provider_tokens", "requests", "alembic_version"} <= tables
-    assert version == "0002"
+    assert version == "0003"
 
 
 async def test_api_keys_are_stored_only_as_hashes(sessions: async_sessionmaker[AsyncSession]) -> None:
@@ -82,3 +82,9 @@ async def test_receipts_by_x_request_id_and_account(sessions: async_sessionmaker
     assert await find_receipt(sessions, "same-id", "a") == ('{"n":1}', "sig")
     assert await find_receipt(sessions, "same-id", "b") == ('{"n":2}', "sig")
     assert await find_receipt(sessions, "other-id", "a") is None
+
+
+async def test_key_minimum_trust_level(sessions: async_sessionmaker[AsyncSession]) -> None:
+    issued = await credentials.create_api_key(sessions, min_trust_level="hardware")
+    identity = await credentials.lookup_api_key(sessions, issued.secret)
+    assert identity is not None and identity.min_trust_level == "hardware"

@@ -162,11 +162,17 @@ def identity_install_cert(
 def keys_create(
     label: Annotated[str, typer.Option(help="A name to recognise the key by.")] = "",
     account: Annotated[str, typer.Option(help="Account id.")] = "local",
+    min_trust_level: Annotated[str | None, typer.Option(
+        help="Only providers at this level or above serve this key: self_signed or hardware.")] = None,
 ) -> None:
     """Create an API key for a local account and print it (shown once)."""
     from darkbloom.coordinator.store.credentials import create_api_key
 
-    issued = asyncio.run(_with_sessions(lambda s: create_api_key(s, account, label)))
+    if min_trust_level not in (None, "none", "self_signed", "hardware"):
+        console.print("[red]--min-trust-level must be none, self_signed or hardware[/red]")
+        raise typer.Exit(2)
+    issued = asyncio.run(_with_sessions(
+        lambda s: create_api_key(s, account, label, min_trust_level)))
     print(issued.secret)
 
 

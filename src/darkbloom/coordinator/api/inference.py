@@ -21,6 +21,7 @@ from darkbloom.coordinator.recorder import Recorder
 from darkbloom.coordinator.sender_sealing import is_sealed, open_envelope, seal_body, seal_event
 from darkbloom.coordinator.store.credentials import KeyIdentity, now
 from darkbloom.coordinator.store.requests_log import RequestOutcome, find_receipt
+from darkbloom.coordinator.trust.attestation import LEVELS, at_least
 from darkbloom.crypto import Channel
 from darkbloom.crypto.signing import canonical_json, key_id
 from darkbloom.errors import DarkbloomError, NotFound, ProviderFailed, RequestTooLarge
@@ -216,6 +217,15 @@ async def _collect_sealed(service: InferenceService, committed: Committed) -> tu
     raise ProviderFailed("provider ended the response without completing it")
 
 
+def strictest(header: str | None, key_setting: str | None) -> str | None:
+    """The request's minimum trust: the header or the key's setting, whichever asks more."""
+    if header is None or key_setting is None:
+        return header or key_setting
+    if header not in LEVELS:
+        return header  # let validation name the bad header
+    return header if at_least(header, key_setting) else key_setting
+
+
 def is_provider_sealed(content_type: str | None) -> bool:
     return (content_type or "").split(";")[0].strip().lower() == PROVIDER_SEALED
 
@@ -243,7 +253,7 @@ async def serve(request: Request, endpoint: Endpoint, identity: KeyIdentity) -> 
                              x_request_id=request.scope["state"].get("request_id"))
     relay_records = False  # a streaming relay records the outcome itself when the stream ends
     try:
-        min_trust = request.headers.get("x-min-trust-level")
+        min_trust = strictest(request.headers.get("x-min-trust-level"), identity.min_trust_level)
         blind = is_provider_sealed(request.headers.get("content-type"))
         if blind:  # consumer-blind: the body stays sealed to providers end to end
             raw = await read_body(request, state.settings.max_body_bytes * MAX_SEALED_PROVIDERS + 4096)

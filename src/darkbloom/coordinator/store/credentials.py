@@ -33,6 +33,7 @@ def now() -> datetime:
 class KeyIdentity:
     key_id: str
     account_id: str
+    min_trust_level: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,13 +51,15 @@ async def ensure_account(session: AsyncSession, account_id: str, name: str = "")
 
 
 async def create_api_key(
-    sessions: async_sessionmaker[AsyncSession], account_id: str = LOCAL_ACCOUNT_ID, label: str = ""
+    sessions: async_sessionmaker[AsyncSession], account_id: str = LOCAL_ACCOUNT_ID, label: str = "",
+    min_trust_level: str | None = None,
 ) -> IssuedSecret:
     secret = API_KEY_PREFIX + secrets.token_urlsafe(32)
     async with sessions.begin() as session:
         await ensure_account(session, account_id)
         row = ApiKey(id=_new_id(), account_id=account_id, prefix=secret[:12],
-                     key_hash=hash_secret(secret), label=label, created_at=now())
+                     key_hash=hash_secret(secret), label=label, created_at=now(),
+                     min_trust_level=min_trust_level)
         session.add(row)
     return IssuedSecret(row.id, secret, row.prefix, account_id)
 
@@ -78,10 +81,10 @@ async def lookup_api_key(sessions: async_sessionmaker[AsyncSession], secret: str
         return None
     async with sessions() as session:
         row = (await session.execute(
-            select(ApiKey.id, ApiKey.account_id).where(
+            select(ApiKey.id, ApiKey.account_id, ApiKey.min_trust_level).where(
                 ApiKey.key_hash == hash_secret(secret), ApiKey.revoked_at.is_(None))
         )).first()
-    return KeyIdentity(row.id, row.account_id) if row else None
+    return KeyIdentity(row.id, row.account_id, row.min_trust_level) if row else None
 
 
 async def lookup_provider_token(

@@ -29,6 +29,8 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Every request made with this key needs providers at this trust level or above.
+    min_trust_level: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
 
 class ProviderToken(Base):
