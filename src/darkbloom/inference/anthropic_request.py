@@ -19,7 +19,7 @@ from darkbloom.inference.fields import (
     unsupported,
 )
 from darkbloom.inference.request import MAX_MESSAGES, GenerationRequest, Message, basic_sampling
-from darkbloom.inference.tools import AUTO, NONE, Tool, ToolChoice, check_unique, choose, define, written_call
+from darkbloom.inference.tools import AUTO, NONE, Tool, ToolChoice, choose, define, parse_tools, written_call
 
 _KEYS = frozenset({
     "model", "max_tokens", "messages", "system", "temperature", "top_p", "top_k",
@@ -52,21 +52,17 @@ def parse_messages(body: dict[str, Any]) -> GenerationRequest:
 
 
 def _tools(value: Any) -> tuple[Tool, ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, list):
-        raise InvalidRequest("tools: must be an array", param="tools")
-    tools = []
-    for i, item in enumerate(value):
-        if not isinstance(item, dict):
-            raise InvalidRequest(f"tools.{i}: must be an object", param=f"tools.{i}")
-        if item.get("type") not in (None, "custom"):
-            raise unsupported(f"tools.{i}.type", f"server tools ({str(item.get('type'))[:32]!r})")
-        if not isinstance(item.get("input_schema"), dict):
-            raise InvalidRequest(f"tools.{i}.input_schema: Field required", param=f"tools.{i}.input_schema")
-        tools.append(define(item.get("name"), item.get("description"), item["input_schema"],
-                            f"tools.{i}"))
-    return check_unique(tools, "tools")
+    return parse_tools(value, _tool, not_a_list="tools: must be an array")
+
+
+def _tool(i: int, item: Any) -> Tool:
+    if not isinstance(item, dict):
+        raise InvalidRequest(f"tools.{i}: must be an object", param=f"tools.{i}")
+    if item.get("type") not in (None, "custom"):
+        raise unsupported(f"tools.{i}.type", f"server tools ({str(item.get('type'))[:32]!r})")
+    if not isinstance(item.get("input_schema"), dict):
+        raise InvalidRequest(f"tools.{i}.input_schema: Field required", param=f"tools.{i}.input_schema")
+    return define(item.get("name"), item.get("description"), item["input_schema"], f"tools.{i}")
 
 
 def _tool_choice(value: Any, tools: tuple[Tool, ...]) -> ToolChoice:

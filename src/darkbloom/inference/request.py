@@ -23,7 +23,7 @@ from darkbloom.inference.fields import (
     unsupported,
 )
 from darkbloom.inference.grammar import ResponseFormat, parse_json_schema_format
-from darkbloom.inference.tools import AUTO, NONE, Tool, ToolChoice, check_unique, choose, define, written_call
+from darkbloom.inference.tools import AUTO, NONE, Tool, ToolChoice, choose, define, parse_tools, written_call
 
 Endpoint = Literal["/v1/chat/completions", "/v1/completions", "/v1/messages", "/v1/responses"]
 
@@ -150,21 +150,18 @@ def _chat_logprobs(body: dict[str, Any]) -> int | None:
 
 
 def _tools(value: Any) -> tuple[Tool, ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, list):
-        raise InvalidRequest("tools must be an array", param="tools")
-    tools = []
-    for i, item in enumerate(value):
-        where = f"tools[{i}]"
-        if not isinstance(item, dict) or item.get("type") != "function":
-            raise InvalidRequest(f"{where}.type must be 'function'", param=f"{where}.type")
-        function = item.get("function")
-        if not isinstance(function, dict):
-            raise InvalidRequest(f"{where}.function is required", param=f"{where}.function")
-        tools.append(define(function.get("name"), function.get("description"),
-                            function.get("parameters"), f"{where}.function"))
-    return check_unique(tools, "tools")
+    return parse_tools(value, _tool)
+
+
+def _tool(i: int, item: Any) -> Tool:
+    where = f"tools[{i}]"
+    if not isinstance(item, dict) or item.get("type") != "function":
+        raise InvalidRequest(f"{where}.type must be 'function'", param=f"{where}.type")
+    function = item.get("function")
+    if not isinstance(function, dict):
+        raise InvalidRequest(f"{where}.function is required", param=f"{where}.function")
+    return define(function.get("name"), function.get("description"), function.get("parameters"),
+                  f"{where}.function")
 
 
 def _tool_choice(value: Any, tools: tuple[Tool, ...]) -> ToolChoice:

@@ -18,7 +18,7 @@ from darkbloom.inference.fields import (
 )
 from darkbloom.inference.grammar import ResponseFormat, parse_json_schema_format
 from darkbloom.inference.request import MAX_MESSAGES, GenerationRequest, Message, basic_sampling
-from darkbloom.inference.tools import AUTO, NONE, Tool, ToolChoice, check_unique, choose, define, written_call
+from darkbloom.inference.tools import AUTO, NONE, Tool, ToolChoice, choose, define, parse_tools, written_call
 
 _KEYS = frozenset({
     "model", "input", "instructions", "max_output_tokens", "temperature", "top_p", "stream",
@@ -147,18 +147,15 @@ def _content(content: Any, where: str) -> str:
 
 
 def _tools(value: Any) -> tuple[Tool, ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, list):
-        raise InvalidRequest("tools must be an array", param="tools")
-    tools = []
-    for i, item in enumerate(value):
-        where = f"tools[{i}]"
-        kind = item.get("type") if isinstance(item, dict) else None
-        if kind != "function":
-            raise unsupported(f"{where}.type", f"tools of type {str(kind)[:32]!r}")
-        tools.append(define(item.get("name"), item.get("description"), item.get("parameters"), where))
-    return check_unique(tools, "tools")
+    return parse_tools(value, _tool)
+
+
+def _tool(i: int, item: Any) -> Tool:
+    where = f"tools[{i}]"
+    kind = item.get("type") if isinstance(item, dict) else None
+    if kind != "function":
+        raise unsupported(f"{where}.type", f"tools of type {str(kind)[:32]!r}")
+    return define(item.get("name"), item.get("description"), item.get("parameters"), where)
 
 
 def _tool_choice(value: Any, tools: tuple[Tool, ...]) -> ToolChoice:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -57,6 +58,16 @@ def define(name: Any, description: Any, parameters: Any, where: str) -> Tool:
         raise InvalidRequest(f"{where} parameters must be a JSON Schema of type object", param=where)
     # Key order is kept: the grammar follows the schema's property order, as OpenAI's does.
     return Tool(name, description or "", json.dumps(parameters))
+
+
+def parse_tools(value: Any, read_one: Callable[[int, Any], Tool],
+                not_a_list: str = "tools must be an array") -> tuple[Tool, ...]:
+    """Every dialect's ``tools`` array: absent is none; each entry read by the dialect."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise InvalidRequest(not_a_list, param="tools")
+    return check_unique([read_one(i, item) for i, item in enumerate(value)], "tools")
 
 
 def check_unique(tools: list[Tool], param: str) -> tuple[Tool, ...]:

@@ -66,15 +66,18 @@ class Scheduler:
         """Providers that may take ``model``: trusted to the network's minimum and the request's."""
         level = min_trust if min_trust and at_least(min_trust, self.min_trust) else self.min_trust
         return [p for p in self.providers.values()
-                if model in p.models and p.id not in exclude and not p.closed
-                and (only is None or p.id in only) and not p.untrusted and p.strikes == 0
-                and at_least(p.trust_level, level)]
+                if model in p.models and p.id not in exclude and (only is None or p.id in only)
+                and self._routable(p, level)]
+
+    def _routable(self, provider: ProviderConn, level: str | None = None) -> bool:
+        """Connected, in good standing with its challenges, and trusted enough."""
+        return (not provider.closed and not provider.untrusted and provider.strikes == 0
+                and at_least(provider.trust_level, level or self.min_trust))
 
     def provider_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for provider in self.providers.values():
-            if provider.untrusted or provider.strikes or not at_least(provider.trust_level,
-                                                                       self.min_trust):
+            if not self._routable(provider):
                 continue
             for model in provider.models:
                 counts[model] = counts.get(model, 0) + 1
