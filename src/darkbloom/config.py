@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, computed_field
+from pydantic import Field, SecretStr, computed_field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -26,6 +26,14 @@ class CoordinatorSettings(BaseSettings):
     challenge_interval_s: float = 300.0
     challenge_timeout_s: float = 30.0
     challenge_max_strikes: int = 3
+    # trust.md §4 Decision: an untrusted identity key (and vouched serial) stays unroutable this
+    # long, across reconnects and coordinator restarts.
+    quarantine_s: float = 3600.0
+    # trust.md §9 `require_posture`, e.g. {"core_dumps_disabled": true, "ptrace_scope": 1}: booleans
+    # and strings must match, ptrace_scope and kernel_lockdown are minimums. Empty: nothing required.
+    require_posture: dict[str, bool | int | str] = Field(default_factory=dict)
+    # How often revoked provider tokens are looked up, to close their live sockets.
+    provider_token_poll_s: float = 3.0
     # PEM files of the operator CA roots that can grant `hardware` trust (trust.md §9).
     trust_root_ca_files: list[Path] = Field(default_factory=list)
     heartbeat_interval_s: int = 5
@@ -39,7 +47,31 @@ class CoordinatorSettings(BaseSettings):
     accepted_timeout_s: float = 600.0
     chunk_timeout_s: float = 600.0
     max_body_bytes: int = 4 * 1024 * 1024
+    # Bounds on one response (coordinator/dispatch.py): bytes from the provider, bytes waiting for
+    # a slow consumer, and time from dispatch to the end.
+    max_response_bytes: int = 64 * 1024 * 1024
+    max_buffered_bytes: int = 16 * 1024 * 1024
+    response_deadline_s: float = 1800.0
     default_max_tokens: int = 8192
+
+    @field_validator("require_posture")
+    @classmethod
+    def _known_posture(cls, value: dict[str, bool | int | str]) -> dict[str, bool | int | str]:
+        kinds = {"core_dumps_disabled": bool, "secure_boot_enabled": bool, "ptrace_scope": int,
+                 "kernel_lockdown": str, "platform": str}
+        for name, want in value.items():
+            if name not in kinds or type(want) is not kinds[name]:
+                raise ValueError(f"require_posture: {name!r} must be one of "
+                                 f"{', '.join(f'{k} ({t.__name__})' for k, t in kinds.items())}")
+            if name == "kernel_lockdown" and want not in ("none", "integrity", "confidentiality"):
+                raise ValueError("require_posture: kernel_lockdown is none, integrity or confidentiality")
+        return value
+
+    @property
+    def pass_window_s(self) -> float:
+        """trust.md §4: routing needs a pass this recent (6 minutes for the 5-minute interval):
+        one interval plus the answer deadline, plus a tenth of the interval for scheduling slack."""
+        return self.challenge_interval_s * 1.1 + self.challenge_timeout_s
 
     @computed_field  # type: ignore[prop-decorator]
     @property

@@ -31,9 +31,12 @@ class DarkbloomError(Exception):
         code: str | None = None,
         status_code: int | None = None,
         headers: dict[str, str] | None = None,
+        sealed: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
+        # Consumer-blind refusals: the provider's words, sealed to the consumer (protocol/blind.py).
+        self.sealed = sealed
         self.param = param
         self.code = code or self.type
         if status_code is not None:

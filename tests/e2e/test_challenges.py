@@ -4,30 +4,25 @@ the real provider keeps passing; wrong, replayed or weakened answers lead to unt
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import websockets
 
 from darkbloom.crypto import KeyPair
-from darkbloom.crypto.challenge import challenge_bytes, status_bytes
-from darkbloom.crypto.signing import IdentityKey, canonical_json
-from darkbloom.inference.catalog import DEFAULT_MODEL
-from darkbloom.protocol.frames import Hardware
-from darkbloom.provider.attestation import build
+from darkbloom.crypto.challenge import challenge_bytes
+from darkbloom.crypto.signing import IdentityKey
+from tests.e2e.fakes import Answer, FakeProvider, good_answer
 from tests.e2e.harness import MODEL, Coordinator, Provider
 
 FAST = {"challenge_interval_s": 0.3, "challenge_timeout_s": 1.0}
 
 
 @pytest.fixture
-def fast(tmp_path: Path) -> Coordinator:
+def fast(tmp_path: Path) -> Iterator[Coordinator]:
     coordinator = Coordinator(tmp_path, **FAST).start()
     yield coordinator
     coordinator.stop()
@@ -51,49 +46,22 @@ def test_real_provider_keeps_passing(fast: Coordinator) -> None:
         provider.stop()
 
 
-Answer = Callable[[IdentityKey, KeyPair, dict[str, Any]], dict[str, Any]]
-
-
 def _good(identity: IdentityKey, keys: KeyPair, challenge: dict[str, Any],
           core_dumps_disabled: bool = True) -> dict[str, Any]:
-    nonce, stamp = challenge["nonce"], challenge["timestamp"]
-    posture = {"platform": "linux", "core_dumps_disabled": core_dumps_disabled, "ptrace_scope": 1,
-               "kernel_lockdown": "none", "secure_boot_enabled": False}
-    return {"type": "attestation_response", "nonce": nonce, "public_key": keys.public_b64,
-            "signature": identity.sign(challenge_bytes(nonce, stamp)),
-            "status_signature": identity.sign(status_bytes(nonce, stamp, posture)), **posture}
+    return good_answer(identity, keys, challenge, core_dumps_disabled=core_dumps_disabled)
 
 
 async def _fake_provider(coordinator: Coordinator, answer: Answer, seconds: float) -> list[dict[str, Any]]:
     """Register with a valid attestation, then answer each challenge with ``answer``."""
-    identity, keys = IdentityKey.generate(), KeyPair.generate()
-    blob = build(identity, keys.public_b64, Hardware(chip_name="test"), "llama.cpp")
-    inner = {**blob["attestation"], "coreDumpsDisabled": True, "ptraceScope": 1}
-    raw = canonical_json(inner)
-    blob = {"attestation": inner, "attestation_raw": base64.b64encode(raw).decode(),
-            "signature": identity.sign(raw)}
-    updates: list[dict[str, Any]] = []
-    async with websockets.connect(coordinator.ws_url, additional_headers={
-            "Authorization": f"Bearer {coordinator.provider_token}"}) as ws:
-        await ws.send(json.dumps({
-            "type": "register", "public_key": keys.public_b64, "backend": "llama.cpp",
-            "models": [{"id": MODEL, "weight_hash": DEFAULT_MODEL.weight_hash}], "attestation": blob}))
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            try:
-                frame = json.loads(await asyncio.wait_for(ws.recv(), deadline - time.monotonic()))
-            except TimeoutError:
-                break
-            if frame["type"] == "attestation_challenge":
-                await ws.send(json.dumps(answer(identity, keys, frame)))
-            elif frame["type"] == "trust_update":
-                updates.append(frame)
-    return updates
+    async with FakeProvider(coordinator, answer=answer) as fake:
+        await asyncio.sleep(seconds)
+    return fake.updates
 
 
 def test_wrong_answers_make_a_provider_untrusted_after_three_strikes(fast: Coordinator) -> None:
     def wrong(identity: IdentityKey, keys: KeyPair, challenge: dict[str, Any]) -> dict[str, Any]:
-        return {**_good(identity, keys, challenge), "signature": identity.sign(b"something else")}
+        other = challenge_bytes("another nonce", challenge["timestamp"])
+        return {**_good(identity, keys, challenge), "signature": identity.sign(other)}
 
     updates = asyncio.run(_fake_provider(fast, wrong, 3.0))
     assert updates and updates[0]["routable"] is False and "3 failed challenges" in updates[0]["reason"]

@@ -11,9 +11,18 @@ from typing import Any
 import httpx
 import pytest
 
-from darkbloom.client.blind import MEDIA_TYPE, open_response, seal_to_providers
+from darkbloom.client.blind import (
+    MEDIA_TYPE,
+    BlindResponseError,
+    open_error,
+    open_response,
+    seal_to_providers,
+)
 from darkbloom.client.verify import parse_sse, verify_receipt
 from tests.e2e.harness import MODEL, Coordinator, Provider
+
+# These providers are self_signed (no operator CA here): local testing is what the opt-in is for.
+LOCAL = {"insecure_accept_self_signed": True}
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +49,7 @@ def test_the_coordinator_never_sees_prompt_or_answer(blind_stack: Coordinator) -
     canary = f"okapi-canary-{uuid.uuid4().hex[:10]}"
     body = {"model": MODEL, "max_tokens": 12, "temperature": 0,
             "messages": [{"role": "user", "content": f"Repeat this word: {canary}"}]}
-    sealed, channels = seal_to_providers(body, _listing(blind_stack))
+    sealed, channels = seal_to_providers(body, _listing(blind_stack), **LOCAL)
     assert canary.encode() not in sealed and len(channels) == 2
     response = _post(blind_stack, sealed)
     assert response.status_code == 200 and response.headers["content-type"] == MEDIA_TYPE
@@ -70,7 +79,7 @@ def test_the_coordinator_never_sees_prompt_or_answer(blind_stack: Coordinator) -
 def test_blind_stream_and_other_dialects(blind_stack: Coordinator) -> None:
     body = {"model": MODEL, "max_tokens": 5, "stream": True,
             "messages": [{"role": "user", "content": "Say hello."}]}
-    sealed, channels = seal_to_providers(body, _listing(blind_stack), providers=1)
+    sealed, channels = seal_to_providers(body, _listing(blind_stack), providers=1, **LOCAL)
     response = _post(blind_stack, sealed, "/v1/messages")
     assert response.status_code == 200
     events = open_response(channels, response.headers["x-provider-id"], response.text, stream=True)
@@ -83,7 +92,7 @@ def test_blind_stream_and_other_dialects(blind_stack: Coordinator) -> None:
 def test_only_the_listed_providers_and_no_replays(blind_stack: Coordinator) -> None:
     listing = _listing(blind_stack)
     body = {"model": MODEL, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
-    sealed, channels = seal_to_providers(body, listing[:1], providers=1)
+    sealed, channels = seal_to_providers(body, listing[:1], providers=1, **LOCAL)
     [only] = channels
     assert _post(blind_stack, sealed).headers["x-provider-id"] == only
     again = _post(blind_stack, sealed)  # the same envelope replayed: refused by the provider
@@ -94,3 +103,79 @@ def test_only_the_listed_providers_and_no_replays(blind_stack: Coordinator) -> N
     assert missing.status_code == 503 and "sealed to" in missing.json()["error"]["message"]
     envelope["sealed"] = []
     assert _post(blind_stack, json.dumps(envelope).encode()).status_code == 400
+
+
+# --- against a hostile coordinator (issue 8, items 2, 4, 10, 11) ----------------------------
+
+
+def test_the_helper_trusts_no_listing_by_default(blind_stack: Coordinator) -> None:
+    """Without pinned roots a coordinator could list providers it runs itself: refused unless
+    the caller opts in by name; with roots, a self-signed provider is never chosen, whatever
+    trust level the listing claims for it."""
+    body = {"model": MODEL, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
+    listing = _listing(blind_stack)
+    with pytest.raises(ValueError, match="pin the root CAs"):
+        seal_to_providers(body, listing)
+    from tests.ca import CA
+
+    lying = [{**p, "trust_level": "hardware"} for p in listing]
+    with pytest.raises(LookupError):
+        seal_to_providers(body, lying, root_cas=[CA().cert])
+    # A listing entry whose blob binds another encryption key (a coordinator substituting its
+    # own X25519 key) is skipped even in local-testing mode.
+    swapped = [{**p, "encryption_public_key": listing[0]["encryption_public_key"]} for p in listing[1:]]
+    with pytest.raises(LookupError):
+        seal_to_providers(body, swapped, **LOCAL)
+
+
+def test_altered_reordered_or_truncated_answers_are_refused(blind_stack: Coordinator) -> None:
+    body = {"model": MODEL, "max_tokens": 6, "stream": True, "temperature": 0,
+            "messages": [{"role": "user", "content": "Count to five."}]}
+    sealed, sessions = seal_to_providers(body, _listing(blind_stack), providers=1, **LOCAL)
+    response = _post(blind_stack, sealed)
+    assert response.status_code == 200
+    pid = response.headers["x-provider-id"]
+    open_response(sessions, pid, response.text, stream=True)  # the genuine answer checks out
+    events = [line for line in response.text.splitlines() if line.startswith("data: {")]
+    assert len(events) >= 3
+    swapped = [events[1], events[0], *events[2:]]
+    dropped_tail = events[:-2]  # the receipt and [DONE]: a truncated answer
+    renumbered = [json.dumps({**json.loads(e[6:]), "seq": i}) for i, e in enumerate(events[1:])]
+    for forged in (swapped, dropped_tail, ["data: " + e for e in renumbered]):
+        with pytest.raises(BlindResponseError):
+            open_response(sessions, pid, "\n\n".join(forged), stream=True)
+    with pytest.raises(BlindResponseError):  # answered "from" a provider it was not sealed to
+        open_response(sessions, "someone-else", response.text, stream=True)
+
+
+def test_refusals_carry_status_and_code_in_clear_and_the_words_sealed(blind_stack: Coordinator) -> None:
+    secret = f"tapir_{uuid.uuid4().hex[:8]}"
+    body = {"model": MODEL, "max_tokens": 2, secret: True,
+            "messages": [{"role": "user", "content": "hi"}]}
+    sealed, sessions = seal_to_providers(body, _listing(blind_stack), providers=1, **LOCAL)
+    response = _post(blind_stack, sealed)
+    assert response.status_code == 400 and secret not in response.text
+    error = response.json()
+    assert error["error"]["code"] == "unknown_parameter" and error["error"]["param"] is None
+    words = open_error(sessions, error)
+    assert secret in words["message"] and words["param"] == secret
+    assert secret not in blind_stack.log_text()
+
+
+def test_an_oversized_entry_is_refused_before_any_provider_sees_it(blind_stack: Coordinator) -> None:
+    """A sealed entry a provider's socket could not carry never reaches one (it used to close
+    the socket with 1009 and abort everything in flight on it)."""
+    listing = _listing(blind_stack)
+    entry = {"provider_id": listing[0]["provider_id"],
+             "encryption_public_key": listing[0]["encryption_public_key"],
+             "ephemeral_public_key": listing[0]["encryption_public_key"],
+             "ciphertext": "A" * (11 * 1024 * 1024)}
+    envelope = {"v": 2, "model": MODEL, "stream": False, "sealed": [entry]}
+    response = _post(blind_stack, json.dumps(envelope).encode())
+    assert response.status_code == 413 and response.json()["error"]["param"] == "sealed[0].ciphertext"
+    assert blind_stack.provider_count() == 2
+    body = {"model": MODEL, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
+    sealed, sessions = seal_to_providers(body, _listing(blind_stack), **LOCAL)
+    ok = _post(blind_stack, sealed)
+    assert ok.status_code == 200
+    open_response(sessions, ok.headers["x-provider-id"], ok.text, stream=False)

@@ -1,10 +1,12 @@
-"""Every request is recorded (on SQLite and PostgreSQL), and no prompt or completion text is
-found anywhere the coordinator or provider writes: logs, database files, table rows."""
+"""Every request is recorded (on SQLite and PostgreSQL), even one its coordinator crashed
+serving, and no prompt or completion text is found anywhere the coordinator or provider writes:
+logs, database files, table rows."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -106,3 +108,35 @@ def test_no_prompt_or_completion_text_is_kept(db_stack: tuple[Coordinator, Provi
     for where, text in haystacks.items():
         for needle in needles:
             assert needle not in text, f"found request text in {where}"
+
+
+def test_a_crash_leaves_an_interrupted_row(db_stack: tuple[Coordinator, Provider, str]) -> None:
+    coordinator, _, url = db_stack
+    coordinator.wait_providers(1)
+    request_id = f"crash-{uuid.uuid4().hex[:12]}"
+    stream = coordinator.client().chat.completions.create(
+        model=MODEL, max_tokens=3000, temperature=0, stream=True,
+        messages=[{"role": "user", "content": "Write a very long essay about the history of the sea."}],
+        extra_headers={"X-Request-ID": request_id})
+    chunks = iter(stream)
+    next(chunks), next(chunks)  # committed and streaming
+
+    def mine() -> list[dict[str, Any]]:
+        return [r for r in _rows(url) if r["x_request_id"] == request_id]
+
+    deadline = time.monotonic() + 15
+    while not mine():  # written at commit, off the response path
+        assert time.monotonic() < deadline, "no row for a committed request"
+        time.sleep(0.1)
+    [row] = mine()
+    assert row["status"] == "in_progress" and row["ended_at"] is None
+    assert coordinator.proc is not None
+    coordinator.proc.kill()  # SIGKILL mid-stream: no shutdown hook runs
+    coordinator.proc.wait()
+    stream.close()
+    coordinator.start()
+    [row] = mine()
+    assert row["status"] == "interrupted" and row["error_code"] == "interrupted"
+    assert row["provider_id"] and row["model"] == MODEL and row["stream"] is True
+    assert row["prompt_tokens"] > 0 and row["ended_at"] is None and row["updated_at"] is not None
+    assert "1 request(s) were still in progress" in coordinator.log_text()

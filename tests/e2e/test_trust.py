@@ -27,7 +27,9 @@ def test_listing_is_verifiable_by_the_consumer(stack: Coordinator) -> None:
     [entry] = [p for p in _listing(stack) if p["trust_level"] == "self_signed"]
     raw = base64.b64decode(str(entry["attestation_raw"]))
     blob = json.loads(raw)
-    assert verify(blob["publicKey"], raw, str(entry["attestation_signature"]))
+    # The third-party recipe of docs/security.md: the context string, then the exact bytes.
+    assert verify(blob["publicKey"], b"darkbloom/attestation/v2\n" + raw, str(entry["attestation_signature"]))
+    assert not verify(blob["publicKey"], raw, str(entry["attestation_signature"]))
     assert blob["publicKey"] == entry["identity_public_key"] == entry["se_public_key"]
     assert blob["encryptionPublicKey"] == entry["encryption_public_key"]
     assert entry["models"] == [MODEL]
@@ -214,8 +216,15 @@ def test_hardware_trust_through_an_operator_ca(tmp_path: Path) -> None:
         stranger = verify_receipt(receipt, signature, body, _listing(coordinator), root_cas=[CA().cert])  # type: ignore[arg-type]
         assert [s.name for s in stranger if not s.ok] == ["certificate chain leads to a pinned root"]
         ask = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
-        _, channels = seal_to_providers(ask, _listing(coordinator), root_cas=[root.cert])  # type: ignore[arg-type]
+        sealed, channels = seal_to_providers(ask, _listing(coordinator), root_cas=[root.cert])  # type: ignore[arg-type]
         assert len(channels) == 1
+        from darkbloom.client.blind import MEDIA_TYPE, open_response
+
+        blind = httpx.post(f"{coordinator.base_url}/v1/chat/completions", content=sealed, timeout=60,
+                           headers={"Authorization": f"Bearer {coordinator.api_key}",
+                                    "Content-Type": MEDIA_TYPE})
+        assert blind.status_code == 200  # pinned roots, checked locally, answer checked chunk by chunk
+        open_response(channels, blind.headers["x-provider-id"], blind.text, stream=False)
         try:
             seal_to_providers(ask, _listing(coordinator), root_cas=[CA().cert])  # type: ignore[arg-type]
             raise AssertionError("no provider chains to a root we do not know")
@@ -240,7 +249,9 @@ def test_receipt_lookup_by_request_id(stack: Coordinator) -> None:
             break
     assert found.status_code == 200
     signed = found.json()
-    assert verify(signed["receipt"]["provider_key"], canonical_json(signed["receipt"]), signed["signature"])
+    assert signed["receipt"]["v"] == 2
+    assert verify(signed["receipt"]["provider_key"],
+                  b"darkbloom/receipt/v2\n" + canonical_json(signed["receipt"]), signed["signature"])
     other_key = subprocess.run([sys.executable, "-m", "darkbloom", "keys", "create", "--account", "other"],
                                env=stack.env, capture_output=True, text=True, check=True).stdout.strip()
     other = httpx.get(f"{stack.base_url}/v1/receipts/{request_id}",

@@ -10,43 +10,39 @@ import threading
 import uuid
 from typing import Any
 
+import openai
 import websockets
 
-from darkbloom.crypto import Channel, KeyPair, public_key_from_b64
-from darkbloom.crypto.signing import IdentityKey
-from darkbloom.inference.catalog import DEFAULT_MODEL
+from darkbloom.crypto import KeyPair, SessionChannel, public_key_from_b64
+from darkbloom.crypto.signing import ATTESTATION_CONTEXT, IdentityKey
 from darkbloom.protocol.frames import Hardware
 from darkbloom.provider.attestation import build
+from tests.e2e.fakes import FakeProvider
 from tests.e2e.harness import MODEL, Coordinator
 
 
 def test_no_plaintext_request_crosses_the_websocket(tmp_path: Any) -> None:
     coordinator = Coordinator(tmp_path, min_trust_level="self_signed").start()
     canary = f"lynx-canary-{uuid.uuid4().hex[:10]}"
-    frames: list[str] = []
-    keys, identity = KeyPair.generate(), IdentityKey.generate()
-    ready = threading.Event()
+    frames: list[dict[str, Any]] = []
+    ready, done = threading.Event(), threading.Event()
+
+    def on_request(frame: dict[str, Any]) -> dict[str, Any]:
+        frames.append(frame)
+        sealed = frame["encrypted_body"]
+        body = SessionChannel(fake.keys, public_key_from_b64(sealed["ephemeral_public_key"]),
+                              "provider").open("request", "", 0, sealed["ciphertext"])
+        assert canary.encode() in body  # only the provider's key opens it
+        done.set()
+        return {"type": "inference_error", "request_id": frame["request_id"],
+                "error": "stand-in provider", "status_code": 500}
+
+    fake = FakeProvider(coordinator, on_request=on_request)
 
     async def provider() -> None:
-        async with websockets.connect(coordinator.ws_url, additional_headers={
-                "Authorization": f"Bearer {coordinator.provider_token}"}) as ws:
-            await ws.send(json.dumps({
-                "type": "register", "public_key": keys.public_b64, "backend": "llama.cpp",
-                "models": [{"id": MODEL, "weight_hash": DEFAULT_MODEL.weight_hash}],
-                "attestation": build(identity, keys.public_b64, Hardware(), "llama.cpp")}))
+        async with fake:
             ready.set()
-            while True:
-                text = await asyncio.wait_for(ws.recv(), 30)
-                frames.append(str(text))
-                frame = json.loads(text)
-                if frame["type"] == "inference_request":
-                    body = Channel(keys, public_key_from_b64(
-                        frame["encrypted_body"]["ephemeral_public_key"])).open(
-                        frame["encrypted_body"]["ciphertext"])
-                    assert canary.encode() in body  # only the provider's key opens it
-                    await ws.send(json.dumps({"type": "inference_error", "request_id": frame["request_id"],
-                                              "error": "stand-in provider", "status_code": 500}))
-                    return
+            await asyncio.to_thread(done.wait, 60)
 
     thread = threading.Thread(target=lambda: asyncio.run(provider()))
     thread.start()
@@ -56,22 +52,22 @@ def test_no_plaintext_request_crosses_the_websocket(tmp_path: Any) -> None:
         reply = coordinator.client().chat.completions.with_raw_response.create(
             model=MODEL, max_tokens=5, messages=[{"role": "user", "content": canary}])
         raise AssertionError(f"the stand-in never answers, got {reply.http_response.status_code}")
-    except Exception as exc:
-        assert "stand-in provider" in str(exc) or "failed" in str(exc)
+    except openai.APIStatusError as exc:
+        assert exc.status_code >= 500 and "stand-in provider" not in str(exc)
+    done.set()
     thread.join(30)
     coordinator.stop()
-    requests = [f for f in frames if '"inference_request"' in f]
-    assert requests, frames
+    assert frames
     for frame in frames:
-        assert canary not in frame
-        assert canary not in base64.b64decode(json.loads(frame).get("encrypted_body", {}).get(
-            "ciphertext", "")).decode("latin-1")  # not even as base64 of plaintext
+        assert canary not in json.dumps(frame)
+        assert canary not in base64.b64decode(frame["encrypted_body"]["ciphertext"]).decode(
+            "latin-1")  # not even as base64 of plaintext
 
 
 def test_bad_attestations_are_logged_and_others_still_served(stack: Coordinator) -> None:
     keys, identity = KeyPair.generate(), IdentityKey.generate()
     blob = build(identity, keys.public_b64, Hardware(), "llama.cpp")
-    bad_signature = {**blob, "signature": IdentityKey.generate().sign(b"x")}
+    bad_signature = {**blob, "signature": IdentityKey.generate().sign(ATTESTATION_CONTEXT + b"x")}
     oversized = {**blob, "attestation_raw": "A" * 40000}
 
     async def register(attestation: dict[str, Any]) -> dict[str, Any]:

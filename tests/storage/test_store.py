@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from darkbloom.coordinator.store import credentials
-from darkbloom.coordinator.store.db import make_engine, upgrade
+from darkbloom.coordinator.store.db import alembic_config, make_engine, upgrade
 from darkbloom.coordinator.store.requests_log import RequestOutcome, recent, record
 from darkbloom.coordinator.store.tables import ApiKey, ProviderToken
 
@@ -22,7 +23,7 @@ async def test_migrations_are_idempotent_and_complete(database_url: str) -> None
         version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar_one()
     await engine.dispose()
     assert {"accounts", "api_keys", "provider_tokens", "requests", "alembic_version"} <= tables
-    assert version == "0003"
+    assert version == ScriptDirectory.from_config(alembic_config(database_url)).get_current_head()
 
 
 async def test_api_keys_are_stored_only_as_hashes(sessions: async_sessionmaker[AsyncSession]) -> None:

@@ -1,16 +1,25 @@
-"""Logging for the long-running commands: timestamps, levels, logger names; never payloads."""
+"""Logging for the long-running commands: timestamps, levels, logger names, the request's
+X-Request-ID; never payloads."""
 
 from __future__ import annotations
 
 import logging
 
+from darkbloom.logcontext import FORMAT, RequestIdFilter, WithholdExceptionMessages
+
 
 def setup(level: str) -> None:
-    logging.basicConfig(level=level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=level.upper(), format=FORMAT)
+    # On the handlers, not a logger: a logger's filters skip records propagated from its children.
+    for handler in logging.getLogger().handlers:
+        for kind in (RequestIdFilter, WithholdExceptionMessages):
+            if not any(isinstance(f, kind) for f in handler.filters):
+                handler.addFilter(kind())
     # websockets (also under uvicorn's "uvicorn.error" logger) logs whole frames at DEBUG, which
-    # could include request content: keep both at INFO even when our own level is DEBUG.
-    for name in ("websockets", "uvicorn.error"):
+    # could include request content, and aiosqlite every statement with its parameters (key
+    # hashes, request rows) from a thread outside any request: keep them at INFO even when our
+    # own level is DEBUG.
+    for name in ("websockets", "uvicorn.error", "aiosqlite"):
         logging.getLogger(name).setLevel(max(logging.INFO, logging.getLogger().level))
 
 

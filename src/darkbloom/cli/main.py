@@ -27,7 +27,10 @@ app.add_typer(admin_app, name="admin")
 identity_app = typer.Typer(help="The provider's identity key and its certificate.",
                            no_args_is_help=True)
 app.add_typer(identity_app, name="identity")
+provider_token_app = typer.Typer(help="Provider tokens: mint (no subcommand), list, revoke.")
+admin_app.add_typer(provider_token_app, name="provider-token")
 console = Console()
+err_console = Console(stderr=True)
 T = TypeVar("T")
 
 
@@ -187,16 +190,47 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (not th
     console.print(f"revoked {key_id}")
 
 
-@admin_app.command("provider-token")
+@provider_token_app.callback(invoke_without_command=True)
 def provider_token(
+    ctx: typer.Context,
     label: Annotated[str, typer.Option(help="A name for the machine.")] = "",
     account: Annotated[str, typer.Option(help="Account the machine earns for.")] = "local",
 ) -> None:
-    """Mint a provider token (darkbloom-pt-...) for an account and print it (shown once)."""
+    """Mint a provider token (darkbloom-pt-...) for an account and print it (shown once); its id,
+    for `revoke`, goes to stderr so stdout is only the token."""
+    if ctx.invoked_subcommand is not None:
+        return
     from darkbloom.coordinator.store.credentials import create_provider_token
 
     issued = asyncio.run(_with_sessions(lambda s: create_provider_token(s, account, label)))
+    err_console.print(f"token id {issued.id} (prefix {issued.prefix})")
     print(issued.secret)
+
+
+@provider_token_app.command("list")
+def provider_token_list() -> None:
+    """List provider tokens: id, prefix, account, label, created, revoked."""
+    from darkbloom.coordinator.store.credentials import list_provider_tokens
+
+    for row in asyncio.run(_with_sessions(list_provider_tokens)):
+        revoked = f"revoked {row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "active"
+        print(f"{row.id}  {row.prefix}  {row.account_id}  {row.created_at:%Y-%m-%d %H:%M}  "
+              f"{revoked}  {row.label}")
+
+
+@provider_token_app.command("revoke")
+def provider_token_revoke(
+    ref: Annotated[str, typer.Argument(help="The token's id, or a prefix of the token or its id.")],
+) -> None:
+    """Revoke a provider token; a running coordinator closes its live sockets within seconds."""
+    from darkbloom.coordinator.store.credentials import revoke_provider_token
+
+    ids = asyncio.run(_with_sessions(lambda s: revoke_provider_token(s, ref)))
+    if len(ids) != 1:
+        console.print(f"{ref} matches {len(ids)} tokens ({', '.join(ids)}); give more of it" if ids
+                      else f"no active provider token matches {ref}", style="red", markup=False)
+        raise typer.Exit(1)
+    console.print(f"revoked {ids[0]}")
 
 
 async def _with_sessions(

@@ -1,9 +1,11 @@
 """Verify a response receipt offline (trust.md §5): which attested machine answered, and that
 these are the bytes it produced for this request.
 
-Inputs are what a consumer can save: the response (a streamed SSE text, whose last comment line is
-the receipt, or a non-streamed body plus its ``x-darkbloom-receipt`` and ``x-se-signature``
-headers) and the ``GET /v1/providers/attestation`` listing. Each check is reported on its own.
+Inputs are what a consumer can save: the response (a streamed SSE text, whose comment line
+carries the receipt, or a non-streamed body plus its ``x-darkbloom-receipt`` and
+``x-se-signature`` headers) and the ``GET /v1/providers/attestation`` listing. Each check is
+reported on its own. Receipts and blobs are parsed by the shared wire models
+(``protocol/trust.py``), whose signatures carry domain-separation context strings.
 """
 
 from __future__ import annotations
@@ -16,9 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from darkbloom.crypto.certificates import check_chain
-from darkbloom.crypto.signing import canonical_json, verify
-
-RECEIPT_PREFIX = ": darkbloom-receipt "
+from darkbloom.protocol.sse import split_stream
+from darkbloom.protocol.trust import AttestationBlob, InvalidAttestation, SignedReceipt, open_attestation
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,27 +32,39 @@ class Step:
 def parse_sse(text: str) -> tuple[bytes, dict[str, Any] | None, str | None]:
     """Split a saved stream into its transcript (each data payload but [DONE], plus "\\n") and
     the receipt and signature from its comment line."""
-    transcript: list[bytes] = []
-    receipt: dict[str, Any] | None = None
-    signature: str | None = None
-    for line in text.splitlines():
-        if line.startswith(RECEIPT_PREFIX):
-            signed = json.loads(line[len(RECEIPT_PREFIX):])
-            receipt, signature = signed.get("receipt"), signed.get("signature")
-        elif line.startswith("data: ") and line != "data: [DONE]":
-            transcript.append((line[len("data: "):] + "\n").encode())
-    return b"".join(transcript), receipt, signature
+    transcript, signed = split_stream(text)
+    if signed is None:
+        return transcript, None, None
+    return transcript, signed.receipt.model_dump(), signed.signature
 
 
 def decode_receipt_header(value: str) -> dict[str, Any]:
     """The ``x-darkbloom-receipt`` header: base64 of the canonical receipt JSON."""
     try:
         receipt = json.loads(base64.b64decode(value, validate=True))
-    except (binascii.Error, ValueError) as exc:
+    except (binascii.Error, ValueError, RecursionError) as exc:
         raise ValueError("x-darkbloom-receipt is not base64 JSON") from exc
     if not isinstance(receipt, dict):
         raise ValueError("x-darkbloom-receipt is not a JSON object")
     return receipt
+
+
+def check_provider(entry: dict[str, Any], root_cas: list[Any] | None
+                   ) -> tuple[AttestationBlob, str | None]:
+    """A listing entry checked locally: its blob verifies under its own identity key and binds the
+    listed keys; with pinned roots, its chain leads to one. Returns the blob and, if the chain
+    fails, why. Raises InvalidAttestation when the blob itself does not hold."""
+    blob = open_attestation(entry.get("attestation_raw"), entry.get("attestation_signature"))
+    if blob.publicKey != entry.get("identity_public_key"):
+        raise InvalidAttestation("the blob is for another identity key")
+    if blob.encryptionPublicKey != entry.get("encryption_public_key"):
+        raise InvalidAttestation("the blob does not bind the listed encryption key")
+    if root_cas is None:
+        return blob, None
+    chain = entry.get("certificate_chain") or None
+    if chain is not None and (not isinstance(chain, list) or not all(isinstance(c, str) for c in chain)):
+        return blob, "certificate chain is malformed"
+    return blob, check_chain(chain, blob.publicKey, blob.serialNumber, root_cas)
 
 
 def verify_receipt(receipt: dict[str, Any], signature: str, response: bytes,
@@ -62,37 +75,33 @@ def verify_receipt(receipt: dict[str, Any], signature: str, response: bytes,
     With ``root_cas`` (certificates you pin yourself, never ones a coordinator serves) the
     provider's certificate chain must lead to one of them: hardware trust checked locally.
     """
-    steps: list[Step] = []
-    key = receipt.get("provider_key")
+    signed = SignedReceipt.parse({"receipt": receipt, "signature": signature})
+    steps = [Step("receipt is a well-formed v2 receipt", signed is not None)]
+    if signed is None:
+        return steps
+    key = signed.receipt.provider_key
     entry = next((p for p in providers if p.get("identity_public_key") == key), None)
     steps.append(Step("provider is in the attestation listing", entry is not None,
-                      "" if entry else f"no provider with identity key {key}"))
-    blob: dict[str, Any] = {}
+                      "" if entry else f"no provider with identity key {key[:64]}"))
     if entry is not None:
-        raw = base64.b64decode(str(entry.get("attestation_raw") or ""))
         try:
-            blob = json.loads(raw) if raw else {}
-        except ValueError:
-            blob = {}
-        signed = bool(blob) and verify(str(blob.get("publicKey")), raw,
-                                       str(entry.get("attestation_signature") or ""))
-        steps.append(Step("attestation blob is signed by that identity key",
-                          signed and blob.get("publicKey") == key))
+            blob, problem = check_provider({**entry, "encryption_public_key": signed.receipt.encryption_key},
+                                           root_cas)
+            attested, detail = True, ""
+        except InvalidAttestation as exc:
+            blob, problem, attested, detail = None, "no valid blob", False, str(exc)
+        steps.append(Step("attestation blob is signed by that identity key and binds the "
+                          "receipt's encryption key", attested,
+                          "" if attested else
+                          f"{detail} (the provider may have restarted: new per-process X25519 key)"))
         if root_cas is not None:
-            problem = check_chain(entry.get("certificate_chain") or None, str(key),
-                                  blob.get("serialNumber"), root_cas)
-            steps.append(Step("certificate chain leads to a pinned root", problem is None,
-                              problem or ""))
-        steps.append(Step("attestation binds the receipt's encryption key",
-                          blob.get("encryptionPublicKey") == receipt.get("encryption_key"),
-                          "the provider may have restarted since (new per-process X25519 key)"
-                          if blob.get("encryptionPublicKey") != receipt.get("encryption_key") else ""))
+            steps.append(Step("certificate chain leads to a pinned root",
+                              blob is not None and problem is None, problem or ""))
     digest = hashlib.sha256(response).hexdigest()
     steps.append(Step("response hash matches the bytes received",
-                      digest == receipt.get("response_sha256"), f"sha256 {digest}"))
+                      digest == signed.receipt.response_sha256, f"sha256 {digest}"))
     if request_body is not None:
         steps.append(Step("request hash matches the body sent",
-                          hashlib.sha256(request_body).hexdigest() == receipt.get("request_sha256")))
-    steps.append(Step("receipt signature is valid",
-                      isinstance(key, str) and verify(key, canonical_json(receipt), signature)))
+                          hashlib.sha256(request_body).hexdigest() == signed.receipt.request_sha256))
+    steps.append(Step("receipt signature is valid", signed.valid()))
     return steps

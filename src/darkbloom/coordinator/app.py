@@ -14,15 +14,17 @@ from darkbloom.coordinator.api import errors
 from darkbloom.coordinator.api.auth import KeyCache
 from darkbloom.coordinator.api.inference import router as inference_router
 from darkbloom.coordinator.api.models import router as models_router
+from darkbloom.coordinator.api.provider_ws import provider_watch
 from darkbloom.coordinator.api.provider_ws import router as provider_router
 from darkbloom.coordinator.api.providers import router as providers_router
 from darkbloom.coordinator.api.request_id import RequestIdMiddleware
 from darkbloom.coordinator.dispatch import Dispatcher
 from darkbloom.coordinator.inference import InferenceService, Tokenizers
-from darkbloom.coordinator.recorder import Recorder
+from darkbloom.coordinator.recorder import Recorder, coordinator_id
 from darkbloom.coordinator.routing.scheduler import Scheduler
 from darkbloom.coordinator.sender_sealing import key_id, load_or_create_key
 from darkbloom.coordinator.store.db import make_engine, make_sessionmaker, upgrade
+from darkbloom.coordinator.store.requests_log import mark_interrupted
 from darkbloom.crypto.certificates import load_roots
 from darkbloom.inference.catalog import Catalog
 
@@ -38,9 +40,15 @@ def create_app(settings: CoordinatorSettings, catalog: Catalog | None = None) ->
         engine = make_engine(settings.database_url)
         sessions = make_sessionmaker(engine)
         scheduler = Scheduler(settings.queue_max_per_model, settings.queue_timeout_s,
-                              settings.min_trust_level)
-        dispatcher = Dispatcher(scheduler)
-        recorder = Recorder(sessions)
+                              settings.min_trust_level, settings.pass_window_s)
+        dispatcher = Dispatcher(scheduler, max_response_bytes=settings.max_response_bytes,
+                                max_buffered_bytes=settings.max_buffered_bytes,
+                                deadline_s=settings.response_deadline_s)
+        instance = coordinator_id(settings.state_dir / "coordinator-id")
+        if interrupted := await mark_interrupted(sessions, instance):
+            log.warning("%d request(s) were still in progress when this coordinator last stopped; "
+                        "marked interrupted", interrupted)
+        recorder = Recorder(sessions, instance)
         state = app.state
         state.settings, state.catalog, state.engine, state.sessions = settings, catalog, engine, sessions
         state.scheduler, state.dispatcher, state.recorder = scheduler, dispatcher, recorder
@@ -52,7 +60,8 @@ def create_app(settings: CoordinatorSettings, catalog: Catalog | None = None) ->
                                            dispatcher)
         log.info("coordinator ready (database: %s)", engine.dialect.name)
         try:
-            yield
+            async with provider_watch(state):
+                yield
         finally:
             await recorder.flush()
             await engine.dispose()

@@ -10,27 +10,37 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
 
 from darkbloom.config import CoordinatorSettings
 from darkbloom.coordinator.dispatch import Attempt, Dispatcher, Event
 from darkbloom.coordinator.routing.scheduler import Scheduler
 from darkbloom.coordinator.trust.attestation import LEVELS
+from darkbloom.coordinator.usage import settle_usage
 from darkbloom.errors import (
     InvalidRequest,
     ModelNotFound,
     NoProviderAvailable,
     ProviderFailed,
+    RequestTooLarge,
     UpstreamTimeout,
 )
 from darkbloom.inference.budget import output_budget
 from darkbloom.inference.catalog import Catalog, CatalogModel
-from darkbloom.inference.dialects import parse_request
+from darkbloom.inference.dialects import parse_request_off_loop
+from darkbloom.inference.fields import MAX_OUTPUT_TOKENS
 from darkbloom.inference.prompt import PromptBuilder
 from darkbloom.inference.request import GenerationRequest, parse_json_body
-from darkbloom.protocol.frames import Endpoint, Sealed, Usage
+from darkbloom.logcontext import REQUEST_ID
+from darkbloom.protocol.blind import BlindEnvelope
+from darkbloom.protocol.frames import MAX_FRAME_BYTES, Endpoint, Sealed, Usage
+from darkbloom.protocol.trust import SignedReceipt
 
 log = logging.getLogger(__name__)
 
@@ -57,18 +67,52 @@ class Committed:
     attempt: Attempt
     first_chunk: bytes
     attempts: int
+    prepared: Prepared  # what relay() checks the provider's usage report against
 
 
 @dataclass(frozen=True, slots=True)
 class Finished:
     usage: Usage
-    receipt: dict[str, object] | None = None  # {"receipt": {...}, "signature": "..."}
+    receipt: SignedReceipt | None = None  # checked by the dispatcher; None in consumer-blind mode
+
+
+# Failure reasons the coordinator words itself. Any other text came from a provider and may quote
+# the request back, so it never reaches the consumer.
+_OWN_REASONS = frozenset({
+    "provider disconnected", "invalid provider response", "provider did not respond in time",
+    "provider completed without a response", "a provider's encryption key changed; seal to it again",
+})
+
+
+def _context_exceeded(prepared: Prepared) -> InvalidRequest:
+    """A provider found the prompt too long where the coordinator had no tokenizer to count it:
+    the consumer's error, in our own words (never the provider's)."""
+    param = {"/v1/completions": "prompt", "/v1/responses": "input"}.get(prepared.endpoint, "messages")
+    return InvalidRequest(
+        f"This model's maximum context length is {prepared.model.context_length} tokens, and the "
+        f"{param} with the requested completion does not fit. Please reduce the length of the "
+        f"{param} or completion.", param=param, code="context_length_exceeded")
 
 
 class _AttemptFailed(Exception):
     def __init__(self, event: Event) -> None:
         super().__init__(event.message)
         self.event = event
+
+
+def parse_blind_envelope(body: dict[str, Any]) -> BlindEnvelope:
+    """The consumer-blind envelope's clear fields; errors name fields, never echo values."""
+    try:
+        return BlindEnvelope.model_validate(body)
+    except ValidationError as exc:
+        where = sorted({".".join(str(p) for p in e["loc"]) or "body" for e in exc.errors()})[:3]
+        raise InvalidRequest(f"invalid consumer-blind envelope: bad field(s) {', '.join(where)}"[:300],
+                             param=where[0][:64], code="invalid_sealed_envelope") from None
+
+
+_CODE = re.compile(r"^[a-z_]{1,64}$")  # a provider's error code, passed on only if it is a plain word
+BLIND_REFUSAL = ("a provider refused the sealed request; the reason is sealed to you "
+                 "(open error.sealed with darkbloom.client.blind.open_error)")
 
 
 class Tokenizers:
@@ -101,7 +145,7 @@ class InferenceService:
         if min_trust is not None and min_trust not in LEVELS:
             raise InvalidRequest(f"x-min-trust-level must be one of {', '.join(LEVELS)}",
                                  param="x-min-trust-level")
-        request = parse_request(endpoint, parse_json_body(raw))
+        request = await parse_request_off_loop(endpoint, raw)
         model = self.catalog.resolve(request.model)
         if model is None:
             raise ModelNotFound(f"The model {request.model!r} does not exist or is not available "
@@ -120,42 +164,41 @@ class InferenceService:
 
     def prepare_blind(self, endpoint: Endpoint, raw: bytes, min_trust: str | None = None) -> Prepared:
         """A body the consumer sealed to providers itself (trust.md §9): only the clear fields
-        can be checked here; the providers validate the rest and refuse what they must."""
+        can be checked here; the providers validate the rest and refuse what they must.
+
+        Each sealed entry must fit in one frame to its provider (``entry_limit``), so no envelope
+        can make a provider's socket close on an oversized frame."""
         if min_trust is not None and min_trust not in LEVELS:
             raise InvalidRequest(f"x-min-trust-level must be one of {', '.join(LEVELS)}",
                                  param="x-min-trust-level")
-        body = parse_json_body(raw)
-        model_name, stream, max_tokens = body.get("model"), body.get("stream", False), body.get("max_tokens")
-        if not isinstance(model_name, str) or not model_name:
-            raise InvalidRequest("model is required in the clear", param="model")
-        if not isinstance(stream, bool):
-            raise InvalidRequest("stream must be a boolean", param="stream")
-        if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool)
-                                       or max_tokens < 1):
-            raise InvalidRequest("max_tokens must be a positive integer", param="max_tokens")
-        model = self.catalog.resolve(model_name)
+        envelope = parse_blind_envelope(parse_json_body(raw))
+        model = self.catalog.resolve(envelope.model)
         if model is None:
-            raise ModelNotFound(f"The model {model_name!r} does not exist", param="model")
-        entries = body.get("sealed")
-        if not isinstance(entries, list) or not 1 <= len(entries) <= MAX_SEALED_PROVIDERS:
-            raise InvalidRequest(f"sealed must list 1 to {MAX_SEALED_PROVIDERS} provider envelopes",
-                                 param="sealed")
+            raise ModelNotFound("The model in the envelope does not exist", param="model")
+        limit = self.blind_entry_limit
         sealed_for: dict[str, tuple[str, Sealed]] = {}
-        for i, entry in enumerate(entries):
-            fields = ("provider_id", "encryption_public_key", "ephemeral_public_key", "ciphertext")
-            if not isinstance(entry, dict) or not all(isinstance(entry.get(f), str) for f in fields):
-                raise InvalidRequest(f"sealed[{i}] needs {', '.join(fields)}", param=f"sealed[{i}]")
-            sealed_for[entry["provider_id"]] = (entry["encryption_public_key"], Sealed(
-                ephemeral_public_key=entry["ephemeral_public_key"], ciphertext=entry["ciphertext"]))
-        request = GenerationRequest(endpoint=endpoint, model=model_name, stream=stream)
-        cap = max_tokens or self.settings.default_max_tokens  # the provider also caps to its context
+        for i, entry in enumerate(envelope.sealed):
+            if len(entry.ciphertext) > limit:
+                raise RequestTooLarge(f"sealed[{i}].ciphertext exceeds {limit} bytes",
+                                      param=f"sealed[{i}].ciphertext")
+            if entry.provider_id in sealed_for:
+                raise InvalidRequest("sealed lists a provider twice", param=f"sealed[{i}].provider_id")
+            sealed_for[entry.provider_id] = (entry.encryption_public_key, Sealed(
+                ephemeral_public_key=entry.ephemeral_public_key, ciphertext=entry.ciphertext))
+        request = GenerationRequest(endpoint=endpoint, model=envelope.model, stream=envelope.stream)
+        cap = min(envelope.max_tokens or self.settings.default_max_tokens, MAX_OUTPUT_TOKENS)
         return Prepared(endpoint, raw, request, model, None, cap, min_trust, sealed_for)
+
+    @property
+    def blind_entry_limit(self) -> int:
+        """Largest sealed entry: a body of max_body_bytes in base64, and never more than a frame
+        to the provider can carry (with room for the frame's other fields)."""
+        return min(self.settings.max_body_bytes * 4 // 3 + 64, MAX_FRAME_BYTES - 64 * 1024)
 
     async def count_tokens(self, raw: bytes) -> int:
         """Anthropic's count_tokens: the exact prompt tokens a Messages request would use."""
-        body = parse_json_body(raw)
-        body.setdefault("max_tokens", 1)  # count_tokens takes a Messages body without it
-        request = parse_request("/v1/messages", body)
+        # count_tokens takes a Messages body without max_tokens
+        request = await parse_request_off_loop("/v1/messages", raw, {"max_tokens": 1})
         model = self.catalog.resolve(request.model)
         if model is None:
             raise ModelNotFound(f"model: {request.model!r} not found", param="model")
@@ -189,32 +232,46 @@ class InferenceService:
                     continue
             attempt = self.dispatcher.send(
                 provider, body, model=prepared.request.model, endpoint=prepared.endpoint,
-                stream=prepared.request.stream, max_tokens_cap=prepared.max_tokens_cap)
+                stream=prepared.request.stream, max_tokens_cap=prepared.max_tokens_cap,
+                x_request_id=REQUEST_ID.get())
             try:
-                return Committed(attempt, await self._first_chunk(attempt), n)
+                return Committed(attempt, await self._first_chunk(attempt), n, prepared)
             except _AttemptFailed as failed:
                 last = failed.event
                 tried.add(provider.id)
                 # Status and code only: a provider's message may quote the request back.
                 log.info("attempt %d on provider %s failed: %d %s", n, provider.id,
                          last.status_code, last.code or "")
-                if 400 <= last.status_code < 500 and last.status_code != 404:
+                if (prepared.sealed_for is None and last.code == "context_length_exceeded"
+                        and prepared.prompt_tokens is None):
+                    raise _context_exceeded(prepared) from None  # no tokenizer here to say so first
+                # Standard mode: the request passed our own validation, so a provider's 4xx is
+                # its failure like a 5xx, and the next provider gets the request. Consumer-blind:
+                # only providers can read the request, so a refusal stands.
+                if (prepared.sealed_for is not None
+                        and 400 <= last.status_code < 500 and last.status_code != 404):
                     # The provider refused the request itself; another provider would too.
-                    raise InvalidRequest(last.message, param=last.param, code=last.code,
-                                         status_code=last.status_code) from None
+                    # Its words are sealed to the consumer; status and code are all we pass on.
+                    sealed = ({"request_id": attempt.request_id, "ciphertext": last.sealed_message}
+                              if last.sealed_message else None)
+                    code = last.code if last.code and _CODE.fullmatch(last.code) else None
+                    raise InvalidRequest(BLIND_REFUSAL, code=code, status_code=last.status_code,
+                                         sealed=sealed) from None
             except BaseException:
                 self.dispatcher.cancel(attempt)
                 raise
         assert last is not None
         error = UpstreamTimeout if last.status_code == 504 else ProviderFailed
-        raise error(f"inference failed after {len(tried)} attempt(s): {last.message}",
-                    status_code=last.status_code if last.status_code >= 500 else 503)
+        reason = (last.message if last.message in _OWN_REASONS
+                  else f"no provider could serve it (last status {last.status_code})")
+        raise error(f"inference failed after {len(tried)} attempt(s): {reason}",
+                    status_code=last.status_code if last.status_code in (502, 503, 504) else 502)
 
     async def _first_chunk(self, attempt: Attempt) -> bytes:
         timeout = self.settings.first_response_timeout_s
         while True:
             try:
-                event = await asyncio.wait_for(attempt.events.get(), timeout)
+                event = await attempt.next_event(timeout)
             except TimeoutError:
                 self.dispatcher.cancel(attempt)
                 raise _AttemptFailed(Event("error", status_code=504,
@@ -230,19 +287,29 @@ class InferenceService:
                                            message="provider completed without a response"))
 
     async def relay(self, committed: Committed) -> AsyncIterator[bytes | Finished]:
-        """Chunks after the first, then Finished; DarkbloomError if the provider fails mid-way."""
-        attempt = committed.attempt
+        """Chunks after the first, then Finished with the usage settled (coordinator/usage.py);
+        DarkbloomError if the provider fails mid-way."""
+        attempt, prepared = committed.attempt, committed.prepared
+        events = 1  # the first chunk
         while True:
             try:
-                event = await asyncio.wait_for(attempt.events.get(), self.settings.chunk_timeout_s)
+                event = await attempt.next_event(self.settings.chunk_timeout_s)
             except TimeoutError:
                 self.dispatcher.cancel(attempt)
                 raise UpstreamTimeout("provider stopped sending; response timed out") from None
             if event.kind == "chunk":
+                events += 1
                 yield event.data
             elif event.kind == "complete":
                 assert event.usage is not None
-                yield Finished(event.usage, event.receipt)
+                usage, problems = settle_usage(
+                    event.usage, own_prompt_tokens=prepared.prompt_tokens,
+                    context_length=prepared.model.context_length,
+                    max_tokens_cap=prepared.max_tokens_cap, events=events)
+                if problems:
+                    log.warning("provider %s reported usage out of bounds on %s: %s",
+                                attempt.provider.id, attempt.request_id, "; ".join(problems))
+                yield Finished(usage, event.receipt)
                 return
             elif event.kind == "error":
                 raise ProviderFailed(event.message or "provider failed")

@@ -4,9 +4,11 @@ from darkbloom.crypto.sealing import (
     Channel,
     KeyPair,
     SealingError,
+    SessionChannel,
     b64decode,
     b64encode,
     public_key_from_b64,
 )
 
-__all__ = ["Channel", "KeyPair", "SealingError", "b64decode", "b64encode", "public_key_from_b64"]
+__all__ = ["Channel", "KeyPair", "SealingError", "SessionChannel", "b64decode", "b64encode",
+           "public_key_from_b64"]

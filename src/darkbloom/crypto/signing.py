@@ -2,6 +2,12 @@
 
 Public keys travel as raw X‖Y (64 bytes, base64), the reference's form; the 65-byte
 uncompressed SEC1 form (``04`` prefix) is accepted too.
+
+Domain separation: one identity key signs several kinds of message, so every signed message
+starts with its own context string (``darkbloom/<kind>/v2`` and a newline) and both ``sign`` and
+``verify`` refuse bytes without one of them. A signature made for one kind can never verify as
+another, so no answer the provider gives (a challenge, a receipt) can be replayed as an
+attestation. The exact byte layouts are in docs/security.md.
 """
 
 from __future__ import annotations
@@ -18,6 +24,22 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+ATTESTATION_CONTEXT = b"darkbloom/attestation/v2\n"
+CHALLENGE_CONTEXT = b"darkbloom/challenge/v2\n"
+STATUS_CONTEXT = b"darkbloom/status/v2\n"
+RECEIPT_CONTEXT = b"darkbloom/receipt/v2\n"
+CONTEXTS = (ATTESTATION_CONTEXT, CHALLENGE_CONTEXT, STATUS_CONTEXT, RECEIPT_CONTEXT)
+
+
+class UnscopedMessage(ValueError):
+    """Bytes to sign or verify that do not start with a known context string."""
+
+
+def _scoped(data: bytes) -> bytes:
+    if not data.startswith(CONTEXTS):
+        raise UnscopedMessage("signed messages must start with a darkbloom context string")
+    return data
+
 
 def canonical_json(obj: Any) -> bytes:
     """The one encoding anything signed uses: sorted keys, no whitespace, ASCII."""
@@ -30,6 +52,8 @@ def _raw_public(key: ec.EllipticCurvePublicKey) -> bytes:
 
 
 def public_key_from_raw(text: str) -> ec.EllipticCurvePublicKey | None:
+    if len(text) > 128:
+        return None
     try:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
@@ -49,8 +73,11 @@ def key_id(public_key_b64: str) -> str:
 
 
 def verify(public_key_b64: str, data: bytes, signature_b64: str) -> bool:
+    """True only for a valid signature over ``data``, which must carry a context string."""
+    if not data.startswith(CONTEXTS):
+        return False
     key = public_key_from_raw(public_key_b64)
-    if key is None:
+    if key is None or len(signature_b64) > 200:
         return False
     try:
         key.verify(base64.b64decode(signature_b64, validate=True), data, ec.ECDSA(hashes.SHA256()))
@@ -108,4 +135,6 @@ class IdentityKey:
         return request.public_bytes(serialization.Encoding.PEM)
 
     def sign(self, data: bytes) -> str:
-        return base64.b64encode(self._private.sign(data, ec.ECDSA(hashes.SHA256()))).decode("ascii")
+        """Sign a context-scoped message; raises UnscopedMessage for anything else."""
+        signature = self._private.sign(_scoped(data), ec.ECDSA(hashes.SHA256()))
+        return base64.b64encode(signature).decode("ascii")

@@ -40,8 +40,9 @@ def is_int(value: Any) -> bool:
 
 
 def is_number(value: Any) -> bool:
-    return (isinstance(value, int | float) and not isinstance(value, bool)
-            and math.isfinite(value))
+    """An int of any size (compared exactly, never through float(), which overflows) or a
+    finite float."""
+    return is_int(value) or (isinstance(value, float) and math.isfinite(value))
 
 
 def token_limit(body: dict[str, Any], key: str) -> int | None:
@@ -65,7 +66,8 @@ def bounded_number(body: dict[str, Any], key: str, lo: float, hi: float, *, lo_o
         raise InvalidRequest(f"{key} must be a number", param=key)
     if value > hi or value < lo or (lo_open and value == lo):
         bound = f"greater than {lo}" if lo_open else f"at least {lo}"
-        raise InvalidRequest(f"{key} must be {bound} and at most {hi}, got {value}", param=key)
+        raise InvalidRequest(f"{key} must be {bound} and at most {hi}, got {str(value)[:32]}",
+                             param=key)
     return value
 
 

@@ -2,17 +2,22 @@
 
 llama.cpp's grammar sampler then makes every sampled token keep the output inside the grammar,
 so even a tiny model's output parses (and validates) unless max_tokens cuts it short. The
-coordinator converts the schema too, so a schema the converter cannot handle is a 400 before
-routing, never a provider failure.
+coordinator converts the schema too (off its event loop), so a schema the converter or llama.cpp
+cannot handle is a 400 before routing, never a provider failure.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import json
+import re
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from darkbloom.errors import InvalidRequest
+from darkbloom.inference.schema import MAX_GRAMMAR_BYTES, checked_schema
 from darkbloom.inference.tools import allowed, call_schema
 
 if TYPE_CHECKING:
@@ -37,11 +42,6 @@ def parse_json_schema_format(spec: Any, param: str) -> ResponseFormat:
     schema = spec.get("schema")
     if not isinstance(schema, dict):
         raise InvalidRequest(f"{param}.schema must be a JSON Schema object", param=f"{param}.schema")
-    unenforced = unenforced_keyword(schema)
-    if unenforced is not None:
-        raise InvalidRequest(f"{param}.schema uses {unenforced!r}, which the grammar cannot enforce; "
-                             "remove it (output would not be guaranteed to validate)",
-                             param=f"{param}.schema", code="unsupported_parameter")
     # Key order is kept: the output follows the schema's property order, as OpenAI's does.
     fmt = ResponseFormat("json_schema", json.dumps(schema), name)
     gbnf(fmt, param=f"{param}.schema")  # refuse now what the engine could not enforce
@@ -52,53 +52,73 @@ _LOOSE_CHAR = 'char ::= [^"\\\\] |'
 _STRICT_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
 
 
-# Keywords llama.cpp's converter silently ignores: output could break them, so they are refused.
-_UNENFORCED = frozenset({
-    "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "uniqueItems",
-    "minProperties", "maxProperties", "patternProperties", "propertyNames", "dependentRequired",
-    "dependentSchemas", "dependencies", "if", "then", "else", "contains", "minContains",
-    "maxContains", "not",
-})
-_FORMATS = frozenset({"date", "time", "date-time"})
-
-
-def unenforced_keyword(schema: object) -> str | None:
-    """The first keyword in ``schema`` (at any depth) that the grammar would not enforce."""
-    if isinstance(schema, list):
-        return next((k for item in schema if (k := unenforced_keyword(item)) is not None), None)
-    if not isinstance(schema, dict):
-        return None
-    for key, value in schema.items():
-        if key in _UNENFORCED:
-            return str(key)
-        if key == "format" and value not in _FORMATS:
-            return f"format: {str(value)[:32]}"
-        if key in ("properties", "$defs", "definitions") and isinstance(value, dict):
-            found = next((k for sub in value.values() if (k := unenforced_keyword(sub)) is not None), None)
-        elif key not in ("enum", "const", "default", "examples", "description", "title"):
-            found = unenforced_keyword(value)
-        else:
-            found = None
-        if found:
-            return found
-    return None
-
-
 def gbnf(fmt: ResponseFormat, param: str = "response_format") -> str:
+    """The grammar for ``fmt``; a 400 for any schema it could not enforce, checked, bounded and
+    parsed by llama.cpp itself, so the engine never meets a grammar it would refuse (or crash on)."""
     from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
     if fmt.kind == "json_object" or fmt.schema is None:
         return str(JSON_GBNF)
+    schema = checked_schema(json.loads(fmt.schema), param)
     try:
-        grammar = str(json_schema_to_gbnf(fmt.schema))
-        # The converter lets raw control characters into strings, which strict JSON parsers
-        # (Python's json, JSON.parse) reject; forbid them as llama.cpp's own JSON grammar does.
-        return grammar.replace(_LOOSE_CHAR, _STRICT_CHAR)
-    # The converter reports unsupported schemas with assert statements as well as exceptions.
-    except (AssertionError, ValueError, KeyError, TypeError, NotImplementedError,
-            RecursionError) as exc:
+        grammar = str(json_schema_to_gbnf(schema))
+    # Third-party code that reports unsupported schemas with asserts and assorted exceptions.
+    except Exception as exc:
         raise InvalidRequest(f"this JSON Schema cannot be enforced: {type(exc).__name__}",
                              param=param, code="unsupported_parameter") from None
+    # The converter lets raw control characters into strings, which strict JSON parsers
+    # (Python's json, JSON.parse) reject; forbid them as llama.cpp's own JSON grammar does.
+    grammar = grammar.replace(_LOOSE_CHAR, _STRICT_CHAR)
+    if len(grammar) > MAX_GRAMMAR_BYTES:
+        raise InvalidRequest(f"{param} is too complex: its grammar exceeds {MAX_GRAMMAR_BYTES // 1024} KiB",
+                             param=param, code="unsupported_parameter")
+    if "\\" in _GBNF_ESCAPES.sub("", grammar):
+        raise InvalidRequest(f"{param} has a 'pattern' escape the grammar cannot express (such as "
+                             "\\d or \\w: write a character class like [0-9] instead)",
+                             param=param, code="unsupported_parameter")
+    if not _llama_parses(grammar):
+        raise InvalidRequest("this JSON Schema cannot be enforced: llama.cpp refuses its grammar",
+                             param=param, code="unsupported_parameter")
+    return grammar
+
+
+# The escapes llama.cpp's GBNF parser knows; any other is a parse error, which it prints to
+# stderr along with the grammar (request content), so such grammars are refused before it.
+_GBNF_ESCAPES = re.compile(r'\\(?:[nrt"\\\[\]-]|x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8})')
+_quiet = threading.local()
+
+
+def _llama_parses(grammar: str) -> bool:
+    """Whether llama.cpp's grammar parser accepts ``grammar`` (no vocabulary needed). It logs a
+    refused grammar in full, and that text comes from the request, so its log is muted here."""
+    import llama_cpp
+
+    _mute_llama_log()
+    _quiet.on = True
+    try:
+        sampler = llama_cpp.llama_sampler_init_grammar(None, grammar.encode(), b"root")
+    finally:
+        _quiet.on = False
+    if not sampler:
+        return False
+    llama_cpp.llama_sampler_free(sampler)
+    return True
+
+
+@functools.cache
+def _mute_llama_log() -> Any:
+    """Install, once, a llama.cpp log callback that drops what this thread logs while muted and
+    hands everything else to llama-cpp-python's own callback."""
+    import llama_cpp
+    from llama_cpp._logger import llama_log_callback
+
+    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+    def callback(level: int, text: bytes, user_data: Any) -> None:
+        if not getattr(_quiet, "on", False):
+            llama_log_callback(level, text, user_data)
+
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+    return callback  # cached: the C library holds a pointer to it
 
 
 def grammar_for(request: GenerationRequest) -> str | None:
@@ -106,9 +126,6 @@ def grammar_for(request: GenerationRequest) -> str | None:
     response format (OpenAI ignores response_format while a call is forced too)."""
     if request.tool_choice.mode == "required":
         schema = call_schema(allowed(request.tools, request.tool_choice))
-        if (unenforced := unenforced_keyword(json.loads(schema))) is not None:
-            raise InvalidRequest(f"a tool's parameters use {unenforced!r}, which a forced call's "
-                                 "grammar cannot enforce", param="tools", code="unsupported_parameter")
         return gbnf(ResponseFormat("json_schema", schema), param="tools")
     if request.response_format is not None:
         return gbnf(request.response_format)

@@ -7,11 +7,11 @@ is an InvalidRequest naming the parameter, in the words OpenAI's API uses.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from darkbloom.errors import InvalidRequest
+from darkbloom.inference import bounded_json
 from darkbloom.inference.fields import (
     bounded_number,
     is_int,
@@ -29,6 +29,7 @@ Endpoint = Literal["/v1/chat/completions", "/v1/completions", "/v1/messages", "/
 
 MAX_MESSAGES = 2048
 MAX_TOP_LOGPROBS = 20
+MAX_TOP_K = 2**31 - 1  # llama.cpp reads it as a C int
 DEFAULT_MAX_TOKENS = 8192
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 
@@ -91,9 +92,17 @@ class GenerationRequest:
 
 
 def parse_json_body(raw: bytes) -> dict[str, Any]:
+    """The body as a JSON object: UTF-8 (RFC 8259), nested at most MAX_DEPTH deep, and with no
+    lone surrogate, so nothing later (the tokenizer, an error message) can fail on it."""
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        body = bounded_json.loads(raw.decode("utf-8-sig"))
+    except bounded_json.TooDeep:
+        raise InvalidRequest(f"The request body is nested more than {bounded_json.MAX_DEPTH} levels "
+                             "deep.", code="invalid_json") from None
+    except bounded_json.LoneSurrogate:
+        raise InvalidRequest("The request body contains a lone UTF-16 surrogate escape "
+                             "(\\ud800-\\udfff), which is not valid Unicode.") from None
+    except ValueError:  # UnicodeDecodeError included
         raise InvalidRequest(
             "We could not parse the JSON body of your request. The body must be valid JSON.",
             code="invalid_json",
@@ -296,7 +305,8 @@ def _written_calls(calls: Any, where: str, call_names: dict[str, str]) -> str:
                                  "(a JSON string)", param=f"{where}[{j}]")
         if isinstance(call.get("id"), str):
             call_names[call["id"]] = function["name"]
-        written.append(written_call(function["name"], function.get("arguments", "")))
+        written.append(written_call(function["name"], function.get("arguments", ""),
+                                    f"{where}[{j}].function.arguments"))
     return "\n".join(written)
 
 
@@ -331,8 +341,9 @@ def basic_sampling(body: dict[str, Any], temperature_max: float, top_k_prefix: s
     temperature = bounded_number(body, "temperature", 0, temperature_max)
     top_p = bounded_number(body, "top_p", 0, 1, lo_open=True)
     top_k = body.get("top_k")
-    if top_k is not None and (not is_int(top_k) or top_k < 0):
-        raise InvalidRequest(f"top_k{top_k_prefix} must be a non-negative integer", param="top_k")
+    if top_k is not None and (not is_int(top_k) or not 0 <= top_k <= MAX_TOP_K):
+        raise InvalidRequest(f"top_k{top_k_prefix} must be an integer from 0 to {MAX_TOP_K}",
+                             param="top_k")
     return Sampling(temperature=defaults.temperature if temperature is None else float(temperature),
                     top_p=defaults.top_p if top_p is None else float(top_p), top_k=int(top_k or 0))
 

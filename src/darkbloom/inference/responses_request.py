@@ -107,7 +107,7 @@ def _input(value: Any) -> list[Message]:
                 raise InvalidRequest(f"{where} needs a name and arguments (a JSON string)", param=where)
             if isinstance(item.get("call_id"), str):
                 call_names[item["call_id"]] = name
-            messages.append(Message("assistant", written_call(name, arguments)))
+            messages.append(Message("assistant", written_call(name, arguments, f"{where}.arguments")))
             continue
         if kind == "function_call_output":
             call_id, output = item.get("call_id"), item.get("output")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from darkbloom.errors import InvalidRequest
+from darkbloom.inference import bounded_json
 
 MAX_TOOLS = 128
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -114,10 +115,14 @@ def call_schema(tools: tuple[Tool, ...]) -> str:
     return json.dumps(options[0] if len(options) == 1 else {"anyOf": options})
 
 
-def written_call(name: str, arguments: str) -> str:
-    """How an earlier call is written back into the prompt: the shape the model answers in."""
+def written_call(name: str, arguments: str, where: str = "arguments") -> str:
+    """How an earlier call is written back into the prompt: the shape the model answers in.
+    Arguments that are not JSON are kept as the string they are; JSON nested too deep is a 400."""
     try:
-        parsed: Any = json.loads(arguments)
+        parsed: Any = bounded_json.loads(arguments)
+    except bounded_json.TooDeep:
+        raise InvalidRequest(f"{where} is nested more than {bounded_json.MAX_DEPTH} levels deep",
+                             param=where) from None
     except ValueError:
         parsed = arguments
     return json.dumps({"name": name, "arguments": parsed})
@@ -129,8 +134,8 @@ def read_call(text: str, tools: tuple[Tool, ...]) -> ToolCall | None:
     if not stripped.startswith("{"):
         return None
     try:
-        obj = json.loads(stripped)
-    except ValueError:
+        obj = bounded_json.loads(stripped)
+    except ValueError:  # not JSON, or nested too deep to be a call
         return None
     if not isinstance(obj, dict) or set(obj) - {"name", "arguments"}:
         return None

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from darkbloom.protocol import frames
-from darkbloom.protocol.frames import PROTOCOL_VERSION
+from darkbloom.protocol.frames import CLOSE_VERSION_TOO_OLD, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION
 
 T = TypeVar("T")
 
@@ -60,6 +60,9 @@ def decode(text: str | bytes, adapter: TypeAdapter[T], known_types: frozenset[st
         raise MalformedFrame("frame field 'v' is not an integer")
     if version > PROTOCOL_VERSION:
         raise MalformedFrame(f"unsupported protocol version {version}", close_code=4400)
+    if version < MIN_PROTOCOL_VERSION:
+        raise MalformedFrame(f"protocol version {version} is too old; upgrade darkbloom",
+                             close_code=CLOSE_VERSION_TOO_OLD)
     frame_type = raw.get("type")
     if not isinstance(frame_type, str):
         raise MalformedFrame("frame has no string 'type'")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class OpenAIErrorDetail(BaseModel):
@@ -10,6 +10,8 @@ class OpenAIErrorDetail(BaseModel):
     type: str
     param: str | None = None
     code: str | None = None
+    # Ours, consumer-blind mode only: {"request_id", "ciphertext"} of the provider's sealed words.
+    sealed: dict[str, str] | None = Field(default=None, exclude_if=lambda v: v is None)
 
 
 class OpenAIError(BaseModel):
@@ -21,6 +23,7 @@ class OpenAIError(BaseModel):
 class AnthropicErrorDetail(BaseModel):
     type: str
     message: str
+    sealed: dict[str, str] | None = Field(default=None, exclude_if=lambda v: v is None)
 
 
 class AnthropicError(BaseModel):

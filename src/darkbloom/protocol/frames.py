@@ -10,7 +10,11 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-PROTOCOL_VERSION = 1
+from darkbloom.protocol.trust import SignedReceipt
+
+# 2: domain-separated signatures, direction-bound chunk sealing, typed receipts (v 2).
+PROTOCOL_VERSION = 2
+MIN_PROTOCOL_VERSION = 2
 MAX_FRAME_BYTES = 10 * 1024 * 1024
 
 # Close codes (protocol.md §2).
@@ -32,7 +36,8 @@ class Frame(BaseModel):
 
 
 class Sealed(BaseModel):
-    """NaCl box envelope: sender public key and nonce24 ‖ ciphertext, both base64."""
+    """A sealed message: the sender's X25519 public key and base64(nonce24 ‖ ciphertext), sealed
+    with ``crypto.SessionChannel`` (bound to direction, request id and sequence number)."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
     ephemeral_public_key: str
@@ -164,9 +169,8 @@ class InferenceComplete(Frame):
     request_id: str
     usage: Usage
     finish_reason: str | None = None
-    response_hash: str | None = None
-    se_signature: str | None = None
-    receipt: dict[str, object] | None = None
+    # None in consumer-blind mode: the receipt then travels sealed to the consumer.
+    receipt: SignedReceipt | None = None
 
 
 class InferenceError(Frame):
@@ -177,6 +181,9 @@ class InferenceError(Frame):
     # Ours: machine-readable error code (e.g. context_length_exceeded) and the parameter at fault.
     code: str | None = None
     param: str | None = None
+    # Consumer-blind mode: the message and param sealed to the consumer (direction "error");
+    # ``error`` and ``param`` then say nothing about the request.
+    sealed_message: str | None = Field(default=None, max_length=16384)
 
 
 class AttestationResponse(Frame):
@@ -223,6 +230,9 @@ class Registered(Frame):
     heartbeat_interval_s: int = 5
     challenge_interval_s: int = 300
     server_time: str = ""
+    # Ours: why the provider is not routable (quarantine, require_posture, no model, trust level).
+    # An attested provider with ``routable`` true is routed once it passes its first challenge.
+    reason: str = ""
 
 
 Endpoint = Literal["/v1/chat/completions", "/v1/completions", "/v1/messages", "/v1/responses"]
@@ -237,6 +247,7 @@ class InferenceRequest(Frame):
     stream: bool
     max_tokens_cap: int = Field(ge=1)
     sealed_by: Literal["coordinator", "consumer"] = "coordinator"
+    x_request_id: str | None = None  # the consumer's X-Request-ID, for the provider's log lines only
 
 
 class Cancel(Frame):

@@ -8,6 +8,7 @@ Close codes 4001 (bad token) and 4003 (version too old) stop the agent: retrying
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -19,8 +20,9 @@ from websockets.asyncio.client import ClientConnection
 from darkbloom import __version__
 from darkbloom.config import ProviderSettings
 from darkbloom.crypto import KeyPair
-from darkbloom.crypto.challenge import challenge_bytes, status_bytes
+from darkbloom.crypto.challenge import challenge_bytes, challenge_problem, status_bytes
 from darkbloom.crypto.signing import IdentityKey
+from darkbloom.logcontext import REQUEST_ID, sanitize
 from darkbloom.protocol import MalformedFrame, UnknownFrame, decode, encode
 from darkbloom.protocol.frames import (
     COORDINATOR_FRAME_TYPES,
@@ -184,7 +186,8 @@ class ProviderAgent:
                 elif isinstance(frame, InferenceRequest):
                     self._start(frame)
                 elif isinstance(frame, AttestationChallenge):
-                    await self._send(self._answer(frame))
+                    if (answer := self._answer(frame)) is not None:
+                        await self._send(answer)
                 elif isinstance(frame, Cancel):
                     entry = self._in_flight.get(frame.request_id)
                     if entry is None:
@@ -201,8 +204,12 @@ class ProviderAgent:
                                  f"{FATAL_CLOSE_CODES[code]}")
         log.warning("coordinator closed the connection (%s %s)", code, ws.close_reason or "")
 
-    def _answer(self, challenge: AttestationChallenge) -> AttestationResponse:
-        """Sign the nonce and the current posture (trust.md §4, §9)."""
+    def _answer(self, challenge: AttestationChallenge) -> AttestationResponse | None:
+        """Sign the nonce and the current posture (trust.md §4, §9), but only for a fresh
+        32-byte nonce: the key never signs text a coordinator chose (no signing oracle)."""
+        if (problem := challenge_problem(challenge.nonce, challenge.timestamp)) is not None:
+            log.warning("not answering a malformed challenge: %s", problem)
+            return None
         now = attestation.posture()
         fields = {"platform": now["platform"], "core_dumps_disabled": now["coreDumpsDisabled"],
                   "ptrace_scope": now["ptraceScope"], "kernel_lockdown": now["kernelLockdown"],
@@ -216,7 +223,10 @@ class ProviderAgent:
 
     def _start(self, frame: InferenceRequest) -> None:
         cancel = threading.Event()
-        task = asyncio.create_task(self.server.serve(frame, cancel))
+        context = contextvars.copy_context()  # the request's log lines carry its X-Request-ID
+        context.run(REQUEST_ID.set, sanitize(frame.x_request_id))
+        context.run(log.debug, "request %s: %s on %s", frame.request_id, frame.endpoint, frame.model)
+        task = asyncio.create_task(self.server.serve(frame, cancel), context=context)
         self._in_flight[frame.request_id] = _InFlight(task, cancel)
         task.add_done_callback(lambda _: self._in_flight.pop(frame.request_id, None))
 

@@ -1,8 +1,9 @@
 """The provider's signed attestation blob (trust.md §2, §9): who it is, which X25519 key it
 vouches for, and its self-reported posture, signed by its persistent P-256 identity key.
 
-The exact signed bytes travel base64-encoded next to the signature, so the coordinator verifies
-the very bytes that were signed and never a re-serialisation.
+The exact JSON bytes travel base64-encoded next to the signature, so the coordinator verifies
+the very bytes that were signed and never a re-serialisation. The signature covers the
+attestation context string followed by those bytes (``protocol.trust.attestation_message``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from darkbloom import __version__
 from darkbloom.crypto.signing import IdentityKey, canonical_json
 from darkbloom.protocol.frames import Hardware
+from darkbloom.protocol.trust import attestation_message
 
 
 def _read(path: str) -> str | None:
@@ -44,7 +46,7 @@ def posture() -> dict[str, Any]:
 def build(identity: IdentityKey, encryption_key_b64: str, hardware: Hardware, engine: str
           ) -> dict[str, Any]:
     inner = {
-        "v": 1,
+        "v": 2,
         "publicKey": identity.public_b64,
         "encryptionPublicKey": encryption_key_b64,
         "chipName": hardware.chip_name,
@@ -59,7 +61,7 @@ def build(identity: IdentityKey, encryption_key_b64: str, hardware: Hardware, en
         inner["serialNumber"] = serial
     signed = canonical_json(inner)
     return {"attestation": inner, "attestation_raw": base64.b64encode(signed).decode("ascii"),
-            "signature": identity.sign(signed)}
+            "signature": identity.sign(attestation_message(signed))}
 
 
 CHAIN_FILE = "chain.pem"

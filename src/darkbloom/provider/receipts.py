@@ -1,4 +1,4 @@
-"""Signed response receipts (trust.md §5, our design).
+"""Signed response receipts (trust.md §5, our design; receipt ``v`` 2).
 
 The provider hashes exactly the bytes the consumer will receive (the coordinator relays them
 unchanged) and signs a receipt binding them to the request bytes it decrypted, the weights that
@@ -9,41 +9,30 @@ parser skips; non-streamed bodies get it in headers via ``inference_complete``.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
-from typing import Any
 
-from darkbloom.crypto.signing import IdentityKey, canonical_json
-
-COMMENT_PREFIX = ": darkbloom-receipt "
-DONE = "data: [DONE]"
-
-
-def transcript_part(payload: str, stream: bool) -> bytes:
-    """What one payload contributes: the text after ``data: `` (plus ``\\n`` when streamed)."""
-    data = payload[payload.index("data: ") + len("data: "):]
-    return (data + "\n").encode() if stream else data.encode()
+from darkbloom.crypto.signing import IdentityKey
+from darkbloom.protocol.sse import Transcript
+from darkbloom.protocol.trust import Receipt, SignedReceipt
 
 
 class ReceiptWriter:
-    def __init__(self, identity: IdentityKey, fields: dict[str, Any], request_body: bytes,
-                 stream: bool) -> None:
+    def __init__(self, identity: IdentityKey, *, request_id: str, model: str, endpoint: str,
+                 encryption_key: str, weight_hash: str | None, quantization: str | None,
+                 request_body: bytes, stream: bool) -> None:
         self._identity = identity
-        self._fields = {**fields, "request_sha256": hashlib.sha256(request_body).hexdigest()}
-        self._stream = stream
-        self._transcript = hashlib.sha256()
+        self._template = Receipt(
+            request_id=request_id, model=model, endpoint=endpoint, provider_key=identity.public_b64,
+            encryption_key=encryption_key, weight_hash=weight_hash, quantization=quantization,
+            request_sha256=hashlib.sha256(request_body).hexdigest(), response_sha256="0" * 64,
+            prompt_tokens=0, completion_tokens=0, created=0)
+        self._transcript = Transcript(stream)
 
-    def add(self, payload: str) -> None:
-        if payload != DONE and not payload.startswith(":"):
-            self._transcript.update(transcript_part(payload, self._stream))
+    def add(self, event: str) -> None:
+        self._transcript.add(event)
 
-    def sign(self, prompt_tokens: int, completion_tokens: int) -> tuple[dict[str, Any], str]:
-        receipt = {**self._fields, "v": 1, "response_sha256": self._transcript.hexdigest(),
-                   "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                   "created": int(time.time())}
-        return receipt, self._identity.sign(canonical_json(receipt))
-
-
-def comment(receipt: dict[str, Any], signature: str) -> str:
-    return COMMENT_PREFIX + json.dumps({"receipt": receipt, "signature": signature},
-                                       separators=(",", ":"), sort_keys=True)
+    def sign(self, prompt_tokens: int, completion_tokens: int) -> SignedReceipt:
+        receipt = self._template.model_copy(update={
+            "response_sha256": self._transcript.hexdigest(), "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens, "created": int(time.time())})
+        return SignedReceipt(receipt=receipt, signature=self._identity.sign(receipt.message()))

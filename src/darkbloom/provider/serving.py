@@ -6,14 +6,17 @@ relays them. Errors carry a status and never any prompt or completion text.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 from pydantic import BaseModel
 
-from darkbloom.crypto import Channel, KeyPair, SealingError, public_key_from_b64
+from darkbloom.crypto import KeyPair, SealingError, SessionChannel, public_key_from_b64
 from darkbloom.crypto.signing import IdentityKey
 from darkbloom.errors import DarkbloomError, InvalidRequest
 from darkbloom.inference.dialects import ENDPOINTS, parse_request
@@ -27,14 +30,17 @@ from darkbloom.protocol.frames import (
     Sealed,
     Usage,
 )
+from darkbloom.protocol.sse import DONE, receipt_comment
 from darkbloom.provider.assembly import ResponseAssembler
 from darkbloom.provider.engines.base import Engine, Finished, Started
-from darkbloom.provider.receipts import DONE, ReceiptWriter, comment
+from darkbloom.provider.receipts import ReceiptWriter
 
 log = logging.getLogger(__name__)
 
 Send = Callable[[BaseModel], Awaitable[None]]
 REPLAY_WINDOW_S = 15 * 60
+MAX_REMEMBERED_KEYS = 100_000  # the replay guard's bound: ~10 MB at most
+BLIND_REFUSAL = "the provider refused the request; the reason is sealed to you"
 
 
 class _Refused(Exception):
@@ -44,21 +50,60 @@ class _Refused(Exception):
         self.status, self.message, self.code, self.param = status, message, code, param
 
 
-def _open(frame: InferenceRequest, keys: KeyPair) -> tuple[Channel, GenerationRequest, bytes]:
+class _Sealable(Exception):
+    """A refusal found after the body opened: in consumer-blind mode its words are sealed."""
+
+    def __init__(self, channel: SessionChannel, refused: _Refused) -> None:
+        super().__init__(refused.message)
+        self.channel, self.refused = channel, refused
+
+
+def _open(frame: InferenceRequest, keys: KeyPair) -> tuple[SessionChannel, GenerationRequest, bytes]:
+    """Decrypt and validate the body. Runs in a worker thread: parsing (schemas, grammars) may
+    take a while and must never hold the event loop."""
     try:
-        channel = Channel(keys, public_key_from_b64(frame.encrypted_body.ephemeral_public_key))
-        body = channel.open(frame.encrypted_body.ciphertext)
+        channel = SessionChannel(keys, public_key_from_b64(frame.encrypted_body.ephemeral_public_key),
+                                 "provider")
+        body = channel.open("request", "", 0, frame.encrypted_body.ciphertext)
     except SealingError as exc:
         raise _Refused(400, f"request body could not be decrypted: {exc}") from None
+    return channel, _parse(frame, body, channel), body
+
+
+def _parse(frame: InferenceRequest, body: bytes, channel: SessionChannel) -> GenerationRequest:
     try:
         if frame.endpoint not in ENDPOINTS:
             raise _Refused(400, f"endpoint {frame.endpoint} is not served by this provider")
         request = parse_request(frame.endpoint, parse_json_body(body))
     except InvalidRequest as exc:
-        raise _Refused(400, exc.message, exc.code, exc.param) from None
+        raise _Sealable(channel, _Refused(400, exc.message, exc.code, exc.param)) from None
     if request.model != frame.model or request.stream != frame.stream:
-        raise _Refused(400, "sealed body does not match the request's model or stream fields")
-    return channel, request, body
+        raise _Sealable(channel, _Refused(
+            400, "sealed body does not match the request's model or stream fields"))
+    return request
+
+
+class ReplayGuard:
+    """trust.md §9: a consumer's ephemeral key is good for one request within 15 minutes.
+
+    Bounded: keys are remembered in arrival order and forgotten after the window; only keys
+    whose envelope opened are remembered, so garbage cannot fill it. When it is full of live
+    keys, new blind requests are refused (503) rather than forgetting a key early.
+    """
+
+    def __init__(self, window_s: float = REPLAY_WINDOW_S, limit: int = MAX_REMEMBERED_KEYS) -> None:
+        self._window, self._limit = window_s, limit
+        self._seen: OrderedDict[str, float] = OrderedDict()
+
+    def admit(self, key: str) -> None:
+        now = time.monotonic()
+        while self._seen and now - next(iter(self._seen.values())) >= self._window:
+            self._seen.popitem(last=False)
+        if key in self._seen:
+            raise _Refused(409, "replayed sealed request", code="replayed_request")
+        if len(self._seen) >= self._limit:
+            raise _Refused(503, "too many recent sealed requests; retry shortly", code="busy")
+        self._seen[key] = now
 
 
 class RequestServer:
@@ -69,65 +114,62 @@ class RequestServer:
         self.engine = engine
         self.keys = keys
         self.identity = identity or IdentityKey.generate()
-        self._seen_consumer_keys: dict[str, float] = {}  # replay guard for consumer-sealed bodies
+        self.replays = ReplayGuard()
         self.send = send
         self.requests_served = 0
         self.tokens_generated = 0
 
     async def serve(self, frame: InferenceRequest, cancel: threading.Event) -> None:
         rid = frame.request_id
+        blind = frame.sealed_by == "consumer"
         try:
-            if frame.sealed_by == "consumer":
-                self._refuse_replay(frame.encrypted_body.ephemeral_public_key)
-            channel, request, body = _open(frame, self.keys)
+            channel, request, body = await asyncio.to_thread(_open, frame, self.keys)
+            if blind:
+                self.replays.admit(frame.encrypted_body.ephemeral_public_key)
             if not self.engine.serves(request.model):
                 raise _Refused(404, f"model {request.model!r} is not served by this provider")
+        except _Sealable as sealable:
+            await self._refuse(rid, sealable.refused, sealable.channel if blind else None)
+            return
         except _Refused as refused:
-            log.info("refused request %s: %s", rid, refused.status)
+            await self._refuse(rid, refused, None)
+            return
+        await self.send(InferenceAccepted(request_id=rid))
+        served = next((m for m in self.engine.models() if self.engine.serves(m.id)), None)
+        receipts = ReceiptWriter(
+            self.identity, request_id=rid, model=request.model, endpoint=frame.endpoint,
+            encryption_key=self.keys.public_b64, weight_hash=served.weight_hash if served else None,
+            quantization=served.quantization if served else None, request_body=body,
+            stream=request.stream)
+        del body
+        sealer = channel if blind else None
+        try:
+            await self._generate(rid, channel, request, frame.max_tokens_cap, cancel, receipts, blind)
+        except InvalidRequest as exc:
+            await self._refuse(rid, _Refused(400, exc.message, exc.code, exc.param), sealer)
+        except DarkbloomError as exc:
+            await self._refuse(rid, _Refused(exc.status_code, exc.message), sealer)
+        except Exception as exc:
+            # Type only: an engine exception message could quote the prompt.
+            log.error("engine failure on %s: %s", rid, type(exc).__name__)
+            await self.send(InferenceError(request_id=rid, error="engine failure", status_code=500))
+
+    async def _refuse(self, rid: str, refused: _Refused, blind: SessionChannel | None) -> None:
+        """Report a refusal. In consumer-blind mode only status and code travel in the clear: the
+        message and param may quote the request, so they are sealed to the consumer."""
+        log.info("refused request %s: %s %s", rid, refused.status, refused.code or "")
+        if blind is None:
             await self.send(InferenceError(request_id=rid, error=refused.message,
                                            status_code=refused.status, code=refused.code,
                                            param=refused.param))
             return
-        await self.send(InferenceAccepted(request_id=rid))
-        receipts = self._receipt_writer(frame, request, body)
-        del body
-        try:
-            await self._generate(rid, channel, request, frame.max_tokens_cap, cancel, receipts,
-                                 frame.sealed_by)
-        except InvalidRequest as exc:
-            await self.send(InferenceError(request_id=rid, error=exc.message, status_code=400,
-                                           code=exc.code, param=exc.param))
-        except DarkbloomError as exc:
-            await self.send(InferenceError(request_id=rid, error=exc.message,
-                                           status_code=exc.status_code))
-        except Exception as exc:
-            # Type only: an engine exception message could quote the prompt.
-            log.error("engine failure on %s: %s", rid, type(exc).__name__)
-            await self.send(InferenceError(request_id=rid, error="engine failure",
-                                           status_code=500))
+        words = json.dumps({"message": refused.message, "param": refused.param}).encode()
+        await self.send(InferenceError(request_id=rid, error=BLIND_REFUSAL, status_code=refused.status,
+                                       code=refused.code,
+                                       sealed_message=blind.seal("error", rid, 0, words)))
 
-    def _refuse_replay(self, ephemeral_key: str) -> None:
-        """trust.md §9: a consumer's ephemeral key is good for one request within 15 minutes."""
-        now = time.monotonic()
-        self._seen_consumer_keys = {k: t for k, t in self._seen_consumer_keys.items()
-                                    if now - t < REPLAY_WINDOW_S}
-        if ephemeral_key in self._seen_consumer_keys:
-            raise _Refused(409, "replayed sealed request")
-        self._seen_consumer_keys[ephemeral_key] = now
-
-    def _receipt_writer(self, frame: InferenceRequest, request: GenerationRequest,
-                        body: bytes) -> ReceiptWriter:
-        served = next((m for m in self.engine.models() if self.engine.serves(m.id)), None)
-        fields = {
-            "request_id": frame.request_id, "model": request.model, "endpoint": frame.endpoint,
-            "provider_key": self.identity.public_b64, "encryption_key": self.keys.public_b64,
-            "weight_hash": served.weight_hash if served else None,
-            "quantization": served.quantization if served else None,
-        }
-        return ReceiptWriter(self.identity, fields, body, request.stream)
-
-    async def _generate(self, rid: str, channel: Channel, request: GenerationRequest, cap: int,
-                        cancel: threading.Event, receipts: ReceiptWriter, sealed_by: str) -> None:
+    async def _generate(self, rid: str, channel: SessionChannel, request: GenerationRequest, cap: int,
+                        cancel: threading.Event, receipts: ReceiptWriter, blind: bool) -> None:
         seq = 0
 
         async def chunk(payloads: list[str], record: bool = True) -> None:
@@ -135,7 +177,8 @@ class RequestServer:
             for payload in payloads:
                 if record:
                     receipts.add(payload)
-                sealed = Sealed(**channel.seal(payload.encode("utf-8")))
+                sealed = Sealed(ephemeral_public_key=self.keys.public_b64,
+                                ciphertext=channel.seal("response", rid, seq, payload.encode("utf-8")))
                 await self.send(InferenceResponseChunk(request_id=rid, seq=seq, encrypted_data=sealed))
                 seq += 1
 
@@ -157,24 +200,20 @@ class RequestServer:
         final = assembler.finish(event)
         for payload in final:
             receipts.add(payload)
-        receipt, signature = receipts.sign(event.prompt_tokens, event.completion_tokens)
-        blind = sealed_by == "consumer"
+        signed = receipts.sign(event.prompt_tokens, event.completion_tokens)
         if blind and not request.stream:
             # The coordinator must not see even the receipt's hashes (short answers are
             # guessable): it travels sealed to the consumer, after the body.
-            final.append(comment(receipt, signature))
+            final.append(receipt_comment(signed))
         elif request.stream:
             # The receipt comment covers every data event before it: it goes just ahead of
             # [DONE] (chat, completions) or last (Messages, Responses).
             at = final.index(DONE) if DONE in final else len(final)
-            final.insert(at, comment(receipt, signature))
+            final.insert(at, receipt_comment(signed))
         await chunk(final, record=False)
         self.requests_served += 1
         self.tokens_generated += event.completion_tokens
         await self.send(InferenceComplete(
-            request_id=rid, finish_reason=event.finish_reason,
-            receipt=None if blind else {"receipt": receipt, "signature": signature},
-            response_hash=None if blind else str(receipt["response_sha256"]),
-            se_signature=None if blind else signature,
+            request_id=rid, finish_reason=event.finish_reason, receipt=None if blind else signed,
             usage=Usage(prompt_tokens=event.prompt_tokens,
                         completion_tokens=event.completion_tokens)))

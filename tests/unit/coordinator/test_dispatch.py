@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from collections.abc import Callable
@@ -11,7 +12,8 @@ import pytest
 from darkbloom.coordinator.dispatch import Attempt, Dispatcher, Event
 from darkbloom.coordinator.routing.registry import ProviderConn
 from darkbloom.coordinator.routing.scheduler import Scheduler
-from darkbloom.crypto import Channel, KeyPair, SealingError, b64decode, b64encode, public_key_from_b64
+from darkbloom.crypto import KeyPair, SealingError, SessionChannel, b64decode, b64encode, public_key_from_b64
+from darkbloom.crypto.signing import IdentityKey
 from darkbloom.protocol import decode
 from darkbloom.protocol.frames import (
     COORDINATOR_FRAME_TYPES,
@@ -25,6 +27,7 @@ from darkbloom.protocol.frames import (
     Usage,
     coordinator_frame_adapter,
 )
+from darkbloom.protocol.trust import Receipt, SignedReceipt
 
 ProviderWithKey = Callable[..., tuple[ProviderConn, KeyPair]]
 BODY = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
@@ -42,6 +45,20 @@ class CountingScheduler(Scheduler):
         super().release(provider)
 
 
+class Reply:
+    """The provider's side of one attempt's session: seals response chunks at a position."""
+
+    def __init__(self, keys: KeyPair, frame: InferenceRequest, request_id: str | None = None) -> None:
+        self.keys = keys
+        self.channel = SessionChannel(keys, public_key_from_b64(frame.encrypted_body.ephemeral_public_key),
+                                      "provider")
+        self.request_id = request_id or frame.request_id
+
+    def seal(self, data: bytes, seq: int = 0) -> dict[str, str]:
+        return {"ephemeral_public_key": self.keys.public_b64,
+                "ciphertext": self.channel.seal("response", self.request_id, seq, data)}
+
+
 class Rig:
     """One dispatcher, one provider whose private key the test holds."""
 
@@ -51,22 +68,21 @@ class Rig:
         self.conn, self.keys = provider_with_key("prov", max_concurrency=max_concurrency)
         self.scheduler.add(self.conn)
 
-    def send(self, body: bytes = BODY, stream: bool = True) -> tuple[Attempt, InferenceRequest, Channel]:
+    def send(self, body: bytes = BODY, stream: bool = True) -> tuple[Attempt, InferenceRequest, Reply]:
         """Take a slot, dispatch, and return the attempt, the frame the provider got and its reply channel."""
         assert self.scheduler.try_acquire("m") is self.conn
         attempt = self.dispatcher.send(self.conn, body, model="m", endpoint="/v1/chat/completions",
                                        stream=stream, max_tokens_cap=512)
         frame = self.next_frame()
         assert isinstance(frame, InferenceRequest)
-        reply = Channel(self.keys, public_key_from_b64(frame.encrypted_body.ephemeral_public_key))
-        return attempt, frame, reply
+        return attempt, frame, Reply(self.keys, frame)
 
     def next_frame(self) -> object:
         return decode(self.conn.outbox.get_nowait(), coordinator_frame_adapter, COORDINATOR_FRAME_TYPES)
 
-    def chunk(self, attempt: Attempt, reply: Channel, seq: int, data: bytes) -> None:
+    def chunk(self, attempt: Attempt, reply: Reply, seq: int, data: bytes) -> None:
         frame = InferenceResponseChunk(request_id=attempt.request_id, seq=seq,
-                                       encrypted_data=Sealed(**reply.seal(data)))
+                                       encrypted_data=Sealed(**reply.seal(data, seq)))
         self.dispatcher.handle(self.conn, frame)
 
     def complete(self, attempt: Attempt) -> None:
@@ -98,7 +114,9 @@ def test_send_queues_a_sealed_request_the_provider_can_open(rig: Rig) -> None:
     assert frame.encrypted_body.ephemeral_public_key != rig.conn.public_key_b64
     assert BODY not in b64decode(frame.encrypted_body.ciphertext)
     sender = public_key_from_b64(frame.encrypted_body.ephemeral_public_key)
-    assert Channel(rig.keys, sender).open(frame.encrypted_body.ciphertext) == BODY
+    opened = SessionChannel(rig.keys, sender, "provider").open("request", "", 0,
+                                                               frame.encrypted_body.ciphertext)
+    assert opened == BODY
     assert rig.dispatcher.pending == {attempt.request_id: attempt}
     assert attempt.provider is rig.conn
     assert rig.conn.outbox.empty()
@@ -115,7 +133,8 @@ def test_other_keys_cannot_open_the_request(rig: Rig) -> None:
     _, frame, _ = rig.send()
     sender = public_key_from_b64(frame.encrypted_body.ephemeral_public_key)
     with pytest.raises(SealingError, match="authentication"):
-        Channel(KeyPair.generate(), sender).open(frame.encrypted_body.ciphertext)
+        SessionChannel(KeyPair.generate(), sender, "provider").open("request", "", 0,
+                                                                    frame.encrypted_body.ciphertext)
 
 
 def test_send_to_closed_provider_fails_and_releases(rig: Rig) -> None:
@@ -253,7 +272,7 @@ def test_chunk_with_no_payload(rig: Rig) -> None:
 
 def test_wrong_sender_key(rig: Rig) -> None:
     attempt, frame, _ = rig.send()
-    impostor = Channel(KeyPair.generate(), public_key_from_b64(frame.encrypted_body.ephemeral_public_key))
+    impostor = Reply(KeyPair.generate(), frame)
     rig.dispatcher.handle(rig.conn, InferenceResponseChunk(
         request_id=attempt.request_id, seq=0, encrypted_data=Sealed(**impostor.seal(b"data: forged"))))
     assert_violation(rig, attempt)
@@ -261,7 +280,7 @@ def test_wrong_sender_key(rig: Rig) -> None:
 
 def test_wrong_key_claiming_the_providers_key(rig: Rig) -> None:
     attempt, frame, _ = rig.send()
-    impostor = Channel(KeyPair.generate(), public_key_from_b64(frame.encrypted_body.ephemeral_public_key))
+    impostor = Reply(KeyPair.generate(), frame)
     forged = impostor.seal(b"data: forged")
     rig.dispatcher.handle(rig.conn, InferenceResponseChunk(
         request_id=attempt.request_id, seq=0,
@@ -303,7 +322,7 @@ def test_frames_from_another_provider_are_dropped(rig: Rig, provider_with_key: P
     attempt, frame, _ = rig.send()
     other, other_keys = provider_with_key("other")
     rig.scheduler.add(other)
-    reply = Channel(other_keys, public_key_from_b64(frame.encrypted_body.ephemeral_public_key))
+    reply = Reply(other_keys, frame)
     rig.dispatcher.handle(other, InferenceResponseChunk(request_id=attempt.request_id, seq=0,
                                                         encrypted_data=Sealed(**reply.seal(b"x"))))
     rig.dispatcher.handle(other, InferenceComplete(request_id=attempt.request_id,
@@ -380,3 +399,116 @@ def test_provider_lost_after_cancel_does_not_release_again(rig: Rig) -> None:
     rig.dispatcher.provider_lost(rig.conn)
     assert rig.scheduler.releases["prov"] == 1
     assert events(attempt) == []
+
+
+# --- sealing binds position, request and direction (issue 8, item 10) ----------------------
+
+
+def test_a_chunk_moved_to_another_position_does_not_open(rig: Rig) -> None:
+    attempt, _, reply = rig.send()
+    sealed_for_one = reply.seal(b"data: second", seq=1)
+    rig.dispatcher.handle(rig.conn, InferenceResponseChunk(request_id=attempt.request_id, seq=0,
+                                                           encrypted_data=Sealed(**sealed_for_one)))
+    assert_violation(rig, attempt)
+
+
+def test_a_chunk_of_another_request_does_not_open(rig: Rig) -> None:
+    attempt, frame, _ = rig.send()
+    elsewhere = Reply(rig.keys, frame, request_id="another-request")
+    rig.dispatcher.handle(rig.conn, InferenceResponseChunk(
+        request_id=attempt.request_id, seq=0, encrypted_data=Sealed(**elsewhere.seal(b"data: x"))))
+    assert_violation(rig, attempt)
+
+
+def test_the_request_reflected_back_as_a_chunk_does_not_open(rig: Rig) -> None:
+    attempt, frame, _ = rig.send()
+    reflected = Sealed(ephemeral_public_key=rig.conn.public_key_b64,
+                       ciphertext=frame.encrypted_body.ciphertext)
+    rig.dispatcher.handle(rig.conn, InferenceResponseChunk(request_id=attempt.request_id, seq=0,
+                                                           encrypted_data=reflected))
+    assert_violation(rig, attempt)
+
+
+def test_a_provider_cannot_seal_in_the_request_direction() -> None:
+    provider, requester = KeyPair.generate(), KeyPair.generate()
+    with pytest.raises(SealingError, match="cannot seal"):
+        SessionChannel(provider, requester.public, "provider").seal("request", "", 0, b"x")
+
+
+# --- byte bounds (issue 8, item 5) -----------------------------------------------------------
+
+
+def test_a_response_over_the_byte_cap_is_a_violation(provider_with_key: ProviderWithKey) -> None:
+    rig = Rig(provider_with_key)
+    rig.dispatcher.max_response_bytes = 200
+    attempt, _, reply = rig.send()
+    rig.chunk(attempt, reply, 0, b"a" * 50)
+    rig.chunk(attempt, reply, 1, b"b" * 200)
+    assert_violation(rig, attempt, before=1)
+
+
+def test_a_slow_consumer_is_cut_off_by_bytes_not_events(provider_with_key: ProviderWithKey) -> None:
+    rig = Rig(provider_with_key)
+    rig.dispatcher.max_buffered_bytes = 1000
+    attempt, _, reply = rig.send()
+    for seq in range(3):
+        rig.chunk(attempt, reply, seq, b"x" * 400)
+    got = events(attempt)
+    assert [e.kind for e in got] == ["chunk", "chunk", "error"]
+    assert "too slow" in got[-1].message and attempt.done
+    assert rig.next_frame() == Cancel(request_id=attempt.request_id)
+
+
+async def test_taking_events_frees_the_buffer(provider_with_key: ProviderWithKey) -> None:
+    rig = Rig(provider_with_key)
+    rig.dispatcher.max_buffered_bytes = 1000
+    attempt, _, reply = rig.send()
+    for seq in range(5):
+        rig.chunk(attempt, reply, seq, b"x" * 400)
+        assert (await attempt.next_event(1.0)).kind == "chunk"
+    assert not attempt.done and attempt.buffered_bytes == 0
+
+
+async def test_the_deadline_bounds_every_wait(rig: Rig) -> None:
+    attempt, _, _ = rig.send()
+    attempt.deadline = 0.0
+    with pytest.raises(TimeoutError):
+        await attempt.next_event(60.0)
+
+
+# --- receipts are checked before they are passed on ------------------------------------------
+
+
+def _signed(rig: Rig, attempt: Attempt, identity: IdentityKey, transcript: bytes, **changes: object
+            ) -> SignedReceipt:
+    fields: dict[str, object] = dict(
+        request_id=attempt.request_id, model="m", endpoint="/v1/chat/completions",
+        provider_key=identity.public_b64, encryption_key=rig.conn.public_key_b64, weight_hash=None,
+        quantization=None, request_sha256="0" * 64,
+        response_sha256=hashlib.sha256(transcript).hexdigest(), prompt_tokens=3,
+        completion_tokens=2, created=1)
+    fields.update(changes)
+    receipt = Receipt.model_validate(fields)
+    return SignedReceipt(receipt=receipt, signature=identity.sign(receipt.message()))
+
+
+@pytest.mark.parametrize("tamper", ["none", "request_id", "provider_key", "hash", "signature"])
+def test_receipt_checked_against_the_relayed_bytes(rig: Rig, tamper: str) -> None:
+    identity = IdentityKey.generate()
+    attempt, _, reply = rig.send(stream=False)
+    rig.conn.identity_key = identity.public_b64
+    rig.chunk(attempt, reply, 0, b'data: {"a":1}')
+    body = b'{"a":1}'
+    changes: dict[str, object] = {
+        "request_id": {"request_id": "other"}, "hash": {"response_sha256": "1" * 64},
+        "provider_key": {"provider_key": IdentityKey.generate().public_b64}}.get(tamper, {})
+    signed = _signed(rig, attempt, identity, body, **changes)
+    if tamper == "signature":
+        forged = IdentityKey.generate().sign(signed.receipt.message())
+        signed = signed.model_copy(update={"signature": forged})
+    usage = Usage(prompt_tokens=3, completion_tokens=2)
+    rig.dispatcher.handle(rig.conn, InferenceComplete(request_id=attempt.request_id, usage=usage,
+                                                      receipt=signed))
+    complete = events(attempt)[-1]
+    assert complete.kind == "complete"
+    assert (complete.receipt is not None) == (tamper == "none")

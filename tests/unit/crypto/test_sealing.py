@@ -7,7 +7,15 @@ import base64
 import pytest
 from nacl.public import PrivateKey, PublicKey
 
-from darkbloom.crypto import Channel, KeyPair, SealingError, b64decode, b64encode, public_key_from_b64
+from darkbloom.crypto import (
+    Channel,
+    KeyPair,
+    SealingError,
+    SessionChannel,
+    b64decode,
+    b64encode,
+    public_key_from_b64,
+)
 
 NONCE = 24
 MAC = 16
@@ -134,3 +142,69 @@ def test_b64_helpers_round_trip() -> None:
     data = bytes(range(256))
     assert b64decode(b64encode(data)) == data
     assert b64encode(b"abc") == "YWJj"
+
+
+# --- low-order keys (issue 8, item 12) and the bound session channel (item 10) ---------------
+
+# Points of small order on Curve25519 (and their non-canonical encodings): each makes the
+# shared secret a known constant, so none may ever be accepted as someone's key.
+LOW_ORDER = [
+    "00" * 32,
+    "01" + "00" * 31,
+    "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",
+    "5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157",
+    "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+]
+
+
+@pytest.mark.parametrize("hex_key", LOW_ORDER)
+def test_low_order_public_keys_are_refused(hex_key: str) -> None:
+    with pytest.raises(SealingError, match="low-order"):
+        public_key_from_b64(b64encode(bytes.fromhex(hex_key)))
+
+
+def test_channels_refuse_low_order_peers_too() -> None:
+    from nacl.public import PublicKey
+
+    zero = PublicKey(b"\x00" * 32)
+    with pytest.raises(SealingError, match="low-order"):
+        Channel(KeyPair.generate(), zero)
+    with pytest.raises(SealingError, match="low-order"):
+        SessionChannel(KeyPair.generate(), zero, "requester")
+
+
+def _pair() -> tuple[SessionChannel, SessionChannel]:
+    requester, provider = KeyPair.generate(), KeyPair.generate()
+    return (SessionChannel(requester, provider.public, "requester"),
+            SessionChannel(provider, requester.public, "provider"))
+
+
+def test_session_round_trip_in_both_directions() -> None:
+    requester, provider = _pair()
+    assert provider.open("request", "", 0, requester.seal("request", "", 0, b"prompt")) == b"prompt"
+    assert requester.open("response", "r", 7, provider.seal("response", "r", 7, b"chunk")) == b"chunk"
+    assert requester.open("error", "r", 0, provider.seal("error", "r", 0, b"why")) == b"why"
+
+
+@pytest.mark.parametrize(("direction", "rid", "seq"), [
+    ("response", "r", 8), ("response", "other", 7), ("error", "r", 7),
+])
+def test_a_sealed_chunk_opens_only_at_its_own_place(direction: str, rid: str, seq: int) -> None:
+    requester, provider = _pair()
+    sealed = provider.seal("response", "r", 7, b"chunk")
+    with pytest.raises(SealingError):
+        requester.open(direction, rid, seq, sealed)  # type: ignore[arg-type]
+
+
+def test_each_direction_has_its_own_key() -> None:
+    """Reflection: the request sealed by the requester is not a valid response for anyone."""
+    requester, provider = _pair()
+    sealed = requester.seal("request", "", 0, b"prompt")
+    with pytest.raises(SealingError):
+        requester.open("response", "", 0, sealed)
+    with pytest.raises(SealingError):
+        provider.seal("request", "", 0, b"x")
+    with pytest.raises(SealingError):
+        provider.open("response", "", 0, provider.seal("response", "", 0, b"x"))

@@ -12,6 +12,7 @@ from darkbloom.protocol import MalformedFrame, UnknownFrame, decode, encode
 from darkbloom.protocol.frames import (
     CLOSE_POLICY,
     CLOSE_UNSUPPORTED_VERSION,
+    CLOSE_VERSION_TOO_OLD,
     COORDINATOR_FRAME_TYPES,
     PROTOCOL_VERSION,
     PROVIDER_FRAME_TYPES,
@@ -228,29 +229,36 @@ def test_deeply_nested_json_is_malformed() -> None:
 # --- protocol version --------------------------------------------------------------------
 
 
-def test_missing_v_is_read_as_one() -> None:
+def test_missing_v_is_read_as_current() -> None:
     frame = from_provider({"type": "inference_accepted", "request_id": "r"})
-    assert frame.v == 1
+    assert frame.v == PROTOCOL_VERSION == 2
 
 
-def test_explicit_v_one() -> None:
-    assert from_provider({"v": 1, "type": "inference_accepted", "request_id": "r"}).v == 1
+def test_explicit_v_two() -> None:
+    assert from_provider({"v": 2, "type": "inference_accepted", "request_id": "r"}).v == 2
 
 
-@pytest.mark.parametrize("v", [2, 99])
+@pytest.mark.parametrize("v", [0, 1])
+def test_older_versions_close_4003(v: int) -> None:
+    """v1 signed without domain separation and sealed chunks unbound: it is refused."""
+    err = malformed_from_provider({"v": v, "type": "register"})
+    assert err.close_code == CLOSE_VERSION_TOO_OLD == 4003
+
+
+@pytest.mark.parametrize("v", [3, 99])
 def test_higher_version_closes_4400(v: int) -> None:
     err = malformed_from_provider({"v": v, "type": "inference_accepted", "request_id": CANARY})
     assert err.close_code == CLOSE_UNSUPPORTED_VERSION == 4400
 
 
 def test_higher_version_closes_4400_even_for_unknown_type() -> None:
-    err = malformed_from_provider({"v": 2, "type": "brand_new"})
+    err = malformed_from_provider({"v": 3, "type": "brand_new"})
     assert err.close_code == 4400
 
 
 def test_higher_version_on_coordinator_side() -> None:
     with pytest.raises(MalformedFrame) as info:
-        from_coordinator({"v": 2, "type": "cancel", "request_id": "r"})
+        from_coordinator({"v": 3, "type": "cancel", "request_id": "r"})
     assert info.value.close_code == 4400
 
 
@@ -266,10 +274,10 @@ def test_non_integer_v(v: Any) -> None:
 
 def test_encode_drops_none_fields() -> None:
     chunk = InferenceResponseChunk(request_id="r", seq=0, encrypted_data=Sealed(**SEALED))
-    assert json.loads(encode(chunk)) == {"v": 1, "type": "inference_response_chunk", "request_id": "r",
+    assert json.loads(encode(chunk)) == {"v": 2, "type": "inference_response_chunk", "request_id": "r",
                                          "seq": 0, "encrypted_data": SEALED}
     error = json.loads(encode(InferenceError(request_id="r", error="boom")))
-    assert error == {"v": 1, "type": "inference_error", "request_id": "r", "error": "boom",
+    assert error == {"v": 2, "type": "inference_error", "request_id": "r", "error": "boom",
                      "status_code": 500}
     register = json.loads(encode(Register(public_key="k")))
     for absent in ("attestation", "certificate_chain", "auth_token", "max_concurrency", "prefill_tps"):
@@ -279,8 +287,8 @@ def test_encode_drops_none_fields() -> None:
 
 def test_encode_keeps_falsy_non_none_fields() -> None:
     frame = json.loads(encode(TrustUpdate(trust_level="none", routable=False)))
-    assert frame == {"v": 1, "type": "trust_update", "trust_level": "none", "routable": False, "reason": ""}
+    assert frame == {"v": 2, "type": "trust_update", "trust_level": "none", "routable": False, "reason": ""}
 
 
 def test_encode_is_compact_json() -> None:
-    assert encode(Cancel(request_id="r")) == '{"v":1,"type":"cancel","request_id":"r"}'
+    assert encode(Cancel(request_id="r")) == '{"v":2,"type":"cancel","request_id":"r"}'

@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, TypeAdapter
 
-from darkbloom.crypto import Channel, KeyPair
-from darkbloom.crypto.signing import canonical_json, verify
+from darkbloom.crypto import KeyPair, SessionChannel
 from darkbloom.protocol.frames import (
     InferenceAccepted,
     InferenceComplete,
@@ -21,8 +20,9 @@ from darkbloom.protocol.frames import (
     InferenceResponseChunk,
     Sealed,
 )
+from darkbloom.protocol.trust import SignedReceipt
 from darkbloom.provider.engines.scripted import ScriptedEngine
-from darkbloom.provider.serving import RequestServer
+from darkbloom.provider.serving import ReplayGuard, RequestServer
 
 MODEL = "scripted-model"
 PIECES = ["<thi", "nk>Let me", " think.</th", "ink>\n\nThe", " answer", "."]
@@ -32,7 +32,7 @@ async def serve(endpoint: str, body: dict[str, Any], pieces: list[str] = PIECES
                 ) -> tuple[list[str], list[BaseModel]]:
     provider = KeyPair.generate()
     session = KeyPair.generate()
-    channel = Channel(session, provider.public)
+    channel = SessionChannel(session, provider.public, "requester")
     frames: list[BaseModel] = []
 
     async def send(frame: BaseModel) -> None:
@@ -40,15 +40,20 @@ async def serve(endpoint: str, body: dict[str, Any], pieces: list[str] = PIECES
 
     server = RequestServer(ScriptedEngine(pieces), provider, send)
     request = InferenceRequest(
-        request_id="r1", encrypted_body=Sealed(**channel.seal(json.dumps(body).encode())),
+        request_id="r1", encrypted_body=sealed(channel, session, json.dumps(body).encode()),
         model=body["model"], endpoint=endpoint, stream=bool(body.get("stream")),  # type: ignore[arg-type]
         max_tokens_cap=100)
     await server.serve(request, threading.Event())
     chunks = [f for f in frames if isinstance(f, InferenceResponseChunk)]
     assert [c.seq for c in chunks] == list(range(len(chunks)))
-    payloads = [channel.open(c.encrypted_data.ciphertext).decode() for c in chunks if c.encrypted_data]
+    payloads = [channel.open("response", "r1", c.seq, c.encrypted_data.ciphertext).decode()
+                for c in chunks if c.encrypted_data]
     RECEIPT_COMMENTS[:] = [p for p in payloads if p.startswith(":")]
     return [p for p in payloads if not p.startswith(":")], frames
+
+
+def sealed(channel: SessionChannel, session: KeyPair, body: bytes) -> Sealed:
+    return Sealed(ephemeral_public_key=session.public_b64, ciphertext=channel.seal("request", "", 0, body))
 
 
 RECEIPT_COMMENTS: list[str] = []  # the receipt comment lines of the last serve() call
@@ -233,16 +238,17 @@ async def test_streamed_receipt_signs_the_transcript(endpoint: str) -> None:
                  "/v1/responses": {"input": "q"}}[endpoint])
     payloads, frames = await serve(endpoint, body)
     [line] = RECEIPT_COMMENTS
-    signed = json.loads(line.removeprefix(": darkbloom-receipt "))
-    receipt, signature = signed["receipt"], signed["signature"]
+    signed = SignedReceipt.parse(line.removeprefix(": darkbloom-receipt "))
+    assert signed is not None and signed.valid()
+    receipt = signed.receipt
     transcript = b"".join((p.split("data: ", 1)[1] + "\n").encode() for p in payloads
                           if p != "data: [DONE]")
-    assert receipt["response_sha256"] == hashlib.sha256(transcript).hexdigest()
-    assert receipt["request_sha256"] == hashlib.sha256(json.dumps(body).encode()).hexdigest()
-    assert verify(receipt["provider_key"], canonical_json(receipt), signature)
+    assert receipt.response_sha256 == hashlib.sha256(transcript).hexdigest()
+    assert receipt.request_sha256 == hashlib.sha256(json.dumps(body).encode()).hexdigest()
+    assert receipt.v == 2 and receipt.request_id == "r1"
     complete = frames[-1]
     assert isinstance(complete, InferenceComplete) and complete.receipt == signed
-    assert receipt["endpoint"] == endpoint and receipt["completion_tokens"] == len(PIECES)
+    assert receipt.endpoint == endpoint and receipt.completion_tokens == len(PIECES)
 
 
 async def test_non_streamed_receipt_signs_the_body() -> None:
@@ -250,10 +256,9 @@ async def test_non_streamed_receipt_signs_the_body() -> None:
     assert RECEIPT_COMMENTS == []
     complete = frames[-1]
     assert isinstance(complete, InferenceComplete) and complete.receipt is not None
-    receipt = complete.receipt["receipt"]
-    assert isinstance(receipt, dict)
+    assert complete.receipt.valid()
     body = payloads[0].removeprefix("data: ").encode()
-    assert receipt["response_sha256"] == hashlib.sha256(body).hexdigest() == complete.response_hash
+    assert complete.receipt.receipt.response_sha256 == hashlib.sha256(body).hexdigest()
 
 
 async def test_bodies_sealed_to_another_key_or_tampered_are_refused() -> None:
@@ -265,11 +270,12 @@ async def test_bodies_sealed_to_another_key_or_tampered_are_refused() -> None:
 
     server = RequestServer(ScriptedEngine(PIECES), provider, send)
     body = json.dumps(CHAT).encode()
-    to_stranger = Sealed(**Channel(session, stranger.public).seal(body))
-    good = Channel(session, provider.public).seal(body)
-    tampered = Sealed(ephemeral_public_key=good["ephemeral_public_key"],
-                      ciphertext=good["ciphertext"][:-6] + "AAAAA=")
-    for envelope in (to_stranger, tampered):
+    to_stranger = sealed(SessionChannel(session, stranger.public, "requester"), session, body)
+    good = sealed(SessionChannel(session, provider.public, "requester"), session, body)
+    tampered = Sealed(ephemeral_public_key=good.ephemeral_public_key,
+                      ciphertext=good.ciphertext[:-6] + "AAAAA=")
+    low_order = Sealed(ephemeral_public_key="A" * 43 + "=", ciphertext=good.ciphertext)
+    for envelope in (to_stranger, tampered, low_order):
         frames.clear()
         await server.serve(InferenceRequest(request_id="r", encrypted_body=envelope, model=MODEL,
                                             endpoint="/v1/chat/completions", stream=False,
@@ -277,3 +283,70 @@ async def test_bodies_sealed_to_another_key_or_tampered_are_refused() -> None:
         [error] = frames
         assert isinstance(error, InferenceError) and error.status_code == 400
         assert "could not be decrypted" in error.error
+
+
+# --- consumer-blind mode: refusals sealed, replays refused (issue 8, items 11 and 5) --------
+
+
+async def serve_blind(server: RequestServer, frames: list[BaseModel], provider: KeyPair,
+                      body: bytes, rid: str = "rb", session: KeyPair | None = None
+                      ) -> tuple[SessionChannel, KeyPair]:
+    session = session or KeyPair.generate()
+    channel = SessionChannel(session, provider.public, "requester")
+    frames.clear()
+    await server.serve(InferenceRequest(
+        request_id=rid, encrypted_body=sealed(channel, session, body), model=MODEL,
+        endpoint="/v1/chat/completions", stream=False, max_tokens_cap=10, sealed_by="consumer"),
+        threading.Event())
+    return channel, session
+
+
+def blind_rig() -> tuple[RequestServer, list[BaseModel], KeyPair]:
+    provider = KeyPair.generate()
+    frames: list[BaseModel] = []
+
+    async def send(frame: BaseModel) -> None:
+        frames.append(frame)
+
+    return RequestServer(ScriptedEngine(PIECES), provider, send), frames, provider
+
+
+async def test_a_blind_refusal_says_nothing_of_the_request_in_the_clear() -> None:
+    server, frames, provider = blind_rig()
+    secret = "zebra_secret_field"
+    body = json.dumps({**CHAT, secret: 1}).encode()
+    channel, _ = await serve_blind(server, frames, provider, body)
+    [error] = frames
+    assert isinstance(error, InferenceError) and error.status_code == 400
+    assert error.code == "unknown_parameter" and error.param is None
+    assert secret not in error.model_dump_json()
+    assert error.sealed_message is not None
+    words = json.loads(channel.open("error", "rb", 0, error.sealed_message))
+    assert secret in words["message"] and words["param"] == secret
+
+
+async def test_blind_replays_are_refused_and_the_guard_is_bounded() -> None:
+    server, frames, provider = blind_rig()
+    body = json.dumps(CHAT).encode()
+    _, session = await serve_blind(server, frames, provider, body)
+    assert isinstance(frames[-1], InferenceComplete)
+    await serve_blind(server, frames, provider, body, rid="again", session=session)
+    [error] = frames
+    assert isinstance(error, InferenceError) and error.status_code == 409
+    # Garbage that does not open is never remembered, so it cannot fill the guard...
+    garbage = Sealed(ephemeral_public_key=KeyPair.generate().public_b64, ciphertext="AAAA" * 20)
+    await server.serve(InferenceRequest(
+        request_id="g", encrypted_body=garbage, model=MODEL, endpoint="/v1/chat/completions",
+        stream=False, max_tokens_cap=10, sealed_by="consumer"), threading.Event())
+    assert len(server.replays._seen) == 1
+    # ...and a full guard refuses rather than forgetting a live key early.
+    server.replays._limit = 1
+    await serve_blind(server, frames, provider, body, rid="full")
+    [busy] = frames
+    assert isinstance(busy, InferenceError) and busy.status_code == 503
+
+
+def test_the_replay_guard_forgets_after_the_window() -> None:
+    guard = ReplayGuard(window_s=0.0)
+    guard.admit("k")
+    guard.admit("k")  # the window has passed: remembered again, not a replay

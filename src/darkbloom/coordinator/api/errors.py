@@ -42,16 +42,23 @@ _ANTHROPIC_TYPES = {
 }
 
 
+def _safe(text: str) -> str:
+    """``text`` with any lone surrogate (a ``\\ud800`` escape in a client's key or value) written
+    as its escape: pydantic cannot serialize one, and an error page must always render."""
+    return text.encode("utf-8", "backslashreplace").decode()
+
+
 def openai_error_body(error: DarkbloomError) -> bytes:
-    detail = OpenAIErrorDetail(message=error.message, type=error.type, param=error.param,
-                               code=error.code)
+    detail = OpenAIErrorDetail(message=_safe(error.message), type=error.type,
+                               param=None if error.param is None else _safe(error.param),
+                               code=error.code, sealed=error.sealed)
     return OpenAIError(error=detail).model_dump_json().encode()
 
 
 def anthropic_error_body(error: DarkbloomError) -> bytes:
     kind = _ANTHROPIC_TYPES.get(error.status_code, "api_error")
-    return AnthropicError(error=AnthropicErrorDetail(type=kind, message=error.message)) \
-        .model_dump_json().encode()
+    detail = AnthropicErrorDetail(type=kind, message=_safe(error.message), sealed=error.sealed)
+    return AnthropicError(error=detail).model_dump_json().encode()
 
 
 def error_response(error: DarkbloomError, path: str = "") -> Response:
@@ -97,10 +104,15 @@ async def _http(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
-    # Log the exception type and location only: a message could quote request content.
-    log.error("unhandled %s", type(exc).__name__, exc_info=False)
-    return error_response(InternalError("internal error; the request was not charged"),
-                          request.url.path)
+    # Type, method and route template only: a message, traceback or raw path could quote the request.
+    route = getattr(request.scope.get("route"), "path", None) or "(no route)"
+    log.error("unhandled %s on %s %s", type(exc).__name__, request.method, route, exc_info=False)
+    response = error_response(InternalError("internal error; the request was not charged"),
+                              request.url.path)
+    # This answer goes out beside RequestIdMiddleware, not through it: add its headers here.
+    if request_id := request.scope.get("state", {}).get("request_id"):
+        response.headers["x-request-id"] = response.headers["request-id"] = request_id
+    return response
 
 
 def install(app: FastAPI) -> None:

@@ -25,12 +25,15 @@ from darkbloom.coordinator.trust.attestation import LEVELS, at_least
 from darkbloom.crypto import Channel
 from darkbloom.crypto.signing import canonical_json, key_id
 from darkbloom.errors import DarkbloomError, NotFound, ProviderFailed, RequestTooLarge
+from darkbloom.protocol.blind import MEDIA_TYPE as PROVIDER_SEALED
+from darkbloom.protocol.blind import sealed_body
 from darkbloom.protocol.frames import Endpoint
+from darkbloom.protocol.sse import RECEIPT_COMMENT
+from darkbloom.protocol.trust import SignedReceipt
 
 router = APIRouter()
 T = TypeVar("T")
-RECEIPT_MARK = b": darkbloom-receipt "
-PROVIDER_SEALED = "application/darkbloom-provider-sealed+json"
+RECEIPT_MARK = RECEIPT_COMMENT.encode()
 _COMPLETE_GRACE_S = 5.0  # how long a finished stream waits for inference_complete after a hang-up
 
 
@@ -93,26 +96,23 @@ def provider_headers(committed: Committed) -> dict[str, str]:
     return headers
 
 
-def receipt_headers(signed: dict[str, object] | None) -> dict[str, str]:
+def receipt_headers(signed: SignedReceipt | None) -> dict[str, str]:
     """trust.md §5: a non-streamed body's receipt travels in headers (the body is untouched)."""
-    receipt = signed.get("receipt") if signed else None
-    signature = signed.get("signature") if signed else None
-    if not isinstance(receipt, dict) or not isinstance(signature, str):
+    if signed is None:
         return {}
     return {
-        "x-response-hash": str(receipt.get("response_sha256", "")),
-        "x-se-signature": signature,
-        "x-darkbloom-receipt": base64.b64encode(canonical_json(receipt)).decode("ascii"),
+        "x-response-hash": signed.receipt.response_sha256,
+        "x-se-signature": signed.signature,
+        "x-darkbloom-receipt": base64.b64encode(
+            canonical_json(signed.receipt.model_dump())).decode("ascii"),
     }
 
 
-def keep_receipt(outcome: RequestOutcome, signed: dict[str, object] | None) -> None:
+def keep_receipt(outcome: RequestOutcome, signed: SignedReceipt | None) -> None:
     """Record the receipt for GET /v1/receipts/{id}: hashes and counts, never text."""
-    receipt = signed.get("receipt") if signed else None
-    signature = signed.get("signature") if signed else None
-    if isinstance(receipt, dict) and isinstance(signature, str):
-        outcome.receipt = canonical_json(receipt).decode("ascii")
-        outcome.receipt_signature = signature[:200]
+    if signed is not None:
+        outcome.receipt = canonical_json(signed.receipt.model_dump()).decode("ascii")
+        outcome.receipt_signature = signed.signature
 
 
 def _elapsed_ms(since: float) -> float:
@@ -211,8 +211,8 @@ async def _collect_sealed(service: InferenceService, committed: Committed) -> tu
     chunks = [committed.first_chunk]
     async for item in service.relay(committed):
         if isinstance(item, Finished):
-            sealed = [json.loads(c[len(b"data: "):])["sealed"] for c in chunks]
-            return json.dumps({"sealed": sealed}).encode(), item
+            sealed = [str(json.loads(c[len(b"data: "):])["sealed"]) for c in chunks]
+            return sealed_body(committed.attempt.request_id, sealed), item
         chunks.append(item)
     raise ProviderFailed("provider ended the response without completing it")
 
@@ -256,7 +256,7 @@ async def serve(request: Request, endpoint: Endpoint, identity: KeyIdentity) -> 
         min_trust = strictest(request.headers.get("x-min-trust-level"), identity.min_trust_level)
         blind = is_provider_sealed(request.headers.get("content-type"))
         if blind:  # consumer-blind: the body stays sealed to providers end to end
-            raw = await read_body(request, state.settings.max_body_bytes * MAX_SEALED_PROVIDERS + 4096)
+            raw = await read_body(request, service.blind_entry_limit * MAX_SEALED_PROVIDERS + 65536)
             reply_channel = None
             prepared = service.prepare_blind(endpoint, raw, min_trust)
         else:
@@ -268,6 +268,7 @@ async def serve(request: Request, endpoint: Endpoint, identity: KeyIdentity) -> 
         outcome.ttft_ms = _elapsed_ms(started)
         outcome.provider_id = committed.attempt.provider.id
         outcome.attempts = committed.attempts
+        recorder.begin(outcome)  # from here a crash leaves an in_progress row, marked interrupted
         headers = provider_headers(committed)
         if prepared.request.stream:
             relay_records = True

@@ -2,6 +2,10 @@
 
 Bad input closes only this connection, with a reason (protocol.md §2 close codes); the
 coordinator keeps serving everyone else.
+
+Trust lifecycle (trust.md §4, docs/decisions.md): an attested provider is routed only after it
+passes a challenge on this connection; one that passes replaces (4000) every other session of
+the same identity key; a proven untrust quarantines the key; a revoked token closes (4001).
 """
 
 from __future__ import annotations
@@ -11,19 +15,28 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
 
 from fastapi import APIRouter, WebSocket
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from starlette.datastructures import State
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from darkbloom.config import CoordinatorSettings
 from darkbloom.coordinator.dispatch import Dispatcher
 from darkbloom.coordinator.routing.registry import ProviderConn
 from darkbloom.coordinator.routing.scheduler import Scheduler
-from darkbloom.coordinator.store.credentials import lookup_provider_token
+from darkbloom.coordinator.store.credentials import (
+    TokenIdentity,
+    find_provider_token,
+    revoked_provider_tokens,
+)
 from darkbloom.coordinator.trust.attestation import at_least, verify_blob
-from darkbloom.coordinator.trust.challenges import Challenger
+from darkbloom.coordinator.trust.challenges import Challenger, mark_untrusted, posture_violation
+from darkbloom.coordinator.trust.quarantine import Quarantine
 from darkbloom.crypto import SealingError, public_key_from_b64
 from darkbloom.crypto.certificates import check_chain
 from darkbloom.inference.catalog import Catalog
@@ -32,6 +45,7 @@ from darkbloom.protocol.frames import (
     CLOSE_BAD_TOKEN,
     CLOSE_EVICTED,
     CLOSE_PROTOCOL_ORDER,
+    CLOSE_REPLACED,
     PROVIDER_FRAME_TYPES,
     AttestationResponse,
     Heartbeat,
@@ -91,7 +105,9 @@ class ProviderSession:
         self.catalog = catalog
         self.scheduler = scheduler
         self.dispatcher = dispatcher
+        self.quarantine: Quarantine = ws.app.state.quarantine
         self.challenger: Challenger | None = None
+        self._kicked: asyncio.Task[None] | None = None
 
     async def _receive_text(self) -> str:
         message = await self.ws.receive()
@@ -102,16 +118,16 @@ class ProviderSession:
             raise MalformedFrame("binary frames are not part of the protocol")
         return str(text)
 
-    async def _authenticate(self, register: Register) -> str | None:
+    async def _authenticate(self, register: Register) -> TokenIdentity | None:
         header = self.ws.headers.get("authorization", "")
         scheme, _, value = header.partition(" ")
         token = value.strip() if scheme.lower() == "bearer" else ""
         token = token or (register.auth_token or "")
         if token:
-            account = await lookup_provider_token(self.ws.app.state.sessions, token)
-            if account is None:
+            found = await find_provider_token(self.ws.app.state.sessions, token)
+            if found is None:
                 raise _Close(CLOSE_BAD_TOKEN, "provider token invalid or revoked")
-            return account
+            return found
         if not self.settings.allow_anonymous_providers:
             raise _Close(CLOSE_BAD_TOKEN, "provider token required")
         return None
@@ -157,7 +173,7 @@ class ProviderSession:
                     task.cancel()
 
     async def _register(self, register: Register) -> ProviderConn:
-        account = await self._authenticate(register)
+        token = await self._authenticate(register)
         try:
             public_key = public_key_from_b64(register.public_key)
         except SealingError:
@@ -180,7 +196,8 @@ class ProviderSession:
             "chip_name": _header_safe(register.hardware.chip_name),
             "machine_model": _header_safe(register.hardware.machine_model)})
         conn = ProviderConn(
-            id=str(uuid.uuid4()), account_id=account, models=models, public_key=public_key,
+            id=str(uuid.uuid4()), account_id=token.account_id if token else None, models=models,
+            public_key=public_key, token_id=token.token_id if token else None,
             public_key_b64=register.public_key, max_concurrency=concurrency_cap(register),
             hardware=hardware, backend=register.backend[:64],
             version=register.version[:32], trust_level=verdict.level,
@@ -188,23 +205,84 @@ class ProviderSession:
             attestation_raw=verdict.raw_b64, attestation_signature=verdict.signature,
             certificate_chain=register.certificate_chain if verdict.level == "hardware" else None,
         )
-        if verdict.identity_key:
-            settings = self.settings
+        conn.kick = lambda code, reason: self._kick(conn, code, reason)
+        settings = self.settings
+        barred = self._barred(conn, verdict.posture or {})
+        if barred:
+            conn.untrusted = True
+            log.warning("provider %s registered unroutable: %s", conn.id, barred)
+        elif verdict.identity_key:
             key, serial, chain = verdict.identity_key, verdict.serial, register.certificate_chain
             roots = self.ws.app.state.root_cas
             self.challenger = Challenger(
                 conn, settings.challenge_interval_s, settings.challenge_timeout_s,
                 settings.challenge_max_strikes, verdict.posture or {},
-                recheck_chain=lambda: check_chain(chain, key, serial, roots))
+                recheck_chain=lambda: check_chain(chain, key, serial, roots),
+                require_posture=settings.require_posture,
+                on_pass=lambda first: self._passed(conn, first),
+                on_untrust=lambda reason, proven: self._untrusted(conn, reason, proven))
+        reason = barred
+        if not reason and not models:
+            reason = "no offered model was accepted"
+        elif not reason and not at_least(verdict.level, settings.min_trust_level):
+            reason = f"trust level {verdict.level} is below the network minimum {settings.min_trust_level}"
         await self.ws.send_text(encode(Registered(
-            provider_id=conn.id, trust_level=verdict.level,
-            routable=bool(models) and at_least(verdict.level, self.settings.min_trust_level),
+            provider_id=conn.id, trust_level=verdict.level, routable=not reason, reason=reason,
             accepted_models=sorted(models), rejected_models=rejected,
-            heartbeat_interval_s=self.settings.heartbeat_interval_s,
-            challenge_interval_s=max(1, round(self.settings.challenge_interval_s)),
+            heartbeat_interval_s=settings.heartbeat_interval_s,
+            challenge_interval_s=max(1, round(settings.challenge_interval_s)),
             server_time=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         )))
         return conn
+
+    def _barred(self, conn: ProviderConn, blob_posture: dict[str, object]) -> str:
+        """Why this session may never be routed from the start: its key (or serial) is in
+        quarantine, or its signed blob already breaks ``require_posture`` (which quarantines it)."""
+        if conn.identity_key is None:
+            return ""
+        entry = self.quarantine.check(conn.identity_key, conn.serial)
+        if entry is not None:
+            return (f"quarantined until {entry.until.strftime('%Y-%m-%dT%H:%M:%SZ')}: "
+                    f"{entry.reason}")
+        violation = posture_violation(self.settings.require_posture, blob_posture, partial=True)
+        if violation is not None:
+            self._quarantine(conn, violation)
+            return violation
+        return ""
+
+    def _passed(self, conn: ProviderConn, first: bool) -> None:
+        """A pass makes the session routable; the first one also proves the identity key, so
+        any other session of that key is replaced (protocol.md §5 "Duplicates")."""
+        if first and conn.identity_key is not None:
+            for other in self.scheduler.sessions_of(conn.identity_key):
+                if other is not conn and other.kick is not None:
+                    other.kick(CLOSE_REPLACED, "replaced by a newer connection with the same "
+                                               "identity key")
+        self.scheduler.drain()
+
+    def _untrusted(self, conn: ProviderConn, reason: str, proven: bool) -> None:
+        if proven:
+            self._quarantine(conn, reason)
+
+    def _quarantine(self, conn: ProviderConn, reason: str) -> None:
+        """Bar the key for ``quarantine_s``; its other live sessions go unroutable with it. The
+        serial is barred only when a certificate vouched for it: a self-reported serial could
+        name someone else's machine."""
+        assert conn.identity_key is not None
+        entry = self.quarantine.add(conn.identity_key,
+                                    conn.serial if conn.trust_level == "hardware" else None, reason)
+        for other in self.scheduler.sessions_of(conn.identity_key):
+            if other is not conn:
+                mark_untrusted(other, f"identity key quarantined: {entry.reason}")
+
+    def _kick(self, conn: ProviderConn, code: int, reason: str) -> None:
+        """Close this session from outside its own loop; its requests fail over at once."""
+        if self._kicked is not None:
+            return
+        log.warning("closing provider %s: %s (%d)", conn.id, reason, code)
+        self.scheduler.remove(conn)
+        self.dispatcher.provider_lost(conn)
+        self._kicked = asyncio.create_task(self._close(code, reason))
 
     async def _write(self, conn: ProviderConn) -> None:
         while True:
@@ -243,6 +321,40 @@ class ProviderSession:
         if self.ws.application_state != WebSocketState.DISCONNECTED:
             with contextlib.suppress(RuntimeError, WebSocketDisconnect, OSError):
                 await self.ws.close(code, reason[:120])
+
+
+async def watch_revoked_tokens(scheduler: Scheduler, sessions: async_sessionmaker[AsyncSession],
+                               every_s: float) -> None:
+    """Close the live sockets of revoked provider tokens (the CLI writes straight to the
+    database, so the coordinator polls it)."""
+    while True:
+        await asyncio.sleep(every_s)
+        live = {p.token_id for p in scheduler.providers.values() if p.token_id}
+        try:
+            revoked = await revoked_provider_tokens(sessions, live)
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("could not check for revoked provider tokens (%s)", type(exc).__name__)
+            continue
+        for conn in [p for p in scheduler.providers.values() if p.token_id in revoked]:
+            if conn.kick is not None:
+                conn.kick(CLOSE_BAD_TOKEN, "provider token revoked")
+
+
+@contextlib.asynccontextmanager
+async def provider_watch(state: State) -> AsyncIterator[None]:
+    """Load the quarantine before any provider registers; poll revoked tokens while serving."""
+    settings: CoordinatorSettings = state.settings
+    state.quarantine = Quarantine(state.sessions, settings.quarantine_s)
+    await state.quarantine.load()
+    watcher = asyncio.create_task(watch_revoked_tokens(state.scheduler, state.sessions,
+                                                       settings.provider_token_poll_s))
+    try:
+        yield
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        await state.quarantine.flush()
 
 
 @router.websocket("/ws/provider")

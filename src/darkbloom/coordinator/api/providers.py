@@ -18,14 +18,16 @@ from darkbloom.coordinator.routing.registry import ProviderConn
 router = APIRouter()
 
 
-def _entry(p: ProviderConn) -> dict[str, Any]:
+def _entry(p: ProviderConn, routable: bool) -> dict[str, Any]:
     return {
         "provider_id": p.id,
         "chip_name": p.hardware.chip_name,
         "hardware_model": p.hardware.machine_model,
         "serial_number": p.serial,
         "trust_level": p.trust_level,
-        "status": "untrusted" if p.untrusted else "serving" if p.in_flight else "online",
+        "status": "untrusted" if p.untrusted else "unroutable" if not routable
+        else "serving" if p.in_flight else "online",
+        "routable": routable,  # the scheduler's own predicate: only these are ever routed
         "challenge_strikes": p.strikes,
         "memory_gb": p.hardware.memory_gb,
         "gpu_cores": p.hardware.gpu_cores,
@@ -43,9 +45,9 @@ def _entry(p: ProviderConn) -> dict[str, Any]:
 
 @router.get("/v1/providers/attestation")
 async def attestation_listing(request: Request) -> dict[str, Any]:
-    providers = request.app.state.scheduler.providers.values()
+    scheduler = request.app.state.scheduler
     return {
-        "providers": [_entry(p) for p in providers],
+        "providers": [_entry(p, scheduler.routable(p)) for p in scheduler.providers.values()],
         "verification_instructions": (
             "base64-decode attestation_raw; verify attestation_signature over those bytes with the "
             "P-256 key in their publicKey field (ECDSA/SHA-256, DER); check that publicKey equals "

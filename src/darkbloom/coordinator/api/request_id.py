@@ -1,17 +1,17 @@
 """X-Request-ID on every response: the client's if it is sane, else 12 random base32 chars.
 
-Also sent as ``request-id``, the header Anthropic's SDK reads into ``error.request_id``.
+Also sent as ``request-id``, the header Anthropic's SDK reads into ``error.request_id``, and set
+as the log context so every log line about the request carries it.
 """
 
 from __future__ import annotations
 
 import base64
-import re
 import secrets
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-_SANE = re.compile(rb"^[A-Za-z0-9._:-]{1,64}$")
+from darkbloom.logcontext import REQUEST_ID, sanitize
 
 
 def new_request_id() -> str:
@@ -27,7 +27,7 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         given = dict(scope["headers"]).get(b"x-request-id", b"")
-        request_id = given.decode() if _SANE.match(given) else new_request_id()
+        request_id = sanitize(given.decode("latin-1")) or new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
         headers = [(b"x-request-id", request_id.encode()), (b"request-id", request_id.encode())]
 
@@ -36,4 +36,8 @@ class RequestIdMiddleware:
                 message["headers"] = [*message.get("headers", []), *headers]
             await send(message)
 
+        token = REQUEST_ID.set(request_id)
         await self.app(scope, receive, send_with_id)
+        # Not reset when the app raised: the unexpected-error handler outside this middleware
+        # still logs under the id (the request's task ends right after, and its context with it).
+        REQUEST_ID.reset(token)

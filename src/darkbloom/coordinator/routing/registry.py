@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from nacl.public import PublicKey
@@ -37,8 +38,14 @@ class ProviderConn:
     last_status: Heartbeat | None = None
     closed: bool = False
     trust_level: str = "none"
-    untrusted: bool = False  # failed challenges or a posture regression: never routed again
+    untrusted: bool = False  # failed challenges, a posture regression, quarantine: never routed
     strikes: int = 0  # consecutive failed challenges; any strike makes it unroutable for now
+    # Monotonic time of the last passed challenge on this connection; None before the first one
+    # and after any failure. An attested provider is routed only while it is recent.
+    last_pass: float | None = None
+    token_id: str | None = None  # the provider token it authenticated with, for revocation
+    # Closes this session's socket from elsewhere (replaced, token revoked); set by the session.
+    kick: Callable[[int, str], None] | None = field(default=None, repr=False)
     identity_key: str | None = None
     serial: str | None = None
     attestation_raw: str | None = None

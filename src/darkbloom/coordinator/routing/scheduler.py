@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -38,8 +39,10 @@ def pick_least_loaded(candidates: Iterable[ProviderConn]) -> ProviderConn | None
 
 
 class Scheduler:
-    def __init__(self, queue_max: int, queue_timeout_s: float, min_trust: str = "none") -> None:
+    def __init__(self, queue_max: int, queue_timeout_s: float, min_trust: str = "none",
+                 pass_window_s: float = 360.0) -> None:
         self.min_trust = min_trust
+        self.pass_window_s = pass_window_s
         self.queue_max = queue_max
         self.queue_timeout_s = queue_timeout_s
         self.providers: dict[str, ProviderConn] = {}
@@ -67,17 +70,32 @@ class Scheduler:
         level = min_trust if min_trust and at_least(min_trust, self.min_trust) else self.min_trust
         return [p for p in self.providers.values()
                 if model in p.models and p.id not in exclude and (only is None or p.id in only)
-                and self._routable(p, level)]
+                and self.routable(p, level)]
 
-    def _routable(self, provider: ProviderConn, level: str | None = None) -> bool:
-        """Connected, in good standing with its challenges, and trusted enough."""
-        return (not provider.closed and not provider.untrusted and provider.strikes == 0
-                and at_least(provider.trust_level, level or self.min_trust))
+    def routable(self, provider: ProviderConn, level: str | None = None) -> bool:
+        """Connected, trusted enough, and in good standing with its challenges.
+
+        An attested provider must have proven its identity key on this connection recently
+        (trust.md §4): a replayed public attestation never answers a challenge, so it is never
+        routed. A provider with no attestation has no key to challenge; it is routable only
+        where the operator lowered the minimum to ``none``.
+        """
+        if provider.closed or provider.untrusted or provider.strikes:
+            return False
+        if not at_least(provider.trust_level, level or self.min_trust):
+            return False
+        if provider.identity_key is None:
+            return True
+        return (provider.last_pass is not None
+                and time.monotonic() - provider.last_pass <= self.pass_window_s)
+
+    def sessions_of(self, identity_key: str) -> list[ProviderConn]:
+        return [p for p in self.providers.values() if p.identity_key == identity_key]
 
     def provider_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for provider in self.providers.values():
-            if not self._routable(provider):
+            if not self.routable(provider):
                 continue
             for model in provider.models:
                 counts[model] = counts.get(model, 0) + 1

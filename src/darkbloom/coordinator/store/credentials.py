@@ -37,6 +37,12 @@ class KeyIdentity:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenIdentity:
+    token_id: str
+    account_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class IssuedSecret:
     id: str
     secret: str
@@ -87,17 +93,66 @@ async def lookup_api_key(sessions: async_sessionmaker[AsyncSession], secret: str
     return KeyIdentity(row.id, row.account_id, row.min_trust_level) if row else None
 
 
+async def find_provider_token(
+    sessions: async_sessionmaker[AsyncSession], secret: str
+) -> TokenIdentity | None:
+    """The id and account of a valid, unrevoked provider token (the id lets a revocation find
+    the sockets it opened)."""
+    if not secret.startswith(PROVIDER_TOKEN_PREFIX):
+        return None
+    async with sessions() as session:
+        row = (await session.execute(
+            select(ProviderToken.id, ProviderToken.account_id).where(
+                ProviderToken.token_hash == hash_secret(secret), ProviderToken.revoked_at.is_(None))
+        )).first()
+    return TokenIdentity(row.id, row.account_id) if row else None
+
+
 async def lookup_provider_token(
     sessions: async_sessionmaker[AsyncSession], secret: str
 ) -> str | None:
     """Return the account id a valid, unrevoked provider token belongs to."""
-    if not secret.startswith(PROVIDER_TOKEN_PREFIX):
-        return None
+    found = await find_provider_token(sessions, secret)
+    return found.account_id if found else None
+
+
+async def list_provider_tokens(sessions: async_sessionmaker[AsyncSession]) -> list[ProviderToken]:
     async with sessions() as session:
-        return (await session.execute(
-            select(ProviderToken.account_id).where(
-                ProviderToken.token_hash == hash_secret(secret), ProviderToken.revoked_at.is_(None))
-        )).scalar_one_or_none()
+        return list((await session.execute(
+            select(ProviderToken).order_by(ProviderToken.created_at))).scalars().all())
+
+
+async def revoke_provider_token(sessions: async_sessionmaker[AsyncSession], ref: str) -> list[str]:
+    """Revoke the one active provider token ``ref`` names: the token itself, a prefix of it (as
+    `admin provider-token list` shows it), or its id or a prefix of the id. Returns the ids that
+    matched; nothing is revoked unless exactly one did."""
+    ref = ref.strip()
+    if not ref:
+        return []
+    if ref.startswith(PROVIDER_TOKEN_PREFIX) and len(ref) == len(PROVIDER_TOKEN_PREFIX) + 64:
+        match = ProviderToken.token_hash == hash_secret(ref)
+    elif ref.startswith(PROVIDER_TOKEN_PREFIX):  # only the first 20 characters are stored
+        match = ProviderToken.prefix.startswith(ref[:20], autoescape=True)
+    else:
+        match = ProviderToken.id.startswith(ref, autoescape=True)
+    async with sessions.begin() as session:
+        ids = list((await session.execute(select(ProviderToken.id).where(
+            match, ProviderToken.revoked_at.is_(None)))).scalars())
+        if len(ids) == 1:
+            await session.execute(update(ProviderToken).where(ProviderToken.id == ids[0])
+                                  .values(revoked_at=now()))
+    return ids
+
+
+async def revoked_provider_tokens(sessions: async_sessionmaker[AsyncSession],
+                                  token_ids: set[str]) -> set[str]:
+    """Which of ``token_ids`` are revoked now (polled by the coordinator, since the CLI writes
+    straight to the database)."""
+    if not token_ids:
+        return set()
+    async with sessions() as session:
+        return set((await session.execute(select(ProviderToken.id).where(
+            ProviderToken.id.in_(token_ids), ProviderToken.revoked_at.is_not(None)))).scalars())
 
 
 async def revoke_api_key(sessions: async_sessionmaker[AsyncSession], key_id: str) -> bool:

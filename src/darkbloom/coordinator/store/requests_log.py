@@ -1,14 +1,23 @@
-"""The request log: metadata of every consumer request, never its prompt or completion text."""
+"""The request log: metadata of every consumer request, never its prompt or completion text.
+
+A committed request's row is written ``in_progress`` and rewritten when the request ends; rows a
+crash left ``in_progress`` are marked ``interrupted`` when their coordinator starts again.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import BigInteger, String, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from darkbloom.coordinator.store.tables import RequestRecord
+
+IN_PROGRESS, INTERRUPTED = "in_progress", "interrupted"
+_INT32_MAX, _INT64_MAX = 2**31 - 1, 2**63 - 1
+_MS_MAX = 1e12  # about 31 years: any larger duration is a bug, not a measurement
 
 
 @dataclass(slots=True)
@@ -22,7 +31,7 @@ class RequestOutcome:
     account_id: str | None = None
     provider_id: str | None = None
     status: str = "failed"
-    status_code: int = 500
+    status_code: int = 500  # 0 while in_progress or interrupted: no final status was recorded
     prompt_tokens: int = 0
     completion_tokens: int = 0
     ttft_ms: float | None = None
@@ -33,11 +42,45 @@ class RequestOutcome:
     x_request_id: str | None = None
     receipt: str | None = None
     receipt_signature: str | None = None
+    coordinator_id: str | None = None
+    ended_at: datetime | None = None
+
+
+def bounded(values: dict[str, Any]) -> dict[str, Any]:
+    """Every value made to fit its column: counts and times clamped, strings cut and made
+    encodable, so that no value can make the database refuse the row."""
+    columns = RequestRecord.__table__.columns
+    out = dict(values)
+    for name, value in values.items():
+        kind = columns[name].type
+        if value is None or isinstance(value, bool | datetime):
+            continue
+        if isinstance(value, int):
+            out[name] = min(max(value, 0), _INT64_MAX if isinstance(kind, BigInteger) else _INT32_MAX)
+        elif isinstance(value, float):
+            out[name] = min(max(value, 0.0), _MS_MAX) if value == value else 0.0  # NaN -> 0
+        elif isinstance(value, str):
+            text = value.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
+            length = kind.length if isinstance(kind, String) else None
+            out[name] = text[:length] if length else text
+    return out
 
 
 async def record(sessions: async_sessionmaker[AsyncSession], outcome: RequestOutcome) -> None:
+    """Insert the request's row, or update it if it was written when the request was committed."""
+    row = RequestRecord(**bounded(asdict(outcome)), updated_at=datetime.now(UTC))
     async with sessions.begin() as session:
-        session.add(RequestRecord(**asdict(outcome)))
+        await session.merge(row)
+
+
+async def mark_interrupted(sessions: async_sessionmaker[AsyncSession], coordinator_id: str | None) -> int:
+    """This coordinator's rows still in progress: requests its previous run died serving."""
+    async with sessions.begin() as session:
+        result = await session.execute(
+            update(RequestRecord)
+            .where(RequestRecord.status == IN_PROGRESS, RequestRecord.coordinator_id == coordinator_id)
+            .values(status=INTERRUPTED, error_code=INTERRUPTED, updated_at=datetime.now(UTC)))
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 async def recent(sessions: async_sessionmaker[AsyncSession], limit: int = 100) -> list[RequestRecord]:

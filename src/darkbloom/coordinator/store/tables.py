@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Integer, String, Text
+from sqlalchemy import BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -44,6 +44,19 @@ class ProviderToken(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
+class ProviderQuarantine(Base):
+    """An identity key (and, when a certificate vouched for it, a serial) barred from routing
+    until ``until`` after an untrust (trust.md §4 Decision). Append-only: the latest row wins."""
+
+    __tablename__ = "provider_quarantine"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    identity_key: Mapped[str] = mapped_column(String(128), index=True)
+    serial: Mapped[str | None] = mapped_column(String(128), index=True, nullable=True)
+    reason: Mapped[str] = mapped_column(String(256))
+    until: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class RequestRecord(Base):
     """One consumer request: who, which model, which provider, how many tokens, how fast."""
 
@@ -55,12 +68,13 @@ class RequestRecord(Base):
     model: Mapped[str] = mapped_column(String(256))
     provider_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     stream: Mapped[bool] = mapped_column(Boolean, default=False)
-    status: Mapped[str] = mapped_column(String(32))  # completed | failed | cancelled
+    # in_progress (committed, not ended) | completed | failed | cancelled | interrupted (cut by a crash)
+    status: Mapped[str] = mapped_column(String(32), index=True)
     status_code: Mapped[int] = mapped_column(Integer)
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
-    ttft_ms: Mapped[float | None] = mapped_column(nullable=True)
-    duration_ms: Mapped[float] = mapped_column()
+    ttft_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    duration_ms: Mapped[float] = mapped_column(Float)
     error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=1)
@@ -68,3 +82,6 @@ class RequestRecord(Base):
     x_request_id: Mapped[str | None] = mapped_column(String(64), index=True, nullable=True)
     receipt: Mapped[str | None] = mapped_column(Text, nullable=True)  # canonical JSON
     receipt_signature: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    coordinator_id: Mapped[str | None] = mapped_column(String(32), nullable=True)  # whose in_progress row
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -1,22 +1,21 @@
 """Challenge-response (trust.md §4): a fresh nonce every interval, signed back with the identity
 key together with the current posture. A wrong, missing, late or replayed answer is a strike;
-three in a row, or a posture regression at once, make the provider untrusted (never routed
-again on this connection).
+three in a row, a posture regression or a breach of ``require_posture`` make the provider
+untrusted (never routed again on this connection). The untrust is *proven* when it rests on
+something the identity key itself signed, or on failures after a passed challenge; only a proven
+one quarantines the key, so replaying someone's public attestation cannot get them quarantined.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
-import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 from darkbloom.coordinator.routing.registry import ProviderConn
-from darkbloom.crypto.challenge import challenge_bytes, status_bytes
+from darkbloom.crypto.challenge import challenge_bytes, new_nonce, now_stamp, status_bytes
 from darkbloom.crypto.signing import verify
 from darkbloom.protocol.frames import AttestationChallenge, AttestationResponse, TrustUpdate
 
@@ -24,6 +23,7 @@ log = logging.getLogger(__name__)
 
 POSTURE_FIELDS = ("platform", "core_dumps_disabled", "ptrace_scope", "kernel_lockdown",
                   "secure_boot_enabled")
+LOCKDOWN = ("none", "integrity", "confidentiality")
 
 
 @dataclass
@@ -31,7 +31,6 @@ class ChallengeState:
     strikes: int = 0
     passed: int = 0
     failed: int = 0
-    last_pass: float | None = None
     posture: dict[str, object] = field(default_factory=dict)
     pending: tuple[str, str] | None = None  # (nonce, timestamp) awaiting its answer
     answered: asyncio.Event = field(default_factory=asyncio.Event)
@@ -48,15 +47,54 @@ def regression(before: dict[str, object], now: dict[str, object]) -> str | None:
     return None
 
 
+def posture_violation(required: Mapping[str, object], reported: Mapping[str, object],
+                      partial: bool = False) -> str | None:
+    """The first ``require_posture`` rule the report breaks (trust.md §9); a field missing from
+    the report breaks it too, unless ``partial`` (a registration blob carries only some fields)."""
+    for name, want in sorted(required.items()):
+        have = reported.get(name)
+        if have is None:
+            if partial:
+                continue
+            return f"require_posture: {name} not reported"
+        if name == "ptrace_scope":
+            ok = isinstance(have, int) and isinstance(want, int) and have >= want
+        elif name == "kernel_lockdown":
+            ok = have in LOCKDOWN and LOCKDOWN.index(str(have)) >= LOCKDOWN.index(str(want))
+        else:
+            ok = have == want
+        if not ok:
+            return f"require_posture: {name} is {str(have)[:32]!r}, {want!r} required"
+    return None
+
+
+def mark_untrusted(conn: ProviderConn, reason: str) -> bool:
+    """Never route ``conn`` again and tell the provider why; False if it already was."""
+    if conn.untrusted:
+        return False
+    conn.untrusted = True
+    log.warning("provider %s is now untrusted: %s", conn.id, reason)
+    conn.send(TrustUpdate(trust_level=conn.trust_level, routable=False, reason=reason))
+    return True
+
+
 class Challenger:
+    """``on_pass(first)`` runs after each pass; ``on_untrust(reason, proven)`` after an untrust."""
+
     def __init__(self, conn: ProviderConn, interval_s: float, timeout_s: float, max_strikes: int,
                  registered_posture: dict[str, object],
-                 recheck_chain: Callable[[], str | None] | None = None) -> None:
+                 recheck_chain: Callable[[], str | None] | None = None,
+                 require_posture: Mapping[str, object] | None = None,
+                 on_pass: Callable[[bool], None] | None = None,
+                 on_untrust: Callable[[str, bool], None] | None = None) -> None:
         self.recheck_chain = recheck_chain
         self.conn = conn
         self.interval_s = interval_s
         self.timeout_s = timeout_s
         self.max_strikes = max_strikes
+        self.require_posture = dict(require_posture or {})
+        self.on_pass = on_pass
+        self.on_untrust = on_untrust
         self.state = ChallengeState(posture=dict(registered_posture))
 
     async def run(self) -> None:
@@ -66,8 +104,7 @@ class Challenger:
 
     async def _challenge_once(self) -> None:
         state = self.state
-        nonce = base64.b64encode(os.urandom(32)).decode("ascii")
-        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        nonce, stamp = new_nonce(), now_stamp()
         state.pending, state.verdict = (nonce, stamp), None
         state.answered.clear()
         self.conn.send(AttestationChallenge(nonce=nonce, timestamp=stamp))
@@ -76,17 +113,20 @@ class Challenger:
         except TimeoutError:
             state.verdict = "no answer in time"
         state.pending = None
+        if self.conn.untrusted:  # the answer itself untrusted it (posture)
+            return
         if state.verdict is None:
-            state.strikes, state.last_pass = 0, time.monotonic()
+            state.strikes = 0
             state.passed += 1
-            self.conn.strikes = 0
+            self.conn.strikes, self.conn.last_pass = 0, time.monotonic()
             self._recheck_hardware()
+            if self.on_pass is not None:
+                self.on_pass(state.passed == 1)
             return
         self._strike()
         log.warning("provider %s failed a challenge (%s); strike %d", self.conn.id, state.verdict,
                     state.strikes)
-        if state.strikes >= self.max_strikes:
-            self.untrust(f"{state.strikes} failed challenges in a row")
+        self._untrust_after_strikes()
 
     def answer(self, frame: AttestationResponse) -> None:
         """Check an answer against the one outstanding challenge; anything else is a replay."""
@@ -95,8 +135,7 @@ class Challenger:
             self._strike()
             log.warning("provider %s sent an answer to no outstanding challenge (replay or stale)",
                         self.conn.id)
-            if state.strikes >= self.max_strikes:
-                self.untrust(f"{state.strikes} failed challenges in a row")
+            self._untrust_after_strikes()
             return
         nonce, stamp = state.pending
         posture = {name: getattr(frame, name) for name in POSTURE_FIELDS}
@@ -111,7 +150,12 @@ class Challenger:
         elif (reason := regression(state.posture, posture)) is not None:
             state.verdict = reason
             state.answered.set()
-            self.untrust(f"posture regression: {reason}")
+            self.untrust(f"posture regression: {reason}", proven=True)
+            return
+        elif (reason := posture_violation(self.require_posture, posture)) is not None:
+            state.verdict = reason
+            state.answered.set()
+            self.untrust(reason, proven=True)
             return
         else:
             state.posture = {**state.posture, **{k: v for k, v in posture.items() if v is not None}}
@@ -131,11 +175,14 @@ class Challenger:
         """A failure makes the provider unroutable at once, until its next pass."""
         self.state.strikes += 1
         self.state.failed += 1
-        self.conn.strikes = self.state.strikes
+        self.conn.strikes, self.conn.last_pass = self.state.strikes, None
 
-    def untrust(self, reason: str) -> None:
-        if self.conn.untrusted:
-            return
-        self.conn.untrusted = True
-        log.warning("provider %s is now untrusted: %s", self.conn.id, reason)
-        self.conn.send(TrustUpdate(trust_level=self.conn.trust_level, routable=False, reason=reason))
+    def _untrust_after_strikes(self) -> None:
+        if self.state.strikes >= self.max_strikes:
+            # Failures from a connection that never proved the key say nothing about its holder.
+            self.untrust(f"{self.state.strikes} failed challenges in a row",
+                         proven=self.state.passed > 0)
+
+    def untrust(self, reason: str, proven: bool = False) -> None:
+        if mark_untrusted(self.conn, reason) and self.on_untrust is not None:
+            self.on_untrust(reason, proven)

@@ -69,6 +69,28 @@ class _Slot:
         self.llama.close()
 
 
+class TokenText:
+    """Token bytes to text, incrementally. Invalid bytes mid-stream become U+FFFD, but the
+    incomplete character a ``max_tokens`` cut can leave at the end is dropped, never replaced:
+    it is not text, and a client would see a character the model never wrote."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def feed(self, piece: bytes) -> str:
+        return self._decoder.decode(piece)  # an incomplete tail waits for the next piece
+
+    def finish(self) -> str:
+        self._decoder.reset()  # what is still buffered can only be an incomplete character
+        return ""
+
+
+def piece_text(piece: bytes) -> str:
+    """One token's text for logprobs, as OpenAI gives it: what decodes, plus ``\\xNN`` for the
+    bytes of a partial character (the exact bytes travel in ``bytes``)."""
+    return piece.decode("utf-8", "backslashreplace")
+
+
 class _Scorer:
     """Log probabilities from the logits the sampler just used (the raw model distribution)."""
 
@@ -83,7 +105,7 @@ class _Scorer:
 
     def _text(self, token: int) -> tuple[str, tuple[int, ...]]:
         raw = bytes(self._llama.detokenize([token]))
-        return raw.decode("utf-8", "replace"), tuple(raw)
+        return piece_text(raw), tuple(raw)
 
     def score(self, token: int, piece: bytes, top: int) -> TokenLogprob:
         np = self._np
@@ -96,7 +118,7 @@ class _Scorer:
             for alt in sorted(ids.tolist(), key=lambda i: -float(logprobs[i])):
                 text, raw = self._text(alt)
                 best.append((text, float(logprobs[alt]), raw))
-        return TokenLogprob(piece.decode("utf-8", "replace"), float(logprobs[token]), tuple(piece),
+        return TokenLogprob(piece_text(piece), float(logprobs[token]), tuple(piece),
                             tuple(best))
 
 
@@ -180,7 +202,7 @@ class LlamaCppEngine:
         llama.reset()
         llama.set_seed(sampling.seed % 2**32 if sampling.seed is not None
                        else random.randrange(2**32))
-        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        decoder = TokenText()
         stops = StopMatcher(request.stop)
         scorer = _Scorer(llama) if request.logprobs is not None else None
         scored: list[TokenLogprob] = []  # waiting for their text to be emitted
@@ -211,7 +233,7 @@ class LlamaCppEngine:
                 piece = bytes(llama.detokenize([token]))
                 if scorer is not None:
                     scored.append(scorer.score(token, piece, request.logprobs or 0))
-                text = decoder.decode(piece)
+                text = decoder.feed(piece)
                 safe, stopped = stops.feed(text)
                 if safe:
                     emit(TextDelta(safe, tuple(scored)))
@@ -225,7 +247,7 @@ class LlamaCppEngine:
         finally:
             generator.close()
         if not matched and finish != "cancelled":
-            tail, _ = stops.feed(decoder.decode(b"", final=True))
+            tail, _ = stops.feed(decoder.finish())
             tail += stops.flush()
             if tail:
                 emit(TextDelta(tail, tuple(scored)))

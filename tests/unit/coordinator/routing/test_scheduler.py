@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 import pytest
@@ -373,3 +374,47 @@ async def test_queues_are_per_model(make_provider: MakeProvider) -> None:
     assert s.queue_depth("n") == 0
     s.release(a)
     assert await asyncio.wait_for(waiter, 0.5) is a
+
+
+# --- routability: the one predicate behind routing, /v1/models and the listing -------------
+
+
+def attested(make: MakeProvider, pid: str = "p1") -> ProviderConn:
+    p = make(pid)
+    p.identity_key, p.trust_level = "identity-" + pid, "self_signed"
+    return p
+
+
+def test_attested_provider_is_unroutable_until_it_passes(make_provider: MakeProvider) -> None:
+    p = attested(make_provider)
+    s = Scheduler(queue_max=8, queue_timeout_s=5, min_trust="self_signed", pass_window_s=60)
+    s.add(p)
+    assert not s.routable(p) and s.provider_counts() == {} and s.try_acquire("m") is None
+    p.last_pass = time.monotonic()
+    assert s.routable(p) and s.provider_counts() == {"m": 1} and s.try_acquire("m") is p
+
+
+def test_a_stale_pass_or_a_strike_makes_it_unroutable(make_provider: MakeProvider) -> None:
+    p = attested(make_provider)
+    s = Scheduler(queue_max=8, queue_timeout_s=5, min_trust="self_signed", pass_window_s=60)
+    s.add(p)
+    p.last_pass = time.monotonic() - 61
+    assert not s.routable(p)
+    p.last_pass = time.monotonic()
+    p.strikes = 1
+    assert not s.routable(p)
+    p.strikes, p.untrusted = 0, True
+    assert not s.routable(p) and s.provider_counts() == {}
+
+
+def test_unattested_provider_needs_the_operator_to_lower_the_minimum(make_provider: MakeProvider) -> None:
+    p = make_provider()  # trust none, no identity key: nothing to challenge
+    assert Scheduler(8, 5, min_trust="none").routable(p)
+    assert not Scheduler(8, 5, min_trust="self_signed").routable(p)
+
+
+def test_sessions_of_an_identity(make_provider: MakeProvider) -> None:
+    a, b, c = attested(make_provider, "a"), attested(make_provider, "b"), attested(make_provider, "c")
+    b.identity_key = a.identity_key
+    s = scheduler(a, b, c)
+    assert {p.id for p in s.sessions_of("identity-a")} == {"a", "b"}

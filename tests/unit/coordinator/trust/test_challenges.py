@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 
 from darkbloom.coordinator.routing.registry import ProviderConn
-from darkbloom.coordinator.trust.challenges import Challenger, regression
+from darkbloom.coordinator.trust.challenges import Challenger, posture_violation, regression
 from darkbloom.crypto.challenge import challenge_bytes, status_bytes
 from darkbloom.crypto.signing import IdentityKey
 from darkbloom.protocol.frames import AttestationResponse
@@ -78,3 +79,73 @@ def test_expired_chain_drops_hardware_to_self_signed(make_provider: Callable[...
     challenger._recheck_hardware()
     assert conn.trust_level == "self_signed" and not conn.untrusted
     assert json.loads(conn.outbox.get_nowait())["trust_level"] == "self_signed"
+
+
+async def _round(challenger: Challenger, conn: ProviderConn,
+                 answer: Callable[[str, str], AttestationResponse | None]) -> None:
+    """One full challenge: read it from the outbox, answer it (or not), let it conclude."""
+    task = asyncio.create_task(challenger._challenge_once())
+    await asyncio.sleep(0)
+    challenge = json.loads(conn.outbox.get_nowait())
+    frame = answer(challenge["nonce"], challenge["timestamp"])
+    if frame is not None:
+        challenger.answer(frame)
+    await task
+
+
+async def test_passes_set_last_pass_and_strikes_erase_it(make_provider: Callable[..., ProviderConn]) -> None:
+    conn, identity, _ = _setup(make_provider)
+    passes: list[bool] = []
+    untrusts: list[tuple[str, bool]] = []
+    challenger = Challenger(conn, 60, 0.05, 3, {}, on_pass=passes.append,
+                            on_untrust=lambda reason, proven: untrusts.append((reason, proven)))
+    assert conn.last_pass is None
+    await _round(challenger, conn, lambda n, t: _answer(conn, identity, n, t))
+    await _round(challenger, conn, lambda n, t: _answer(conn, identity, n, t))
+    assert passes == [True, False] and conn.last_pass is not None
+    await _round(challenger, conn, lambda n, t: None)  # no answer in time
+    assert conn.last_pass is None and conn.strikes == 1
+    for _ in range(2):
+        await _round(challenger, conn, lambda n, t: None)
+    # Three strikes after a pass: the key's holder failed, so the untrust is proven.
+    assert conn.untrusted and untrusts == [("3 failed challenges in a row", True)]
+
+
+async def test_strikes_before_any_pass_prove_nothing(make_provider: Callable[..., ProviderConn]) -> None:
+    conn, identity, _ = _setup(make_provider)
+    untrusts: list[tuple[str, bool]] = []
+    challenger = Challenger(conn, 60, 0.05, 3, {},
+                            on_untrust=lambda reason, proven: untrusts.append((reason, proven)))
+    impostor = IdentityKey.generate()  # replays a public blob: cannot sign with the key
+    for _ in range(3):
+        await _round(challenger, conn, lambda n, t: _answer(conn, impostor, n, t))
+    assert conn.untrusted and conn.last_pass is None
+    assert untrusts == [("3 failed challenges in a row", False)]
+
+
+async def test_require_posture_breach_in_an_answer_is_a_proven_untrust(
+        make_provider: Callable[..., ProviderConn]) -> None:
+    conn, identity, _ = _setup(make_provider)
+    untrusts: list[tuple[str, bool]] = []
+    challenger = Challenger(conn, 60, 0.5, 3, {}, require_posture={"ptrace_scope": 2},
+                            on_untrust=lambda reason, proven: untrusts.append((reason, proven)))
+    await _round(challenger, conn, lambda n, t: _answer(conn, identity, n, t, ptrace_scope=1))
+    assert conn.untrusted and conn.last_pass is None
+    assert untrusts == [("require_posture: ptrace_scope is '1', 2 required", True)]
+
+
+def test_posture_violation_rules() -> None:
+    required = {"core_dumps_disabled": True, "ptrace_scope": 1, "kernel_lockdown": "integrity"}
+    assert posture_violation(required, {"core_dumps_disabled": True, "ptrace_scope": 3,
+                                        "kernel_lockdown": "confidentiality"}) is None
+    assert posture_violation(required, {"core_dumps_disabled": False, "ptrace_scope": 3,
+                                        "kernel_lockdown": "integrity"}) is not None
+    assert posture_violation(required, {"core_dumps_disabled": True, "ptrace_scope": 0,
+                                        "kernel_lockdown": "integrity"}) is not None
+    assert posture_violation(required, {"core_dumps_disabled": True, "ptrace_scope": 1,
+                                        "kernel_lockdown": "none"}) is not None
+    # A missing field breaks the rule in an answer; a blob carries only some fields.
+    assert posture_violation(required, {"core_dumps_disabled": True}) == \
+        "require_posture: kernel_lockdown not reported"
+    assert posture_violation(required, {"core_dumps_disabled": True}, partial=True) is None
+    assert posture_violation({}, {}) is None

@@ -1,0 +1,112 @@
+"""A fake provider over a real WebSocket: it registers like `darkbloom serve` but runs no model, so a
+test decides how it answers challenges and requests. Everything it signs is built with the
+provider's own functions (`attestation.build`, `challenge_bytes`, `status_bytes`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+from unittest import mock
+
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from darkbloom.crypto import KeyPair
+from darkbloom.crypto.challenge import challenge_bytes, status_bytes
+from darkbloom.crypto.signing import IdentityKey
+from darkbloom.inference.catalog import DEFAULT_MODEL
+from darkbloom.protocol.frames import Hardware
+from darkbloom.provider import attestation
+from tests.e2e.harness import MODEL, Coordinator
+
+# Blob posture (camelCase, as attestation.posture() reports it) and answer posture (snake_case).
+BLOB_POSTURE = {"platform": "linux", "ptraceScope": 1, "kernelLockdown": "none",
+                "coreDumpsDisabled": True, "secureBootEnabled": False}
+POSTURE = {"platform": "linux", "core_dumps_disabled": True, "ptrace_scope": 1,
+           "kernel_lockdown": "none", "secure_boot_enabled": False}
+
+Answer = Callable[[IdentityKey, KeyPair, dict[str, Any]], dict[str, Any] | None]
+
+
+def signed_blob(identity: IdentityKey, keys: KeyPair, **posture: object) -> dict[str, Any]:
+    """The provider's own blob builder, with the posture it reports replaced."""
+    with mock.patch.object(attestation, "posture", lambda: {**BLOB_POSTURE, **posture}):
+        return attestation.build(identity, keys.public_b64, Hardware(chip_name="test"), "llama.cpp")
+
+
+def good_answer(identity: IdentityKey, keys: KeyPair, challenge: dict[str, Any],
+                **posture: object) -> dict[str, Any]:
+    nonce, stamp = challenge["nonce"], challenge["timestamp"]
+    fields = {**POSTURE, **posture}
+    return {"type": "attestation_response", "nonce": nonce, "public_key": keys.public_b64,
+            "signature": identity.sign(challenge_bytes(nonce, stamp)),
+            "status_signature": identity.sign(status_bytes(nonce, stamp, fields)), **fields}
+
+
+class FakeProvider:
+    """``async with FakeProvider(coordinator) as fake``: registered on entry (``fake.registered``),
+    then answering each challenge with ``answer`` (None: never) and each inference request with
+    ``on_request`` (None: silence) until the block ends or the coordinator closes the socket."""
+
+    def __init__(self, coordinator: Coordinator, *, identity: IdentityKey | None = None,
+                 keys: KeyPair | None = None, blob: dict[str, Any] | None = None,
+                 public_key: str | None = None, answer: Answer | None = good_answer,
+                 on_request: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                 **blob_posture: object) -> None:
+        self.coordinator = coordinator
+        self.identity = identity or IdentityKey.generate()
+        self.keys = keys or KeyPair.generate()
+        self.blob = blob if blob is not None else signed_blob(self.identity, self.keys, **blob_posture)
+        self.public_key = public_key or self.keys.public_b64  # another's, to replay its blob
+        self.answer, self.on_request = answer, on_request
+        self.registered: dict[str, Any] = {}
+        self.updates: list[dict[str, Any]] = []
+        self.challenges = 0
+        self.requests = 0
+        self.close_code: int | None = None
+        self._ws: ClientConnection | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> FakeProvider:
+        self._ws = await websockets.connect(self.coordinator.ws_url, additional_headers={
+            "Authorization": f"Bearer {self.coordinator.provider_token}"})
+        await self._ws.send(json.dumps({
+            "type": "register", "public_key": self.public_key, "backend": "llama.cpp",
+            "models": [{"id": MODEL, "weight_hash": DEFAULT_MODEL.weight_hash}],
+            "attestation": self.blob}))
+        self.registered = json.loads(await asyncio.wait_for(self._ws.recv(), 10))
+        assert self.registered["type"] == "registered"
+        self._task = asyncio.create_task(self._serve(self._ws))
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._ws is not None and self._task is not None
+        await self._ws.close()
+        await self._task
+
+    async def closed(self) -> int | None:
+        """Wait for the coordinator to close the socket (30 s at most); its close code."""
+        assert self._task is not None
+        await asyncio.wait_for(asyncio.shield(self._task), 30)
+        return self.close_code
+
+    async def _serve(self, ws: ClientConnection) -> None:
+        try:
+            async for message in ws:
+                frame = json.loads(message)
+                if frame["type"] == "attestation_challenge":
+                    self.challenges += 1
+                    reply = self.answer(self.identity, self.keys, frame) if self.answer else None
+                    if reply is not None:
+                        await ws.send(json.dumps(reply))
+                elif frame["type"] == "trust_update":
+                    self.updates.append(frame)
+                elif frame["type"] == "inference_request":
+                    self.requests += 1
+                    if self.on_request is not None:
+                        await ws.send(json.dumps(self.on_request(frame)))
+        except websockets.ConnectionClosed:
+            pass
+        self.close_code = ws.close_code

@@ -1,0 +1,565 @@
+"""Hypothesis strategies for tests/e2e/test_fuzz_routes.py: requests for every coordinator route.
+
+A strategy yields a ``Call``: method, path, headers and a body plan. Bodies are JSON structures
+rendered by ``render`` so they can hold what ``json.dumps`` would never write (``Raw`` literals
+such as ``1e999`` or 400-digit integers, ``[`` nested 100 000 deep) and values known only once
+the stack is up (``Ph``). Sealing happens at render time with a fresh key, so a replayed example
+is never refused as a replay. Token limits stay small (1-8, or far outside the valid range) so
+the bodies that turn out valid cost a short generation, not a long one.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import string
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, quote_from_bytes
+
+from hypothesis import strategies as st
+
+from darkbloom.crypto import Channel, KeyPair, public_key_from_b64
+from tests.e2e.harness import MODEL
+
+CHAT, COMPLETIONS, RESPONSES = "/v1/chat/completions", "/v1/completions", "/v1/responses"
+MESSAGES, COUNT_TOKENS = "/v1/messages", "/v1/messages/count_tokens"
+POST_ROUTES = (CHAT, COMPLETIONS, RESPONSES, MESSAGES, COUNT_TOKENS)
+ANTHROPIC_ROUTES = frozenset({MESSAGES, COUNT_TOKENS})
+GET_ROUTES = ("/v1/models", "/v1/models/catalog", "/v1/models/{model_id}", "/v1/receipts/{request_id}",
+              "/v1/providers/attestation", "/v1/encryption-key", "/health", "/openapi.json")
+SENDER_SEALED = "application/darkbloom-sealed+json"
+PROVIDER_SEALED = "application/darkbloom-provider-sealed+json"
+AUTH = (("authorization", b"Bearer @KEY@"),)  # @KEY@ becomes the stack's API key when sent
+
+
+class Ph(enum.Enum):
+    """A value known only once the stack is up, or fresh for each request."""
+
+    KID = "kid"
+    COORDINATOR_KEY = "coordinator_key"
+    PROVIDER_ID = "provider_id"
+    PROVIDER_KEY = "provider_key"
+    EPHEMERAL = "ephemeral"  # this request's fresh X25519 public key
+
+
+@dataclass(frozen=True)
+class Raw:
+    """JSON text written verbatim."""
+
+    text: str
+
+    def __repr__(self) -> str:
+        return f"Raw({self.text[:40]!r}{'...' if len(self.text) > 40 else ''} len={len(self.text)})"
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """base64 ciphertext of ``inner`` (rendered), sealed from the request's ephemeral key."""
+
+    inner: Any
+    to: Ph = Ph.COORDINATOR_KEY
+
+
+@dataclass(frozen=True)
+class Call:
+    method: str
+    path: str
+    headers: tuple[tuple[str, bytes], ...] = ()
+    body: Any = None  # None (no body), bytes (sent as is) or a JSON structure to render
+    chunked: bool = False  # Transfer-Encoding: chunked instead of Content-Length
+
+
+@dataclass
+class Target:
+    """What a call needs from the running stack."""
+
+    api_key: str
+    kid: str
+    coordinator_key: str
+    provider_id: str
+    provider_key: str
+
+
+@dataclass
+class Rendered:
+    content: bytes | None
+    headers: list[tuple[str, bytes]]
+    reply: Channel | None  # the sender-sealed request's channel, to open its reply
+
+
+class _Renderer:
+    def __init__(self, target: Target | None) -> None:
+        self.target = target
+        self.ephemeral = KeyPair.generate()
+        self.reply: Channel | None = None
+
+    def value(self, ph: Ph) -> str:
+        if ph is Ph.EPHEMERAL:
+            return self.ephemeral.public_b64
+        assert self.target is not None, "a body with stack values needs a target"
+        return str(getattr(self.target, ph.value))
+
+    def render(self, node: Any) -> str:
+        if isinstance(node, Raw):
+            return node.text
+        if isinstance(node, Ph):
+            return json.dumps(self.value(node))
+        if isinstance(node, Sealed):
+            inner = node.inner if isinstance(node.inner, bytes) else self.render(node.inner).encode(
+                "utf-8", "surrogatepass")
+            channel = Channel(self.ephemeral, public_key_from_b64(self.value(node.to)))
+            if node.to is Ph.COORDINATOR_KEY:
+                self.reply = channel
+            return json.dumps(channel.seal(inner)["ciphertext"])
+        if isinstance(node, dict):
+            return "{" + ",".join(f"{json.dumps(k)}:{self.render(v)}" for k, v in node.items()) + "}"
+        if isinstance(node, list | tuple):
+            return "[" + ",".join(self.render(v) for v in node) + "]"
+        return json.dumps(node)  # ensure_ascii: a lone surrogate goes out as a \udXXX escape
+
+
+def dumps(body: Any) -> bytes:
+    """A body with no stack values (``Ph``, ``Sealed``) as JSON bytes."""
+    return _Renderer(None).render(body).encode("utf-8", "surrogatepass")
+
+
+def render(call: Call, target: Target) -> Rendered:
+    renderer = _Renderer(target)
+    # An HTTP/1.1 client cannot send a value with outer whitespace; the server never sees one.
+    headers = [(name, value.replace(b"@KEY@", target.api_key.encode()).strip(b" \t"))
+               for name, value in call.headers]
+    if call.body is None or isinstance(call.body, bytes):
+        return Rendered(call.body, headers, None)
+    content = renderer.render(call.body).encode("utf-8", "surrogatepass")
+    return Rendered(content, headers, renderer.reply)
+
+
+def weighted(valid: st.SearchStrategy[Any], hostile: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """Mostly ``valid``, sometimes ``hostile``: so most bodies fail on one field, not on many."""
+    return st.one_of(valid, valid, valid, hostile)
+
+
+# --- hostile values ------------------------------------------------------------------------
+
+# Integers outside 9..8192: valid or not, a token limit drawn from here never means a long generation.
+INTS = st.one_of(st.integers(max_value=8), st.integers(min_value=8193),
+                 st.sampled_from([0, -1, 2**31, 2**53 + 1, 2**63, 2**64, -(2**63) - 1, 10**30]))
+HUGE = st.sampled_from([
+    "1" + "0" * 400, "-" + "9" * 400, "9" * 5000, "1e999", "-1e999", "1e-999", "NaN", "Infinity",
+    "-Infinity", "-0", "0e0", "1E+2", "4.9e-324", "1.7976931348623157e308", "18446744073709551616",
+    "-9223372036854775809", "1.0000000000000000000000001",
+]).map(Raw)
+DEEP = st.sampled_from([100, 900, 990, 1000, 2500, 100_000]).flatmap(lambda n: st.sampled_from([
+    Raw("[" * n + "]" * n), Raw('{"a":' * n + "1" + "}" * n), Raw("[" * n + "1" + "]" * n)]))
+SURROGATE_TEXT = st.builds(lambda a, s, b: a + s + b, st.text(max_size=4),
+                           st.characters(categories=["Cs"]), st.text(max_size=4))
+LONG_TEXT = st.sampled_from([1_000, 20_000, 200_000]).map(lambda n: "ab " * (n // 3))
+ODD_TEXT = st.sampled_from([
+    "", " ", "\x00", "\u2028\u2029", "\ufeff", "\U0001f600" * 3, "<|im_start|>system\n", "<|im_end|>",
+    "{{ raise_exception('x') }}", "{% for x in y %}", "[" * 100_000, '{"a":' * 50_000, "%s%n", "\\",
+    "\r\n\r\n", "null", "[DONE]", "data: [DONE]\n\n",
+])
+TEXT = st.one_of(st.text(max_size=24), SURROGATE_TEXT, ODD_TEXT, LONG_TEXT)
+SCALARS = st.one_of(st.none(), st.booleans(), INTS, st.floats(), st.text(max_size=16))
+KEYS = st.one_of(st.text(max_size=12), SURROGATE_TEXT, st.sampled_from([
+    "model", "messages", "max_tokens", "stream", "prompt", "input", "tools", "type", "content", "role",
+    "", "__proto__", "constructor"]))
+JSON = st.recursive(SCALARS, lambda kids: st.one_of(st.lists(kids, max_size=4),
+                                                     st.dictionaries(KEYS, kids, max_size=4)),
+                    max_leaves=16)
+HOSTILE = st.one_of(st.none(), st.booleans(), INTS, HUGE, st.floats(), TEXT, DEEP, st.just([]),
+                    st.just({}), st.just([None]), JSON)
+TOKENS = weighted(st.integers(1, 8), HOSTILE)
+BAD_KEYS = st.one_of(st.sampled_from([
+    "A" * 44, "AAAA", "", "not base64!", "A" * 43 + "=", "A" * 64, "A" * 5000,
+    # low-order X25519 points: 0, 1, order 8, p-1, p, p+1
+    "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+    "4Ot6fDtBuK4WVuP68Z/EatoJjeucMrH9hmIFFl9JuAA=", "X5yVvKNQjCSx0LFVnIPvWwREXMRYHI6G2CJO3dCfEVc=",
+    "7P///////////////////////////////////////38=", "7f///////////////////////////////////////38=",
+    "7v///////////////////////////////////////38=",
+]), st.binary(min_size=0, max_size=40).map(lambda b: __import__("base64").b64encode(b).decode()))
+BAD_CIPHERTEXT = st.one_of(
+    st.binary(max_size=120).map(lambda b: __import__("base64").b64encode(b).decode()),
+    st.sampled_from(["", "====", "!!!", "A" * 4096, "AAAA" * 10, "\u00e9\u00e9"]))
+
+
+# --- plausible bodies, one field at a time hostile ---------------------------------------------
+
+SHORT = st.sampled_from(["hi", "Say hello.", "1+1=", "Name a colour."]) | st.text(max_size=12)
+MODELS = st.sampled_from([MODEL, MODEL, MODEL, "smollm2", "SMOLLM2-135M", "gpt-4o", "", "a" * 257, "a" * 256])
+ARGUMENTS = st.one_of(st.sampled_from(["{}", '{"a": 1}', "not json", "[" * 100_000, '{"a":' * 100_000,
+                                       '{"a": "\\ud800"}', "1e999", "[]", "null"]),
+                      JSON.map(json.dumps))
+STOPS = st.one_of(SHORT, st.lists(SHORT, max_size=5))
+SIMPLE_SCHEMAS = st.sampled_from([
+    {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]},
+    {"type": "object", "properties": {"n": {"type": "integer"}}},
+    {"type": "string", "enum": ["x", "y"]}, {}, {"type": "array", "items": {"type": "boolean"}},
+])
+
+
+def _with_unknown(body: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[dict[str, Any]]:
+    """Sometimes one extra key the route does not know."""
+    extra = st.one_of(st.just({}), st.just({}), st.just({}), st.dictionaries(KEYS, HOSTILE, max_size=1))
+    return st.builds(lambda b, e: {**b, **e}, body, extra)
+
+
+def _sampling(temperature_max: float) -> dict[str, st.SearchStrategy[Any]]:
+    return {"temperature": weighted(st.floats(0, temperature_max), HOSTILE),
+            "top_p": weighted(st.floats(0.01, 1), HOSTILE),
+            "top_k": weighted(st.integers(0, 100), HOSTILE)}
+
+
+def _chat_body(schemas: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
+    call = st.fixed_dictionaries({
+        "id": weighted(SHORT, HOSTILE), "type": weighted(st.just("function"), HOSTILE),
+        "function": weighted(st.fixed_dictionaries({"name": weighted(SHORT, HOSTILE),
+                                                    "arguments": weighted(ARGUMENTS, HOSTILE)}), HOSTILE)})
+    part = st.fixed_dictionaries({"type": weighted(st.just("text"), st.sampled_from(
+        ["image_url", "input_audio", "file", ""]) | HOSTILE), "text": weighted(SHORT, HOSTILE)})
+    message = st.fixed_dictionaries(
+        {"role": weighted(st.sampled_from(["system", "developer", "user", "assistant", "tool"]), HOSTILE),
+         "content": weighted(SHORT | st.lists(part, max_size=2), HOSTILE)},
+        optional={"tool_calls": weighted(st.lists(call, max_size=2), HOSTILE),
+                  "tool_call_id": weighted(SHORT, HOSTILE), "name": weighted(SHORT, HOSTILE)})
+    tool = st.fixed_dictionaries({
+        "type": weighted(st.just("function"), HOSTILE),
+        "function": weighted(st.fixed_dictionaries({"name": weighted(st.just("f"), HOSTILE)}, optional={
+            "description": weighted(SHORT, HOSTILE), "parameters": schemas}), HOSTILE)})
+    choice = st.sampled_from(["none", "auto", "required", {"type": "function", "function": {"name": "f"}},
+                              {"type": "function", "function": {"name": "g"}}])
+    response_format = st.one_of(
+        st.sampled_from([{"type": "text"}, {"type": "json_object"}, {"type": "xml"}]),
+        st.fixed_dictionaries({"type": st.just("json_schema"), "json_schema": weighted(
+            st.fixed_dictionaries({"name": weighted(st.just("out"), HOSTILE), "schema": schemas},
+                                  optional={"strict": weighted(st.booleans(), HOSTILE)}), HOSTILE)}))
+    return _with_unknown(st.fixed_dictionaries(
+        {"model": weighted(MODELS, HOSTILE),
+         "messages": weighted(st.lists(message, min_size=1, max_size=3), HOSTILE), "max_tokens": TOKENS},
+        optional={
+            **_sampling(2), "min_p": weighted(st.floats(0, 1), HOSTILE),
+            "presence_penalty": weighted(st.floats(-2, 2), HOSTILE),
+            "frequency_penalty": weighted(st.floats(-2, 2), HOSTILE),
+            "repetition_penalty": weighted(st.floats(0.1, 2), HOSTILE),
+            "seed": weighted(st.integers(-(2**63), 2**64 - 1), HOSTILE),
+            "stop": weighted(STOPS, HOSTILE), "stream": weighted(st.booleans(), HOSTILE),
+            "stream_options": weighted(st.fixed_dictionaries(
+                {"include_usage": weighted(st.booleans(), HOSTILE)}), HOSTILE),
+            "n": weighted(st.just(1), HOSTILE), "logprobs": weighted(st.booleans(), HOSTILE),
+            "top_logprobs": weighted(st.integers(0, 20), HOSTILE), "max_completion_tokens": TOKENS,
+            "response_format": weighted(response_format, HOSTILE),
+            "tools": weighted(st.lists(tool, max_size=2), HOSTILE), "tool_choice": weighted(choice, HOSTILE),
+            "user": weighted(SHORT, HOSTILE), "metadata": weighted(st.dictionaries(SHORT, SHORT), HOSTILE),
+            "logit_bias": weighted(st.just({}), HOSTILE), "modalities": weighted(st.just(["text"]), HOSTILE),
+            "parallel_tool_calls": weighted(st.booleans(), HOSTILE),
+        }))
+
+
+def _completion_body() -> st.SearchStrategy[dict[str, Any]]:
+    return _with_unknown(st.fixed_dictionaries(
+        {"model": weighted(MODELS, HOSTILE), "prompt": weighted(SHORT | st.lists(SHORT, max_size=2), HOSTILE),
+         "max_tokens": TOKENS},
+        optional={**_sampling(2), "stop": weighted(STOPS, HOSTILE), "stream": weighted(st.booleans(), HOSTILE),
+                  "echo": weighted(st.booleans(), HOSTILE), "suffix": weighted(SHORT, HOSTILE),
+                  "best_of": weighted(st.integers(1, 2), HOSTILE), "n": weighted(st.just(1), HOSTILE),
+                  "logprobs": weighted(st.integers(0, 5), HOSTILE),
+                  "seed": weighted(st.integers(0, 2**32), HOSTILE)}))
+
+
+def _responses_body(schemas: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
+    part = st.fixed_dictionaries({"type": weighted(st.sampled_from(["input_text", "output_text", "text"]),
+                                                   st.sampled_from(["input_image", "input_file"]) | HOSTILE),
+                                  "text": weighted(SHORT, HOSTILE)})
+    item = st.one_of(
+        st.fixed_dictionaries({"role": weighted(st.sampled_from(["user", "assistant", "system", "developer"]),
+                                                HOSTILE),
+                               "content": weighted(SHORT | st.lists(part, max_size=2), HOSTILE)},
+                              optional={"type": weighted(st.just("message"), HOSTILE)}),
+        st.fixed_dictionaries({"type": st.just("function_call"), "name": weighted(st.just("f"), HOSTILE),
+                               "arguments": weighted(ARGUMENTS, HOSTILE),
+                               "call_id": weighted(SHORT, HOSTILE)}),
+        st.fixed_dictionaries({"type": st.just("function_call_output"), "call_id": weighted(SHORT, HOSTILE),
+                               "output": weighted(SHORT, HOSTILE)}),
+        st.fixed_dictionaries({"type": weighted(st.just("reasoning"), HOSTILE)}))
+    text_format = st.one_of(
+        st.sampled_from([{"type": "text"}, {"type": "json_object"}, {"type": "yaml"}]),
+        st.fixed_dictionaries({"type": st.just("json_schema"), "name": weighted(st.just("out"), HOSTILE),
+                               "schema": schemas}, optional={"strict": weighted(st.booleans(), HOSTILE)}))
+    tool = st.fixed_dictionaries({"type": weighted(st.just("function"), st.just("web_search") | HOSTILE),
+                                  "name": weighted(st.just("f"), HOSTILE)},
+                                 optional={"parameters": schemas, "description": weighted(SHORT, HOSTILE)})
+    choice = st.sampled_from(["none", "auto", "required", {"type": "function", "name": "f"},
+                              {"type": "function", "name": "g"}])
+    return _with_unknown(st.fixed_dictionaries(
+        {"model": weighted(MODELS, HOSTILE), "input": weighted(SHORT | st.lists(item, min_size=1, max_size=3),
+                                                                HOSTILE),
+         "max_output_tokens": TOKENS},
+        optional={**_sampling(2), "instructions": weighted(SHORT, HOSTILE),
+                  "stream": weighted(st.booleans(), HOSTILE),
+                  "text": weighted(st.fixed_dictionaries({}, optional={"format": weighted(text_format, HOSTILE)}),
+                                   HOSTILE),
+                  "tools": weighted(st.lists(tool, max_size=2), HOSTILE), "tool_choice": weighted(choice, HOSTILE),
+                  "store": weighted(st.booleans(), HOSTILE), "reasoning": weighted(st.just({}), HOSTILE),
+                  "previous_response_id": weighted(st.none(), HOSTILE),
+                  "include": weighted(st.just([]), HOSTILE), "background": weighted(st.just(False), HOSTILE),
+                  "truncation": weighted(st.just("disabled"), HOSTILE)}))
+
+
+def _messages_body(schemas: st.SearchStrategy[Any], tokens: bool = True) -> st.SearchStrategy[dict[str, Any]]:
+    block = st.one_of(
+        st.fixed_dictionaries({"type": weighted(st.just("text"), st.sampled_from(["image", "document", "x"])
+                                                | HOSTILE), "text": weighted(SHORT, HOSTILE)}),
+        st.fixed_dictionaries({"type": st.just("tool_use"), "id": weighted(SHORT, HOSTILE),
+                               "name": weighted(st.just("f"), HOSTILE), "input": weighted(
+                                   st.dictionaries(SHORT, SHORT, max_size=2), HOSTILE)}),
+        st.fixed_dictionaries({"type": st.just("tool_result"), "tool_use_id": weighted(SHORT, HOSTILE)},
+                              optional={"content": weighted(SHORT, HOSTILE)}),
+        st.fixed_dictionaries({"type": st.just("thinking"), "thinking": weighted(SHORT, HOSTILE)}))
+    message = st.fixed_dictionaries({
+        "role": weighted(st.sampled_from(["user", "assistant"]), HOSTILE),
+        "content": weighted(SHORT | st.lists(block, min_size=1, max_size=3), HOSTILE)})
+    tool = st.fixed_dictionaries({"name": weighted(st.just("f"), HOSTILE), "input_schema": schemas},
+                                 optional={"type": weighted(st.just("custom"), st.just("bash_20250124") | HOSTILE),
+                                           "description": weighted(SHORT, HOSTILE)})
+    choice = st.sampled_from([{"type": "auto"}, {"type": "any"}, {"type": "none"}, {"type": "tool", "name": "f"},
+                              {"type": "tool", "name": "g"}])
+    required = {"model": weighted(MODELS, HOSTILE),
+                "messages": weighted(st.lists(message, min_size=1, max_size=3), HOSTILE)}
+    optional = {**_sampling(1), "system": weighted(SHORT | st.lists(block, max_size=2), HOSTILE),
+                "stop_sequences": weighted(st.lists(SHORT, max_size=5), HOSTILE),
+                "stream": weighted(st.booleans(), HOSTILE), "metadata": weighted(st.just({}), HOSTILE),
+                "thinking": weighted(st.just({"type": "disabled"}), HOSTILE),
+                "tools": weighted(st.lists(tool, max_size=2), HOSTILE), "tool_choice": weighted(choice, HOSTILE)}
+    if tokens:
+        required["max_tokens"] = TOKENS
+    else:
+        optional["max_tokens"] = TOKENS
+    return _with_unknown(st.fixed_dictionaries(required, optional=optional))
+
+
+def bodies(route: str, schemas: st.SearchStrategy[Any] = SIMPLE_SCHEMAS) -> st.SearchStrategy[dict[str, Any]]:
+    """Structurally plausible bodies for ``route``, each field sometimes replaced by a hostile value."""
+    if route == CHAT:
+        return _chat_body(schemas)
+    if route == COMPLETIONS:
+        return _completion_body()
+    if route == RESPONSES:
+        return _responses_body(schemas)
+    return _messages_body(schemas, tokens=route == MESSAGES)
+
+
+# --- JSON schemas with random keywords ------------------------------------------------------
+
+TYPES = st.sampled_from(["object", "string", "integer", "number", "boolean", "array", "null", "any", ""])
+NAMES = st.sampled_from(["a", "b", "x y", "", "$ref", "\u00e9"]) | st.text(max_size=6)
+PATTERNS = st.sampled_from([
+    "^[a-z]+$", "^{3}$", "(", "[", ")", "a{1000000}", "a{2,1}", "(a|b)*c", "\\", "^\\d{3}-\\d{4}$", ".*",
+    "(?P<x>a)", "\\p{L}", "[z-a]", "a**", "(?=a)", "\\1", "[^]", "x{,5}", "^$", "a{0,99999999999}",
+]) | st.text(max_size=8)
+BOUNDS = st.one_of(st.integers(0, 5), st.sampled_from([-1, 10**9, 10**18, 2**63, 10**30, 1.5, True]))
+NUMBERS = st.one_of(st.integers(-10, 10), st.floats(allow_nan=False, allow_infinity=False, width=32), HUGE)
+
+
+def _keywords(child: st.SearchStrategy[Any]) -> dict[str, st.SearchStrategy[Any]]:
+    return {
+        "type": TYPES | st.lists(TYPES, max_size=3), "properties": st.dictionaries(NAMES, child, max_size=3),
+        "patternProperties": st.dictionaries(PATTERNS, child, max_size=2),
+        "required": st.lists(NAMES, max_size=3), "items": child | st.booleans(),
+        "prefixItems": st.lists(child, max_size=3), "additionalProperties": child | st.booleans(),
+        "enum": st.lists(SCALARS, max_size=4), "const": SCALARS, "anyOf": st.lists(child, max_size=3),
+        "oneOf": st.lists(child, max_size=3), "allOf": st.lists(child, max_size=3), "not": child,
+        "$ref": st.sampled_from(["#", "#/$defs/a", "#/definitions/a", "#/properties/a", "#/$defs/missing",
+                                 "http://example.invalid/s", "#/$defs/a/items", ""]) | st.text(max_size=8),
+        "$defs": st.dictionaries(st.just("a") | NAMES, child, max_size=2),
+        "definitions": st.dictionaries(st.just("a") | NAMES, child, max_size=2), "pattern": PATTERNS,
+        "format": st.sampled_from(["date", "date-time", "time", "uuid", "email", "uri", "ipv4", "hostname",
+                                   "nonsense"]),
+        "minLength": BOUNDS, "maxLength": BOUNDS, "minItems": BOUNDS, "maxItems": BOUNDS,
+        "minProperties": BOUNDS, "maxProperties": BOUNDS, "minimum": NUMBERS, "maximum": NUMBERS,
+        "exclusiveMinimum": NUMBERS, "exclusiveMaximum": NUMBERS, "multipleOf": NUMBERS,
+        "uniqueItems": st.booleans(), "description": SHORT, "title": SHORT, "default": JSON,
+        "contains": child, "if": child, "then": child, "else": child, "nullable": st.booleans(),
+    }
+
+
+def _extend(child: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    values = _keywords(child)
+    entry = st.sampled_from(sorted(values)).flatmap(
+        lambda k: st.tuples(st.just(k), weighted(values[k], HOSTILE)))
+    return st.lists(entry, min_size=1, max_size=4).map(dict)
+
+
+SCHEMAS = st.recursive(st.one_of(st.just({}), st.fixed_dictionaries({"type": TYPES}), SIMPLE_SCHEMAS),
+                       _extend, max_leaves=8)
+
+
+def schema_calls() -> st.SearchStrategy[Call]:
+    """A valid request whose only variable part is a JSON schema, in every place one can go."""
+    user = [{"role": "user", "content": "Give an example."}]
+    tokens, stream = st.integers(1, 8), st.booleans()
+    chat_choice = st.sampled_from(["required", "auto", {"type": "function", "function": {"name": "f"}}])
+    chat = st.one_of(
+        st.fixed_dictionaries({"model": st.just(MODEL), "messages": st.just(user), "max_tokens": tokens,
+                               "stream": stream, "response_format": st.fixed_dictionaries({
+                                   "type": st.just("json_schema"), "json_schema": st.fixed_dictionaries(
+                                       {"name": st.just("out"), "schema": SCHEMAS, "strict": st.booleans()})})}),
+        st.fixed_dictionaries({"model": st.just(MODEL), "messages": st.just(user), "max_tokens": tokens,
+                               "stream": stream, "tool_choice": chat_choice, "tools": st.lists(
+                                   st.fixed_dictionaries({"type": st.just("function"), "function":
+                                                          st.fixed_dictionaries({"name": st.just("f"),
+                                                                                 "parameters": SCHEMAS})}),
+                                   min_size=1, max_size=2)}))
+    messages_tools = st.lists(st.fixed_dictionaries({"name": st.just("f"), "input_schema": SCHEMAS}),
+                              min_size=1, max_size=2)
+    messages = st.fixed_dictionaries({
+        "model": st.just(MODEL), "messages": st.just(user), "max_tokens": tokens, "stream": stream,
+        "tools": messages_tools,
+        "tool_choice": st.sampled_from([{"type": "any"}, {"type": "auto"}, {"type": "tool", "name": "f"}])})
+    count = st.fixed_dictionaries({"model": st.just(MODEL), "messages": st.just(user), "tools": messages_tools})
+    responses = st.one_of(
+        st.fixed_dictionaries({"model": st.just(MODEL), "input": st.just("Give an example."),
+                               "max_output_tokens": tokens, "stream": stream, "text": st.fixed_dictionaries({
+                                   "format": st.fixed_dictionaries({"type": st.just("json_schema"),
+                                                                    "name": st.just("out"),
+                                                                    "schema": SCHEMAS})})}),
+        st.fixed_dictionaries({"model": st.just(MODEL), "input": st.just("Give an example."),
+                               "max_output_tokens": tokens, "stream": stream,
+                               "tool_choice": st.sampled_from(["required", {"type": "function", "name": "f"}]),
+                               "tools": st.lists(st.fixed_dictionaries({
+                                   "type": st.just("function"), "name": st.just("f"), "parameters": SCHEMAS}),
+                                   min_size=1, max_size=2)}))
+    return st.one_of(chat.map(lambda b: post(CHAT, b)), messages.map(lambda b: post(MESSAGES, b)),
+                     count.map(lambda b: post(COUNT_TOKENS, b)), responses.map(lambda b: post(RESPONSES, b)))
+
+
+def post(route: str, body: Any, headers: tuple[tuple[str, bytes], ...] = (), chunked: bool = False) -> Call:
+    return Call("POST", route, (*AUTH, ("content-type", b"application/json"), *headers), body, chunked)
+
+
+# --- raw bytes, headers, sealed envelopes -----------------------------------------------------
+
+CONTENT_TYPES = st.sampled_from([
+    b"application/json", b"application/json; charset=utf-8", b"APPLICATION/JSON", b"text/plain", b"",
+    b"application/x-www-form-urlencoded", b"multipart/form-data; boundary=x", b"application/json; charset=utf-16",
+    SENDER_SEALED.encode(), PROVIDER_SEALED.encode(), b"application/eigeninference-sealed+json",
+    SENDER_SEALED.encode() + b"; charset=utf-8", b" " + PROVIDER_SEALED.upper().encode(), b"*/*",
+])
+# What an HTTP/1.1 client may put in a header value: visible ASCII, obs-text, inner spaces.
+HEADER_BYTES = st.binary(max_size=80).map(
+    lambda b: bytes(c for c in b if 0x20 <= c < 0x7F or c >= 0x80 or c == 0x09).strip(b" \t"))
+HEADER_VALUES = st.one_of(HEADER_BYTES, st.sampled_from([b"a" * 64, b"a" * 65, b"a" * 4000, b"\xff\xfe"]))
+
+
+def raw_bodies(route: str) -> st.SearchStrategy[bytes]:
+    valid = bodies(route).map(dumps)
+    return st.one_of(
+        st.binary(max_size=300), st.sampled_from([
+            b"", b"{", b"}", b"[", b"null", b"0", b"true", b'"x"', b"{}", b"[]", b"\x00" * 64, b"\xff\xfe{}",
+            b"\xef\xbb\xbf{}", b'{"model": "\xff\xfe"}', b'{"a":1,"a":2}', b"{'model': 'x'}", b"model=x",
+            b'{"model": "smollm2-135m", "messages": [{"role": "user", "content": "\xc3\x28"}]}',
+            b"a" * (5 << 20),
+        ]),
+        st.tuples(valid, st.integers(0, 400)).map(lambda t: t[0][: t[1]]),  # a valid body cut short
+        st.tuples(valid, st.binary(min_size=1, max_size=4)).map(lambda t: t[0][:-1] + t[1]),
+        valid.map(lambda b: b.decode("utf-8", "surrogatepass").encode("utf-16", "surrogatepass")),
+        st.builds(lambda head, tail: b'{"model":"' + MODEL.encode() + b'","' + head + b'":' + tail + b"}",
+                  st.binary(max_size=8), st.binary(max_size=16)),
+    )
+
+
+def raw_calls() -> st.SearchStrategy[Call]:
+    return st.sampled_from(POST_ROUTES).flatmap(lambda route: st.builds(
+        lambda body, ctype, chunked: Call("POST", route, (*AUTH, ("content-type", ctype)), body, chunked),
+        raw_bodies(route), CONTENT_TYPES, st.booleans()))
+
+
+def _sender_envelope(route: str) -> st.SearchStrategy[Any]:
+    inner = st.one_of(bodies(route), bodies(route), JSON, raw_bodies(route))
+    envelope = st.fixed_dictionaries({
+        "kid": weighted(st.just(Ph.KID), HOSTILE | st.just("0" * 16)),
+        "ephemeral_public_key": weighted(st.just(Ph.EPHEMERAL), BAD_KEYS | HOSTILE),
+        "ciphertext": weighted(inner.map(Sealed), BAD_CIPHERTEXT | HOSTILE)})
+    return weighted(envelope, JSON)
+
+
+def _blind_envelope(route: str) -> st.SearchStrategy[Any]:
+    entry = st.fixed_dictionaries({
+        "provider_id": weighted(st.just(Ph.PROVIDER_ID), SHORT | HOSTILE),
+        "encryption_public_key": weighted(st.just(Ph.PROVIDER_KEY), BAD_KEYS | HOSTILE),
+        "ephemeral_public_key": weighted(st.just(Ph.EPHEMERAL), BAD_KEYS | HOSTILE),
+        "ciphertext": BAD_CIPHERTEXT | HOSTILE})
+    envelope = st.fixed_dictionaries(
+        {"model": weighted(st.just(MODEL), HOSTILE), "sealed": weighted(st.lists(entry, min_size=1, max_size=4),
+                                                                         HOSTILE)},
+        optional={"v": weighted(st.just(2), HOSTILE), "stream": weighted(st.booleans(), HOSTILE),
+                  "max_tokens": TOKENS})
+    return _with_unknown(envelope)
+
+
+TRUST_LEVELS = st.sampled_from([b"none", b"self_signed", b"hardware", b"HARDWARE", b"", b"self-signed",
+                                b"none,hardware"]) | HEADER_VALUES
+AUTH_HEADERS = st.one_of(
+    st.just(AUTH), st.just(AUTH), st.just((("x-api-key", b"@KEY@"),)),
+    st.tuples(st.tuples(st.sampled_from(["authorization", "x-api-key"]), st.one_of(
+        HEADER_VALUES, st.sampled_from([b"Bearer", b"Bearer ", b"bearer @KEY@", b"Bearer  @KEY@",
+                                        b"Basic @KEY@", b"Bearer sk-db-wrong", b"Bearer @KEY@x",
+                                        b"Bearer @KEY@\xff", b"Bearer " + b"k" * 6000]),
+        HEADER_VALUES.map(lambda v: b"Bearer " + v)))),
+    st.just(()), st.just((("authorization", b"Bearer @KEY@"), ("authorization", b"Bearer wrong"))))
+EXTRA_HEADERS = st.lists(st.one_of(
+    st.tuples(st.just("x-min-trust-level"), TRUST_LEVELS),
+    st.tuples(st.just("x-request-id"), HEADER_VALUES | st.sampled_from([b"ok-id", b"a" * 64, b"a b", b"../x"])),
+    st.tuples(st.sampled_from(["anthropic-version", "anthropic-beta"]),
+              HEADER_VALUES | st.sampled_from([b"2023-06-01", b"tools-2024-04-04"])),
+    st.tuples(st.sampled_from(["accept", "accept-encoding", "content-encoding", "expect", "openai-organization"]),
+              HEADER_VALUES | st.sampled_from([b"gzip", b"text/event-stream", b"100-continue", b"br"])),
+    st.tuples(st.sampled_from(["content-type"]), CONTENT_TYPES),
+    st.tuples(st.text(string.ascii_lowercase + "-", min_size=1, max_size=20), HEADER_VALUES),
+), max_size=4)
+
+
+def header_calls() -> st.SearchStrategy[Call]:
+    """Odd headers on bodies that are otherwise mostly valid, sealed or not."""
+    def build(route: str) -> st.SearchStrategy[Call]:
+        plain = st.tuples(st.just(b"application/json"), bodies(route))
+        sender = st.tuples(st.sampled_from([SENDER_SEALED.encode(), b"application/eigeninference-sealed+json",
+                                            SENDER_SEALED.upper().encode() + b"; x=y"]), _sender_envelope(route))
+        blind = st.tuples(st.just(PROVIDER_SEALED.encode()), _blind_envelope(route))
+        return st.builds(
+            lambda typed, auth, extra, chunked: Call("POST", route, (*auth, ("content-type", typed[0]), *extra),
+                                                     typed[1], chunked),
+            st.one_of(plain, sender, sender, blind, blind), AUTH_HEADERS, EXTRA_HEADERS, st.booleans())
+    return st.sampled_from(POST_ROUTES).flatmap(build)
+
+
+# --- paths and methods ------------------------------------------------------------------------
+
+SEGMENTS = st.one_of(
+    st.text(max_size=12).map(lambda s: quote(s, safe="", errors="surrogatepass")),
+    st.binary(max_size=12).map(lambda b: quote_from_bytes(b, safe="")),
+    st.sampled_from(["..", ".", "%00", "%ff", "%zz", "%", MODEL, "smollm2", "catalog", "a" * 3000, "%2F",
+                     "models", "v1", "%C0%AF", "..%2f..%2f", "%E2%80%AE"]))
+METHODS = st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"])
+
+
+def _path(template: str, segment: str) -> str:
+    return template.replace("{model_id}", segment).replace("{request_id}", segment)
+
+
+def route_calls() -> st.SearchStrategy[Call]:
+    """Every route with random path parameters and queries, unknown paths and wrong methods."""
+    known = st.builds(_path, st.sampled_from(GET_ROUTES + POST_ROUTES + ("/ws/provider",)), SEGMENTS)
+    paths = st.one_of(
+        known, known,
+        st.lists(SEGMENTS, min_size=1, max_size=4).map(lambda s: "/" + "/".join(s)),
+        st.builds(lambda p, s: p + "/" + s, known, SEGMENTS), known.map(lambda p: p + "/"),
+        st.sampled_from(["/", "//v1/models", "/v1", "/v1/", "/V1/MODELS", "/v1/models/", "/v1/receipts/",
+                         "/v1/models/" + MODEL + "/extra"]))
+    queries = st.one_of(st.just(""), st.just(""), SEGMENTS.map(lambda s: "?type=" + s),
+                        st.lists(st.tuples(SEGMENTS, SEGMENTS), max_size=3).map(
+                            lambda pairs: "?" + "&".join(f"{k}={v}" for k, v in pairs)))
+    body = st.one_of(st.none(), st.none(), JSON, st.binary(max_size=40))
+    return st.builds(lambda method, path, query, auth, extra, content: Call(method, path + query,
+                                                                            (*auth, *extra), content),
+                     METHODS, paths, queries, AUTH_HEADERS, EXTRA_HEADERS, body)
