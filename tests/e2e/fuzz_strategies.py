@@ -10,6 +10,7 @@ the bodies that turn out valid cost a short generation, not a long one.
 
 from __future__ import annotations
 
+import copy
 import enum
 import json
 import string
@@ -19,7 +20,7 @@ from urllib.parse import quote, quote_from_bytes
 
 from hypothesis import strategies as st
 
-from darkbloom.crypto import Channel, KeyPair, public_key_from_b64
+from darkbloom.crypto import Channel, KeyPair, b64encode, public_key_from_b64
 from tests.e2e.harness import MODEL
 
 CHAT, COMPLETIONS, RESPONSES = "/v1/chat/completions", "/v1/completions", "/v1/responses"
@@ -53,12 +54,24 @@ class Raw:
         return f"Raw({self.text[:40]!r}{'...' if len(self.text) > 40 else ''} len={len(self.text)})"
 
 
+class Long(str):
+    """A long string that prints short in a falsifying example."""
+
+    def __repr__(self) -> str:
+        return f"Long({self[:20]!r}, len={len(self)})"
+
+
+class LongBytes(bytes):
+    def __repr__(self) -> str:
+        return f"LongBytes({self[:20]!r}, len={len(self)})"
+
+
 @dataclass(frozen=True)
 class Sealed:
-    """base64 ciphertext of ``inner`` (rendered), sealed from the request's ephemeral key."""
+    """base64 ciphertext of ``inner`` (rendered), sealed to the coordinator (trust.md §6) from the
+    request's ephemeral key."""
 
     inner: Any
-    to: Ph = Ph.COORDINATOR_KEY
 
 
 @dataclass(frozen=True)
@@ -108,10 +121,8 @@ class _Renderer:
         if isinstance(node, Sealed):
             inner = node.inner if isinstance(node.inner, bytes) else self.render(node.inner).encode(
                 "utf-8", "surrogatepass")
-            channel = Channel(self.ephemeral, public_key_from_b64(self.value(node.to)))
-            if node.to is Ph.COORDINATOR_KEY:
-                self.reply = channel
-            return json.dumps(channel.seal(inner)["ciphertext"])
+            self.reply = Channel(self.ephemeral, public_key_from_b64(self.value(Ph.COORDINATOR_KEY)))
+            return json.dumps(self.reply.seal(inner)["ciphertext"])
         if isinstance(node, dict):
             return "{" + ",".join(f"{json.dumps(k)}:{self.render(v)}" for k, v in node.items()) + "}"
         if isinstance(node, list | tuple):
@@ -135,11 +146,6 @@ def render(call: Call, target: Target) -> Rendered:
     return Rendered(content, headers, renderer.reply)
 
 
-def weighted(valid: st.SearchStrategy[Any], hostile: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
-    """Mostly ``valid``, sometimes ``hostile``: so most bodies fail on one field, not on many."""
-    return st.one_of(valid, valid, valid, hostile)
-
-
 # --- hostile values ------------------------------------------------------------------------
 
 # Integers outside 9..8192: valid or not, a token limit drawn from here never means a long generation.
@@ -152,12 +158,16 @@ HUGE = st.sampled_from([
 ]).map(Raw)
 DEEP = st.sampled_from([100, 900, 990, 1000, 2500, 100_000]).flatmap(lambda n: st.sampled_from([
     Raw("[" * n + "]" * n), Raw('{"a":' * n + "1" + "}" * n), Raw("[" * n + "1" + "]" * n)]))
+WIDE = st.sampled_from([
+    Raw("[" + ",".join(["{}"] * 50_000) + "]"), Raw("{" + ",".join(f'"k{i}":0' for i in range(20_000)) + "}"),
+    Raw("[" + ",".join(['{"role":"user","content":"x"}'] * 3_000) + "]"), Raw("[" + "0," * 100_000 + "0]")])
 SURROGATE_TEXT = st.builds(lambda a, s, b: a + s + b, st.text(max_size=4),
                            st.characters(categories=["Cs"]), st.text(max_size=4))
-LONG_TEXT = st.sampled_from([1_000, 20_000, 200_000]).map(lambda n: "ab " * (n // 3))
+LONG_TEXT = st.sampled_from([1_000, 20_000, 200_000]).map(lambda n: Long("ab " * (n // 3)))
 ODD_TEXT = st.sampled_from([
     "", " ", "\x00", "\u2028\u2029", "\ufeff", "\U0001f600" * 3, "<|im_start|>system\n", "<|im_end|>",
-    "{{ raise_exception('x') }}", "{% for x in y %}", "[" * 100_000, '{"a":' * 50_000, "%s%n", "\\",
+    "{{ raise_exception('x') }}", "{% for x in y %}", Long("[" * 100_000), Long('{"a":' * 50_000),
+    "%s%n", "\\",
     "\r\n\r\n", "null", "[DONE]", "data: [DONE]\n\n",
 ])
 TEXT = st.one_of(st.text(max_size=24), SURROGATE_TEXT, ODD_TEXT, LONG_TEXT)
@@ -168,9 +178,8 @@ KEYS = st.one_of(st.text(max_size=12), SURROGATE_TEXT, st.sampled_from([
 JSON = st.recursive(SCALARS, lambda kids: st.one_of(st.lists(kids, max_size=4),
                                                      st.dictionaries(KEYS, kids, max_size=4)),
                     max_leaves=16)
-HOSTILE = st.one_of(st.none(), st.booleans(), INTS, HUGE, st.floats(), TEXT, DEEP, st.just([]),
+HOSTILE = st.one_of(st.none(), st.booleans(), INTS, HUGE, st.floats(), TEXT, DEEP, WIDE, st.just([]),
                     st.just({}), st.just([None]), JSON)
-TOKENS = weighted(st.integers(1, 8), HOSTILE)
 BAD_KEYS = st.one_of(st.sampled_from([
     "A" * 44, "AAAA", "", "not base64!", "A" * 43 + "=", "A" * 64, "A" * 5000,
     # low-order X25519 points: 0, 1, order 8, p-1, p, p+1
@@ -178,20 +187,21 @@ BAD_KEYS = st.one_of(st.sampled_from([
     "4Ot6fDtBuK4WVuP68Z/EatoJjeucMrH9hmIFFl9JuAA=", "X5yVvKNQjCSx0LFVnIPvWwREXMRYHI6G2CJO3dCfEVc=",
     "7P///////////////////////////////////////38=", "7f///////////////////////////////////////38=",
     "7v///////////////////////////////////////38=",
-]), st.binary(min_size=0, max_size=40).map(lambda b: __import__("base64").b64encode(b).decode()))
+]), st.binary(max_size=40).map(b64encode))
 BAD_CIPHERTEXT = st.one_of(
-    st.binary(max_size=120).map(lambda b: __import__("base64").b64encode(b).decode()),
+    st.binary(max_size=120).map(b64encode),
     st.sampled_from(["", "====", "!!!", "A" * 4096, "AAAA" * 10, "\u00e9\u00e9"]))
 
 
-# --- plausible bodies, one field at a time hostile ---------------------------------------------
+# --- plausible bodies, then a few fields made hostile ------------------------------------------
 
 SHORT = st.sampled_from(["hi", "Say hello.", "1+1=", "Name a colour."]) | st.text(max_size=12)
-MODELS = st.sampled_from([MODEL, MODEL, MODEL, "smollm2", "SMOLLM2-135M", "gpt-4o", "", "a" * 257, "a" * 256])
-ARGUMENTS = st.one_of(st.sampled_from(["{}", '{"a": 1}', "not json", "[" * 100_000, '{"a":' * 100_000,
-                                       '{"a": "\\ud800"}', "1e999", "[]", "null"]),
+MODELS = st.sampled_from([MODEL] * 6 + ["smollm2", "SMOLLM2-135M", "gpt-4o"])
+TOKENS = st.integers(1, 8)
+ARGUMENTS = st.one_of(st.sampled_from(["{}", '{"a": 1}', "not json", Long("[" * 100_000),
+                                       Long('{"a":' * 100_000), '{"a": "\\ud800"}', "1e999", "[]", "null"]),
                       JSON.map(json.dumps))
-STOPS = st.one_of(SHORT, st.lists(SHORT, max_size=5))
+STOPS = st.one_of(SHORT, st.lists(SHORT, min_size=1, max_size=4))
 SIMPLE_SCHEMAS = st.sampled_from([
     {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]},
     {"type": "object", "properties": {"n": {"type": "integer"}}},
@@ -199,154 +209,150 @@ SIMPLE_SCHEMAS = st.sampled_from([
 ])
 
 
-def _with_unknown(body: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[dict[str, Any]]:
-    """Sometimes one extra key the route does not know."""
-    extra = st.one_of(st.just({}), st.just({}), st.just({}), st.dictionaries(KEYS, HOSTILE, max_size=1))
-    return st.builds(lambda b, e: {**b, **e}, body, extra)
-
-
-def _sampling(temperature_max: float) -> dict[str, st.SearchStrategy[Any]]:
-    return {"temperature": weighted(st.floats(0, temperature_max), HOSTILE),
-            "top_p": weighted(st.floats(0.01, 1), HOSTILE),
-            "top_k": weighted(st.integers(0, 100), HOSTILE)}
+def _sampling(temperature_max: float, top_k: bool = True) -> dict[str, st.SearchStrategy[Any]]:
+    knobs = {"temperature": st.floats(0, temperature_max), "top_p": st.floats(0.01, 1)}
+    return {**knobs, "top_k": st.integers(0, 100)} if top_k else knobs
 
 
 def _chat_body(schemas: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
-    call = st.fixed_dictionaries({
-        "id": weighted(SHORT, HOSTILE), "type": weighted(st.just("function"), HOSTILE),
-        "function": weighted(st.fixed_dictionaries({"name": weighted(SHORT, HOSTILE),
-                                                    "arguments": weighted(ARGUMENTS, HOSTILE)}), HOSTILE)})
-    part = st.fixed_dictionaries({"type": weighted(st.just("text"), st.sampled_from(
-        ["image_url", "input_audio", "file", ""]) | HOSTILE), "text": weighted(SHORT, HOSTILE)})
-    message = st.fixed_dictionaries(
-        {"role": weighted(st.sampled_from(["system", "developer", "user", "assistant", "tool"]), HOSTILE),
-         "content": weighted(SHORT | st.lists(part, max_size=2), HOSTILE)},
-        optional={"tool_calls": weighted(st.lists(call, max_size=2), HOSTILE),
-                  "tool_call_id": weighted(SHORT, HOSTILE), "name": weighted(SHORT, HOSTILE)})
-    tool = st.fixed_dictionaries({
-        "type": weighted(st.just("function"), HOSTILE),
-        "function": weighted(st.fixed_dictionaries({"name": weighted(st.just("f"), HOSTILE)}, optional={
-            "description": weighted(SHORT, HOSTILE), "parameters": schemas}), HOSTILE)})
-    choice = st.sampled_from(["none", "auto", "required", {"type": "function", "function": {"name": "f"}},
-                              {"type": "function", "function": {"name": "g"}}])
+    call = st.builds(lambda i, name, args: {"id": i, "type": "function",
+                                            "function": {"name": name, "arguments": args}},
+                     SHORT, st.just("f") | SHORT, ARGUMENTS)
+    part = st.builds(lambda kind, text: {"type": kind, "text": text},
+                     st.sampled_from(["text"] * 5 + ["image_url", "input_audio"]), SHORT)
+    message = st.one_of(
+        st.fixed_dictionaries({"role": st.sampled_from(["system", "developer", "user", "assistant"]),
+                               "content": SHORT | st.lists(part, min_size=1, max_size=2)},
+                              optional={"name": SHORT}),
+        st.fixed_dictionaries({"role": st.just("assistant"),
+                               "tool_calls": st.lists(call, min_size=1, max_size=2)},
+                              optional={"content": SHORT | st.none()}),
+        st.fixed_dictionaries({"role": st.just("tool"), "tool_call_id": SHORT, "content": SHORT}))
+    tool = st.builds(lambda name, params: {"type": "function",
+                                           "function": {"name": name, "parameters": params}},
+                     st.just("f") | SHORT, schemas)
     response_format = st.one_of(
-        st.sampled_from([{"type": "text"}, {"type": "json_object"}, {"type": "xml"}]),
-        st.fixed_dictionaries({"type": st.just("json_schema"), "json_schema": weighted(
-            st.fixed_dictionaries({"name": weighted(st.just("out"), HOSTILE), "schema": schemas},
-                                  optional={"strict": weighted(st.booleans(), HOSTILE)}), HOSTILE)}))
-    return _with_unknown(st.fixed_dictionaries(
-        {"model": weighted(MODELS, HOSTILE),
-         "messages": weighted(st.lists(message, min_size=1, max_size=3), HOSTILE), "max_tokens": TOKENS},
+        st.sampled_from([{"type": "text"}, {"type": "json_object"}]),
+        st.builds(lambda s, strict: {"type": "json_schema", "json_schema": {"name": "out", "schema": s,
+                                                                            "strict": strict}},
+                  schemas, st.booleans()))
+    return st.fixed_dictionaries(
+        {"model": MODELS, "messages": st.lists(message, min_size=1, max_size=3), "max_tokens": TOKENS},
         optional={
-            **_sampling(2), "min_p": weighted(st.floats(0, 1), HOSTILE),
-            "presence_penalty": weighted(st.floats(-2, 2), HOSTILE),
-            "frequency_penalty": weighted(st.floats(-2, 2), HOSTILE),
-            "repetition_penalty": weighted(st.floats(0.1, 2), HOSTILE),
-            "seed": weighted(st.integers(-(2**63), 2**64 - 1), HOSTILE),
-            "stop": weighted(STOPS, HOSTILE), "stream": weighted(st.booleans(), HOSTILE),
-            "stream_options": weighted(st.fixed_dictionaries(
-                {"include_usage": weighted(st.booleans(), HOSTILE)}), HOSTILE),
-            "n": weighted(st.just(1), HOSTILE), "logprobs": weighted(st.booleans(), HOSTILE),
-            "top_logprobs": weighted(st.integers(0, 20), HOSTILE), "max_completion_tokens": TOKENS,
-            "response_format": weighted(response_format, HOSTILE),
-            "tools": weighted(st.lists(tool, max_size=2), HOSTILE), "tool_choice": weighted(choice, HOSTILE),
-            "user": weighted(SHORT, HOSTILE), "metadata": weighted(st.dictionaries(SHORT, SHORT), HOSTILE),
-            "logit_bias": weighted(st.just({}), HOSTILE), "modalities": weighted(st.just(["text"]), HOSTILE),
-            "parallel_tool_calls": weighted(st.booleans(), HOSTILE),
-        }))
+            **_sampling(2), "min_p": st.floats(0, 1), "presence_penalty": st.floats(-2, 2),
+            "frequency_penalty": st.floats(-2, 2), "repetition_penalty": st.floats(0.1, 2),
+            "seed": st.integers(-(2**63), 2**64 - 1), "stop": STOPS, "stream": st.booleans(),
+            "stream_options": st.fixed_dictionaries({"include_usage": st.booleans()}), "n": st.just(1),
+            "logprobs": st.booleans(), "top_logprobs": st.integers(0, 20), "max_completion_tokens": TOKENS,
+            "response_format": response_format, "tools": st.lists(tool, max_size=2),
+            "tool_choice": st.sampled_from(["none", "auto", "required", {"type": "function",
+                                                                        "function": {"name": "f"}}]),
+            "user": SHORT, "metadata": st.dictionaries(SHORT, SHORT, max_size=2), "logit_bias": st.just({}),
+            "modalities": st.just(["text"]), "parallel_tool_calls": st.booleans(),
+        })
 
 
 def _completion_body() -> st.SearchStrategy[dict[str, Any]]:
-    return _with_unknown(st.fixed_dictionaries(
-        {"model": weighted(MODELS, HOSTILE), "prompt": weighted(SHORT | st.lists(SHORT, max_size=2), HOSTILE),
-         "max_tokens": TOKENS},
-        optional={**_sampling(2), "stop": weighted(STOPS, HOSTILE), "stream": weighted(st.booleans(), HOSTILE),
-                  "echo": weighted(st.booleans(), HOSTILE), "suffix": weighted(SHORT, HOSTILE),
-                  "best_of": weighted(st.integers(1, 2), HOSTILE), "n": weighted(st.just(1), HOSTILE),
-                  "logprobs": weighted(st.integers(0, 5), HOSTILE),
-                  "seed": weighted(st.integers(0, 2**32), HOSTILE)}))
+    return st.fixed_dictionaries(
+        {"model": MODELS, "prompt": SHORT | st.lists(SHORT, min_size=1, max_size=1), "max_tokens": TOKENS},
+        optional={**_sampling(2), "stop": STOPS, "stream": st.booleans(), "echo": st.just(False),
+                  "suffix": st.just(""), "best_of": st.just(1), "n": st.just(1),
+                  "logprobs": st.integers(0, 5), "seed": st.integers(0, 2**32)})
 
 
 def _responses_body(schemas: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
-    part = st.fixed_dictionaries({"type": weighted(st.sampled_from(["input_text", "output_text", "text"]),
-                                                   st.sampled_from(["input_image", "input_file"]) | HOSTILE),
-                                  "text": weighted(SHORT, HOSTILE)})
+    part = st.builds(lambda kind, text: {"type": kind, "text": text},
+                     st.sampled_from(["input_text", "output_text", "text", "input_image"]), SHORT)
     item = st.one_of(
-        st.fixed_dictionaries({"role": weighted(st.sampled_from(["user", "assistant", "system", "developer"]),
-                                                HOSTILE),
-                               "content": weighted(SHORT | st.lists(part, max_size=2), HOSTILE)},
-                              optional={"type": weighted(st.just("message"), HOSTILE)}),
-        st.fixed_dictionaries({"type": st.just("function_call"), "name": weighted(st.just("f"), HOSTILE),
-                               "arguments": weighted(ARGUMENTS, HOSTILE),
-                               "call_id": weighted(SHORT, HOSTILE)}),
-        st.fixed_dictionaries({"type": st.just("function_call_output"), "call_id": weighted(SHORT, HOSTILE),
-                               "output": weighted(SHORT, HOSTILE)}),
-        st.fixed_dictionaries({"type": weighted(st.just("reasoning"), HOSTILE)}))
+        st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system", "developer"]),
+                               "content": SHORT | st.lists(part, min_size=1, max_size=2)},
+                              optional={"type": st.just("message")}),
+        st.builds(lambda args, cid: {"type": "function_call", "name": "f", "arguments": args, "call_id": cid},
+                  ARGUMENTS, SHORT),
+        st.builds(lambda cid, out: {"type": "function_call_output", "call_id": cid, "output": out},
+                  SHORT, SHORT),
+        st.just({"type": "reasoning"}))
     text_format = st.one_of(
-        st.sampled_from([{"type": "text"}, {"type": "json_object"}, {"type": "yaml"}]),
-        st.fixed_dictionaries({"type": st.just("json_schema"), "name": weighted(st.just("out"), HOSTILE),
-                               "schema": schemas}, optional={"strict": weighted(st.booleans(), HOSTILE)}))
-    tool = st.fixed_dictionaries({"type": weighted(st.just("function"), st.just("web_search") | HOSTILE),
-                                  "name": weighted(st.just("f"), HOSTILE)},
-                                 optional={"parameters": schemas, "description": weighted(SHORT, HOSTILE)})
-    choice = st.sampled_from(["none", "auto", "required", {"type": "function", "name": "f"},
-                              {"type": "function", "name": "g"}])
-    return _with_unknown(st.fixed_dictionaries(
-        {"model": weighted(MODELS, HOSTILE), "input": weighted(SHORT | st.lists(item, min_size=1, max_size=3),
-                                                                HOSTILE),
+        st.sampled_from([{"type": "text"}, {"type": "json_object"}]),
+        st.builds(lambda s: {"type": "json_schema", "name": "out", "schema": s}, schemas))
+    tool = st.builds(lambda params: {"type": "function", "name": "f", "parameters": params}, schemas)
+    return st.fixed_dictionaries(
+        {"model": MODELS, "input": SHORT | st.lists(item, min_size=1, max_size=3),
          "max_output_tokens": TOKENS},
-        optional={**_sampling(2), "instructions": weighted(SHORT, HOSTILE),
-                  "stream": weighted(st.booleans(), HOSTILE),
-                  "text": weighted(st.fixed_dictionaries({}, optional={"format": weighted(text_format, HOSTILE)}),
-                                   HOSTILE),
-                  "tools": weighted(st.lists(tool, max_size=2), HOSTILE), "tool_choice": weighted(choice, HOSTILE),
-                  "store": weighted(st.booleans(), HOSTILE), "reasoning": weighted(st.just({}), HOSTILE),
-                  "previous_response_id": weighted(st.none(), HOSTILE),
-                  "include": weighted(st.just([]), HOSTILE), "background": weighted(st.just(False), HOSTILE),
-                  "truncation": weighted(st.just("disabled"), HOSTILE)}))
+        optional={**_sampling(2, top_k=False), "instructions": SHORT, "stream": st.booleans(),
+                  "text": st.fixed_dictionaries({}, optional={"format": text_format}),
+                  "tools": st.lists(tool, max_size=2),
+                  "tool_choice": st.sampled_from(["none", "auto", "required",
+                                                  {"type": "function", "name": "f"}]),
+                  "store": st.booleans(), "reasoning": st.just({}), "include": st.just([]),
+                  "background": st.just(False), "truncation": st.just("disabled"),
+                  "metadata": st.dictionaries(SHORT, SHORT, max_size=2)})
 
 
-def _messages_body(schemas: st.SearchStrategy[Any], tokens: bool = True) -> st.SearchStrategy[dict[str, Any]]:
+def _messages_body(schemas: st.SearchStrategy[Any], count_only: bool) -> st.SearchStrategy[dict[str, Any]]:
     block = st.one_of(
-        st.fixed_dictionaries({"type": weighted(st.just("text"), st.sampled_from(["image", "document", "x"])
-                                                | HOSTILE), "text": weighted(SHORT, HOSTILE)}),
-        st.fixed_dictionaries({"type": st.just("tool_use"), "id": weighted(SHORT, HOSTILE),
-                               "name": weighted(st.just("f"), HOSTILE), "input": weighted(
-                                   st.dictionaries(SHORT, SHORT, max_size=2), HOSTILE)}),
-        st.fixed_dictionaries({"type": st.just("tool_result"), "tool_use_id": weighted(SHORT, HOSTILE)},
-                              optional={"content": weighted(SHORT, HOSTILE)}),
-        st.fixed_dictionaries({"type": st.just("thinking"), "thinking": weighted(SHORT, HOSTILE)}))
-    message = st.fixed_dictionaries({
-        "role": weighted(st.sampled_from(["user", "assistant"]), HOSTILE),
-        "content": weighted(SHORT | st.lists(block, min_size=1, max_size=3), HOSTILE)})
-    tool = st.fixed_dictionaries({"name": weighted(st.just("f"), HOSTILE), "input_schema": schemas},
-                                 optional={"type": weighted(st.just("custom"), st.just("bash_20250124") | HOSTILE),
-                                           "description": weighted(SHORT, HOSTILE)})
-    choice = st.sampled_from([{"type": "auto"}, {"type": "any"}, {"type": "none"}, {"type": "tool", "name": "f"},
-                              {"type": "tool", "name": "g"}])
-    required = {"model": weighted(MODELS, HOSTILE),
-                "messages": weighted(st.lists(message, min_size=1, max_size=3), HOSTILE)}
-    optional = {**_sampling(1), "system": weighted(SHORT | st.lists(block, max_size=2), HOSTILE),
-                "stop_sequences": weighted(st.lists(SHORT, max_size=5), HOSTILE),
-                "stream": weighted(st.booleans(), HOSTILE), "metadata": weighted(st.just({}), HOSTILE),
-                "thinking": weighted(st.just({"type": "disabled"}), HOSTILE),
-                "tools": weighted(st.lists(tool, max_size=2), HOSTILE), "tool_choice": weighted(choice, HOSTILE)}
-    if tokens:
-        required["max_tokens"] = TOKENS
-    else:
-        optional["max_tokens"] = TOKENS
-    return _with_unknown(st.fixed_dictionaries(required, optional=optional))
+        st.builds(lambda kind, text: {"type": kind, "text": text},
+                  st.sampled_from(["text"] * 5 + ["image", "document"]), SHORT),
+        st.builds(lambda i, args: {"type": "tool_use", "id": i, "name": "f", "input": args},
+                  SHORT, st.dictionaries(SHORT, SHORT, max_size=2)),
+        st.builds(lambda i, out: {"type": "tool_result", "tool_use_id": i, "content": out}, SHORT, SHORT),
+        st.builds(lambda t: {"type": "thinking", "thinking": t}, SHORT))
+    message = st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant"]),
+                                     "content": SHORT | st.lists(block, min_size=1, max_size=3)})
+    tool = st.builds(lambda s: {"name": "f", "input_schema": s}, schemas)
+    required = {"model": MODELS, "messages": st.lists(message, min_size=1, max_size=3)}
+    optional = {**_sampling(1), "system": SHORT, "stop_sequences": st.lists(SHORT, min_size=1, max_size=4),
+                "stream": st.booleans(), "metadata": st.just({}), "thinking": st.just({"type": "disabled"}),
+                "tools": st.lists(tool, max_size=2),
+                "tool_choice": st.sampled_from([{"type": "auto"}, {"type": "any"}, {"type": "none"},
+                                                {"type": "tool", "name": "f"}])}
+    (optional if count_only else required)["max_tokens"] = TOKENS
+    return st.fixed_dictionaries(required, optional=optional)
 
 
-def bodies(route: str, schemas: st.SearchStrategy[Any] = SIMPLE_SCHEMAS) -> st.SearchStrategy[dict[str, Any]]:
-    """Structurally plausible bodies for ``route``, each field sometimes replaced by a hostile value."""
+def valid_bodies(route: str, schemas: st.SearchStrategy[Any] = SIMPLE_SCHEMAS) -> st.SearchStrategy[Any]:
+    """Bodies for ``route`` that are mostly valid: short generations when they are."""
     if route == CHAT:
         return _chat_body(schemas)
     if route == COMPLETIONS:
         return _completion_body()
     if route == RESPONSES:
         return _responses_body(schemas)
-    return _messages_body(schemas, tokens=route == MESSAGES)
+    return _messages_body(schemas, count_only=route == COUNT_TOKENS)
+
+
+def _slots(node: Any) -> list[tuple[Any, Any]]:
+    """Every (container, key or index) in a body, the root's new-key slot included."""
+    found: list[tuple[Any, Any]] = [(node, None)] if isinstance(node, dict | list) else []
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, child in items:
+        found.append((node, key))
+        found.extend(_slots(child))
+    return found
+
+
+@st.composite
+def _mutated(draw: st.DrawFn, valid: st.SearchStrategy[Any],
+             hostile: st.SearchStrategy[Any] = HOSTILE) -> Any:
+    """A valid body with 0-3 of its values replaced, removed, or added, each by a hostile value."""
+    body = copy.deepcopy(draw(valid))  # copies: st.just() values are shared between examples
+    for _ in range(draw(st.integers(0, 3))):
+        container, key = draw(st.sampled_from(_slots(body)))
+        if key is None:  # a new key or item
+            if isinstance(container, dict):
+                container[draw(KEYS)] = copy.deepcopy(draw(hostile))
+            else:
+                container.append(copy.deepcopy(draw(hostile)))
+        elif draw(st.integers(0, 4)) == 0:
+            del container[key]
+        else:
+            container[key] = copy.deepcopy(draw(hostile))
+    return body
+
+
+def bodies(route: str, schemas: st.SearchStrategy[Any] = SIMPLE_SCHEMAS) -> st.SearchStrategy[Any]:
+    """Structurally plausible bodies for ``route`` with a few values replaced by hostile ones."""
+    return _mutated(valid_bodies(route, schemas))
 
 
 # --- JSON schemas with random keywords ------------------------------------------------------
@@ -357,7 +363,10 @@ PATTERNS = st.sampled_from([
     "^[a-z]+$", "^{3}$", "(", "[", ")", "a{1000000}", "a{2,1}", "(a|b)*c", "\\", "^\\d{3}-\\d{4}$", ".*",
     "(?P<x>a)", "\\p{L}", "[z-a]", "a**", "(?=a)", "\\1", "[^]", "x{,5}", "^$", "a{0,99999999999}",
 ]) | st.text(max_size=8)
-BOUNDS = st.one_of(st.integers(0, 5), st.sampled_from([-1, 10**9, 10**18, 2**63, 10**30, 1.5, True]))
+BOUNDS = st.one_of(st.integers(0, 5), st.sampled_from([-1, 10**9, 10**18, 2**63, 10**30, 1.5, True, None]))
+# Wrong-typed keyword values; nothing that fails the JSON body as a whole (deep nesting, surrogates).
+SCHEMA_HOSTILE = st.one_of(st.none(), st.booleans(), INTS, HUGE, st.floats(), st.text(max_size=16),
+                           st.just([]), st.just({}), st.just([1]), st.just(["a"]), JSON)
 NUMBERS = st.one_of(st.integers(-10, 10), st.floats(allow_nan=False, allow_infinity=False, width=32), HUGE)
 
 
@@ -386,7 +395,7 @@ def _keywords(child: st.SearchStrategy[Any]) -> dict[str, st.SearchStrategy[Any]
 def _extend(child: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
     values = _keywords(child)
     entry = st.sampled_from(sorted(values)).flatmap(
-        lambda k: st.tuples(st.just(k), weighted(values[k], HOSTILE)))
+        lambda k: st.tuples(st.just(k), st.one_of(values[k], values[k], values[k], SCHEMA_HOSTILE)))
     return st.lists(entry, min_size=1, max_size=4).map(dict)
 
 
@@ -396,39 +405,36 @@ SCHEMAS = st.recursive(st.one_of(st.just({}), st.fixed_dictionaries({"type": TYP
 
 def schema_calls() -> st.SearchStrategy[Call]:
     """A valid request whose only variable part is a JSON schema, in every place one can go."""
-    user = [{"role": "user", "content": "Give an example."}]
-    tokens, stream = st.integers(1, 8), st.booleans()
-    chat_choice = st.sampled_from(["required", "auto", {"type": "function", "function": {"name": "f"}}])
+    ask = [{"role": "user", "content": "Give an example."}]
+    tokens, stream = TOKENS, st.booleans()
+
+    def tools(shape: Any) -> st.SearchStrategy[list[Any]]:
+        return st.lists(st.builds(shape, SCHEMAS), min_size=1, max_size=2)
+
+    chat_format = st.builds(lambda s, strict: {"type": "json_schema", "json_schema": {
+        "name": "out", "schema": s, "strict": strict}}, SCHEMAS, st.booleans())
     chat = st.one_of(
-        st.fixed_dictionaries({"model": st.just(MODEL), "messages": st.just(user), "max_tokens": tokens,
-                               "stream": stream, "response_format": st.fixed_dictionaries({
-                                   "type": st.just("json_schema"), "json_schema": st.fixed_dictionaries(
-                                       {"name": st.just("out"), "schema": SCHEMAS, "strict": st.booleans()})})}),
-        st.fixed_dictionaries({"model": st.just(MODEL), "messages": st.just(user), "max_tokens": tokens,
-                               "stream": stream, "tool_choice": chat_choice, "tools": st.lists(
-                                   st.fixed_dictionaries({"type": st.just("function"), "function":
-                                                          st.fixed_dictionaries({"name": st.just("f"),
-                                                                                 "parameters": SCHEMAS})}),
-                                   min_size=1, max_size=2)}))
-    messages_tools = st.lists(st.fixed_dictionaries({"name": st.just("f"), "input_schema": SCHEMAS}),
-                              min_size=1, max_size=2)
-    messages = st.fixed_dictionaries({
-        "model": st.just(MODEL), "messages": st.just(user), "max_tokens": tokens, "stream": stream,
-        "tools": messages_tools,
-        "tool_choice": st.sampled_from([{"type": "any"}, {"type": "auto"}, {"type": "tool", "name": "f"}])})
-    count = st.fixed_dictionaries({"model": st.just(MODEL), "messages": st.just(user), "tools": messages_tools})
+        st.builds(lambda f, n, s: {"model": MODEL, "messages": ask, "max_tokens": n, "stream": s,
+                                   "response_format": f}, chat_format, tokens, stream),
+        st.builds(lambda t, c, n, s: {"model": MODEL, "messages": ask, "max_tokens": n, "stream": s,
+                                      "tools": t, "tool_choice": c},
+                  tools(lambda s: {"type": "function", "function": {"name": "f", "parameters": s}}),
+                  st.sampled_from(["required", "auto", {"type": "function", "function": {"name": "f"}}]),
+                  tokens, stream))
+    messages_tools = tools(lambda s: {"name": "f", "input_schema": s})
+    messages = st.builds(
+        lambda t, c, n, s: {"model": MODEL, "messages": ask, "max_tokens": n, "stream": s, "tools": t,
+                            "tool_choice": c}, messages_tools,
+        st.sampled_from([{"type": "any"}, {"type": "auto"}, {"type": "tool", "name": "f"}]), tokens, stream)
+    count = st.builds(lambda t: {"model": MODEL, "messages": ask, "tools": t}, messages_tools)
     responses = st.one_of(
-        st.fixed_dictionaries({"model": st.just(MODEL), "input": st.just("Give an example."),
-                               "max_output_tokens": tokens, "stream": stream, "text": st.fixed_dictionaries({
-                                   "format": st.fixed_dictionaries({"type": st.just("json_schema"),
-                                                                    "name": st.just("out"),
-                                                                    "schema": SCHEMAS})})}),
-        st.fixed_dictionaries({"model": st.just(MODEL), "input": st.just("Give an example."),
-                               "max_output_tokens": tokens, "stream": stream,
-                               "tool_choice": st.sampled_from(["required", {"type": "function", "name": "f"}]),
-                               "tools": st.lists(st.fixed_dictionaries({
-                                   "type": st.just("function"), "name": st.just("f"), "parameters": SCHEMAS}),
-                                   min_size=1, max_size=2)}))
+        st.builds(lambda f, n, s: {"model": MODEL, "input": "Give an example.", "max_output_tokens": n,
+                                   "stream": s, "text": {"format": {"type": "json_schema", "name": "out",
+                                                                    "schema": f}}}, SCHEMAS, tokens, stream),
+        st.builds(lambda t, c, n, s: {"model": MODEL, "input": "Give an example.", "max_output_tokens": n,
+                                      "stream": s, "tools": t, "tool_choice": c},
+                  tools(lambda s: {"type": "function", "name": "f", "parameters": s}),
+                  st.sampled_from(["required", {"type": "function", "name": "f"}]), tokens, stream))
     return st.one_of(chat.map(lambda b: post(CHAT, b)), messages.map(lambda b: post(MESSAGES, b)),
                      count.map(lambda b: post(COUNT_TOKENS, b)), responses.map(lambda b: post(RESPONSES, b)))
 
@@ -441,7 +447,8 @@ def post(route: str, body: Any, headers: tuple[tuple[str, bytes], ...] = (), chu
 
 CONTENT_TYPES = st.sampled_from([
     b"application/json", b"application/json; charset=utf-8", b"APPLICATION/JSON", b"text/plain", b"",
-    b"application/x-www-form-urlencoded", b"multipart/form-data; boundary=x", b"application/json; charset=utf-16",
+    b"application/x-www-form-urlencoded", b"multipart/form-data; boundary=x",
+    b"application/json; charset=utf-16",
     SENDER_SEALED.encode(), PROVIDER_SEALED.encode(), b"application/eigeninference-sealed+json",
     SENDER_SEALED.encode() + b"; charset=utf-8", b" " + PROVIDER_SEALED.upper().encode(), b"*/*",
 ])
@@ -458,7 +465,7 @@ def raw_bodies(route: str) -> st.SearchStrategy[bytes]:
             b"", b"{", b"}", b"[", b"null", b"0", b"true", b'"x"', b"{}", b"[]", b"\x00" * 64, b"\xff\xfe{}",
             b"\xef\xbb\xbf{}", b'{"model": "\xff\xfe"}', b'{"a":1,"a":2}', b"{'model': 'x'}", b"model=x",
             b'{"model": "smollm2-135m", "messages": [{"role": "user", "content": "\xc3\x28"}]}',
-            b"a" * (5 << 20),
+            LongBytes(b"a" * (5 << 20)),
         ]),
         st.tuples(valid, st.integers(0, 400)).map(lambda t: t[0][: t[1]]),  # a valid body cut short
         st.tuples(valid, st.binary(min_size=1, max_size=4)).map(lambda t: t[0][:-1] + t[1]),
@@ -474,27 +481,28 @@ def raw_calls() -> st.SearchStrategy[Call]:
         raw_bodies(route), CONTENT_TYPES, st.booleans()))
 
 
+ENVELOPE_HOSTILE = st.one_of(BAD_KEYS, BAD_CIPHERTEXT, HOSTILE, st.just("0" * 16), st.just(Ph.PROVIDER_ID))
+
+
 def _sender_envelope(route: str) -> st.SearchStrategy[Any]:
-    inner = st.one_of(bodies(route), bodies(route), JSON, raw_bodies(route))
-    envelope = st.fixed_dictionaries({
-        "kid": weighted(st.just(Ph.KID), HOSTILE | st.just("0" * 16)),
-        "ephemeral_public_key": weighted(st.just(Ph.EPHEMERAL), BAD_KEYS | HOSTILE),
-        "ciphertext": weighted(inner.map(Sealed), BAD_CIPHERTEXT | HOSTILE)})
-    return weighted(envelope, JSON)
+    """Sealed to the coordinator (trust.md §6): a body that opens, or one with a value broken."""
+    inner = st.one_of(valid_bodies(route), valid_bodies(route), bodies(route), JSON, raw_bodies(route))
+    envelope = st.builds(lambda body: {"kid": Ph.KID, "ephemeral_public_key": Ph.EPHEMERAL,
+                                       "ciphertext": Sealed(body)}, inner)
+    return st.one_of(envelope, _mutated(envelope, ENVELOPE_HOSTILE), JSON)
 
 
 def _blind_envelope(route: str) -> st.SearchStrategy[Any]:
-    entry = st.fixed_dictionaries({
-        "provider_id": weighted(st.just(Ph.PROVIDER_ID), SHORT | HOSTILE),
-        "encryption_public_key": weighted(st.just(Ph.PROVIDER_KEY), BAD_KEYS | HOSTILE),
-        "ephemeral_public_key": weighted(st.just(Ph.EPHEMERAL), BAD_KEYS | HOSTILE),
-        "ciphertext": BAD_CIPHERTEXT | HOSTILE})
+    """Sealed to providers (trust.md §9) in the clear fields; the ciphertexts never open."""
+    entry = st.builds(lambda pid, key, ciphertext: {"provider_id": pid, "encryption_public_key": key,
+                                                    "ephemeral_public_key": Ph.EPHEMERAL,
+                                                    "ciphertext": ciphertext},
+                      st.sampled_from([Ph.PROVIDER_ID] * 3 + ["p-unknown"]),
+                      st.sampled_from([Ph.PROVIDER_KEY] * 3 + [Ph.COORDINATOR_KEY]), BAD_CIPHERTEXT)
     envelope = st.fixed_dictionaries(
-        {"model": weighted(st.just(MODEL), HOSTILE), "sealed": weighted(st.lists(entry, min_size=1, max_size=4),
-                                                                         HOSTILE)},
-        optional={"v": weighted(st.just(2), HOSTILE), "stream": weighted(st.booleans(), HOSTILE),
-                  "max_tokens": TOKENS})
-    return _with_unknown(envelope)
+        {"model": st.just(MODEL), "sealed": st.lists(entry, min_size=1, max_size=3)},
+        optional={"v": st.just(2), "stream": st.booleans(), "max_tokens": TOKENS})
+    return st.one_of(envelope, _mutated(envelope, ENVELOPE_HOSTILE))
 
 
 TRUST_LEVELS = st.sampled_from([b"none", b"self_signed", b"hardware", b"HARDWARE", b"", b"self-signed",
@@ -509,10 +517,12 @@ AUTH_HEADERS = st.one_of(
     st.just(()), st.just((("authorization", b"Bearer @KEY@"), ("authorization", b"Bearer wrong"))))
 EXTRA_HEADERS = st.lists(st.one_of(
     st.tuples(st.just("x-min-trust-level"), TRUST_LEVELS),
-    st.tuples(st.just("x-request-id"), HEADER_VALUES | st.sampled_from([b"ok-id", b"a" * 64, b"a b", b"../x"])),
+    st.tuples(st.just("x-request-id"),
+              HEADER_VALUES | st.sampled_from([b"ok-id", b"a" * 64, b"a b", b"../x"])),
     st.tuples(st.sampled_from(["anthropic-version", "anthropic-beta"]),
               HEADER_VALUES | st.sampled_from([b"2023-06-01", b"tools-2024-04-04"])),
-    st.tuples(st.sampled_from(["accept", "accept-encoding", "content-encoding", "expect", "openai-organization"]),
+    st.tuples(st.sampled_from(["accept", "accept-encoding", "content-encoding", "expect",
+                               "openai-organization"]),
               HEADER_VALUES | st.sampled_from([b"gzip", b"text/event-stream", b"100-continue", b"br"])),
     st.tuples(st.sampled_from(["content-type"]), CONTENT_TYPES),
     st.tuples(st.text(string.ascii_lowercase + "-", min_size=1, max_size=20), HEADER_VALUES),
@@ -524,11 +534,12 @@ def header_calls() -> st.SearchStrategy[Call]:
     def build(route: str) -> st.SearchStrategy[Call]:
         plain = st.tuples(st.just(b"application/json"), bodies(route))
         sender = st.tuples(st.sampled_from([SENDER_SEALED.encode(), b"application/eigeninference-sealed+json",
-                                            SENDER_SEALED.upper().encode() + b"; x=y"]), _sender_envelope(route))
+                                            SENDER_SEALED.upper().encode() + b"; x=y"]),
+                           _sender_envelope(route))
         blind = st.tuples(st.just(PROVIDER_SEALED.encode()), _blind_envelope(route))
         return st.builds(
-            lambda typed, auth, extra, chunked: Call("POST", route, (*auth, ("content-type", typed[0]), *extra),
-                                                     typed[1], chunked),
+            lambda typed, auth, extra, chunked: Call(
+                "POST", route, (*auth, ("content-type", typed[0]), *extra), typed[1], chunked),
             st.one_of(plain, sender, sender, blind, blind), AUTH_HEADERS, EXTRA_HEADERS, st.booleans())
     return st.sampled_from(POST_ROUTES).flatmap(build)
 
@@ -538,9 +549,13 @@ def header_calls() -> st.SearchStrategy[Call]:
 SEGMENTS = st.one_of(
     st.text(max_size=12).map(lambda s: quote(s, safe="", errors="surrogatepass")),
     st.binary(max_size=12).map(lambda b: quote_from_bytes(b, safe="")),
-    st.sampled_from(["..", ".", "%00", "%ff", "%zz", "%", MODEL, "smollm2", "catalog", "a" * 3000, "%2F",
-                     "models", "v1", "%C0%AF", "..%2f..%2f", "%E2%80%AE"]))
+    st.sampled_from(["..", ".", "%00", "%ff", "%zz", "%", MODEL, "smollm2", "catalog", Long("a" * 3000),
+                     "%2F", "models", "v1", "%C0%AF", "..%2f..%2f", "%E2%80%AE"]))
 METHODS = st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"])
+
+
+# Path parameters go to the catalog and the database: control bytes, overlong and non-UTF-8 values.
+PARAMS = st.one_of(SEGMENTS, st.sampled_from(["%00", "a%00b", "%ff%fe", "%ED%A0%80", "%0A%0D", "x" * 300]))
 
 
 def _path(template: str, segment: str) -> str:
@@ -548,18 +563,20 @@ def _path(template: str, segment: str) -> str:
 
 
 def route_calls() -> st.SearchStrategy[Call]:
-    """Every route with random path parameters and queries, unknown paths and wrong methods."""
-    known = st.builds(_path, st.sampled_from(GET_ROUTES + POST_ROUTES + ("/ws/provider",)), SEGMENTS)
-    paths = st.one_of(
-        known, known,
-        st.lists(SEGMENTS, min_size=1, max_size=4).map(lambda s: "/" + "/".join(s)),
-        st.builds(lambda p, s: p + "/" + s, known, SEGMENTS), known.map(lambda p: p + "/"),
-        st.sampled_from(["/", "//v1/models", "/v1", "/v1/", "/V1/MODELS", "/v1/models/", "/v1/receipts/",
-                         "/v1/models/" + MODEL + "/extra"]))
+    """Every GET route with random path parameters and queries; unknown paths and wrong methods."""
+    known = st.builds(_path, st.sampled_from(GET_ROUTES), PARAMS)
     queries = st.one_of(st.just(""), st.just(""), SEGMENTS.map(lambda s: "?type=" + s),
                         st.lists(st.tuples(SEGMENTS, SEGMENTS), max_size=3).map(
                             lambda pairs: "?" + "&".join(f"{k}={v}" for k, v in pairs)))
-    body = st.one_of(st.none(), st.none(), JSON, st.binary(max_size=40))
-    return st.builds(lambda method, path, query, auth, extra, content: Call(method, path + query,
-                                                                            (*auth, *extra), content),
-                     METHODS, paths, queries, AUTH_HEADERS, EXTRA_HEADERS, body)
+    gets = st.builds(lambda method, path, query, auth, extra: Call(method, path + query, (*auth, *extra)),
+                     st.sampled_from(["GET"] * 4 + ["HEAD"]), known, queries, AUTH_HEADERS, EXTRA_HEADERS)
+    anywhere = st.builds(_path, st.sampled_from(GET_ROUTES + POST_ROUTES + ("/ws/provider",)), SEGMENTS)
+    paths = st.one_of(
+        anywhere, st.lists(SEGMENTS, min_size=1, max_size=4).map(lambda s: "/" + "/".join(s)),
+        st.builds(lambda p, s: p + "/" + s, anywhere, SEGMENTS), anywhere.map(lambda p: p + "/"),
+        st.sampled_from(["/", "//v1/models", "/v1", "/v1/", "/V1/MODELS", "/v1/models/", "/v1/receipts/",
+                         "/v1/models/" + MODEL + "/extra"]))
+    content = st.one_of(st.none(), JSON, st.binary(max_size=40))
+    others = st.builds(lambda method, path, query, auth, body: Call(method, path + query, auth, body),
+                       METHODS, paths, queries, AUTH_HEADERS, content)
+    return st.one_of(gets, others)

@@ -168,12 +168,12 @@ def test_malformed_schema_keywords(client: openai.OpenAI, claude: anthropic.Anth
     error = openai_error(lambda: client.chat.completions.create(
         model=MODEL, messages=USER, max_tokens=5, response_format=schema_format(schema)))
     assert error["param"] == "response_format.json_schema.schema"
-    error = openai_error(lambda: client.chat.completions.create(
-        model=MODEL, messages=USER, max_tokens=5, tools=[tool(schema)], tool_choice="required"))
-    assert error["param"] == "tools"
     openai_error(lambda: client.responses.create(
         model=MODEL, input="hi", text={"format": {"type": "json_schema", "name": "x", "schema": schema}}))
-    if schema.get("type") == "object":
+    if schema.get("type") == "object":  # tool parameters must be objects
+        error = openai_error(lambda: client.chat.completions.create(
+            model=MODEL, messages=USER, max_tokens=5, tools=[tool(schema)], tool_choice="required"))
+        assert error["param"] == "tools"
         anthropic_error(lambda: claude.messages.create(
             model=MODEL, max_tokens=5, messages=USER,
             tools=[{"name": "f", "input_schema": schema}], tool_choice={"type": "any"}))
@@ -231,7 +231,9 @@ def test_request_json_nested_too_deep(stack: Coordinator, depth: int) -> None:
         response = raw_post(stack, path, b'{"model": "x", "metadata": ' + nested + b"}")
         assert response.status_code == 400, response.text
         error = response.json()["error"]
-        assert error["type"] == "invalid_request_error" and "nested" in error["message"]
+        # Past 100,000 brackets the count refuses it before the depth is measured.
+        assert error["type"] == "invalid_request_error"
+        assert ("nested" if depth < 100_000 else "characters") in error["message"]
     response = raw_post(stack, "/v1/chat/completions", DEEP.encode())
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_json"
 
@@ -260,8 +262,8 @@ def cut(client: openai.OpenAI) -> tuple[int, str]:
     for n, token in enumerate(answer.choices[0].logprobs.content, 1):
         assert token.bytes is not None and "\ufffd" not in token.token
         data += bytes(token.bytes)
-        if _incomplete_tail(data):
-            complete = data.decode(errors="ignore")
+        complete = data.decode(errors="ignore")
+        if _incomplete_tail(data) and complete:  # some text, then part of a character
             assert complete == data[:len(complete.encode())].decode()
             return n, complete
     raise AssertionError(f"no cut inside a character in {data!r}")
@@ -286,7 +288,7 @@ def test_streamed_cut_inside_a_character_drops_the_tail(client: openai.OpenAI, c
 def test_messages_cut_inside_a_character(claude: anthropic.Anthropic, cut: tuple[int, str]) -> None:
     max_tokens, expected = cut
     message = claude.messages.create(model=MODEL, messages=EMOJI_PROMPT, max_tokens=max_tokens,
-                                     temperature=0)
+                                     extra_body={"temperature": 0})
     assert message.stop_reason == "max_tokens"
     text = "".join(block.text for block in message.content if block.type == "text")
     assert text == expected

@@ -12,6 +12,7 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from darkbloom.protocol.frames import PROTOCOL_VERSION
 from tests.e2e.harness import MODEL, Coordinator
 
 CANARY = "canary-frame-payload-7d1f"
@@ -19,7 +20,7 @@ CANARY = "canary-frame-payload-7d1f"
 
 def _register(token: str | None = None, **extra: object) -> str:
     frame: dict[str, object] = {
-        "type": "register", "v": 1, "backend": "llama.cpp", "version": "0.1.0",
+        "type": "register", "v": PROTOCOL_VERSION, "backend": "llama.cpp", "version": "0.1.0",
         "public_key": base64.b64encode(os.urandom(32)).decode(),
         "models": [{"id": MODEL, "weight_hash": "0" * 64}],
         "encrypted_response_chunks": True, **extra,
@@ -72,7 +73,7 @@ def test_token_in_register_is_accepted(stack: Coordinator) -> None:
 def test_first_frame_must_be_register(stack: Coordinator) -> None:
     async def go() -> None:
         ws = await _connect(stack, stack.provider_token)
-        await ws.send(json.dumps({"type": "heartbeat", "v": 1}))
+        await ws.send(json.dumps({"type": "heartbeat", "v": PROTOCOL_VERSION}))
         code, reason = await _closed_with(ws)
         assert code == 4002 and reason and "register" in reason
     run(go())
@@ -117,8 +118,8 @@ def test_unknown_frame_type_is_ignored(stack: Coordinator) -> None:
         ws = await _connect(stack, stack.provider_token)
         await ws.send(_register())
         await ws.recv()
-        await ws.send(json.dumps({"type": "from_the_future", "v": 1, "payload": CANARY}))
-        await ws.send(json.dumps({"type": "heartbeat", "v": 1, "status": "idle"}))
+        await ws.send(json.dumps({"type": "from_the_future", "v": PROTOCOL_VERSION, "payload": CANARY}))
+        await ws.send(json.dumps({"type": "heartbeat", "v": PROTOCOL_VERSION, "status": "idle"}))
         with pytest.raises(TimeoutError):  # still open: nothing comes back, nothing closes
             await asyncio.wait_for(ws.recv(), 1.0)
         await ws.close()
@@ -130,6 +131,6 @@ def test_unknown_frame_type_is_ignored(stack: Coordinator) -> None:
 def test_newer_protocol_version_closes_4400(stack: Coordinator) -> None:
     async def go() -> None:
         ws = await _connect(stack, stack.provider_token)
-        await ws.send(_register(v=2))
+        await ws.send(_register(v=PROTOCOL_VERSION + 1))
         assert (await _closed_with(ws))[0] == 4400
     run(go())

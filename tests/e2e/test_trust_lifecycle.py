@@ -140,9 +140,14 @@ def test_one_live_session_per_identity_key(coordinator: Coordinator) -> None:
                 await _until(lambda: unproven.challenges > 0, "its challenge")
                 await asyncio.sleep(0.5)
                 assert await _count(coordinator) == 1 and first.close_code is None
-            # ...one that proves it replaces the first, which is closed with 4000.
-            async with FakeProvider(coordinator, identity=identity) as second:
+            # ...one that proves it replaces the first, which is closed with 4000; a request in
+            # flight on the first fails over to the second, as on a disconnect.
+            pending = asyncio.create_task(asyncio.to_thread(_chat, coordinator))
+            await _until(lambda: first.requests == 1, "a request on the first session")
+            async with FakeProvider(coordinator, identity=identity, on_request=_refuse) as second:
                 assert await first.closed() == 4000
+                reply = await pending
+                assert reply.status_code in (502, 503) and second.requests == 1
                 await _until(lambda: _count_is(coordinator, 1), "the second session")
                 ids = {e["provider_id"] for e in await asyncio.to_thread(_listing, coordinator)}
                 assert ids == {second.registered["provider_id"]}

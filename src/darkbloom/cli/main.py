@@ -110,7 +110,11 @@ def verify(
     from darkbloom.client.verify import decode_receipt_header, parse_sse, verify_receipt
 
     text = response.read_bytes()
-    transcript, signed, sig = parse_sse(text.decode("utf-8", "replace"))
+    try:
+        transcript, signed, sig = parse_sse(text.decode("utf-8", "replace"))
+    except ValueError as exc:  # a stream holding lines its receipt cannot cover
+        console.print(f"[red]✗ {exc}[/red]")
+        raise typer.Exit(1) from None
     if signed is None:  # a non-streamed body: the receipt came in headers
         if receipt is None or signature is None:
             console.print("[red]no receipt in the file: pass --receipt and --signature[/red]")

@@ -23,10 +23,12 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
 from darkbloom.client.verify import check_provider
 from darkbloom.crypto import KeyPair, SealingError, SessionChannel, public_key_from_b64
-from darkbloom.protocol.blind import MAX_PROVIDERS, MEDIA_TYPE, SealedError
-from darkbloom.protocol.sse import DONE, Transcript, read_receipt_comment
+from darkbloom.protocol.blind import CONSUMER_SEALED, MAX_PROVIDERS, MEDIA_TYPE, SealedError
+from darkbloom.protocol.sse import DONE, Transcript, event_problem, read_receipt_comment
 from darkbloom.protocol.trust import InvalidAttestation
 
 __all__ = ["MEDIA_TYPE", "BlindSession", "open_error", "open_response", "seal_to_providers"]
@@ -48,19 +50,31 @@ class BlindSession:
     entry: dict[str, Any] = field(repr=False)
 
 
+def _listed(entry: object, model: str) -> bool:
+    """A listing entry of the shape the envelope needs, for ``model`` (the listing is the
+    coordinator's: any field may be missing or of another type)."""
+    if not isinstance(entry, dict):
+        return False
+    provider_id, models = entry.get("provider_id"), entry.get("models")
+    return isinstance(provider_id, str) and 1 <= len(provider_id) <= 64 \
+        and isinstance(models, list) and model in models
+
+
 def eligible(listing: list[dict[str, Any]], model: str, root_cas: list[Any] | None) -> list[dict[str, Any]]:
-    """Listed providers of ``model`` whose blob (and, with roots, chain) checks out locally."""
-    found = []
+    """Listed providers of ``model`` whose blob (and, with roots, chain) checks out locally; the
+    first entry of an id stands (a request seals to a provider id once)."""
+    found: dict[str, dict[str, Any]] = {}
     for entry in listing:
-        if not isinstance(entry, dict) or model not in (entry.get("models") or []):
+        if not _listed(entry, model) or entry["provider_id"] in found:
             continue
         try:
             _, problem = check_provider(entry, root_cas)
-        except InvalidAttestation:
+            public_key_from_b64(entry["encryption_public_key"])  # the key the blob binds, usable
+        except (InvalidAttestation, SealingError, TypeError):
             continue
         if problem is None:
-            found.append(entry)
-    return found
+            found[entry["provider_id"]] = entry
+    return list(found.values())
 
 
 def seal_to_providers(body: dict[str, Any], listing: list[dict[str, Any]], *,
@@ -88,7 +102,7 @@ def seal_to_providers(body: dict[str, Any], listing: list[dict[str, Any]], *,
         sealed.append({"provider_id": entry["provider_id"],
                        "encryption_public_key": entry["encryption_public_key"],
                        "ephemeral_public_key": ephemeral.public_b64,
-                       "ciphertext": channel.seal("request", "", 0, plaintext)})
+                       "ciphertext": channel.seal("request", CONSUMER_SEALED, 0, plaintext)})
     max_tokens = body.get("max_tokens") or body.get("max_output_tokens")
     envelope: dict[str, Any] = {"v": 2, "model": model, "stream": stream, "sealed": sealed}
     if max_tokens is not None:
@@ -108,7 +122,7 @@ def _sealed_chunks(text: str, stream: bool) -> tuple[str, list[str]]:
             return str(ids.pop()), [str(e["sealed"]) for e in events]
         body = json.loads(text)
         return str(body["request_id"]), [str(c) for c in body["sealed"]]
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise BlindResponseError("the response is not a consumer-blind response") from exc
 
 
@@ -136,6 +150,10 @@ def _check_receipt(session: BlindSession, request_id: str, payloads: list[str]) 
     at = next((i for i, p in enumerate(payloads) if read_receipt_comment(p) is not None), None)
     if at is None or any(p != DONE for p in payloads[at + 1:]):
         raise BlindResponseError("the answer has no receipt at its end (truncated?)")
+    if not session.stream and (at, len(payloads)) != (1, 2):
+        raise BlindResponseError("a non-streamed answer must be one body and its receipt")
+    if any(event_problem(p) is not None for p in payloads[:at]):
+        raise BlindResponseError("the answer holds events its receipt cannot cover")
     signed = read_receipt_comment(payloads[at])
     assert signed is not None
     transcript = Transcript(session.stream)
@@ -159,7 +177,10 @@ def open_error(sessions: dict[str, BlindSession], error_body: dict[str, Any]) ->
     refusing provider is not named in the clear, so each session the request was sealed for is
     tried; only the right one opens it."""
     detail = error_body.get("error", {}) if isinstance(error_body, dict) else {}
-    sealed = SealedError.model_validate(detail.get("sealed") if isinstance(detail, dict) else None)
+    try:
+        sealed = SealedError.model_validate(detail.get("sealed") if isinstance(detail, dict) else None)
+    except ValidationError as exc:
+        raise BlindResponseError("the error carries no sealed words") from exc
     for session in sessions.values():
         try:
             words = json.loads(session.channel.open("error", sealed.request_id, 0, sealed.ciphertext))

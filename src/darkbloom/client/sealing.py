@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from darkbloom.crypto import Channel, KeyPair, public_key_from_b64
+from darkbloom.protocol.sse import DATA
 
 MEDIA_TYPE = "application/darkbloom-sealed+json"
 
@@ -26,5 +27,5 @@ def open_body(channel: Channel, raw: bytes) -> bytes:
 
 def open_events(channel: Channel, sse_text: str) -> list[str]:
     """Each sealed ``data:`` event opened back into the original SSE event text."""
-    return [channel.open(line[len("data: "):]).decode("utf-8")
-            for line in sse_text.splitlines() if line.startswith("data: ")]
+    return [channel.open(line[len(DATA):]).decode("utf-8")
+            for line in sse_text.splitlines() if line.startswith(DATA)]

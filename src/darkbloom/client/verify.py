@@ -31,7 +31,8 @@ class Step:
 
 def parse_sse(text: str) -> tuple[bytes, dict[str, Any] | None, str | None]:
     """Split a saved stream into its transcript (each data payload but [DONE], plus "\\n") and
-    the receipt and signature from its comment line."""
+    the receipt and signature from its comment line. Raises ValueError (MalformedStream) for a
+    stream with a receipt that holds lines a client reads but the receipt cannot cover."""
     transcript, signed = split_stream(text)
     if signed is None:
         return transcript, None, None
@@ -80,7 +81,8 @@ def verify_receipt(receipt: dict[str, Any], signature: str, response: bytes,
     if signed is None:
         return steps
     key = signed.receipt.provider_key
-    entry = next((p for p in providers if p.get("identity_public_key") == key), None)
+    entry = next((p for p in providers if isinstance(p, dict) and p.get("identity_public_key") == key),
+                 None)
     steps.append(Step("provider is in the attestation listing", entry is not None,
                       "" if entry else f"no provider with identity key {key[:64]}"))
     if entry is not None:

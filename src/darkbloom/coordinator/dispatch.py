@@ -17,6 +17,7 @@ from typing import Literal
 from darkbloom.coordinator.routing.registry import ProviderConn
 from darkbloom.coordinator.routing.scheduler import Scheduler
 from darkbloom.crypto import KeyPair, SealingError, SessionChannel
+from darkbloom.logcontext import REQUEST_ID
 from darkbloom.protocol.blind import sealed_event
 from darkbloom.protocol.frames import (
     Cancel,
@@ -29,7 +30,13 @@ from darkbloom.protocol.frames import (
     Sealed,
     Usage,
 )
-from darkbloom.protocol.sse import Transcript
+from darkbloom.protocol.sse import (
+    DATA,
+    DONE,
+    RECEIPT_COMMENT,
+    Transcript,
+    read_receipt_comment,
+)
 from darkbloom.protocol.trust import SignedReceipt
 
 log = logging.getLogger(__name__)
@@ -68,6 +75,8 @@ class Attempt:
     received_bytes: int = 0
     buffered_bytes: int = 0
     transcript: Transcript | None = None  # standard mode: to check the provider's receipt
+    receipt: SignedReceipt | None = None  # standard stream: the checked receipt it carried
+    x_request_id: str | None = None  # the consumer's X-Request-ID, for log lines about it
 
     async def next_event(self, wait_s: float) -> Event:
         """The next event within ``wait_s`` and the attempt's overall deadline (TimeoutError)."""
@@ -105,7 +114,8 @@ class Dispatcher:
                               ciphertext=channel.seal("request", "", 0, body))
         attempt = Attempt(request_id=request_id, provider=provider, channel=channel, stream=stream,
                           deadline=time.monotonic() + self.deadline_s,
-                          transcript=Transcript(stream) if channel else None)
+                          transcript=Transcript(stream) if channel else None,
+                          x_request_id=x_request_id)
         self.pending[attempt.request_id] = attempt
         frame = InferenceRequest(
             request_id=attempt.request_id,
@@ -142,6 +152,16 @@ class Dispatcher:
             # Late frame of a cancelled/timed-out attempt, or another provider's id: drop it.
             log.debug("dropping %s for unknown request", frame.type)
             return
+        # Frames arrive on the provider socket's task: log lines about them name the request.
+        token = REQUEST_ID.set(attempt.x_request_id)
+        try:
+            self._handle(attempt, provider, frame)
+        finally:
+            REQUEST_ID.reset(token)
+
+    def _handle(self, attempt: Attempt, provider: ProviderConn,
+                frame: InferenceAccepted | InferenceResponseChunk | InferenceComplete | InferenceError
+                ) -> None:
         if isinstance(frame, InferenceAccepted):
             attempt.events.put_nowait(Event("accepted"))
         elif isinstance(frame, InferenceResponseChunk):
@@ -177,11 +197,19 @@ class Dispatcher:
         else:
             try:
                 plaintext = attempt.channel.open("response", attempt.request_id, frame.seq, ciphertext)
-            except SealingError as exc:
-                self._violation(attempt, f"chunk could not be opened: {exc}")
+                event = plaintext.decode("utf-8")
+            except (SealingError, UnicodeDecodeError) as exc:
+                self._violation(attempt, f"chunk could not be opened: {type(exc).__name__}")
+                return
+            if (problem := self._unrelayable(attempt, event)) is not None:
+                self._violation(attempt, problem)
+                return
+            if attempt.stream and event.startswith(RECEIPT_COMMENT) \
+                    and not self._relayed_receipt(attempt, event):
+                attempt.next_seq += 1  # a receipt that does not hold is dropped, never passed on
                 return
             if attempt.transcript is not None:
-                attempt.transcript.add(plaintext.decode("utf-8", "replace"))
+                attempt.transcript.add(event)
         attempt.next_seq += 1
         if attempt.buffered_bytes + len(plaintext) > self.max_buffered_bytes:
             log.warning("request %s: consumer too slow, cancelling", attempt.request_id)
@@ -192,18 +220,50 @@ class Dispatcher:
         attempt.buffered_bytes += len(plaintext)
         attempt.events.put_nowait(Event("chunk", data=plaintext))
 
+    def _unrelayable(self, attempt: Attempt, event: str) -> str | None:
+        """Standard mode: why this chunk cannot be relayed as the provider's, or None. What the
+        consumer gets must be what a receipt covers: a non-streamed body is one data event, and
+        only ``[DONE]`` may follow a stream's receipt. (The event forms themselves are the
+        consumer's check: ``protocol.sse.split_stream``.)"""
+        if not attempt.stream:
+            if attempt.next_seq or not event.startswith(DATA) or "\n" in event or "\r" in event:
+                return "a non-streamed response must be one data event"
+            return None
+        if attempt.receipt is not None and event != DONE:
+            return "an event after the receipt"
+        return None
+
+    def _relayed_receipt(self, attempt: Attempt, event: str) -> bool:
+        """A stream's receipt comment is relayed only if it holds for every event before it:
+        the consumer keeps that line, and `darkbloom verify` reads it."""
+        signed = read_receipt_comment(event)
+        problem = "is malformed" if signed is None else self._receipt_problem(attempt, signed)
+        if problem is not None:
+            log.warning("provider %s streamed a receipt that %s on %s; dropped", attempt.provider.id,
+                        problem, attempt.request_id)
+            return False
+        attempt.receipt = signed
+        return True
+
+    def _receipt_problem(self, attempt: Attempt, signed: SignedReceipt) -> str | None:
+        assert attempt.transcript is not None
+        receipt = signed.receipt
+        return ("names another request" if receipt.request_id != attempt.request_id
+                else "is not for the attested identity key"
+                if receipt.provider_key != attempt.provider.identity_key
+                else "does not cover the relayed bytes"
+                if receipt.response_sha256 != attempt.transcript.hexdigest()
+                else "has an invalid signature" if not signed.valid() else None)
+
     def _checked_receipt(self, attempt: Attempt, signed: SignedReceipt | None) -> SignedReceipt | None:
         """A receipt the consumer can rely on, or None: it must name this attempt, be signed by the
-        provider's attested key and cover exactly the bytes relayed (standard mode)."""
-        if signed is None or attempt.transcript is None:
+        provider's attested key and cover exactly the bytes relayed (standard mode). A stream's is
+        the one it carried (checked when relayed), whatever inference_complete repeats."""
+        if attempt.stream or attempt.transcript is None:
+            return attempt.receipt
+        if signed is None:
             return None
-        receipt = signed.receipt
-        problem = ("names another request" if receipt.request_id != attempt.request_id
-                   else "is not for the attested identity key"
-                   if receipt.provider_key != attempt.provider.identity_key
-                   else "does not cover the relayed bytes"
-                   if receipt.response_sha256 != attempt.transcript.hexdigest()
-                   else "has an invalid signature" if not signed.valid() else None)
+        problem = self._receipt_problem(attempt, signed)
         if problem is None:
             return signed
         log.warning("provider %s sent a receipt that %s on %s; dropped", attempt.provider.id,

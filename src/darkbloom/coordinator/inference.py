@@ -81,6 +81,7 @@ class Finished:
 _OWN_REASONS = frozenset({
     "provider disconnected", "invalid provider response", "provider did not respond in time",
     "provider completed without a response", "a provider's encryption key changed; seal to it again",
+    "consumer too slow; response cancelled",
 })
 
 
@@ -110,6 +111,7 @@ def parse_blind_envelope(body: dict[str, Any]) -> BlindEnvelope:
                              param=where[0][:64], code="invalid_sealed_envelope") from None
 
 
+_BLIND_STATUSES = frozenset({400, 409, 413, 422})
 _CODE = re.compile(r"^[a-z_]{1,64}$")  # a provider's error code, passed on only if it is a plain word
 BLIND_REFUSAL = ("a provider refused the sealed request; the reason is sealed to you "
                  "(open error.sealed with darkbloom.client.blind.open_error)")
@@ -255,7 +257,10 @@ class InferenceService:
                     sealed = ({"request_id": attempt.request_id, "ciphertext": last.sealed_message}
                               if last.sealed_message else None)
                     code = last.code if last.code and _CODE.fullmatch(last.code) else None
-                    raise InvalidRequest(BLIND_REFUSAL, code=code, status_code=last.status_code,
+                    # Only statuses that blame the request: a provider may not make an SDK
+                    # blame the consumer's key (401/403) or its balance (402).
+                    status = last.status_code if last.status_code in _BLIND_STATUSES else 400
+                    raise InvalidRequest(BLIND_REFUSAL, code=code, status_code=status,
                                          sealed=sealed) from None
             except BaseException:
                 self.dispatcher.cancel(attempt)
@@ -290,7 +295,6 @@ class InferenceService:
         """Chunks after the first, then Finished with the usage settled (coordinator/usage.py);
         DarkbloomError if the provider fails mid-way."""
         attempt, prepared = committed.attempt, committed.prepared
-        events = 1  # the first chunk
         while True:
             try:
                 event = await attempt.next_event(self.settings.chunk_timeout_s)
@@ -298,18 +302,19 @@ class InferenceService:
                 self.dispatcher.cancel(attempt)
                 raise UpstreamTimeout("provider stopped sending; response timed out") from None
             if event.kind == "chunk":
-                events += 1
                 yield event.data
             elif event.kind == "complete":
                 assert event.usage is not None
                 usage, problems = settle_usage(
                     event.usage, own_prompt_tokens=prepared.prompt_tokens,
                     context_length=prepared.model.context_length,
-                    max_tokens_cap=prepared.max_tokens_cap, events=events)
+                    max_tokens_cap=prepared.max_tokens_cap, events=event.chunks)
                 if problems:
                     log.warning("provider %s reported usage out of bounds on %s: %s",
                                 attempt.provider.id, attempt.request_id, "; ".join(problems))
                 yield Finished(usage, event.receipt)
                 return
             elif event.kind == "error":
-                raise ProviderFailed(event.message or "provider failed")
+                # Our own words only: a provider's could say anything to the consumer.
+                raise ProviderFailed(event.message if event.message in _OWN_REASONS
+                                     else "the provider failed mid-response")

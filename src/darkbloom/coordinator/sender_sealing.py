@@ -48,7 +48,7 @@ def open_envelope(raw: bytes, keys: KeyPair) -> tuple[bytes, Channel]:
         kid, sender, ciphertext = envelope["kid"], envelope["ephemeral_public_key"], envelope["ciphertext"]
         if not all(isinstance(v, str) for v in (kid, sender, ciphertext)):
             raise TypeError
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: nested too deep
         raise InvalidRequest("sealed body must be {kid, ephemeral_public_key, ciphertext}",
                              code="invalid_sealed_envelope") from None
     if kid != key_id(keys):

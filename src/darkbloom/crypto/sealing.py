@@ -11,7 +11,7 @@ number. So a relay that drops, reorders, replays or reflects a message, or moves
 another request, makes it fail to open (docs/security.md "Sealing").
 
 Public keys that are low-order points (all-zero and the like, which make the shared secret a
-known constant) are refused when parsed.
+known constant) are refused when parsed, and so is any base64 spelling but the canonical one.
 """
 
 from __future__ import annotations
@@ -71,6 +71,8 @@ def public_key_from_b64(text: str) -> PublicKey:
     raw = b64decode(text)
     if len(raw) != 32:
         raise SealingError("X25519 public key must be 32 bytes")
+    if b64encode(raw) != text:  # one spelling per key: replay guards and key checks compare text
+        raise SealingError("X25519 public key is not in canonical base64")
     try:
         bindings.crypto_scalarmult(_PROBE, raw)
     except NaclRuntimeError:

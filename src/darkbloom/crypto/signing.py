@@ -66,6 +66,13 @@ def public_key_from_raw(text: str) -> ec.EllipticCurvePublicKey | None:
         return None
 
 
+def is_canonical_key(text: str) -> bool:
+    """``text`` is a P-256 key in its one wire spelling: canonical base64 of raw X‖Y. Keys are
+    compared as text (sessions, quarantine, receipts), so no other spelling may enter."""
+    key = public_key_from_raw(text)
+    return key is not None and base64.b64encode(_raw_public(key)).decode("ascii") == text
+
+
 def key_id(public_key_b64: str) -> str:
     """trust.md §9: the first 16 hex chars of SHA-256 of the raw public key."""
     raw = base64.b64decode(public_key_b64)

@@ -15,8 +15,7 @@ from typing import Any
 from darkbloom.inference.formatting import Logprobs, Outcome
 from darkbloom.inference.request import GenerationRequest
 from darkbloom.inference.tools import ToolCall
-
-DONE = "data: [DONE]"
+from darkbloom.protocol.sse import DONE
 
 
 def dumps(obj: Any) -> str:

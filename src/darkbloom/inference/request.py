@@ -99,6 +99,9 @@ def parse_json_body(raw: bytes) -> dict[str, Any]:
     except bounded_json.TooDeep:
         raise InvalidRequest(f"The request body is nested more than {bounded_json.MAX_DEPTH} levels "
                              "deep.", code="invalid_json") from None
+    except bounded_json.TooManyContainers:
+        raise InvalidRequest(f"The request body has more than {bounded_json.MAX_CONTAINERS} '[' and "
+                             "'{' characters.", code="invalid_json") from None
     except bounded_json.LoneSurrogate:
         raise InvalidRequest("The request body contains a lone UTF-16 surrogate escape "
                              "(\\ud800-\\udfff), which is not valid Unicode.") from None

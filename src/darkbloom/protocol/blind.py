@@ -11,6 +11,11 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 MEDIA_TYPE = "application/darkbloom-provider-sealed+json"
 ENVELOPE_VERSION = 2
 MAX_PROVIDERS = 3
+# The request id a consumer seals its body under (direction "request", sequence 0); the
+# coordinator seals under "". So a body opens only as what its sealer said it was: relabelled
+# ``sealed_by: coordinator``, a consumer's envelope would skip the replay guard and have its
+# refusals' words and its receipt sent in the clear.
+CONSUMER_SEALED = "consumer-sealed"
 
 Key = Annotated[str, StringConstraints(min_length=44, max_length=44)]  # base64 of 32 bytes
 ProviderId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
@@ -21,7 +26,7 @@ class BlindEntry(BaseModel):
     provider_id: ProviderId
     encryption_public_key: Key
     ephemeral_public_key: Key
-    ciphertext: str  # base64(nonce24 ‖ XChaCha20-Poly1305), sealed as direction "request"
+    ciphertext: str  # base64(nonce24 ‖ XChaCha20-Poly1305): direction "request", id CONSUMER_SEALED
 
 
 class BlindEnvelope(BaseModel):

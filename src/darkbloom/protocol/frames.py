@@ -240,7 +240,8 @@ Endpoint = Literal["/v1/chat/completions", "/v1/completions", "/v1/messages", "/
 
 class InferenceRequest(Frame):
     type: Literal["inference_request"] = "inference_request"
-    request_id: str
+    # What the provider seals and signs under (crypto.sealing allows 128 characters).
+    request_id: str = Field(min_length=1, max_length=128)
     encrypted_body: Sealed
     model: str
     endpoint: Endpoint

@@ -14,7 +14,13 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from darkbloom.crypto.signing import ATTESTATION_CONTEXT, RECEIPT_CONTEXT, canonical_json, verify
+from darkbloom.crypto.signing import (
+    ATTESTATION_CONTEXT,
+    RECEIPT_CONTEXT,
+    canonical_json,
+    is_canonical_key,
+    verify,
+)
 
 TrustLevel = Literal["none", "self_signed", "hardware"]
 LEVELS: tuple[TrustLevel, ...] = ("none", "self_signed", "hardware")
@@ -39,9 +45,10 @@ class InvalidAttestation(ValueError):
 
 class AttestationBlob(BaseModel):
     """The signed inner object (trust.md §2, §9), camelCase as in the reference. Unknown fields
-    are kept: they are covered by the signature like the rest."""
+    are kept: they are covered by the signature like the rest. Strict: a verifier reads the
+    JSON types as signed (no "true" or 1 for a bool)."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True)
     publicKey: Short
     encryptionPublicKey: Short | None = None
     timestamp: Short = ""
@@ -72,9 +79,15 @@ def open_attestation(raw_b64: object, signature: object) -> AttestationBlob:
         raise InvalidAttestation("attestation blob too large")
     try:
         raw = base64.b64decode(raw_b64, validate=True)
-        blob = AttestationBlob.model_validate(json.loads(raw))
+        parsed = json.loads(raw)
+        blob = AttestationBlob.model_validate(parsed)
+        canonical = canonical_json(parsed) == raw
     except (binascii.Error, ValueError, RecursionError):
         raise InvalidAttestation("attestation blob is not base64 JSON with a publicKey") from None
+    if not canonical:  # duplicate keys, other spellings: verifiers' parsers could read it apart
+        raise InvalidAttestation("attestation blob is not canonical JSON")
+    if not is_canonical_key(blob.publicKey):
+        raise InvalidAttestation("attestation publicKey is not a raw P-256 key in canonical base64")
     if not verify(blob.publicKey, attestation_message(raw), signature):
         raise InvalidAttestation("attestation signature does not verify")
     return blob

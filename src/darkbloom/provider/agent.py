@@ -2,7 +2,8 @@
 
 Each connection is a session; when it drops every in-flight request is aborted (never resumed)
 and the agent redials with backoff 1 s doubling to 5 s, reset after a successful registration.
-Close codes 4001 (bad token) and 4003 (version too old) stop the agent: retrying cannot help.
+Close codes 4000 (replaced by another process with the same identity key), 4001 (bad token) and
+4003 (version too old) stop the agent: retrying cannot help.
 """
 
 from __future__ import annotations
@@ -45,8 +46,12 @@ from darkbloom.provider.serving import RequestServer
 
 log = logging.getLogger(__name__)
 
-FATAL_CLOSE_CODES = {4001: "provider token rejected: run `darkbloom login` or mint a new token",
-                     4003: "provider version too old: upgrade darkbloom"}
+FATAL_CLOSE_CODES = {
+    4000: "another provider with this identity key connected and replaced this one: "
+          "run one `darkbloom serve` per config directory",
+    4001: "provider token rejected: run `darkbloom login` or mint a new token",
+    4003: "provider version too old: upgrade darkbloom",
+}
 
 
 class FatalRejection(Exception):
@@ -183,6 +188,9 @@ class ProviderAgent:
                              ", ".join(frame.accepted_models) or "none")
                     for rejected in frame.rejected_models:
                         log.warning("model %s rejected: %s", rejected.id, rejected.reason)
+                    if not frame.routable:
+                        log.warning("the coordinator will not route to this provider: %s",
+                                    frame.reason[:200] or "no reason given")
                 elif isinstance(frame, InferenceRequest):
                     self._start(frame)
                 elif isinstance(frame, AttestationChallenge):

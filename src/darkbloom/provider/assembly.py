@@ -38,6 +38,8 @@ class ResponseAssembler:
     def text(self, text: str, logprobs: Logprobs = ()) -> list[str]:
         pieces: list[tuple[Kind, str]] = (self._splitter.feed(text) if self._splitter
                                            else [("content", text)])
+        if logprobs and not pieces:  # no text (yet): the logprobs still go out
+            pieces = [("content", "")]
         return self._emit(self._render(pieces, logprobs))
 
     def finish(self, finished: Finished) -> list[str]:
@@ -85,7 +87,7 @@ class ResponseAssembler:
 
     def _release(self, text: str, logprobs: Logprobs = ()) -> list[str]:
         self._held = []
-        if not text:
+        if not text and not logprobs:  # tokens of a dropped partial character still have logprobs
             return []
         if not self.request.stream:
             self._answer.append(text)

@@ -21,6 +21,7 @@ from darkbloom.crypto.signing import IdentityKey
 from darkbloom.errors import DarkbloomError, InvalidRequest
 from darkbloom.inference.dialects import ENDPOINTS, parse_request
 from darkbloom.inference.request import GenerationRequest, parse_json_body
+from darkbloom.protocol.blind import CONSUMER_SEALED
 from darkbloom.protocol.frames import (
     InferenceAccepted,
     InferenceComplete,
@@ -41,6 +42,7 @@ Send = Callable[[BaseModel], Awaitable[None]]
 REPLAY_WINDOW_S = 15 * 60
 MAX_REMEMBERED_KEYS = 100_000  # the replay guard's bound: ~10 MB at most
 BLIND_REFUSAL = "the provider refused the request; the reason is sealed to you"
+MAX_SEALED_WORDS = 4096  # characters of a refusal's message sealed to the consumer
 
 
 class _Refused(Exception):
@@ -58,19 +60,20 @@ class _Sealable(Exception):
         self.channel, self.refused = channel, refused
 
 
-def _open(frame: InferenceRequest, keys: KeyPair) -> tuple[SessionChannel, GenerationRequest, bytes]:
-    """Decrypt and validate the body. Runs in a worker thread: parsing (schemas, grammars) may
-    take a while and must never hold the event loop."""
+def _open(frame: InferenceRequest, keys: KeyPair) -> tuple[SessionChannel, bytes]:
+    """Decrypt the body (in a worker thread: up to a frame's worth of ciphertext)."""
     try:
         channel = SessionChannel(keys, public_key_from_b64(frame.encrypted_body.ephemeral_public_key),
                                  "provider")
-        body = channel.open("request", "", 0, frame.encrypted_body.ciphertext)
+        sealer = CONSUMER_SEALED if frame.sealed_by == "consumer" else ""
+        return channel, channel.open("request", sealer, 0, frame.encrypted_body.ciphertext)
     except SealingError as exc:
         raise _Refused(400, f"request body could not be decrypted: {exc}") from None
-    return channel, _parse(frame, body, channel), body
 
 
 def _parse(frame: InferenceRequest, body: bytes, channel: SessionChannel) -> GenerationRequest:
+    """Validate the opened body. In a worker thread too: parsing (schemas, grammars) may take a
+    while and must never hold the event loop."""
     try:
         if frame.endpoint not in ENDPOINTS:
             raise _Refused(400, f"endpoint {frame.endpoint} is not served by this provider")
@@ -87,8 +90,10 @@ class ReplayGuard:
     """trust.md §9: a consumer's ephemeral key is good for one request within 15 minutes.
 
     Bounded: keys are remembered in arrival order and forgotten after the window; only keys
-    whose envelope opened are remembered, so garbage cannot fill it. When it is full of live
-    keys, new blind requests are refused (503) rather than forgetting a key early.
+    whose envelope opened are remembered (whether or not its body is then refused), so garbage
+    cannot fill it. When it is full of live keys, new blind requests are refused (503) rather
+    than forgetting a key early. Keys are remembered as text: ``public_key_from_b64`` admits one
+    spelling per key, so a respelled key is no way around it.
     """
 
     def __init__(self, window_s: float = REPLAY_WINDOW_S, limit: int = MAX_REMEMBERED_KEYS) -> None:
@@ -120,12 +125,23 @@ class RequestServer:
         self.tokens_generated = 0
 
     async def serve(self, frame: InferenceRequest, cancel: threading.Event) -> None:
+        """Answer the request whatever happens: an exception escaping here would leave the
+        coordinator waiting for a reply that never comes."""
+        try:
+            await self._serve(frame, cancel)
+        except Exception as exc:
+            log.error("failure serving %s: %s", frame.request_id, type(exc).__name__)
+            await self.send(InferenceError(request_id=frame.request_id, error="provider failure",
+                                           status_code=500))
+
+    async def _serve(self, frame: InferenceRequest, cancel: threading.Event) -> None:
         rid = frame.request_id
         blind = frame.sealed_by == "consumer"
         try:
-            channel, request, body = await asyncio.to_thread(_open, frame, self.keys)
-            if blind:
-                self.replays.admit(frame.encrypted_body.ephemeral_public_key)
+            channel, body = await asyncio.to_thread(_open, frame, self.keys)
+            if blind:  # remembered once it opens, whatever becomes of it; checked before parsing
+                self.replays.admit(frame.encrypted_body.ephemeral_public_key)  # canonical: one spelling
+            request = await asyncio.to_thread(_parse, frame, body, channel)
             if not self.engine.serves(request.model):
                 raise _Refused(404, f"model {request.model!r} is not served by this provider")
         except _Sealable as sealable:
@@ -163,7 +179,9 @@ class RequestServer:
                                            status_code=refused.status, code=refused.code,
                                            param=refused.param))
             return
-        words = json.dumps({"message": refused.message, "param": refused.param}).encode()
+        # Bounded: the words may quote the request, and the sealed message must fit its frame.
+        words = json.dumps({"message": refused.message[:MAX_SEALED_WORDS],
+                            "param": refused.param[:256] if refused.param else None}).encode()
         await self.send(InferenceError(request_id=rid, error=BLIND_REFUSAL, status_code=refused.status,
                                        code=refused.code,
                                        sealed_message=blind.seal("error", rid, 0, words)))

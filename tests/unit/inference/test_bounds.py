@@ -45,7 +45,7 @@ def test_body_nested_past_the_limit_is_a_400() -> None:
     limit = bounded_json.MAX_DEPTH
     ok = {"model": "m", "x": json.loads("[" * (limit - 1) + "]" * (limit - 1))}
     assert parse_json_body(json.dumps(ok).encode())["model"] == "m"
-    for depth in (limit, 5000, 100_000):
+    for depth in (limit, 5000, 90_000):
         raw = b'{"x": ' + b"[" * depth + b"]" * depth + b"}"
         with pytest.raises(InvalidRequest) as info:
             parse_json_body(raw)
@@ -139,3 +139,45 @@ def test_top_k_at_the_c_int_limit_is_accepted() -> None:
 def test_other_integers_are_bounded(key: str, value: int) -> None:
     fields = {"logprobs": True} if key == "top_logprobs" else {}
     assert refused("/v1/chat/completions", **fields, **{key: value}).param == key
+
+
+@pytest.mark.parametrize("raw", [
+    b"[]" * 2_000_000, b"[" * 4_000_000, b'["\\\\"' + b"," * 8 + b"{}" * 200_000])
+def test_bracket_floods_are_refused_before_parsing(raw: bytes) -> None:
+    """json.loads holds the GIL per container even off the event loop: count first."""
+    with pytest.raises(InvalidRequest, match="'\\[' and '\\{' characters"):
+        parse_json_body(raw)
+
+
+@pytest.mark.parametrize("text", ['{"a":"[[["}', '{"a":"\\"[[\\\\"}[', '"\\\\"[', '["\\\\\\"["]'])
+def test_containers_outside_strings_are_counted_exactly(text: str) -> None:
+    expected = text.count("[") + text.count("{") - _brackets_in_strings(text)
+    assert bounded_json.containers(text) == expected
+
+
+def _brackets_in_strings(text: str) -> int:
+    """Slow reference: walk the text as a JSON scanner would."""
+    inside, escaped, count = False, False, 0
+    for c in text:
+        if inside:
+            if escaped:
+                escaped = False
+            elif c == "\\":
+                escaped = True
+            elif c == '"':
+                inside = False
+            elif c in "[{":
+                count += 1
+        elif c == '"':
+            inside = True
+    return count
+
+
+def test_brackets_inside_strings_do_not_count() -> None:
+    raw = json.dumps({"model": "m", "a": "{" * 200_000}).encode()
+    assert parse_json_body(raw)["a"] == "{" * 200_000
+
+
+def test_many_containers_under_the_cap_still_parse() -> None:
+    raw = json.dumps({"model": "m", "x": [[] for _ in range(bounded_json.MAX_CONTAINERS - 10)]})
+    assert len(parse_json_body(raw.encode())["x"]) == bounded_json.MAX_CONTAINERS - 10

@@ -292,3 +292,37 @@ def test_encode_keeps_falsy_non_none_fields() -> None:
 
 def test_encode_is_compact_json() -> None:
     assert encode(Cancel(request_id="r")) == '{"v":2,"type":"cancel","request_id":"r"}'
+
+
+# --- receipts are typed on the wire (issue 8, item 9) ---------------------------------------
+
+
+def _receipt(**changes: Any) -> dict[str, Any]:
+    receipt = {"v": 2, "request_id": "r", "model": "m", "endpoint": "/v1/chat/completions",
+               "provider_key": "k", "encryption_key": "e", "weight_hash": None, "quantization": None,
+               "request_sha256": "0" * 64, "response_sha256": "1" * 64, "prompt_tokens": 1,
+               "completion_tokens": 2, "created": 3}
+    return {**receipt, **changes}
+
+
+@pytest.mark.parametrize(("receipt", "signature"), [
+    (_receipt(), "é" + "A" * 10),          # a non-latin-1 signature once became a 500 in headers
+    (_receipt(), "A\r\nx-evil: 1"),        # header injection
+    (_receipt(prompt_tokens=2**63), "AAAA"),
+    (_receipt(v=1), "AAAA"),
+    (_receipt(response_sha256="not hex"), "AAAA"),
+    (_receipt(extra="unsigned"), "AAAA"),
+    (_receipt(prompt_tokens="1"), "AAAA"),
+])
+def test_a_malformed_receipt_is_a_malformed_frame(receipt: dict[str, Any], signature: str) -> None:
+    frame = {"type": "inference_complete", "request_id": "r",
+             "usage": {"prompt_tokens": 1, "completion_tokens": 2},
+             "receipt": {"receipt": receipt, "signature": signature}}
+    malformed_from_provider(frame)
+
+
+def test_a_well_formed_receipt_decodes_typed() -> None:
+    frame = from_provider({"type": "inference_complete", "request_id": "r",
+                           "usage": {"prompt_tokens": 1, "completion_tokens": 2},
+                           "receipt": {"receipt": _receipt(), "signature": "AAAA"}})
+    assert frame.receipt.receipt.completion_tokens == 2 and frame.receipt.signature == "AAAA"

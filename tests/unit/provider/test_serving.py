@@ -12,6 +12,7 @@ import pytest
 from pydantic import BaseModel, TypeAdapter
 
 from darkbloom.crypto import KeyPair, SessionChannel
+from darkbloom.protocol.blind import CONSUMER_SEALED
 from darkbloom.protocol.frames import (
     InferenceAccepted,
     InferenceComplete,
@@ -295,7 +296,9 @@ async def serve_blind(server: RequestServer, frames: list[BaseModel], provider: 
     channel = SessionChannel(session, provider.public, "requester")
     frames.clear()
     await server.serve(InferenceRequest(
-        request_id=rid, encrypted_body=sealed(channel, session, body), model=MODEL,
+        request_id=rid, model=MODEL, encrypted_body=Sealed(
+            ephemeral_public_key=session.public_b64,
+            ciphertext=channel.seal("request", CONSUMER_SEALED, 0, body)),  # as the consumer seals
         endpoint="/v1/chat/completions", stream=False, max_tokens_cap=10, sealed_by="consumer"),
         threading.Event())
     return channel, session

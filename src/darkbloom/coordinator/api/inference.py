@@ -258,7 +258,8 @@ async def serve(request: Request, endpoint: Endpoint, identity: KeyIdentity) -> 
         if blind:  # consumer-blind: the body stays sealed to providers end to end
             raw = await read_body(request, service.blind_entry_limit * MAX_SEALED_PROVIDERS + 65536)
             reply_channel = None
-            prepared = service.prepare_blind(endpoint, raw, min_trust)
+            # Off the loop: an envelope of up to ~16 MiB takes a while to parse and validate.
+            prepared = await asyncio.to_thread(service.prepare_blind, endpoint, raw, min_trust)
         else:
             raw, reply_channel = await _read_request(request, state)
             prepared = await service.prepare(endpoint, raw, min_trust)
@@ -274,7 +275,11 @@ async def serve(request: Request, endpoint: Endpoint, identity: KeyIdentity) -> 
             relay_records = True
             return SSERelay(service, committed, outcome, recorder, headers, started, reply_channel)
         if blind:
-            body, finished = await until_disconnect(request.receive, _collect_sealed(service, committed))
+            try:
+                body, finished = await until_disconnect(request.receive,
+                                                        _collect_sealed(service, committed))
+            finally:
+                service.dispatcher.cancel(committed.attempt)  # no-op once complete
             outcome.prompt_tokens = finished.usage.prompt_tokens
             outcome.completion_tokens = finished.usage.completion_tokens
             outcome.status, outcome.status_code, outcome.bytes_out = "completed", 200, len(body)

@@ -249,7 +249,7 @@ class LlamaCppEngine:
         if not matched and finish != "cancelled":
             tail, _ = stops.feed(decoder.finish())
             tail += stops.flush()
-            if tail:
+            if tail or scored:  # a dropped partial character leaves logprobs and no text
                 emit(TextDelta(tail, tuple(scored)))
         emit(Finished(finish, len(prompt), completion, stops.matched))
 

@@ -112,7 +112,7 @@ async def test_passes_set_last_pass_and_strikes_erase_it(make_provider: Callable
 
 
 async def test_strikes_before_any_pass_prove_nothing(make_provider: Callable[..., ProviderConn]) -> None:
-    conn, identity, _ = _setup(make_provider)
+    conn, _, _ = _setup(make_provider)
     untrusts: list[tuple[str, bool]] = []
     challenger = Challenger(conn, 60, 0.05, 3, {},
                             on_untrust=lambda reason, proven: untrusts.append((reason, proven)))
