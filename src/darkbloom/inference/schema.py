@@ -117,10 +117,10 @@ class _Walk:
                               "it (output would not be guaranteed to validate)")
         for key in _BOUNDS:
             value = node.get(key)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
-                                      or not 0 <= value <= MAX_REPEAT):
-                raise self.refuse(f"has {key} outside 0 to {MAX_REPEAT}: the grammar unrolls "
-                                  "each bound into rules")
+            if key in node and (not isinstance(value, int) or isinstance(value, bool)
+                                or not 0 <= value <= MAX_REPEAT):  # null included: not a bound
+                raise self.refuse(f"has {key} outside the integers 0 to {MAX_REPEAT}: the "
+                                  "grammar unrolls each bound into rules")
         for low, high in (("minLength", "maxLength"), ("minItems", "maxItems")):
             if node.get(low, 0) > node.get(high, MAX_REPEAT):
                 raise self.invalid(f"has {low} greater than {high}")

@@ -25,6 +25,7 @@ from darkbloom.coordinator.trust.attestation import LEVELS, at_least
 from darkbloom.crypto import Channel
 from darkbloom.crypto.signing import canonical_json, key_id
 from darkbloom.errors import DarkbloomError, NotFound, ProviderFailed, RequestTooLarge
+from darkbloom.logcontext import sanitize
 from darkbloom.protocol.blind import MEDIA_TYPE as PROVIDER_SEALED
 from darkbloom.protocol.blind import sealed_body
 from darkbloom.protocol.frames import Endpoint
@@ -327,10 +328,13 @@ async def responses(request: Request, identity: ApiKeyDep) -> Response:
 
 @router.get("/v1/receipts/{request_id}")
 async def get_receipt(request: Request, request_id: str, identity: ApiKeyDep) -> dict[str, object]:
-    """trust.md §5: a receipt by the response's X-Request-ID, for the same account only."""
-    found = await find_receipt(request.app.state.sessions, request_id, identity.account_id)
+    """trust.md §5: a receipt by the response's X-Request-ID, for the same account only. Receipts
+    are stored only under sane ids (logcontext.sanitize), so any other id matches nothing."""
+    found = None
+    if sanitize(request_id) is not None:
+        found = await find_receipt(request.app.state.sessions, request_id, identity.account_id)
     if found is None:
-        raise NotFound(f"no receipt for request {request_id[:64]!r} on this account")
+        raise NotFound("no receipt for that request id on this account")
     receipt, signature = found
     return {"receipt": json.loads(receipt), "signature": signature}
 
