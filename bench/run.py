@@ -153,8 +153,8 @@ def micro_costs() -> dict[str, float]:
     from darkbloom.coordinator.dispatch import Dispatcher
     from darkbloom.coordinator.inference import InferenceService, Tokenizers
     from darkbloom.coordinator.routing.scheduler import Scheduler
-    from darkbloom.crypto import Channel, KeyPair
-    from darkbloom.crypto.signing import IdentityKey, canonical_json
+    from darkbloom.crypto import KeyPair, SessionChannel
+    from darkbloom.crypto.signing import IdentityKey
     from darkbloom.inference.catalog import Catalog
     from darkbloom.inference.dialects import formatter_for, parse_request
     from darkbloom.inference.formatting import Outcome
@@ -182,22 +182,24 @@ def micro_costs() -> dict[str, float]:
                                Dispatcher(scheduler))
     raw = json.dumps({"model": DEFAULT_MODEL.id, "messages": MESSAGES, "stream": True}).encode()
     provider_keys, session = KeyPair.generate(), KeyPair.generate()
-    to_provider = Channel(session, provider_keys.public)
-    to_coordinator = Channel(provider_keys, session.public)
+    to_provider = SessionChannel(session, provider_keys.public, "requester")
+    to_coordinator = SessionChannel(provider_keys, session.public, "provider")
     fmt = OpenAIFormatter(parse_chat(json.loads(raw)))
 
     def provider_chunk() -> str:
         payload = fmt.delta_chunk(" the").encode()
-        return encode(InferenceResponseChunk(request_id="r", seq=1,
-                                             encrypted_data=Sealed(**to_coordinator.seal(payload))))
+        sealed = Sealed(ephemeral_public_key=provider_keys.public_b64,
+                        ciphertext=to_coordinator.seal("response", "r", 1, payload))
+        return encode(InferenceResponseChunk(request_id="r", seq=1, encrypted_data=sealed))
 
     frame_text = provider_chunk()
     identity = IdentityKey.generate()
-    writer = ReceiptWriter(identity, {"model": DEFAULT_MODEL.id}, raw, stream=True)
+    writer = ReceiptWriter(identity, request_id="r" * 36, model=DEFAULT_MODEL.id,
+                           endpoint="/v1/chat/completions", encryption_key=provider_keys.public_b64,
+                           weight_hash=DEFAULT_MODEL.weight_hash, quantization="Q4_1",
+                           request_body=raw, stream=True)
     frame_payload = fmt.delta_chunk(" the")
-    sample_receipt = {"v": 1, "request_id": "r" * 36, "model": DEFAULT_MODEL.id,
-                      "response_sha256": "0" * 64, "request_sha256": "0" * 64,
-                      "provider_key": identity.public_b64, "completion_tokens": 64}
+    signed = writer.sign(20, MAX_TOKENS)
 
     async def prepare_us() -> float:
         times = []
@@ -210,7 +212,7 @@ def micro_costs() -> dict[str, float]:
     def coordinator_chunk() -> bytes:
         frame = decode(frame_text, provider_frame_adapter, PROVIDER_FRAME_TYPES)
         assert isinstance(frame, InferenceResponseChunk) and frame.encrypted_data is not None
-        return to_provider.open(frame.encrypted_data.ciphertext)
+        return to_provider.open("response", "r", 1, frame.encrypted_data.ciphertext)
 
     dialect_bodies = {
         "/v1/chat/completions": {"model": DEFAULT_MODEL.id, "messages": MESSAGES, "stream": True},
@@ -239,12 +241,15 @@ def micro_costs() -> dict[str, float]:
         **{f"translation {endpoint} (parse + {MAX_TOKENS}-token stream; {us - chat_us:+.1f} vs chat)": us
            for endpoint, us in translation.items()},
         "coordinator prepare (parse, validate, render, tokenize, budget)": asyncio.run(prepare_us()),
-        "receipt signing per request (ECDSA P-256 over the canonical receipt)":
-            p50_us(lambda: identity.sign(canonical_json(sample_receipt)), 500),
+        "receipt signing per request (ECDSA P-256 over the context + canonical receipt)":
+            p50_us(lambda: writer.sign(20, MAX_TOKENS), 500),
+        "receipt check per request at the coordinator (ECDSA verify)":
+            p50_us(signed.valid, 500),
         "receipt hashing per chunk (transcript SHA-256 update)":
             p50_us(lambda: writer.add(frame_payload)),
-        "request sealing (new ephemeral key + box)":
-            p50_us(lambda: Channel(KeyPair.generate(), provider_keys.public).seal(raw)),
+        "request sealing (new ephemeral key + X25519 + split keys + XChaCha20-Poly1305)":
+            p50_us(lambda: SessionChannel(KeyPair.generate(), provider_keys.public, "requester")
+                   .seal("request", "", 0, raw)),
         "provider per chunk (format + seal + frame)": p50_us(provider_chunk),
         "coordinator per chunk (parse frame + open)": p50_us(coordinator_chunk),
     }

@@ -34,10 +34,16 @@ def settle_usage(reported: Usage, *, own_prompt_tokens: int | None, context_leng
         prompt = min(reported.prompt_tokens, context_length)
         if prompt != reported.prompt_tokens:
             problems.append(f"prompt_tokens {reported.prompt_tokens} > context length {context_length}")
-    floor = min(max(events - STREAM_FRAMING_EVENTS, 0) // EVENTS_PER_TOKEN, max_tokens_cap)
+    floor = completion_floor(events, max_tokens_cap)
     completion = min(max(reported.completion_tokens, floor), max_tokens_cap)
     if reported.completion_tokens > max_tokens_cap:
         problems.append(f"completion_tokens {reported.completion_tokens} > cap {max_tokens_cap}")
     elif reported.completion_tokens < floor:
         problems.append(f"completion_tokens {reported.completion_tokens} < {floor} for {events} events")
     return Usage(prompt_tokens=prompt, completion_tokens=completion), problems
+
+
+def completion_floor(events: int, max_tokens_cap: int) -> int:
+    """The fewest completion tokens ``events`` relayed chunks can carry: what a stream that never
+    completed (the consumer hung up, the provider failed) is recorded with."""
+    return min(max(events - STREAM_FRAMING_EVENTS, 0) // EVENTS_PER_TOKEN, max_tokens_cap)

@@ -11,7 +11,10 @@ from __future__ import annotations
 import ctypes
 import functools
 import json
+import os
+import platform
 import re
+import sys
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -89,20 +92,53 @@ _quiet = threading.local()
 
 
 def _llama_parses(grammar: str) -> bool:
-    """Whether llama.cpp's grammar parser accepts ``grammar`` (no vocabulary needed). It logs a
-    refused grammar in full, and that text comes from the request, so its log is muted here."""
+    """Whether llama.cpp's grammar parser accepts ``grammar`` (no vocabulary needed). It reports a
+    refused grammar in full, and that text comes from the request, so its log is muted here, and
+    so is C's stderr, where its parser prints the grammar it could not parse."""
     import llama_cpp
 
     _mute_llama_log()
-    _quiet.on = True
-    try:
-        sampler = llama_cpp.llama_sampler_init_grammar(None, grammar.encode(), b"root")
-    finally:
-        _quiet.on = False
+    stderr, devnull = _c_stderr(), _devnull()
+    with _C_STDERR_MUTED:
+        saved = stderr.value if stderr is not None else None
+        _quiet.on = True
+        try:
+            if stderr is not None and devnull:
+                stderr.value = devnull
+            sampler = llama_cpp.llama_sampler_init_grammar(None, grammar.encode(), b"root")
+        finally:
+            if stderr is not None:
+                stderr.value = saved
+            _quiet.on = False
     if not sampler:
         return False
     llama_cpp.llama_sampler_free(sampler)
     return True
+
+
+# One muted parse at a time: each swaps the process-wide C ``stderr`` and puts it back.
+_C_STDERR_MUTED = threading.Lock()
+
+
+@functools.cache
+def _c_stderr() -> ctypes.c_void_p | None:
+    """libc's ``stderr``, which C code such as llama.cpp writes to: a writable variable in glibc
+    and macOS (``__stderrp``) only; musl's is const."""
+    symbol = "__stderrp" if sys.platform == "darwin" else "stderr"
+    if sys.platform != "darwin" and platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.c_void_p.in_dll(ctypes.CDLL(None), symbol)
+    except ValueError:
+        return None
+
+
+@functools.cache
+def _devnull() -> int | None:
+    libc = ctypes.CDLL(None)
+    libc.fopen.restype = ctypes.c_void_p
+    handle: int | None = libc.fopen(os.devnull.encode(), b"w")
+    return handle
 
 
 @functools.cache

@@ -102,6 +102,9 @@ def parse_json_body(raw: bytes) -> dict[str, Any]:
     except bounded_json.TooManyContainers:
         raise InvalidRequest(f"The request body has more than {bounded_json.MAX_CONTAINERS} '[' and "
                              "'{' characters.", code="invalid_json") from None
+    except bounded_json.TooManyValues:
+        raise InvalidRequest(f"The request body has more than {bounded_json.MAX_VALUES} values.",
+                             code="invalid_json") from None
     except bounded_json.LoneSurrogate:
         raise InvalidRequest("The request body contains a lone UTF-16 surrogate escape "
                              "(\\ud800-\\udfff), which is not valid Unicode.") from None

@@ -6,6 +6,8 @@ two targets can share one rule, and ignores keywords it does not know. So every 
 is type-checked here, every bound that makes it repeat a rule is capped, the grammar it would
 write is estimated (and refused above a cap), and keywords it would not enforce are refused: the
 output of a grammar-constrained request always validates against the schema the client sent.
+A pattern the converter would spin on forever, or that needs a character no token can produce
+(at which llama.cpp aborts the provider's process), is refused too.
 """
 
 from __future__ import annotations
@@ -172,11 +174,21 @@ class _Walk:
                               "anchored with ^ and $")
         if len(pattern) > MAX_PATTERN_LENGTH:
             raise self.refuse(f"has a 'pattern' longer than {MAX_PATTERN_LENGTH} characters")
+        if "\x00" in pattern:  # no model generates it, and it would cut llama.cpp's C string
+            raise self.refuse("has a NUL character in 'pattern'; no model can generate it")
+        parts = list(_pattern_parts(pattern))
+        if any(kind in ("]", "}") for kind, _ in parts):
+            # The converter makes no progress on these and spins forever (a thread per request).
+            raise self.refuse("has an unmatched ']' or '}' in 'pattern'; escape it as \\] or \\}")
+        if any(not _producible(kind, text) for kind, text in parts):
+            # A step no token can take: llama.cpp aborts the provider's process when it reaches one.
+            raise self.refuse("has a 'pattern' that requires a character no model can generate "
+                              "(an empty character class, NUL, a surrogate or beyond U+10FFFF)")
         cost = 4 * len(pattern)
-        for quantifier in _quantifiers(pattern):
-            parts = [p.strip() for p in quantifier.split(",")]
-            numbers = [int(p) for p in parts if p.isascii() and p.isdigit()]
-            if len(parts) > 2 or not numbers or len(numbers) != sum(1 for p in parts if p):
+        for quantifier in (text for kind, text in parts if kind == "{"):
+            bounds = [b.strip() for b in quantifier.split(",")]
+            numbers = [int(b) for b in bounds if b.isascii() and b.isdigit()]
+            if len(bounds) > 2 or not numbers or len(numbers) != sum(1 for b in bounds if b):
                 raise self.refuse(f"has an invalid quantifier {{{quantifier[:16]}}} in 'pattern'")
             if max(numbers) > MAX_REPEAT:
                 raise self.refuse(f"has a quantifier above {MAX_REPEAT} in 'pattern': the grammar "
@@ -233,26 +245,88 @@ class _Walk:
         return self.ref_costs[key] if in_all_of else 0
 
 
-def _quantifiers(pattern: str) -> Iterator[str]:
-    """The ``{...}`` quantifiers of a pattern, read as the converter reads them: escapes and
-    character classes skipped; an unclosed brace yields the rest."""
-    i = 0
-    while i < len(pattern):
-        c = pattern[i]
+# What a model can generate: every Unicode scalar value but NUL (llama.cpp drops tokens whose
+# text starts with it) and the surrogates.
+_GENERABLE = ((0x1, 0xD7FF), (0xE000, 0x10FFFF))
+_HEX_DIGITS = {"x": 2, "u": 4, "U": 8}
+
+
+def _pattern_parts(pattern: str) -> Iterator[tuple[str, str]]:
+    """A pattern's body as the converter reads it: ``("{", quantifier)``, ``("[", class body)``,
+    ``("", one literal character or escape)``, or ``("]", "]")`` / ``("}", "}")`` for a closer
+    it would not know what to do with. Escapes and character classes are skipped as it skips
+    them; an unclosed class or brace yields the rest."""
+    body, i = pattern[1:-1], 0
+    while i < len(body):
+        c = body[i]
         if c == "\\":
-            i += 2
+            end = _char(body, i)[1]
+            yield "", body[i:end]
+            i = end
         elif c == "[":
-            i += 1
-            while i < len(pattern) and pattern[i] != "]":
-                i += 2 if pattern[i] == "\\" else 1
-            i += 1
+            end = i + 1
+            while end < len(body) and body[end] != "]":
+                end += 2 if body[end] == "\\" else 1
+            yield "[", body[i + 1:end]
+            i = end + 1
         elif c == "{":
-            end = pattern.find("}", i)
-            end = len(pattern) if end < 0 else end
-            yield pattern[i + 1:end]
+            end = body.find("}", i)
+            end = len(body) if end < 0 else end
+            yield "{", body[i + 1:end]
             i = end + 1
         else:
+            if c in "]}":
+                yield c, c
+            elif c not in ".()|*+?":
+                yield "", c
             i += 1
+
+
+def _char(text: str, i: int) -> tuple[int, int]:
+    """The code point of the character (or GBNF escape) at ``text[i]`` as llama.cpp's grammar
+    reads it, and where the next one starts."""
+    if text[i] != "\\" or i + 1 == len(text):
+        return ord(text[i]), i + 1
+    kind = text[i + 1]
+    digits = text[i + 2:i + 2 + _HEX_DIGITS.get(kind, 0)]
+    if kind in _HEX_DIGITS and len(digits) == _HEX_DIGITS[kind] and digits.isascii() \
+            and all(d in "0123456789abcdefABCDEF" for d in digits):
+        return int(digits, 16), i + 2 + len(digits)
+    return ord({"n": "\n", "r": "\r", "t": "\t"}.get(kind, kind)), i + 2
+
+
+def _producible(kind: str, text: str) -> bool:
+    """Whether a literal character (``kind`` "") or character class ("[") matches something a
+    model can generate; quantifiers always can."""
+    if kind == "{":
+        return True
+    if kind == "[":
+        negated, spans = _class_spans(text)
+    else:
+        code = _char(text, 0)[0]
+        negated, spans = False, [(code, code)]
+    for start, end in _GENERABLE:
+        for low, high in sorted(s for s in spans if s[0] <= s[1]):  # a reversed range is empty
+            if not negated and low <= end and high >= start:
+                return True
+            if negated and low <= start <= high:
+                start = high + 1
+        if negated and start <= end:
+            return True
+    return False
+
+
+def _class_spans(text: str) -> tuple[bool, list[tuple[int, int]]]:
+    """A character class body as llama.cpp reads it: negated or not, and its ranges."""
+    negated, spans = text.startswith("^"), []
+    i = 1 if negated else 0
+    while i < len(text):
+        low, i = _char(text, i)
+        high = low
+        if text[i:i + 1] == "-" and i + 1 < len(text):  # a "-" just before "]" is itself
+            high, i = _char(text, i + 1)
+        spans.append((low, high))
+    return negated, spans
 
 
 def _canonical_refs(schema: dict[str, Any], targets: dict[str, dict[str, Any]]) -> dict[str, Any]:

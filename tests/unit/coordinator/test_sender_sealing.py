@@ -29,7 +29,7 @@ def _envelope(**fields: object) -> bytes:
     (_envelope(kid="0" * 16), "kid_mismatch"),
     (_envelope(ephemeral_public_key="A" * 43 + "="), "decryption_failed"),  # all-zero key
     (_envelope(ephemeral_public_key="\u00e9" * 44), "decryption_failed"),
-    (_envelope(ciphertext="\ud800"), "decryption_failed"),
+    (_envelope(ciphertext="\ud800"), "invalid_sealed_envelope"),  # a lone surrogate
 ])
 def test_unopenable_envelopes_are_400s(raw: bytes, code: str) -> None:
     with pytest.raises(InvalidRequest) as info:

@@ -22,6 +22,7 @@ from darkbloom.coordinator.sender_sealing import is_sealed, open_envelope, seal_
 from darkbloom.coordinator.store.credentials import KeyIdentity, now
 from darkbloom.coordinator.store.requests_log import RequestOutcome, find_receipt
 from darkbloom.coordinator.trust.attestation import LEVELS, at_least
+from darkbloom.coordinator.usage import completion_floor
 from darkbloom.crypto import Channel
 from darkbloom.crypto.signing import canonical_json, key_id
 from darkbloom.errors import DarkbloomError, NotFound, ProviderFailed, RequestTooLarge
@@ -143,6 +144,7 @@ class SSERelay(Response):
         # Set once the receipt comment (the end of the content) has been relayed: a consumer
         # that hangs up after that has its whole response, so it is not a cancel.
         self.content_done = False
+        self.relayed = 0  # events sent to the consumer, for the record of a stream cut short
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
@@ -158,6 +160,9 @@ class SSERelay(Response):
                 pump.cancel()
                 self.outcome.status, self.outcome.status_code = "cancelled", 499
             await asyncio.gather(pump, return_exceptions=True)
+            if self.outcome.status != "completed":  # the consumer still got what was relayed
+                self.outcome.completion_tokens = completion_floor(
+                    self.relayed, self.committed.prepared.max_tokens_cap)
             self.outcome.duration_ms = _elapsed_ms(self.started)
             self.recorder.submit(self.outcome)
 
@@ -173,6 +178,7 @@ class SSERelay(Response):
             first = self._event(self.committed.first_chunk)
             outcome.bytes_out += len(first)
             await send({"type": "http.response.body", "body": first, "more_body": True})
+            self.relayed += 1
             async for item in self.service.relay(self.committed):
                 if isinstance(item, Finished):
                     finished = True
@@ -186,6 +192,7 @@ class SSERelay(Response):
                 data = self._event(item)
                 outcome.bytes_out += len(data)
                 await send({"type": "http.response.body", "body": data, "more_body": True})
+                self.relayed += 1
         except DarkbloomError as exc:
             # Status is already 200: report in-band, then end without [DONE] (api.md §2).
             outcome.status, outcome.status_code, outcome.error_code = "failed", exc.status_code, exc.code
@@ -237,7 +244,8 @@ async def _read_request(request: Request, state: Any) -> tuple[bytes, Channel | 
     if not is_sealed(request.headers.get("content-type")):
         return await read_body(request, limit), None
     envelope = await read_body(request, limit * 4 // 3 + 4096)  # base64 inflates the body
-    raw, channel = open_envelope(envelope, state.sender_keys)
+    # Off the loop: parsing and opening up to 5.6 MiB of envelope takes a while.
+    raw, channel = await asyncio.to_thread(open_envelope, envelope, state.sender_keys)
     if len(raw) > limit:
         raise RequestTooLarge(f"request body exceeds {limit} bytes")
     return raw, channel

@@ -252,7 +252,13 @@ class ProviderSession:
 
     def _passed(self, conn: ProviderConn, first: bool) -> None:
         """A pass makes the session routable; the first one also proves the identity key, so
-        any other session of that key is replaced (protocol.md §5 "Duplicates")."""
+        any other session of that key is replaced (protocol.md §5 "Duplicates"). Unless the key
+        went into quarantine after this session's own check at registration (while it was still
+        registering, its other sessions' untrust could not see it): then it is never routed."""
+        entry = self.quarantine.check(conn.identity_key, conn.serial)
+        if entry is not None:
+            mark_untrusted(conn, f"identity key quarantined: {entry.reason}")
+            return
         if first and conn.identity_key is not None:
             for other in self.scheduler.sessions_of(conn.identity_key):
                 if other is not conn and other.kick is not None:
@@ -305,7 +311,6 @@ class ProviderSession:
                 log.warning("provider %s sent unknown frame type %r; ignored", conn.id, frame.type)
             elif isinstance(frame, Heartbeat):
                 conn.last_heartbeat = time.monotonic()
-                conn.last_status = frame
                 self.scheduler.drain()
             elif isinstance(frame, Register):
                 raise _Close(CLOSE_PROTOCOL_ORDER, "duplicate register")

@@ -12,7 +12,7 @@ from nacl.public import PublicKey
 from pydantic import BaseModel
 
 from darkbloom.protocol import encode
-from darkbloom.protocol.frames import Hardware, Heartbeat
+from darkbloom.protocol.frames import Hardware
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,6 @@ class ProviderConn:
     served: int = 0
     connected_at: float = field(default_factory=time.monotonic)
     last_heartbeat: float = field(default_factory=time.monotonic)
-    last_status: Heartbeat | None = None
     closed: bool = False
     trust_level: str = "none"
     untrusted: bool = False  # failed challenges, a posture regression, quarantine: never routed
