@@ -62,10 +62,11 @@ def _listed(entry: object, model: str) -> bool:
 
 def eligible(listing: list[dict[str, Any]], model: str, root_cas: list[Any] | None) -> list[dict[str, Any]]:
     """Listed providers of ``model`` whose blob (and, with roots, chain) checks out locally; the
-    first entry of an id stands (a request seals to a provider id once)."""
+    first entry of an id stands (a request seals to a provider id once). An entry the listing
+    itself calls unroutable is skipped: the listing may narrow the choice, never widen it."""
     found: dict[str, dict[str, Any]] = {}
     for entry in listing:
-        if not _listed(entry, model) or entry["provider_id"] in found:
+        if not _listed(entry, model) or entry["provider_id"] in found or entry.get("routable") is False:
             continue
         try:
             _, problem = check_provider(entry, root_cas)
