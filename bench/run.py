@@ -338,6 +338,14 @@ Reading the numbers (2-core machine, everything co-located):
   team belongs to the thread that created it); the provider therefore keeps one long-lived
   thread per slot, which raised the 1-stream decode ratio from 0.73x to 0.89x-1.02x across
   runs here.
+- The issue-8 hardening (bound sealing, receipt checks at the coordinator, request rows at
+  commit, bounded parsing) measured against the code before it, same machine, same day
+  (2026-11-30; the older tree run with `PYTHONPATH=<checkout of 9257fbb>/src .venv/bin/python
+  bench/run.py`): added TTFT p50 +6.0 ms before, +7.0 to +10.5 ms after across three runs; the
+  in-progress row is written after the first chunk is out (writing it before cost ~3 ms of
+  TTFT). 1-stream decode ratio 0.847x before, 0.836x-0.851x after; at 8 streams 0.893x before,
+  0.774x-0.839x after, inside this machine's run-to-run spread. Per chunk the new sealing is
+  no slower (the rows above, about 11 and 8 µs, against 15.5 and 10.8 µs on 2026-11-23).
 """
     out = ROOT / "docs" / "BENCHMARKS.md"
     out.write_text(report)

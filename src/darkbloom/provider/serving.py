@@ -19,8 +19,8 @@ from pydantic import BaseModel
 from darkbloom.crypto import KeyPair, SealingError, SessionChannel, public_key_from_b64
 from darkbloom.crypto.signing import IdentityKey
 from darkbloom.errors import DarkbloomError, InvalidRequest
-from darkbloom.inference.dialects import ENDPOINTS, parse_request
-from darkbloom.inference.request import GenerationRequest, parse_json_body
+from darkbloom.inference.dialects import ENDPOINTS, INLINE_BYTES, parse_request_off_loop
+from darkbloom.inference.request import GenerationRequest
 from darkbloom.protocol.blind import CONSUMER_SEALED
 from darkbloom.protocol.frames import (
     InferenceAccepted,
@@ -61,7 +61,7 @@ class _Sealable(Exception):
 
 
 def _open(frame: InferenceRequest, keys: KeyPair) -> tuple[SessionChannel, bytes]:
-    """Decrypt the body (in a worker thread: up to a frame's worth of ciphertext)."""
+    """Decrypt the body (a large one in a worker thread: up to a frame's worth of ciphertext)."""
     try:
         channel = SessionChannel(keys, public_key_from_b64(frame.encrypted_body.ephemeral_public_key),
                                  "provider")
@@ -71,13 +71,12 @@ def _open(frame: InferenceRequest, keys: KeyPair) -> tuple[SessionChannel, bytes
         raise _Refused(400, f"request body could not be decrypted: {exc}") from None
 
 
-def _parse(frame: InferenceRequest, body: bytes, channel: SessionChannel) -> GenerationRequest:
-    """Validate the opened body. In a worker thread too: parsing (schemas, grammars) may take a
-    while and must never hold the event loop."""
+async def _parse(frame: InferenceRequest, body: bytes, channel: SessionChannel) -> GenerationRequest:
+    """Validate the opened body, off the event loop when it is large or carries schemas."""
     try:
         if frame.endpoint not in ENDPOINTS:
             raise _Refused(400, f"endpoint {frame.endpoint} is not served by this provider")
-        request = parse_request(frame.endpoint, parse_json_body(body))
+        request = await parse_request_off_loop(frame.endpoint, body)
     except InvalidRequest as exc:
         raise _Sealable(channel, _Refused(400, exc.message, exc.code, exc.param)) from None
     if request.model != frame.model or request.stream != frame.stream:
@@ -138,10 +137,13 @@ class RequestServer:
         rid = frame.request_id
         blind = frame.sealed_by == "consumer"
         try:
-            channel, body = await asyncio.to_thread(_open, frame, self.keys)
+            if len(frame.encrypted_body.ciphertext) > INLINE_BYTES:
+                channel, body = await asyncio.to_thread(_open, frame, self.keys)
+            else:
+                channel, body = _open(frame, self.keys)
             if blind:  # remembered once it opens, whatever becomes of it; checked before parsing
                 self.replays.admit(frame.encrypted_body.ephemeral_public_key)  # canonical: one spelling
-            request = await asyncio.to_thread(_parse, frame, body, channel)
+            request = await _parse(frame, body, channel)
             if not self.engine.serves(request.model):
                 raise _Refused(404, f"model {request.model!r} is not served by this provider")
         except _Sealable as sealable:

@@ -178,6 +178,9 @@ class SSERelay(Response):
             first = self._event(self.committed.first_chunk)
             outcome.bytes_out += len(first)
             await send({"type": "http.response.body", "body": first, "more_body": True})
+            # Committed: from here a crash leaves an in_progress row (marked interrupted). Written
+            # after the first chunk is out, so the database write is not in time to first token.
+            self.recorder.begin(outcome)
             self.relayed += 1
             async for item in self.service.relay(self.committed):
                 if isinstance(item, Finished):
@@ -278,11 +281,11 @@ async def serve(request: Request, endpoint: Endpoint, identity: KeyIdentity) -> 
         outcome.ttft_ms = _elapsed_ms(started)
         outcome.provider_id = committed.attempt.provider.id
         outcome.attempts = committed.attempts
-        recorder.begin(outcome)  # from here a crash leaves an in_progress row, marked interrupted
         headers = provider_headers(committed)
         if prepared.request.stream:
-            relay_records = True
+            relay_records = True  # the relay writes the in_progress row once the first chunk is out
             return SSERelay(service, committed, outcome, recorder, headers, started, reply_channel)
+        recorder.begin(outcome)  # from here a crash leaves an in_progress row, marked interrupted
         if blind:
             try:
                 body, finished = await until_disconnect(request.receive,
