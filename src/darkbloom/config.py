@@ -53,6 +53,12 @@ class CoordinatorSettings(BaseSettings):
     max_buffered_bytes: int = 16 * 1024 * 1024
     response_deadline_s: float = 1800.0
     default_max_tokens: int = 8192
+    # Sessions (issue 9): a session unused this long is gone; sign in again.
+    session_idle_days: float = Field(default=30.0, gt=0)
+    # Accounts whose sessions are admin: a JSON list, DARKBLOOM_ADMIN_EMAILS='["ops@example.com"]'.
+    admin_emails: list[str] = Field(default_factory=list)
+    # `Authorization: Bearer <this>` is admin on admin routes (compared in constant time).
+    admin_key: SecretStr | None = None
 
     @field_validator("require_posture")
     @classmethod
@@ -66,6 +72,11 @@ class CoordinatorSettings(BaseSettings):
             if name == "kernel_lockdown" and want not in ("none", "integrity", "confidentiality"):
                 raise ValueError("require_posture: kernel_lockdown is none, integrity or confidentiality")
         return value
+
+    @field_validator("admin_emails")
+    @classmethod
+    def _normalised_emails(cls, value: list[str]) -> list[str]:
+        return [email.strip().lower() for email in value if email.strip()]
 
     @property
     def pass_window_s(self) -> float:

@@ -29,6 +29,10 @@ POST_ROUTES = (CHAT, COMPLETIONS, RESPONSES, MESSAGES, COUNT_TOKENS)
 ANTHROPIC_ROUTES = frozenset({MESSAGES, COUNT_TOKENS})
 GET_ROUTES = ("/v1/models", "/v1/models/catalog", "/v1/models/{model_id}", "/v1/receipts/{request_id}",
               "/v1/providers/attestation", "/v1/encryption-key", "/health", "/openapi.json")
+# Account routes (issue 9): sessions, keys over HTTP. Method and path, as OpenAPI lists them.
+ACCOUNT_ROUTES = (("POST", "/v1/auth/signup"), ("POST", "/v1/auth/login"), ("POST", "/v1/auth/logout"),
+                  ("GET", "/v1/me"), ("POST", "/v1/auth/keys"), ("GET", "/v1/auth/keys"),
+                  ("DELETE", "/v1/auth/keys"))
 SENDER_SEALED = "application/darkbloom-sealed+json"
 PROVIDER_SEALED = "application/darkbloom-provider-sealed+json"
 AUTH = (("authorization", b"Bearer @KEY@"),)  # @KEY@ becomes the stack's API key when sent
@@ -88,6 +92,8 @@ class Target:
     """What a call needs from the running stack."""
 
     api_key: str
+    session_token: str
+    csrf_token: str
     kid: str
     coordinator_key: str
     provider_id: str
@@ -138,8 +144,13 @@ def dumps(body: Any) -> bytes:
 def render(call: Call, target: Target) -> Rendered:
     renderer = _Renderer(target)
     # An HTTP/1.1 client cannot send a value with outer whitespace; the server never sees one.
-    headers = [(name, value.replace(b"@KEY@", target.api_key.encode()).strip(b" \t"))
-               for name, value in call.headers]
+    stack_values = {b"@KEY@": target.api_key, b"@SESSION@": target.session_token,
+                    b"@CSRF@": target.csrf_token}
+    headers = []
+    for name, value in call.headers:
+        for mark, text in stack_values.items():
+            value = value.replace(mark, text.encode())
+        headers.append((name, value.strip(b" \t")))
     if call.body is None or isinstance(call.body, bytes):
         return Rendered(call.body, headers, None)
     content = renderer.render(call.body).encode("utf-8", "surrogatepass")
@@ -580,3 +591,31 @@ def route_calls() -> st.SearchStrategy[Call]:
     others = st.builds(lambda method, path, query, auth, body: Call(method, path + query, auth, body),
                        METHODS, paths, queries, AUTH_HEADERS, content)
     return st.one_of(gets, others)
+
+
+# --- account routes -----------------------------------------------------------------------------
+
+ACCOUNT_AUTH = st.sampled_from([
+    (), AUTH, (("authorization", b"Bearer @SESSION@"),), (("x-api-key", b"@KEY@"),),
+    (("cookie", b"darkbloom_session=@SESSION@"),),
+    (("cookie", b"darkbloom_session=@SESSION@"), ("x-csrf-token", b"@CSRF@")),
+    (("cookie", b"darkbloom_session=@SESSION@"), ("x-csrf-token", b"wrong")),
+    (("authorization", b"Bearer dbs-" + b"0" * 64),), (("cookie", b"darkbloom_session=garbage"),),
+])
+_ACCOUNT_FIELD = st.one_of(HOSTILE, st.emails().map(str.upper), st.text(min_size=10, max_size=40),
+                           st.just("sk-db-" + "0" * 64))
+ACCOUNT_BODY = st.one_of(
+    JSON, HOSTILE,
+    st.dictionaries(st.sampled_from(["email", "password", "label", "key", "id", "extra"]), _ACCOUNT_FIELD,
+                    max_size=4),
+)
+
+
+def account_calls() -> st.SearchStrategy[Call]:
+    """Every account route with each way of presenting (or not) a session, and hostile bodies."""
+    def build(route: tuple[str, str], auth: tuple[tuple[str, bytes], ...], body: Any) -> Call:
+        method, path = route
+        if method == "GET":
+            return Call(method, path, auth)
+        return Call(method, path, (*auth, ("content-type", b"application/json")), body)
+    return st.builds(build, st.sampled_from(ACCOUNT_ROUTES), ACCOUNT_AUTH, ACCOUNT_BODY)

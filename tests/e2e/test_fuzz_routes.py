@@ -63,7 +63,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         provider = Provider(coordinator.start(), slots=2).start()
         key = httpx.get(f"{coordinator.base_url}/v1/encryption-key").json()
         entry = httpx.get(f"{coordinator.base_url}/v1/providers/attestation").json()["providers"][0]
-        target = fs.Target(coordinator.api_key, key["kid"], key["public_key"], entry["provider_id"],
+        session = httpx.post(f"{coordinator.base_url}/v1/auth/signup",
+                             json={"email": "fuzz@example.com", "password": "fuzz-password-1"}).json()
+        target = fs.Target(coordinator.api_key, session["session_token"], session["csrf_token"],
+                           key["kid"], key["public_key"], entry["provider_id"],
                            entry["encryption_public_key"])
         with httpx.Client(timeout=REQUEST_TIMEOUT_S) as http:
             yield Stack(coordinator, provider, target, http)
@@ -211,8 +214,16 @@ def test_the_strategies_cover_every_route() -> None:
     """A route added to the app without a strategy here fails this test."""
     paths = create_app(CoordinatorSettings()).openapi()["paths"]
     served = {(method.upper(), path) for path, ops in paths.items() for method in ops}
-    covered = {("GET", p) for p in fs.GET_ROUTES} | {("POST", p) for p in fs.POST_ROUTES}
+    covered = {("GET", p) for p in fs.GET_ROUTES} | {("POST", p) for p in fs.POST_ROUTES} \
+        | set(fs.ACCOUNT_ROUTES)
     assert served == covered - {("GET", "/openapi.json")}
+
+
+@fuzz(200)
+@given(call=fs.account_calls())
+def test_account_routes(stack: Stack, call: fs.Call) -> None:
+    """Sessions and keys over HTTP: never a 5xx, errors in OpenAI's shape, whatever is sent."""
+    exercise(stack, call)
 
 
 @fuzz(300)

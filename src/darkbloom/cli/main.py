@@ -194,6 +194,20 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (not th
     console.print(f"revoked {key_id}")
 
 
+@admin_app.command("grant")
+def admin_grant(
+    email: Annotated[str, typer.Option(help="Email of the account to make an admin.")],
+) -> None:
+    """Make a signed-up account an admin (its sessions can use admin routes)."""
+    from darkbloom.coordinator.store.accounts import grant_admin, normalise_email
+
+    normalised = normalise_email(email)
+    if normalised is None or not asyncio.run(_with_sessions(lambda s: grant_admin(s, normalised))):
+        console.print("[red]no account has that email[/red]")
+        raise typer.Exit(1)
+    console.print("granted admin")
+
+
 @provider_token_app.callback(invoke_without_command=True)
 def provider_token(
     ctx: typer.Context,
@@ -237,14 +251,44 @@ def provider_token_revoke(
     console.print(f"revoked {ids[0]}")
 
 
+@admin_app.command("audit")
+def admin_audit() -> None:
+    """Recompute every balance from the ledger and compare with the cached balances (writes nothing);
+    exits 1 on any mismatch, listing it."""
+    from sqlalchemy.exc import DBAPIError
+
+    from darkbloom.coordinator.money import format_usd
+    from darkbloom.coordinator.store.ledger import audit
+
+    try:
+        mismatches = asyncio.run(_with_sessions(audit, migrate=False))
+    except DBAPIError as exc:
+        err_console.print(f"cannot read the ledger ({type(exc.orig).__name__}); has the coordinator "
+                          "started on this database?", style="red", markup=False)
+        raise typer.Exit(2) from None
+    if not mismatches:
+        print("ledger and balances agree")
+        return
+    print(f"{'account':<34}" + "".join(f"{head:>20}" for head in (
+        "balance", "ledger balance", "withdrawable", "ledger withdrawable", "bad balance_after")))
+    for m in mismatches:
+        amounts = (m.balance_micro_usd, m.ledger_balance_micro_usd, m.withdrawable_micro_usd,
+                   m.ledger_withdrawable_micro_usd)
+        print(f"{m.account_id:<34}" + "".join(f"{format_usd(a):>20}" for a in amounts)
+              + f"{m.bad_balance_after:>20}")
+    err_console.print(f"{len(mismatches)} account(s) disagree with the ledger", style="red", markup=False)
+    raise typer.Exit(1)
+
+
 async def _with_sessions(
-    action: Callable[[async_sessionmaker[AsyncSession]], Awaitable[T]],
+    action: Callable[[async_sessionmaker[AsyncSession]], Awaitable[T]], migrate: bool = True,
 ) -> T:
     from darkbloom.coordinator.store.db import make_engine, make_sessionmaker, upgrade
 
     settings = CoordinatorSettings()
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    await upgrade(settings.database_url)
+    if migrate:
+        await upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
     try:
         return await action(make_sessionmaker(engine))

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from darkbloom import __version__
 from darkbloom.config import CoordinatorSettings
 from darkbloom.coordinator.api import errors
+from darkbloom.coordinator.api.accounts import router as accounts_router
 from darkbloom.coordinator.api.auth import KeyCache
 from darkbloom.coordinator.api.inference import router as inference_router
 from darkbloom.coordinator.api.models import router as models_router
@@ -69,6 +70,7 @@ def create_app(settings: CoordinatorSettings, catalog: Catalog | None = None) ->
     app = FastAPI(title="darkbloom coordinator", version=__version__, lifespan=lifespan,
                   docs_url=None, redoc_url=None)
     errors.install(app)
+    app.include_router(accounts_router)
     app.include_router(models_router)
     app.include_router(inference_router)
     app.include_router(provider_router)

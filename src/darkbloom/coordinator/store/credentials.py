@@ -48,6 +48,21 @@ class IssuedSecret:
     secret: str
     prefix: str
     account_id: str
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyListing:
+    id: str
+    prefix: str
+    label: str
+    created_at: datetime
+    last_used_at: datetime | None
+
+
+def aware(stamp: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every stamp here is UTC."""
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
 
 
 async def ensure_account(session: AsyncSession, account_id: str, name: str = "") -> None:
@@ -60,14 +75,15 @@ async def create_api_key(
     sessions: async_sessionmaker[AsyncSession], account_id: str = LOCAL_ACCOUNT_ID, label: str = "",
     min_trust_level: str | None = None,
 ) -> IssuedSecret:
-    secret = API_KEY_PREFIX + secrets.token_urlsafe(32)
+    # api.md §1: sk-db- + 64 hex. Keys minted before (sk-db- + urlsafe base64) still look up.
+    secret = API_KEY_PREFIX + secrets.token_hex(32)
     async with sessions.begin() as session:
         await ensure_account(session, account_id)
         row = ApiKey(id=_new_id(), account_id=account_id, prefix=secret[:12],
                      key_hash=hash_secret(secret), label=label, created_at=now(),
                      min_trust_level=min_trust_level)
         session.add(row)
-    return IssuedSecret(row.id, secret, row.prefix, account_id)
+    return IssuedSecret(row.id, secret, row.prefix, account_id, row.created_at)
 
 
 async def create_provider_token(
@@ -161,3 +177,35 @@ async def revoke_api_key(sessions: async_sessionmaker[AsyncSession], key_id: str
             update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
             .values(revoked_at=now()))
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def list_api_keys(sessions: async_sessionmaker[AsyncSession], account_id: str) -> list[KeyListing]:
+    """An account's unrevoked keys, oldest first (no secrets: only their prefixes)."""
+    async with sessions() as session:
+        rows = (await session.execute(select(ApiKey).where(
+            ApiKey.account_id == account_id, ApiKey.revoked_at.is_(None))
+            .order_by(ApiKey.created_at, ApiKey.id))).scalars().all()
+    return [KeyListing(r.id, r.prefix, r.label, aware(r.created_at),
+                       aware(r.last_used_at) if r.last_used_at else None) for r in rows]
+
+
+async def revoke_own_api_key(sessions: async_sessionmaker[AsyncSession], account_id: str, *,
+                             secret: str | None = None, key_id: str | None = None,
+                             ) -> tuple[str, str | None]:
+    """Revoke the unrevoked key named by ``secret`` or ``key_id`` if ``account_id`` owns it.
+    Returns ("revoked", its id), ("not_found", None) (no such key, or already revoked) or
+    ("forbidden", None) (another account's key)."""
+    if secret is not None:
+        match = ApiKey.key_hash == hash_secret(secret)
+    else:
+        match = ApiKey.id == (key_id or "")
+    async with sessions.begin() as session:
+        row = (await session.execute(select(ApiKey.id, ApiKey.account_id).where(
+            match, ApiKey.revoked_at.is_(None)))).first()
+        if row is None:
+            return "not_found", None
+        if row.account_id != account_id:
+            return "forbidden", None
+        result = await session.execute(update(ApiKey).where(
+            ApiKey.id == row.id, ApiKey.revoked_at.is_(None)).values(revoked_at=now()))
+    return ("revoked", row.id) if result.rowcount else ("not_found", None)  # type: ignore[attr-defined]

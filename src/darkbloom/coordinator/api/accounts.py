@@ -1,0 +1,171 @@
+"""Sign-up, sign-in, sessions and API keys over HTTP (api.md §6, issue 9 "Sessions")."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from darkbloom.coordinator.api.auth import SESSION_COOKIE, Forbidden, SessionDep, is_admin
+from darkbloom.coordinator.api.inference import read_body
+from darkbloom.coordinator.store import accounts as store
+from darkbloom.coordinator.store.credentials import (
+    create_api_key,
+    list_api_keys,
+    revoke_own_api_key,
+)
+from darkbloom.errors import AuthenticationFailed, ClientError, InvalidRequest, NotFound
+
+router = APIRouter()
+MAX_BODY_BYTES = 64 * 1024  # api.md §1: 64 KiB outside the inference routes
+MAX_LABEL_CHARS = 128
+
+
+class Conflict(ClientError):
+    status_code = 409
+    type = "conflict"
+
+
+def _body(required: tuple[str, ...], **properties: str) -> dict[str, Any]:
+    """The OpenAPI request body of a route that reads its JSON itself (to bound and check it)."""
+    schema = {"type": "object", "required": list(required),
+              "properties": {name: {"type": kind} for name, kind in properties.items()}}
+    return {"requestBody": {"required": bool(required),
+                            "content": {"application/json": {"schema": schema}}}}
+
+
+_CREDENTIALS = _body(("email", "password"), email="string", password="string")
+
+
+def rfc3339(stamp: datetime | None) -> str | None:
+    return stamp.isoformat().replace("+00:00", "Z") if stamp else None
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    raw = await read_body(request, MAX_BODY_BYTES)
+    try:
+        body = json.loads(raw) if raw.strip() else {}
+    except (ValueError, RecursionError):
+        raise InvalidRequest("the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("the body must be a JSON object")
+    return body
+
+
+def _string(body: dict[str, Any], name: str, limit: int, required: bool = True) -> str | None:
+    """``body[name]`` as a bounded, UTF-8-encodable string, or a 400 naming the field."""
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise InvalidRequest(f"{name} is required", param=name)
+        return None
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{name} must be a string", param=name)
+    if len(value) > limit:
+        raise InvalidRequest(f"{name} must be at most {limit} characters", param=name)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequest(f"{name} is not valid UTF-8", param=name) from None
+    return value
+
+
+def _credentials(body: dict[str, Any]) -> tuple[str, str]:
+    email = store.normalise_email(_string(body, "email", 1024) or "")
+    if email is None:
+        raise InvalidRequest("email is not a valid email address", param="email")
+    password = _string(body, "password", store.PASSWORD_MAX_CHARS) or ""
+    return email, password
+
+
+def _idle(request: Request) -> timedelta:
+    return timedelta(days=request.app.state.settings.session_idle_days)
+
+
+async def _signed_in(request: Request, account_id: str, email: str, status: int) -> Response:
+    issued = await store.open_session(request.app.state.sessions, account_id, _idle(request))
+    response = JSONResponse({"account_id": account_id, "email": email,
+                             "session_token": issued.token, "csrf_token": issued.csrf_token},
+                            status_code=status)
+    response.set_cookie(SESSION_COOKIE, issued.token, max_age=int(_idle(request).total_seconds()),
+                        httponly=True, samesite="lax", secure=request.url.scheme == "https")
+    return response
+
+
+@router.post("/v1/auth/signup", status_code=201, openapi_extra=_CREDENTIALS)
+async def signup(request: Request) -> Response:
+    email, password = _credentials(await _json_object(request))
+    if problem := store.password_problem(password):
+        raise InvalidRequest(problem, param="password")
+    hashed = await asyncio.to_thread(store.hash_password, password)
+    account_id = await store.create_account(request.app.state.sessions, email, hashed)
+    if account_id is None:
+        raise Conflict("an account with this email already exists", param="email", code="email_taken")
+    return await _signed_in(request, account_id, email, 201)
+
+
+@router.post("/v1/auth/login", openapi_extra=_CREDENTIALS)
+async def login(request: Request) -> Response:
+    email, password = _credentials(await _json_object(request))
+    found = await store.find_login(request.app.state.sessions, email)
+    # Verified even when the email is unknown (against a dummy hash), so both failures take as long.
+    ok = await asyncio.to_thread(store.verify_password, found[1] if found else None, password)
+    if not found or not ok:
+        raise AuthenticationFailed("incorrect email or password", code="invalid_credentials")
+    return await _signed_in(request, found[0], email, 200)
+
+
+@router.post("/v1/auth/logout")
+async def logout(request: Request, identity: SessionDep) -> Response:
+    await store.close_session(request.app.state.sessions, identity.session_id)
+    response = JSONResponse({"status": "signed_out"})
+    response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="lax",
+                           secure=request.url.scheme == "https")
+    return response
+
+
+@router.get("/v1/me")
+async def me(request: Request, identity: SessionDep) -> dict[str, Any]:
+    account = await store.get_account(request.app.state.sessions, identity.account_id)
+    if account is None:
+        raise NotFound("account not found")
+    return {"account_id": account.account_id, "email": account.email,
+            "is_admin": is_admin(identity, request.app.state.settings.admin_emails),
+            "created_at": rfc3339(account.created_at)}
+
+
+@router.post("/v1/auth/keys", openapi_extra=_body((), label="string"))
+async def create_key(request: Request, identity: SessionDep) -> dict[str, Any]:
+    label = _string(await _json_object(request), "label", MAX_LABEL_CHARS, required=False) or ""
+    issued = await create_api_key(request.app.state.sessions, identity.account_id, label)
+    return {"api_key": issued.secret, "account_id": issued.account_id, "id": issued.id,
+            "prefix": issued.prefix, "label": label, "created_at": rfc3339(issued.created_at)}
+
+
+@router.get("/v1/auth/keys")
+async def list_keys(request: Request, identity: SessionDep) -> dict[str, Any]:
+    keys = await list_api_keys(request.app.state.sessions, identity.account_id)
+    return {"keys": [{"id": k.id, "prefix": k.prefix, "label": k.label,
+                      "created_at": rfc3339(k.created_at), "last_used_at": rfc3339(k.last_used_at)}
+                     for k in keys]}
+
+
+@router.delete("/v1/auth/keys", openapi_extra=_body((), key="string", id="string"))
+async def revoke_key(request: Request, identity: SessionDep) -> dict[str, str]:
+    body = await _json_object(request)
+    secret, key_id = _string(body, "key", 256, required=False), _string(body, "id", 64, required=False)
+    if not secret and not key_id:
+        raise InvalidRequest("give the key to revoke as 'key' (the full key) or 'id'", param="key")
+    state = request.app.state
+    outcome, revoked = await revoke_own_api_key(state.sessions, identity.account_id,
+                                                secret=secret or None, key_id=None if secret else key_id)
+    if outcome == "forbidden":
+        raise Forbidden("you can only revoke your own keys")
+    if revoked is None:
+        raise NotFound("key not found or already revoked")
+    state.key_cache.forget(revoked)
+    return {"status": "revoked"}

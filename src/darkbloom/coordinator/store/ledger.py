@@ -1,0 +1,247 @@
+"""The micro-USD ledger (billing.md §0, §2, §11): every balance change is one ledger row written in
+the same transaction as the ``balances`` update; debits are conditional so nothing can overdraw,
+and ``(kind, reference)`` is unique so a retried movement happens once.
+
+Each transaction's first statement is a write (the balance row upsert): the SQLite driver opens a
+transaction only at the first write, so reads placed before it would run outside the transaction;
+written first, the whole movement holds SQLite's single write lock (other processes wait in
+``busy_timeout``). Writers in one process also queue on an asyncio lock per engine, so they wait on
+the event loop in order instead of sleeping in SQLite's busy handler. On PostgreSQL
+``SELECT … FOR UPDATE`` serializes writers per account.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import weakref
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import case, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from darkbloom.coordinator.store.tables import Account, Balance, LedgerEntry
+
+PLATFORM_ACCOUNT_ID = "platform"
+SYSTEM_ACTOR = "system"
+MAX_REFERENCE = 200
+
+# Credit kinds and whether the credit is withdrawable (None: the caller decides), billing.md §11.
+CREDIT_KINDS: dict[str, bool | None] = {
+    "stripe_deposit": False, "invite_credit": False, "admin_credit": False, "refund": False,
+    "deposit": False, "admin_reward": True, "payout": True, "referral_reward": True,
+    "withdrawal_refund": True, "platform_fee": None, "withdrawal_fee": None,
+}
+# Debit kinds and whether they draw on withdrawable money (else the min rule applies).
+DEBIT_KINDS: dict[str, bool] = {"reserve": False, "admin_debit": False, "stripe_payout": True}
+
+
+class InsufficientFunds(Exception):
+    """The account cannot cover a debit; nothing was written."""
+
+
+class ReferenceConflict(ValueError):
+    """A ``(kind, reference)`` already names a different movement (another account or amount)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    id: int
+    account_id: str
+    kind: str
+    amount_micro_usd: int
+    withdrawable_delta_micro_usd: int
+    balance_after_micro_usd: int
+    reference: str
+    request_id: str | None
+    actor: str
+    created_at: datetime
+    replayed: bool = False  # True when this call found the movement already recorded
+
+
+@dataclass(frozen=True, slots=True)
+class Balances:
+    balance_micro_usd: int
+    withdrawable_micro_usd: int
+
+
+@dataclass(frozen=True, slots=True)
+class Mismatch:
+    """An account whose cached balance disagrees with its ledger, or whose ``balance_after`` chain
+    is broken (``bad_balance_after`` rows)."""
+
+    account_id: str
+    balance_micro_usd: int
+    ledger_balance_micro_usd: int
+    withdrawable_micro_usd: int
+    ledger_withdrawable_micro_usd: int
+    bad_balance_after: int
+
+
+_write_locks: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+@contextlib.asynccontextmanager
+async def _writer(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    """A write transaction; on SQLite, queued behind this process's other ledger writers."""
+    engine = sessions.kw.get("bind")
+    if isinstance(engine, AsyncEngine) and engine.dialect.name == "sqlite":
+        lock = _write_locks.setdefault(engine.sync_engine, asyncio.Lock())
+        async with lock, sessions.begin() as session:
+            yield session
+        return
+    async with sessions.begin() as session:
+        yield session
+
+
+def _entry(row: LedgerEntry, replayed: bool = False) -> Entry:
+    stamp = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
+    return Entry(row.id, row.account_id, row.kind, row.amount_micro_usd, row.withdrawable_delta_micro_usd,
+                 row.balance_after_micro_usd, row.reference, row.request_id, row.actor, stamp, replayed)
+
+
+def _check(amount: int, reference: str) -> None:
+    if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
+        raise ValueError(f"amount must be a positive integer of micro-USD, got {amount!r}")
+    if not reference or len(reference) > MAX_REFERENCE:
+        raise ValueError(f"reference must be 1 to {MAX_REFERENCE} characters")
+
+
+async def _insert_ignore(session: AsyncSession, table: Any, values: dict[str, Any]) -> None:
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    await session.execute(insert(table).values(**values).on_conflict_do_nothing())
+
+
+async def _existing(session: AsyncSession, kind: str, reference: str) -> LedgerEntry | None:
+    return (await session.execute(select(LedgerEntry).where(
+        LedgerEntry.kind == kind, LedgerEntry.reference == reference))).scalar_one_or_none()
+
+
+def _replay(row: LedgerEntry, account_id: str, amount: int) -> Entry:
+    if row.account_id != account_id or row.amount_micro_usd != amount:
+        raise ReferenceConflict(f"{row.kind} {row.reference!r} is already recorded for another movement")
+    return _entry(row, replayed=True)
+
+
+async def _post(sessions: async_sessionmaker[AsyncSession], account_id: str, amount: int, kind: str,
+                reference: str, request_id: str | None, actor: str, *, withdrawable: bool) -> Entry:
+    """Apply a signed ``amount`` and write its row. For a debit, ``withdrawable`` means it must come
+    out of withdrawable money; otherwise withdrawable follows the min rule."""
+    now = datetime.now(UTC)
+    try:
+        async with _writer(sessions) as session:
+            if account_id == PLATFORM_ACCOUNT_ID:
+                await _insert_ignore(session, Account, {"id": PLATFORM_ACCOUNT_ID, "name": "platform",
+                                                        "created_at": now})
+            await _insert_ignore(session, Balance, {"account_id": account_id, "balance_micro_usd": 0,
+                                                    "withdrawable_micro_usd": 0, "updated_at": now})
+            before = (await session.execute(select(Balance.withdrawable_micro_usd).where(
+                Balance.account_id == account_id).with_for_update())).scalar_one()
+            if (row := await _existing(session, kind, reference)) is not None:
+                return _replay(row, account_id, amount)
+            new_balance = Balance.balance_micro_usd + amount
+            stmt = update(Balance).where(Balance.account_id == account_id)
+            if amount > 0:
+                new_withdrawable: Any = Balance.withdrawable_micro_usd + (amount if withdrawable else 0)
+            elif withdrawable:
+                new_withdrawable = Balance.withdrawable_micro_usd + amount
+                stmt = stmt.where(Balance.withdrawable_micro_usd >= -amount)
+            else:
+                new_withdrawable = case((Balance.withdrawable_micro_usd > new_balance, new_balance),
+                                        else_=Balance.withdrawable_micro_usd)
+                stmt = stmt.where(Balance.balance_micro_usd >= -amount)
+            after = (await session.execute(stmt.values(
+                balance_micro_usd=new_balance, withdrawable_micro_usd=new_withdrawable, updated_at=now,
+            ).returning(Balance.balance_micro_usd, Balance.withdrawable_micro_usd))).one_or_none()
+            if after is None:
+                raise InsufficientFunds(f"account {account_id} cannot cover {-amount} micro-USD")
+            entry = LedgerEntry(account_id=account_id, kind=kind, amount_micro_usd=amount,
+                                withdrawable_delta_micro_usd=after[1] - before,
+                                balance_after_micro_usd=after[0], reference=reference,
+                                request_id=request_id, actor=actor, created_at=now)
+            session.add(entry)
+            await session.flush()
+            return _entry(entry)
+    except IntegrityError:
+        # A concurrent duplicate on another account's row lock won the unique (kind, reference).
+        async with sessions() as session:
+            if (row := await _existing(session, kind, reference)) is None:
+                raise
+            return _replay(row, account_id, amount)
+
+
+async def credit(sessions: async_sessionmaker[AsyncSession], account_id: str, amount: int, kind: str,
+                 reference: str, *, withdrawable: bool, request_id: str | None = None,
+                 actor: str = SYSTEM_ACTOR) -> Entry:
+    """Add ``amount`` micro-USD (withdrawable or not, as billing.md §11 fixes per kind). A repeated
+    ``(kind, reference)`` changes nothing and returns the recorded entry with ``replayed=True``."""
+    _check(amount, reference)
+    if kind not in CREDIT_KINDS:
+        raise ValueError(f"{kind!r} is not a credit kind")
+    fixed = CREDIT_KINDS[kind]
+    if fixed is not None and fixed != withdrawable:
+        raise ValueError(f"{kind} credits are {'' if fixed else 'not '}withdrawable")
+    return await _post(sessions, account_id, amount, kind, reference, request_id, actor,
+                       withdrawable=withdrawable)
+
+
+async def debit(sessions: async_sessionmaker[AsyncSession], account_id: str, amount: int, kind: str,
+                reference: str, *, request_id: str | None = None, actor: str = SYSTEM_ACTOR) -> Entry:
+    """Take ``amount`` micro-USD only if the account has it (withdrawable money for a withdrawal),
+    else raise InsufficientFunds with nothing written. Idempotent like ``credit``."""
+    _check(amount, reference)
+    if kind not in DEBIT_KINDS:
+        raise ValueError(f"{kind!r} is not a debit kind")
+    return await _post(sessions, account_id, -amount, kind, reference, request_id, actor,
+                       withdrawable=DEBIT_KINDS[kind])
+
+
+async def balance(sessions: async_sessionmaker[AsyncSession], account_id: str) -> Balances:
+    """The cached balance; an account that never moved money has zero."""
+    async with sessions() as session:
+        row = (await session.execute(select(Balance.balance_micro_usd, Balance.withdrawable_micro_usd)
+                                     .where(Balance.account_id == account_id))).one_or_none()
+    return Balances(row[0], row[1]) if row else Balances(0, 0)
+
+
+async def entries(sessions: async_sessionmaker[AsyncSession], account_id: str, limit: int = 50,
+                  before: int | None = None) -> list[Entry]:
+    """Newest first; ``before`` is the id of the last entry of the previous page."""
+    query = select(LedgerEntry).where(LedgerEntry.account_id == account_id)
+    if before is not None:
+        query = query.where(LedgerEntry.id < before)
+    async with sessions() as session:
+        rows = (await session.execute(query.order_by(LedgerEntry.id.desc())
+                                      .limit(max(1, min(limit, 500))))).scalars().all()
+    return [_entry(row) for row in rows]
+
+
+async def audit(sessions: async_sessionmaker[AsyncSession]) -> list[Mismatch]:
+    """Recompute every balance from the ledger and compare with the cache (reads only). Within an
+    account rows are written under its lock, so ids order them and each ``balance_after`` must equal
+    the running sum."""
+    running = func.sum(LedgerEntry.amount_micro_usd).over(partition_by=LedgerEntry.account_id,
+                                                          order_by=LedgerEntry.id)
+    chain = select(LedgerEntry.account_id, LedgerEntry.balance_after_micro_usd.label("after"),
+                   running.label("running")).subquery()
+    async with sessions() as session:
+        sums = {row[0]: (int(row[1]), int(row[2])) for row in await session.execute(
+            select(LedgerEntry.account_id, func.sum(LedgerEntry.amount_micro_usd),
+                   func.sum(LedgerEntry.withdrawable_delta_micro_usd)).group_by(LedgerEntry.account_id))}
+        broken = {row[0]: int(row[1]) for row in await session.execute(
+            select(chain.c.account_id, func.count()).where(chain.c.after != chain.c.running)
+            .group_by(chain.c.account_id))}
+        cached = {row[0]: (row[1], row[2]) for row in await session.execute(
+            select(Balance.account_id, Balance.balance_micro_usd, Balance.withdrawable_micro_usd))}
+    mismatches = []
+    for account_id in sorted(sums.keys() | cached.keys()):
+        ledger_sums, have = sums.get(account_id, (0, 0)), cached.get(account_id, (0, 0))
+        if ledger_sums != have or broken.get(account_id):
+            mismatches.append(Mismatch(account_id, have[0], ledger_sums[0], have[1], ledger_sums[1],
+                                       broken.get(account_id, 0)))
+    return mismatches
