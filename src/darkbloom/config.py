@@ -53,8 +53,8 @@ class CoordinatorSettings(BaseSettings):
     max_buffered_bytes: int = 16 * 1024 * 1024
     response_deadline_s: float = 1800.0
     default_max_tokens: int = 8192
-    # Sessions (issue 9): a session unused this long is gone; sign in again.
-    session_idle_days: float = Field(default=30.0, gt=0)
+    # Sessions (issue 9): a session unused this long is gone; sign in again (ten years at most).
+    session_idle_days: float = Field(default=30.0, gt=0, le=3650)
     # Accounts whose sessions are admin: a JSON list, DARKBLOOM_ADMIN_EMAILS='["ops@example.com"]'.
     admin_emails: list[str] = Field(default_factory=list)
     # `Authorization: Bearer <this>` is admin on admin routes (compared in constant time).

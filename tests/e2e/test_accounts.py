@@ -4,6 +4,8 @@ coordinator and a real llama.cpp provider."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -151,7 +153,16 @@ def test_keys_over_http_and_revocation_at_once(accounts_stack: Coordinator) -> N
 
 
 def test_admins_by_email_setting_and_by_grant(accounts_stack: Coordinator) -> None:
-    _, boss = _signup(accounts_stack, BOSS.upper())
+    # Nobody verifies email ownership, so an address in DARKBLOOM_ADMIN_EMAILS cannot be claimed
+    # over HTTP: the operator creates it with the CLI.
+    claimed = httpx.post(f"{accounts_stack.base_url}/v1/auth/signup",
+                         json={"email": BOSS.upper(), "password": PASSWORD})
+    assert claimed.status_code == 403 and claimed.json()["error"]["param"] == "email"
+    subprocess.run([sys.executable, "-m", "darkbloom", "admin", "grant", "--email", BOSS, "--create"],
+                   env=accounts_stack.env, input=f"{PASSWORD}\n{PASSWORD}\n", text=True, check=True,
+                   capture_output=True, timeout=120)
+    boss = httpx.post(f"{accounts_stack.base_url}/v1/auth/login",
+                      json={"email": BOSS.upper(), "password": PASSWORD}).json()
     assert httpx.get(f"{accounts_stack.base_url}/v1/me",
                      headers={"authorization": f"Bearer {boss['session_token']}"}).json()["is_admin"]
     email = _email()

@@ -197,13 +197,34 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (not th
 @admin_app.command("grant")
 def admin_grant(
     email: Annotated[str, typer.Option(help="Email of the account to make an admin.")],
+    create: Annotated[bool, typer.Option(help="Create the account if there is none; asks for its "
+                                               "password (the only way to create an address in "
+                                               "DARKBLOOM_ADMIN_EMAILS).")] = False,
 ) -> None:
-    """Make a signed-up account an admin (its sessions can use admin routes)."""
-    from darkbloom.coordinator.store.accounts import grant_admin, normalise_email
+    """Make an account an admin (its sessions can use admin routes), creating it with --create."""
+    from darkbloom.coordinator.store.accounts import (
+        create_account,
+        grant_admin,
+        hash_password,
+        normalise_email,
+        password_problem,
+    )
 
     normalised = normalise_email(email)
-    if normalised is None or not asyncio.run(_with_sessions(lambda s: grant_admin(s, normalised))):
-        console.print("[red]no account has that email[/red]")
+    if normalised is None:
+        console.print("[red]not a valid email address[/red]")
+        raise typer.Exit(1)
+    if create:
+        password = typer.prompt("password for the new account", hide_input=True,
+                                confirmation_prompt=True)
+        if problem := password_problem(password):
+            console.print(f"[red]{problem}[/red]")
+            raise typer.Exit(1)
+        hashed = hash_password(password)
+        created = asyncio.run(_with_sessions(lambda s: create_account(s, normalised, hashed)))
+        console.print("created the account" if created else "the account exists already")
+    if not asyncio.run(_with_sessions(lambda s: grant_admin(s, normalised))):
+        console.print("[red]no account has that email (add --create)[/red]")
         raise typer.Exit(1)
     console.print("granted admin")
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
@@ -20,14 +23,41 @@ from darkbloom.coordinator.store.credentials import (
 )
 from darkbloom.errors import AuthenticationFailed, ClientError, InvalidRequest, NotFound
 
+T = TypeVar("T")
 router = APIRouter()
 MAX_BODY_BYTES = 64 * 1024  # api.md §1: 64 KiB outside the inference routes
 MAX_LABEL_CHARS = 128
+# argon2 (tens of ms and 64 MiB a call) runs on its own few threads, not the default executor that
+# request parsing and tokenizing use, and only this many sign-ins wait for it: more get a 429.
+MAX_PASSWORD_WAITING = 32
+_password_pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="argon2")
+_password_waiting = 0
 
 
 class Conflict(ClientError):
     status_code = 409
     type = "conflict"
+
+
+class TooManySignIns(ClientError):
+    status_code = 429
+    type = "rate_limit_error"
+
+
+def password_waiting() -> int:
+    return _password_waiting
+
+
+async def _password_work(work: Callable[..., T], *args: Any) -> T:
+    global _password_waiting
+    if _password_waiting >= MAX_PASSWORD_WAITING:
+        raise TooManySignIns("too many sign-ins at once; retry in a moment", code="rate_limited",
+                             headers={"retry-after": "1"})
+    _password_waiting += 1
+    try:
+        return await asyncio.get_running_loop().run_in_executor(_password_pool, work, *args)
+    finally:
+        _password_waiting -= 1
 
 
 def _body(required: tuple[str, ...], **properties: str) -> dict[str, Any]:
@@ -46,6 +76,11 @@ def rfc3339(stamp: datetime | None) -> str | None:
 
 
 async def _json_object(request: Request) -> dict[str, Any]:
+    # A cross-site HTML form can post JSON-looking text/plain with no preflight (login CSRF); it
+    # cannot send application/json, and always declares a type, so no type at all is let through.
+    declared = request.headers.get("content-type")
+    if declared is not None and declared.partition(";")[0].strip().lower() != "application/json":
+        raise InvalidRequest("send the body as application/json", status_code=415)
     raw = await read_body(request, MAX_BODY_BYTES)
     try:
         body = json.loads(raw) if raw.strip() else {}
@@ -99,9 +134,13 @@ async def _signed_in(request: Request, account_id: str, email: str, status: int)
 @router.post("/v1/auth/signup", status_code=201, openapi_extra=_CREDENTIALS)
 async def signup(request: Request) -> Response:
     email, password = _credentials(await _json_object(request))
+    if email in request.app.state.settings.admin_emails:
+        # Nobody verifies email ownership: whoever signed up first would be an admin.
+        raise Forbidden("this address is reserved for an administrator; the operator creates it "
+                        "with `darkbloom admin grant --email ... --create`", param="email")
     if problem := store.password_problem(password):
         raise InvalidRequest(problem, param="password")
-    hashed = await asyncio.to_thread(store.hash_password, password)
+    hashed = await _password_work(store.hash_password, password)
     account_id = await store.create_account(request.app.state.sessions, email, hashed)
     if account_id is None:
         raise Conflict("an account with this email already exists", param="email", code="email_taken")
@@ -113,7 +152,7 @@ async def login(request: Request) -> Response:
     email, password = _credentials(await _json_object(request))
     found = await store.find_login(request.app.state.sessions, email)
     # Verified even when the email is unknown (against a dummy hash), so both failures take as long.
-    ok = await asyncio.to_thread(store.verify_password, found[1] if found else None, password)
+    ok = await _password_work(store.verify_password, found[1] if found else None, password)
     if not found or not ok:
         raise AuthenticationFailed("incorrect email or password", code="invalid_credentials")
     return await _signed_in(request, found[0], email, 200)

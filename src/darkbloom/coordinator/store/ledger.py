@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import case, func, literal, select, union_all, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -30,6 +30,10 @@ from darkbloom.coordinator.store.tables import Account, Balance, LedgerEntry
 PLATFORM_ACCOUNT_ID = "platform"
 SYSTEM_ACTOR = "system"
 MAX_REFERENCE = 200
+# One movement is below 10^18 micro-USD (parse_usd's ceiling) and a balance stays within BIGINT, so
+# no amount or sum ever overflows (SQLite would silently turn it into a float, PostgreSQL a 5xx).
+MAX_AMOUNT_MICRO_USD = 10**18
+MAX_BALANCE_MICRO_USD = 2**63 - 1
 
 # Credit kinds and whether the credit is withdrawable (None: the caller decides), billing.md §11.
 CREDIT_KINDS: dict[str, bool | None] = {
@@ -43,6 +47,10 @@ DEBIT_KINDS: dict[str, bool] = {"reserve": False, "admin_debit": False, "stripe_
 
 class InsufficientFunds(Exception):
     """The account cannot cover a debit; nothing was written."""
+
+
+class BalanceLimit(ValueError):
+    """A credit would carry the balance past MAX_BALANCE_MICRO_USD; nothing was written."""
 
 
 class ReferenceConflict(ValueError):
@@ -106,8 +114,9 @@ def _entry(row: LedgerEntry, replayed: bool = False) -> Entry:
 
 
 def _check(amount: int, reference: str) -> None:
-    if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
-        raise ValueError(f"amount must be a positive integer of micro-USD, got {amount!r}")
+    if isinstance(amount, bool) or not isinstance(amount, int) or not 0 < amount <= MAX_AMOUNT_MICRO_USD:
+        raise ValueError(f"amount must be a positive integer of micro-USD up to {MAX_AMOUNT_MICRO_USD}, "
+                         f"got {amount!r}")
     if not reference or len(reference) > MAX_REFERENCE:
         raise ValueError(f"reference must be 1 to {MAX_REFERENCE} characters")
 
@@ -148,6 +157,7 @@ async def _post(sessions: async_sessionmaker[AsyncSession], account_id: str, amo
             stmt = update(Balance).where(Balance.account_id == account_id)
             if amount > 0:
                 new_withdrawable: Any = Balance.withdrawable_micro_usd + (amount if withdrawable else 0)
+                stmt = stmt.where(Balance.balance_micro_usd <= MAX_BALANCE_MICRO_USD - amount)
             elif withdrawable:
                 new_withdrawable = Balance.withdrawable_micro_usd + amount
                 stmt = stmt.where(Balance.withdrawable_micro_usd >= -amount)
@@ -158,6 +168,8 @@ async def _post(sessions: async_sessionmaker[AsyncSession], account_id: str, amo
             after = (await session.execute(stmt.values(
                 balance_micro_usd=new_balance, withdrawable_micro_usd=new_withdrawable, updated_at=now,
             ).returning(Balance.balance_micro_usd, Balance.withdrawable_micro_usd))).one_or_none()
+            if after is None and amount > 0:
+                raise BalanceLimit(f"account {account_id} cannot hold {amount} more micro-USD")
             if after is None:
                 raise InsufficientFunds(f"account {account_id} cannot cover {-amount} micro-USD")
             entry = LedgerEntry(account_id=account_id, kind=kind, amount_micro_usd=amount,
@@ -224,24 +236,26 @@ async def entries(sessions: async_sessionmaker[AsyncSession], account_id: str, l
 async def audit(sessions: async_sessionmaker[AsyncSession]) -> list[Mismatch]:
     """Recompute every balance from the ledger and compare with the cache (reads only). Within an
     account rows are written under its lock, so ids order them and each ``balance_after`` must equal
-    the running sum."""
+    the running sum. One statement, so one snapshot: money moving meanwhile is not a mismatch."""
     running = func.sum(LedgerEntry.amount_micro_usd).over(partition_by=LedgerEntry.account_id,
                                                           order_by=LedgerEntry.id)
-    chain = select(LedgerEntry.account_id, LedgerEntry.balance_after_micro_usd.label("after"),
-                   running.label("running")).subquery()
+    zero = literal(0)
+    rows = union_all(
+        select(LedgerEntry.account_id.label("account_id"), zero.label("cached"), zero.label("cached_w"),
+               LedgerEntry.amount_micro_usd.label("amount"),
+               LedgerEntry.withdrawable_delta_micro_usd.label("delta"),
+               case((LedgerEntry.balance_after_micro_usd != running, 1), else_=0).label("bad")),
+        select(Balance.account_id, Balance.balance_micro_usd, Balance.withdrawable_micro_usd,
+               zero, zero, zero),
+    ).subquery()
+    totals = [func.coalesce(func.sum(column), 0) for column in
+              (rows.c.cached, rows.c.amount, rows.c.cached_w, rows.c.delta, rows.c.bad)]
     async with sessions() as session:
-        sums = {row[0]: (int(row[1]), int(row[2])) for row in await session.execute(
-            select(LedgerEntry.account_id, func.sum(LedgerEntry.amount_micro_usd),
-                   func.sum(LedgerEntry.withdrawable_delta_micro_usd)).group_by(LedgerEntry.account_id))}
-        broken = {row[0]: int(row[1]) for row in await session.execute(
-            select(chain.c.account_id, func.count()).where(chain.c.after != chain.c.running)
-            .group_by(chain.c.account_id))}
-        cached = {row[0]: (row[1], row[2]) for row in await session.execute(
-            select(Balance.account_id, Balance.balance_micro_usd, Balance.withdrawable_micro_usd))}
+        result = (await session.execute(select(rows.c.account_id, *totals)
+                                        .group_by(rows.c.account_id))).all()
     mismatches = []
-    for account_id in sorted(sums.keys() | cached.keys()):
-        ledger_sums, have = sums.get(account_id, (0, 0)), cached.get(account_id, (0, 0))
-        if ledger_sums != have or broken.get(account_id):
-            mismatches.append(Mismatch(account_id, have[0], ledger_sums[0], have[1], ledger_sums[1],
-                                       broken.get(account_id, 0)))
+    for account_id, *sums in sorted(result, key=lambda row: str(row[0])):
+        have, ledger_sum, have_w, ledger_w, bad = (int(value) for value in sums)
+        if have != ledger_sum or have_w != ledger_w or bad:
+            mismatches.append(Mismatch(account_id, have, ledger_sum, have_w, ledger_w, bad))
     return mismatches
