@@ -34,6 +34,8 @@ class CoordinatorSettings(BaseSettings):
     require_posture: dict[str, bool | int | str] = Field(default_factory=dict)
     # How often revoked provider tokens are looked up, to close their live sockets.
     provider_token_poll_s: float = 3.0
+    # How often every process looks for API keys revoked elsewhere (another process, the CLI).
+    key_revocation_poll_s: float = Field(default=1.0, gt=0, le=60)
     # PEM files of the operator CA roots that can grant `hardware` trust (trust.md §9).
     trust_root_ca_files: list[Path] = Field(default_factory=list)
     heartbeat_interval_s: int = 5

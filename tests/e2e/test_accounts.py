@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -150,6 +151,25 @@ def test_keys_over_http_and_revocation_at_once(accounts_stack: Coordinator) -> N
     assert other["message"] == "you can only revoke your own keys"
     assert _chat(accounts_stack, accounts_stack.api_key) is not None
     assert http.get("/v1/auth/keys").json() == {"keys": []}
+
+
+def test_a_key_revoked_elsewhere_stops_within_the_poll(accounts_stack: Coordinator) -> None:
+    """Revoked by the CLI (as another coordinator process would, straight in the database), a key
+    this process has cached is refused once it polls (every second), not after the 30 s cache."""
+    _, body = _signup(accounts_stack)
+    http = httpx.Client(base_url=accounts_stack.base_url, timeout=30,
+                        headers={"authorization": f"Bearer {body['session_token']}"})
+    made = http.post("/v1/auth/keys").json()
+    assert _chat(accounts_stack, made["api_key"]) is not None  # cached now
+    _cli(["keys", "revoke", made["id"]], accounts_stack.env)
+    deadline = time.monotonic() + 10  # generous: the poll runs every second
+    while True:
+        try:
+            _chat(accounts_stack, made["api_key"])
+        except openai.AuthenticationError:
+            break
+        assert time.monotonic() < deadline, "a key revoked elsewhere was still accepted after 10 s"
+        time.sleep(0.2)
 
 
 def test_admins_by_email_setting_and_by_grant(accounts_stack: Coordinator) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,7 +13,7 @@ from darkbloom import __version__
 from darkbloom.config import CoordinatorSettings
 from darkbloom.coordinator.api import errors
 from darkbloom.coordinator.api.accounts import router as accounts_router
-from darkbloom.coordinator.api.auth import KeyCache
+from darkbloom.coordinator.api.auth import KeyCache, watch_revoked_keys
 from darkbloom.coordinator.api.inference import router as inference_router
 from darkbloom.coordinator.api.models import router as models_router
 from darkbloom.coordinator.api.provider_ws import provider_watch
@@ -60,10 +61,14 @@ def create_app(settings: CoordinatorSettings, catalog: Catalog | None = None) ->
         state.inference = InferenceService(settings, catalog, Tokenizers(catalog), scheduler,
                                            dispatcher)
         log.info("coordinator ready (database: %s)", engine.dialect.name)
+        key_watch = asyncio.create_task(watch_revoked_keys(state.key_cache, sessions,
+                                                          settings.key_revocation_poll_s))
         try:
             async with provider_watch(state):
                 yield
         finally:
+            key_watch.cancel()
+            await asyncio.gather(key_watch, return_exceptions=True)
             await recorder.flush()
             await engine.dispose()
 

@@ -21,6 +21,13 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
+async def revoked_key_hashes(sessions: async_sessionmaker[AsyncSession], since: datetime) -> list[str]:
+    """Hashes of the API keys revoked after ``since`` (by any process: HTTP or the CLI)."""
+    async with sessions() as session:
+        rows = await session.execute(select(ApiKey.key_hash).where(ApiKey.revoked_at > since))
+    return [row[0] for row in rows]
+
+
 def _new_id() -> str:
     return secrets.token_hex(12)
 
