@@ -4,9 +4,12 @@
      ├── ClientError (4xx)
      │    ├── InvalidRequest            400 invalid_request_error
      │    ├── AuthenticationFailed      401 authentication_error
+     │    ├── Forbidden                 403 forbidden
      │    ├── NotFound                  404 not_found
      │    │    └── ModelNotFound        404 model_not_found
-     │    └── RequestTooLarge           413 request_too_large
+     │    ├── Conflict                  409 conflict
+     │    ├── RequestTooLarge           413 request_too_large
+     │    └── TooManyRequests           429 rate_limit_exceeded
      ├── UpstreamError (5xx caused by a provider or capacity)
      │    ├── ProviderFailed            502 provider_error (or the provider's own 4xx/5xx)
      │    ├── NoProviderAvailable       503 model_not_available
@@ -58,6 +61,11 @@ class AuthenticationFailed(ClientError):
     type = "authentication_error"
 
 
+class Forbidden(ClientError):
+    status_code = 403
+    type = "forbidden"
+
+
 class NotFound(ClientError):
     status_code = 404
     type = "not_found"
@@ -67,9 +75,19 @@ class ModelNotFound(NotFound):
     type = "model_not_found"
 
 
+class Conflict(ClientError):
+    status_code = 409
+    type = "conflict"
+
+
 class RequestTooLarge(ClientError):
     status_code = 413
     type = "request_too_large"
+
+
+class TooManyRequests(ClientError):
+    status_code = 429
+    type = "rate_limit_exceeded"
 
 
 class UpstreamError(DarkbloomError):

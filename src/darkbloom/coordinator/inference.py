@@ -117,6 +117,17 @@ BLIND_REFUSAL = ("a provider refused the sealed request; the reason is sealed to
                  "(open error.sealed with darkbloom.client.blind.open_error)")
 
 
+def _blind_refusal(request_id: str, refused: Event) -> InvalidRequest:
+    """A provider refused a consumer-sealed request itself (another would too). Its words are
+    sealed to the consumer; a plain-word code and a status that blames the request are all that
+    is passed on (a provider may not make an SDK blame the consumer's key or balance)."""
+    sealed = ({"request_id": request_id, "ciphertext": refused.sealed_message}
+              if refused.sealed_message else None)
+    code = refused.code if refused.code and _CODE.fullmatch(refused.code) else None
+    status = refused.status_code if refused.status_code in _BLIND_STATUSES else 400
+    return InvalidRequest(BLIND_REFUSAL, code=code, status_code=status, sealed=sealed)
+
+
 class Tokenizers:
     """Vocabulary-only llama.cpp models, loaded once per catalog model whose file is present."""
 
@@ -252,16 +263,7 @@ class InferenceService:
                 # only providers can read the request, so a refusal stands.
                 if (prepared.sealed_for is not None
                         and 400 <= last.status_code < 500 and last.status_code != 404):
-                    # The provider refused the request itself; another provider would too.
-                    # Its words are sealed to the consumer; status and code are all we pass on.
-                    sealed = ({"request_id": attempt.request_id, "ciphertext": last.sealed_message}
-                              if last.sealed_message else None)
-                    code = last.code if last.code and _CODE.fullmatch(last.code) else None
-                    # Only statuses that blame the request: a provider may not make an SDK
-                    # blame the consumer's key (401/403) or its balance (402).
-                    status = last.status_code if last.status_code in _BLIND_STATUSES else 400
-                    raise InvalidRequest(BLIND_REFUSAL, code=code, status_code=status,
-                                         sealed=sealed) from None
+                    raise _blind_refusal(attempt.request_id, last) from None
             except BaseException:
                 self.dispatcher.cancel(attempt)
                 raise

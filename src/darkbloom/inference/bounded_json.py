@@ -23,7 +23,6 @@ MAX_CONTAINERS = 100_000
 # the separators between values are counted too.
 MAX_VALUES = 200_000
 
-_STRINGS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 _STEPS = numpy.zeros(256, dtype=numpy.int8)
 _STEPS[[ord("["), ord("{")]] = 1
 _STEPS[[ord("]"), ord("}")]] = -1
@@ -59,7 +58,6 @@ def loads(text: str, max_depth: int = MAX_DEPTH) -> Any:
         value = json.loads(text)
     except RecursionError:
         raise TooDeep(f"JSON nested more than {max_depth} levels deep") from None
-    # Valid JSON now, so every string is closed and the scan below is linear.
     if nesting_depth(text) > max_depth:
         raise TooDeep(f"JSON nested more than {max_depth} levels deep")
     if _SURROGATE_ESCAPE.search(text):
@@ -71,14 +69,28 @@ def loads(text: str, max_depth: int = MAX_DEPTH) -> Any:
     return value
 
 
+def _bytes_outside_strings(text: str) -> Any:
+    """The text's bytes that stand outside JSON strings, for any text (valid JSON or not), in
+    linear time: a quote preceded by an odd run of backslashes is escaped; the others open and
+    close strings. Vectorized, so a 4 MiB body takes milliseconds, not a second of held GIL."""
+    raw = numpy.frombuffer(text.encode("utf-8", "surrogatepass"), dtype=numpy.uint8)
+    if raw.size == 0:
+        return raw
+    index = numpy.arange(raw.size)
+    last_other = numpy.maximum.accumulate(numpy.where(raw == ord("\\"), -1, index))
+    run_before = numpy.empty(raw.size, dtype=numpy.int64)
+    run_before[0] = 0
+    run_before[1:] = index[:-1] - last_other[:-1]
+    quotes = (raw == ord('"')) & (run_before % 2 == 0)
+    return raw[numpy.cumsum(quotes) % 2 == 0]
+
+
 def nesting_depth(text: str) -> int:
-    """The deepest ``[``/``{`` nesting of a valid JSON text, brackets inside strings ignored
-    (vectorized: a 4 MiB body of brackets takes milliseconds, not a second of held GIL)."""
-    outside = _STRINGS.sub(b"", text.encode("utf-8", "surrogatepass"))
-    if not outside:
+    """The deepest ``[``/``{`` nesting, brackets inside strings ignored."""
+    outside = _bytes_outside_strings(text)
+    if not outside.size:
         return 0
-    steps = _STEPS[numpy.frombuffer(outside, dtype=numpy.uint8)]
-    return max(0, int(numpy.cumsum(steps, dtype=numpy.int64).max()))
+    return max(0, int(numpy.cumsum(_STEPS[outside], dtype=numpy.int64).max()))
 
 
 def containers(text: str) -> int:
@@ -87,18 +99,6 @@ def containers(text: str) -> int:
 
 
 def outside_strings(text: str, chars: bytes) -> int:
-    """How many of the ASCII ``chars`` stand outside strings, for any text (valid JSON or not), in
-    linear time: a quote preceded by an odd run of backslashes is escaped; the others open and
-    close strings. Vectorized, so a 4 MiB body takes milliseconds."""
-    raw = numpy.frombuffer(text.encode("utf-8", "surrogatepass"), dtype=numpy.uint8)
-    if raw.size == 0:
-        return 0
-    index = numpy.arange(raw.size)
-    backslash = raw == ord("\\")
-    last_other = numpy.maximum.accumulate(numpy.where(backslash, -1, index))
-    run_before = numpy.empty(raw.size, dtype=numpy.int64)
-    run_before[0] = 0
-    run_before[1:] = index[:-1] - last_other[:-1]
-    quotes = (raw == ord('"')) & (run_before % 2 == 0)
-    outside = numpy.cumsum(quotes) % 2 == 0
-    return int(numpy.count_nonzero(outside & numpy.isin(raw, numpy.frombuffer(chars, dtype=numpy.uint8))))
+    """How many of the ASCII ``chars`` stand outside strings."""
+    wanted = numpy.frombuffer(chars, dtype=numpy.uint8)
+    return int(numpy.count_nonzero(numpy.isin(_bytes_outside_strings(text), wanted)))

@@ -58,31 +58,41 @@ _STRICT_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
 def gbnf(fmt: ResponseFormat, param: str = "response_format") -> str:
     """The grammar for ``fmt``; a 400 for any schema it could not enforce, checked, bounded and
     parsed by llama.cpp itself, so the engine never meets a grammar it would refuse (or crash on)."""
-    from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+    from llama_cpp.llama_grammar import JSON_GBNF
 
     if fmt.kind == "json_object" or fmt.schema is None:
         return str(JSON_GBNF)
-    schema = checked_schema(json.loads(fmt.schema), param)
+    checked_schema(json.loads(fmt.schema), param)
+    grammar, problem = _converted(fmt.schema)
+    if problem is not None:
+        raise InvalidRequest(problem.format(param=param), param=param, code="unsupported_parameter")
+    assert grammar is not None
+    return grammar
+
+
+@functools.lru_cache(maxsize=32)
+def _converted(schema_text: str) -> tuple[str | None, str | None]:
+    """(grammar, None), or (None, why not with a ``{param}`` slot), for a schema that passed
+    ``checked_schema``. Cached: the provider parses a request and its engine then asks for the
+    same grammar, and conversion plus llama.cpp's parse check is the costly part."""
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
     try:
-        grammar = str(json_schema_to_gbnf(schema))
+        grammar = str(json_schema_to_gbnf(checked_schema(json.loads(schema_text), "schema")))
     # Third-party code that reports unsupported schemas with asserts and assorted exceptions.
     except Exception as exc:
-        raise InvalidRequest(f"this JSON Schema cannot be enforced: {type(exc).__name__}",
-                             param=param, code="unsupported_parameter") from None
+        return None, f"this JSON Schema cannot be enforced: {type(exc).__name__}"
     # The converter lets raw control characters into strings, which strict JSON parsers
     # (Python's json, JSON.parse) reject; forbid them as llama.cpp's own JSON grammar does.
     grammar = grammar.replace(_LOOSE_CHAR, _STRICT_CHAR)
     if len(grammar) > MAX_GRAMMAR_BYTES:
-        raise InvalidRequest(f"{param} is too complex: its grammar exceeds {MAX_GRAMMAR_BYTES // 1024} KiB",
-                             param=param, code="unsupported_parameter")
+        return None, f"{{param}} is too complex: its grammar exceeds {MAX_GRAMMAR_BYTES // 1024} KiB"
     if "\\" in _GBNF_ESCAPES.sub("", grammar):
-        raise InvalidRequest(f"{param} has a 'pattern' escape the grammar cannot express (such as "
-                             "\\d or \\w: write a character class like [0-9] instead)",
-                             param=param, code="unsupported_parameter")
+        return None, ("{param} has a 'pattern' escape the grammar cannot express (such as "
+                      "\\d or \\w: write a character class like [0-9] instead)")
     if not _llama_parses(grammar):
-        raise InvalidRequest("this JSON Schema cannot be enforced: llama.cpp refuses its grammar",
-                             param=param, code="unsupported_parameter")
-    return grammar
+        return None, "this JSON Schema cannot be enforced: llama.cpp refuses its grammar"
+    return grammar, None
 
 
 # The escapes llama.cpp's GBNF parser knows; any other is a parse error, which it prints to

@@ -111,9 +111,13 @@ class Receipt(BaseModel):
     completion_tokens: Count
     created: Annotated[int, Field(ge=0, le=2**40)]
 
+    def canonical(self) -> bytes:
+        """Canonical JSON of every field: what headers and records carry."""
+        return canonical_json(self.model_dump())
+
     def message(self) -> bytes:
-        """The signed bytes: context string + canonical JSON of every field."""
-        return RECEIPT_CONTEXT + canonical_json(self.model_dump())
+        """The signed bytes: context string + the canonical JSON."""
+        return RECEIPT_CONTEXT + self.canonical()
 
 
 class SignedReceipt(BaseModel):

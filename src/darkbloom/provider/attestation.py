@@ -11,11 +11,11 @@ from __future__ import annotations
 import base64
 import platform
 import resource
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from darkbloom import __version__
+from darkbloom.crypto.challenge import now_stamp
 from darkbloom.crypto.signing import IdentityKey, canonical_json
 from darkbloom.protocol.frames import Hardware
 from darkbloom.protocol.trust import attestation_message
@@ -54,7 +54,7 @@ def build(identity: IdentityKey, encryption_key_b64: str, hardware: Hardware, en
         "osVersion": platform.release(),
         "engine": engine,
         "engineVersion": __version__,
-        "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "timestamp": now_stamp(),
         **posture(),
     }
     if serial := machine_serial():

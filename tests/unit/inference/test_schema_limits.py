@@ -201,3 +201,25 @@ def test_every_route_refuses_a_huge_bound(endpoint: str, body: dict[str, Any], p
     with pytest.raises(InvalidRequest) as info:
         parse_request(endpoint, body)
     assert (info.value.param, info.value.code) == (param, "unsupported_parameter")
+
+
+def test_one_schema_is_converted_once_whatever_asks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The provider parses a request (converting its schema) and its engine asks again."""
+    calls = 0
+    convert = llama_grammar.json_schema_to_gbnf
+
+    def counting(schema: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return convert(schema)
+
+    monkeypatch.setattr(llama_grammar, "json_schema_to_gbnf", counting)
+    fmt = ResponseFormat("json_schema", json.dumps({"type": "object", "properties": {
+        "once": {"type": "string", "maxLength": 7}}, "required": ["once"]}))
+    assert gbnf(fmt, "response_format.json_schema.schema") == gbnf(fmt)
+    assert calls == 1
+    refusing = ResponseFormat("json_schema", json.dumps({"type": "string", "pattern": "^\\w+$"}))
+    for param in ("tools", "response_format"):
+        with pytest.raises(InvalidRequest) as info:
+            gbnf(refusing, param)
+        assert info.value.param == param

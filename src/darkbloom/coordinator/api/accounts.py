@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from darkbloom.coordinator.api.auth import SESSION_COOKIE, Forbidden, SessionDep, is_admin
+from darkbloom.coordinator.api.auth import SESSION_COOKIE, SessionDep, is_admin
 from darkbloom.coordinator.api.inference import read_body
 from darkbloom.coordinator.store import accounts as store
 from darkbloom.coordinator.store.credentials import (
@@ -21,7 +21,14 @@ from darkbloom.coordinator.store.credentials import (
     list_api_keys,
     revoke_own_api_key,
 )
-from darkbloom.errors import AuthenticationFailed, ClientError, InvalidRequest, NotFound
+from darkbloom.errors import (
+    AuthenticationFailed,
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    TooManyRequests,
+)
 
 T = TypeVar("T")
 router = APIRouter()
@@ -34,16 +41,6 @@ _password_pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thr
 _password_waiting = 0
 
 
-class Conflict(ClientError):
-    status_code = 409
-    type = "conflict"
-
-
-class TooManySignIns(ClientError):
-    status_code = 429
-    type = "rate_limit_error"
-
-
 def password_waiting() -> int:
     return _password_waiting
 
@@ -51,7 +48,7 @@ def password_waiting() -> int:
 async def _password_work(work: Callable[..., T], *args: Any) -> T:
     global _password_waiting
     if _password_waiting >= MAX_PASSWORD_WAITING:
-        raise TooManySignIns("too many sign-ins at once; retry in a moment", code="rate_limited",
+        raise TooManyRequests("too many sign-ins at once; retry in a moment", code="rate_limited",
                              headers={"retry-after": "1"})
     _password_waiting += 1
     try:

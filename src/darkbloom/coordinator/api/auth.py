@@ -27,17 +27,12 @@ from darkbloom.coordinator.store.credentials import (
     lookup_api_key,
     revoked_key_hashes,
 )
-from darkbloom.errors import AuthenticationFailed, ClientError
+from darkbloom.errors import AuthenticationFailed, Forbidden
 
 log = logging.getLogger(__name__)
 SESSION_COOKIE = "darkbloom_session"
 _LOOK_BACK = timedelta(seconds=10)  # clock skew between processes and lookups racing a revocation
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-
-
-class Forbidden(ClientError):
-    status_code = 403
-    type = "forbidden"
 
 
 def presented_key(request: Request) -> str | None:

@@ -24,7 +24,7 @@ from darkbloom.coordinator.store.requests_log import RequestOutcome, find_receip
 from darkbloom.coordinator.trust.attestation import LEVELS, at_least
 from darkbloom.coordinator.usage import completion_floor
 from darkbloom.crypto import Channel
-from darkbloom.crypto.signing import canonical_json, key_id
+from darkbloom.crypto.signing import key_id
 from darkbloom.errors import DarkbloomError, NotFound, ProviderFailed, RequestTooLarge
 from darkbloom.logcontext import sanitize
 from darkbloom.protocol.blind import MEDIA_TYPE as PROVIDER_SEALED
@@ -105,15 +105,14 @@ def receipt_headers(signed: SignedReceipt | None) -> dict[str, str]:
     return {
         "x-response-hash": signed.receipt.response_sha256,
         "x-se-signature": signed.signature,
-        "x-darkbloom-receipt": base64.b64encode(
-            canonical_json(signed.receipt.model_dump())).decode("ascii"),
+        "x-darkbloom-receipt": base64.b64encode(signed.receipt.canonical()).decode("ascii"),
     }
 
 
 def keep_receipt(outcome: RequestOutcome, signed: SignedReceipt | None) -> None:
     """Record the receipt for GET /v1/receipts/{id}: hashes and counts, never text."""
     if signed is not None:
-        outcome.receipt = canonical_json(signed.receipt.model_dump()).decode("ascii")
+        outcome.receipt = signed.receipt.canonical().decode("ascii")
         outcome.receipt_signature = signed.signature
 
 
@@ -286,23 +285,16 @@ async def serve(request: Request, endpoint: Endpoint, identity: KeyIdentity) -> 
             relay_records = True  # the relay writes the in_progress row once the first chunk is out
             return SSERelay(service, committed, outcome, recorder, headers, started, reply_channel)
         recorder.begin(outcome)  # from here a crash leaves an in_progress row, marked interrupted
-        if blind:
-            try:
-                body, finished = await until_disconnect(request.receive,
-                                                        _collect_sealed(service, committed))
-            finally:
-                service.dispatcher.cancel(committed.attempt)  # no-op once complete
-            outcome.prompt_tokens = finished.usage.prompt_tokens
-            outcome.completion_tokens = finished.usage.completion_tokens
-            outcome.status, outcome.status_code, outcome.bytes_out = "completed", 200, len(body)
-            return Response(body, media_type=PROVIDER_SEALED, headers=headers)
+        collect = _collect_sealed if blind else _collect
         try:
-            body, finished = await until_disconnect(request.receive, _collect(service, committed))
+            body, finished = await until_disconnect(request.receive, collect(service, committed))
         finally:
             service.dispatcher.cancel(committed.attempt)  # no-op once complete
         outcome.prompt_tokens = finished.usage.prompt_tokens
         outcome.completion_tokens = finished.usage.completion_tokens
         outcome.status, outcome.status_code, outcome.bytes_out = "completed", 200, len(body)
+        if blind:  # the receipt is inside the sealed body
+            return Response(body, media_type=PROVIDER_SEALED, headers=headers)
         keep_receipt(outcome, finished.receipt)
         if reply_channel is not None:
             return Response(seal_body(reply_channel, state.sender_kid, body),

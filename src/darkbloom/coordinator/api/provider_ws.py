@@ -17,7 +17,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from datetime import UTC, datetime
 
 from fastapi import APIRouter, WebSocket
 from sqlalchemy.exc import SQLAlchemyError
@@ -39,6 +38,7 @@ from darkbloom.coordinator.trust.challenges import Challenger, mark_untrusted, p
 from darkbloom.coordinator.trust.quarantine import Quarantine
 from darkbloom.crypto import SealingError, public_key_from_b64
 from darkbloom.crypto.certificates import check_chain
+from darkbloom.crypto.challenge import TIMESTAMP_FORMAT, now_stamp
 from darkbloom.inference.catalog import Catalog
 from darkbloom.protocol import MalformedFrame, UnknownFrame, decode, encode
 from darkbloom.protocol.frames import (
@@ -231,7 +231,7 @@ class ProviderSession:
             accepted_models=sorted(models), rejected_models=rejected,
             heartbeat_interval_s=settings.heartbeat_interval_s,
             challenge_interval_s=max(1, round(settings.challenge_interval_s)),
-            server_time=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            server_time=now_stamp(),
         )))
         return conn
 
@@ -242,7 +242,7 @@ class ProviderSession:
             return ""
         entry = self.quarantine.check(conn.identity_key, conn.serial)
         if entry is not None:
-            return (f"quarantined until {entry.until.strftime('%Y-%m-%dT%H:%M:%SZ')}: "
+            return (f"quarantined until {entry.until.strftime(TIMESTAMP_FORMAT)}: "
                     f"{entry.reason}")
         violation = posture_violation(self.settings.require_posture, blob_posture, partial=True)
         if violation is not None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from darkbloom.crypto.challenge import TIMESTAMP_FORMAT
 from darkbloom.protocol.trust import (
     LEVELS,
     InvalidAttestation,
@@ -48,7 +49,7 @@ def verify_blob(blob: dict[str, Any] | None, encryption_key_b64: str,
     if inner.encryptionPublicKey != encryption_key_b64:
         return Verdict("none", "attestation does not bind the registered X25519 key")
     try:
-        stamp = datetime.strptime(inner.timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        stamp = datetime.strptime(inner.timestamp, TIMESTAMP_FORMAT).replace(tzinfo=UTC)
     except ValueError:
         return Verdict("none", "attestation timestamp is not RFC 3339 UTC")
     now = now or datetime.now(UTC)

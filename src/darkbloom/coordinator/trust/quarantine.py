@@ -15,6 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from darkbloom.coordinator.store.quarantine import QuarantineEntry, active_quarantines, add_quarantine
+from darkbloom.crypto.challenge import TIMESTAMP_FORMAT
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class Quarantine:
         self._prune(now)
         self._remember(entry)
         log.warning("identity key %s… quarantined until %s: %s", identity_key[:16],
-                    entry.until.strftime("%Y-%m-%dT%H:%M:%SZ"), entry.reason)
+                    entry.until.strftime(TIMESTAMP_FORMAT), entry.reason)
         task = asyncio.create_task(self._persist(entry))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
