@@ -15,6 +15,10 @@ class CoordinatorSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
+    # Behind a reverse proxy: the client address comes from X-Forwarded-For only when the peer is
+    # one of these (comma-separated IPs, or "*"). Empty: the TCP peer is the client, whatever the
+    # headers say (per-IP limits cannot be dodged by sending the header).
+    forwarded_allow_ips: str = ""
     state_dir: Path = Path(".darkbloom")
     database_url_override: str | None = Field(default=None, alias="DARKBLOOM_DATABASE_URL")
     log_level: str = "info"
@@ -61,6 +65,32 @@ class CoordinatorSettings(BaseSettings):
     admin_emails: list[str] = Field(default_factory=list)
     # `Authorization: Bearer <this>` is admin on admin routes (compared in constant time).
     admin_key: SecretStr | None = None
+
+    # --- money (billing.md) ---------------------------------------------------------------
+    # billing.md §7: the platform's share of each request's cost, in basis points (0 in alpha),
+    # and the referrer's share of that fee.
+    platform_fee_bps: int = Field(default=0, ge=0, le=5000)
+    referral_share_pct: int = Field(default=20, ge=0, le=50)
+    # billing.md §4: open reservations older than this are refunded when a coordinator starts.
+    orphan_reservation_s: float = Field(default=900.0, gt=0)
+    # How often admin prices set through another coordinator process are picked up.
+    price_reload_s: float = Field(default=5.0, gt=0)
+    # Stripe (billing.md §6, §9). Without the secret key the Stripe routes answer 503 billing_error.
+    stripe_secret_key: SecretStr | None = None
+    stripe_webhook_secret: SecretStr | None = None
+    stripe_connect_webhook_secret: SecretStr | None = None
+    stripe_api_base: str = "https://api.stripe.com"
+    # Where Checkout and Connect onboarding send the browser back (the console); redirect URLs a
+    # client passes must share this origin (or be localhost).
+    public_url: str = "http://127.0.0.1:8000"
+    stripe_max_checkout_micro_usd: int = Field(default=10_000 * 1_000_000, gt=0)
+    # Rate limits per account (api.md §1): financial routes (key creation, checkout, referral,
+    # invites, withdrawals) as a token bucket; 0 turns a tier off. Inference routes are off by
+    # default here (a private network's own clients); the reference's are 1/s, burst 10.
+    financial_rate_per_s: float = Field(default=0.2, ge=0)
+    financial_burst: int = Field(default=3, ge=1)
+    inference_rate_per_s: float = Field(default=0.0, ge=0)
+    inference_burst: int = Field(default=10, ge=1)
 
     @field_validator("require_posture")
     @classmethod

@@ -32,7 +32,27 @@ GET_ROUTES = ("/v1/models", "/v1/models/catalog", "/v1/models/{model_id}", "/v1/
 # Account routes (issue 9): sessions, keys over HTTP. Method and path, as OpenAPI lists them.
 ACCOUNT_ROUTES = (("POST", "/v1/auth/signup"), ("POST", "/v1/auth/login"), ("POST", "/v1/auth/logout"),
                   ("GET", "/v1/me"), ("POST", "/v1/auth/keys"), ("GET", "/v1/auth/keys"),
-                  ("DELETE", "/v1/auth/keys"))
+                  ("DELETE", "/v1/auth/keys"),
+                  # money (issue 9): balances, usage, earnings, prices, Stripe, referral, invites, admin
+                  ("GET", "/v1/payments/balance"), ("GET", "/v1/payments/usage"),
+                  ("GET", "/v1/billing/wallet/balance"), ("GET", "/v1/provider/account-earnings"),
+                  ("GET", "/v1/provider/node-earnings"), ("GET", "/v1/pricing"), ("PUT", "/v1/pricing"),
+                  ("DELETE", "/v1/pricing"), ("PUT", "/v1/admin/pricing"), ("GET", "/v1/billing/methods"),
+                  ("POST", "/v1/billing/stripe/create-session"), ("GET", "/v1/billing/stripe/session"),
+                  ("POST", "/v1/billing/stripe/webhook"), ("POST", "/v1/billing/stripe/onboard"),
+                  ("GET", "/v1/billing/stripe/status"), ("POST", "/v1/billing/withdraw/stripe"),
+                  ("GET", "/v1/billing/stripe/withdrawals"), ("POST", "/v1/billing/stripe/connect/webhook"),
+                  ("POST", "/v1/referral/register"), ("POST", "/v1/referral/apply"),
+                  ("GET", "/v1/referral/stats"), ("GET", "/v1/referral/info"), ("POST", "/v1/invite/redeem"),
+                  ("GET", "/v1/admin/invite-codes"), ("POST", "/v1/admin/invite-codes"),
+                  ("DELETE", "/v1/admin/invite-codes"), ("POST", "/v1/admin/credit"),
+                  ("POST", "/v1/admin/reward"), ("POST", "/v1/admin/debit"), ("GET", "/v1/admin/actions"))
+# Query strings the GET money routes take, well-formed and not.
+ACCOUNT_QUERIES = ("", "?limit=1", "?limit=0", "?limit=99999999999999999999", "?limit=-1", "?limit=abc",
+                   "?before=2026-01-01T00:00:00Z", "?before=garbage", "?before=9999-99-99",
+                   "?provider_key=x", "?provider_key=" + "A" * 500, "?id=cs_x", "?refresh=1", "?id=%00",
+                   "?limit=5&before=2026-11-30T00:00:00%2B00:00")
+ADMIN_KEY = "fuzz-admin-key-0123456789"  # the fuzz stack's DARKBLOOM_ADMIN_KEY
 SENDER_SEALED = "application/darkbloom-sealed+json"
 PROVIDER_SEALED = "application/darkbloom-provider-sealed+json"
 AUTH = (("authorization", b"Bearer @KEY@"),)  # @KEY@ becomes the stack's API key when sent
@@ -145,7 +165,7 @@ def render(call: Call, target: Target) -> Rendered:
     renderer = _Renderer(target)
     # An HTTP/1.1 client cannot send a value with outer whitespace; the server never sees one.
     stack_values = {b"@KEY@": target.api_key, b"@SESSION@": target.session_token,
-                    b"@CSRF@": target.csrf_token}
+                    b"@CSRF@": target.csrf_token, b"@ADMIN@": ADMIN_KEY}
     headers = []
     for name, value in call.headers:
         for mark, text in stack_values.items():
@@ -601,21 +621,29 @@ ACCOUNT_AUTH = st.sampled_from([
     (("cookie", b"darkbloom_session=@SESSION@"), ("x-csrf-token", b"@CSRF@")),
     (("cookie", b"darkbloom_session=@SESSION@"), ("x-csrf-token", b"wrong")),
     (("authorization", b"Bearer dbs-" + b"0" * 64),), (("cookie", b"darkbloom_session=garbage"),),
+    (("authorization", b"Bearer @ADMIN@"),),
+    (("authorization", b"Bearer @ADMIN@"), ("idempotency-key", b"k1")),
+    (("stripe-signature", b"t=1,v1=00"),), (("authorization", b"Bearer darkbloom-pt-" + b"0" * 64),),
 ])
 _ACCOUNT_FIELD = st.one_of(HOSTILE, st.emails().map(str.upper), st.text(min_size=10, max_size=40),
                            st.just("sk-db-" + "0" * 64))
 ACCOUNT_BODY = st.one_of(
     JSON, HOSTILE,
-    st.dictionaries(st.sampled_from(["email", "password", "label", "key", "id", "extra"]), _ACCOUNT_FIELD,
+    st.dictionaries(st.sampled_from(["email", "password", "label", "key", "id", "extra", "amount_usd",
+                                     "code", "model", "input_price", "output_price", "method", "note",
+                                     "max_uses", "expires_at", "return_url", "referral_code", "type"]),
+                    st.one_of(_ACCOUNT_FIELD, st.integers(), st.floats(allow_nan=True), st.booleans(),
+                              st.sampled_from(["5.00", "0.0005", "1e3", "-1", "10000.01", "std", MODEL])),
                     max_size=4),
 )
 
 
 def account_calls() -> st.SearchStrategy[Call]:
     """Every account route with each way of presenting (or not) a session, and hostile bodies."""
-    def build(route: tuple[str, str], auth: tuple[tuple[str, bytes], ...], body: Any) -> Call:
+    def build(route: tuple[str, str], auth: tuple[tuple[str, bytes], ...], body: Any, query: str) -> Call:
         method, path = route
         if method == "GET":
-            return Call(method, path, auth)
+            return Call(method, path + query, auth)
         return Call(method, path, (*auth, ("content-type", b"application/json")), body)
-    return st.builds(build, st.sampled_from(ACCOUNT_ROUTES), ACCOUNT_AUTH, ACCOUNT_BODY)
+    return st.builds(build, st.sampled_from(ACCOUNT_ROUTES), ACCOUNT_AUTH, ACCOUNT_BODY,
+                     st.sampled_from(ACCOUNT_QUERIES))

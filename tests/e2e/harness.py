@@ -45,13 +45,20 @@ def _terminate(proc: subprocess.Popen[bytes] | None) -> None:
             proc.wait()
 
 
+CONSUMER = "local"  # the account `keys create` makes keys for
+OPERATOR = "operator"  # the account the harness's providers earn for
+
+
 class Coordinator:
     def __init__(self, workdir: Path, database_url: str | None = None, **settings: Any) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.log_path = workdir / "coordinator.log"
         self.env = {**os.environ, "DARKBLOOM_STATE_DIR": str(workdir / "state"),
-                    "DARKBLOOM_PORT": str(self.port), "DARKBLOOM_LOG_LEVEL": "debug"}
+                    "DARKBLOOM_PORT": str(self.port), "DARKBLOOM_LOG_LEVEL": "debug",
+                    # Tests sign up and mint keys faster than a person: rate limits are tested
+                    # where a test turns them on (financial_rate_per_s=...).
+                    "DARKBLOOM_FINANCIAL_RATE_PER_S": "0"}
         if database_url:
             self.env["DARKBLOOM_DATABASE_URL"] = database_url
         for key, value in settings.items():
@@ -70,8 +77,12 @@ class Coordinator:
 
     def start(self) -> Coordinator:
         if not self.api_key:
+            # A funded consumer and a provider linked to a separate operator account: paid work,
+            # charged and earned as on a real network.
             self.api_key = _cli(["keys", "create", "--label", "e2e"], self.env)
-            self.provider_token = _cli(["admin", "provider-token", "--label", "e2e"], self.env)
+            _cli(["admin", "credit", "--account", CONSUMER, "--amount", "1000"], self.env)
+            self.provider_token = _cli(["admin", "provider-token", "--label", "e2e",
+                                        "--account", OPERATOR], self.env)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "darkbloom", "coordinator"],
                                      env=self.env, stdout=log, stderr=subprocess.STDOUT)

@@ -46,6 +46,11 @@ def _signup(stack: Coordinator, email: str | None = None) -> tuple[httpx.Client,
     return http, answer.json()
 
 
+def _fund(stack: Coordinator, account_id: str) -> None:
+    """A new account has no money: requests would be 402 (tests/e2e/test_money.py)."""
+    _cli(["admin", "credit", "--account", account_id, "--amount", "1"], stack.env)
+
+
 def _error(response: httpx.Response, status: int) -> dict[str, Any]:
     assert response.status_code == status, response.text
     return dict(response.json()["error"])
@@ -124,6 +129,7 @@ def test_keys_over_http_and_revocation_at_once(accounts_stack: Coordinator) -> N
     http = httpx.Client(base_url=accounts_stack.base_url, timeout=30,
                         headers={"authorization": f"Bearer {body['session_token']}"})
     made = http.post("/v1/auth/keys", json={"label": "laptop"}).json()
+    _fund(accounts_stack, body["account_id"])
     assert set(made) == {"api_key", "account_id", "id", "prefix", "label", "created_at"}
     assert made["account_id"] == body["account_id"] and made["prefix"] == made["api_key"][:12]
     assert len(made["api_key"]) == 6 + 64 and int(made["api_key"][6:], 16) >= 0
@@ -160,6 +166,7 @@ def test_a_key_revoked_elsewhere_stops_within_the_poll(accounts_stack: Coordinat
     http = httpx.Client(base_url=accounts_stack.base_url, timeout=30,
                         headers={"authorization": f"Bearer {body['session_token']}"})
     made = http.post("/v1/auth/keys").json()
+    _fund(accounts_stack, body["account_id"])
     assert _chat(accounts_stack, made["api_key"]) is not None  # cached now
     _cli(["keys", "revoke", made["id"]], accounts_stack.env)
     deadline = time.monotonic() + 10  # generous: the poll runs every second

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import openai
 import psutil
 
@@ -29,7 +30,7 @@ def _wait_env(workdir: Path, proc: subprocess.Popen[bytes], since: float) -> dic
         assert proc.poll() is None, (workdir / "up.log").read_text()
         if dev_env.is_file() and dev_env.stat().st_mtime > since:
             lines = dev_env.read_text().splitlines()
-            assert len(lines) == 2
+            assert len(lines) == 3
             return dict(line.split("=", 1) for line in lines)
         time.sleep(0.2)
     raise TimeoutError("dev.env was not written")
@@ -58,7 +59,17 @@ def test_up_serves_stops_cleanly_and_keeps_its_key(tmp_path: Path) -> None:
                                                messages=[{"role": "user", "content": "hi"}])
         assert reply.choices[0].message.content is not None
         assert (tmp_path / ".darkbloom" / "coordinator.db").is_file()
-        assert f"http://127.0.0.1:{port}/v1" in (tmp_path / "up.log").read_text()
+        banner = (tmp_path / "up.log").read_text()
+        assert f"http://127.0.0.1:{port}/v1" in banner and "balance:  $100.000000" in banner
+        # Charged to the dev consumer, earned by the provider's separate operator account.
+        headers = {"Authorization": f"Bearer {key}"}
+        base = f"http://127.0.0.1:{port}"
+        [row] = httpx.get(f"{base}/v1/payments/usage", headers=headers).json()["usage"]
+        assert row["cost_micro_usd"] >= 100 and not row["self_routed"]
+        balance = httpx.get(f"{base}/v1/payments/balance", headers=headers).json()
+        assert balance["balance_micro_usd"] == 100_000_000 - row["cost_micro_usd"]
+        admin = {"Authorization": f"Bearer {env['DARKBLOOM_ADMIN_KEY']}"}
+        assert httpx.get(f"{base}/v1/admin/actions", headers=admin).status_code == 200
         _stop(proc, signal.SIGTERM)
 
         time.sleep(1.1)  # the rewrite must be told apart from the first run's file by mtime
@@ -66,6 +77,7 @@ def test_up_serves_stops_cleanly_and_keeps_its_key(tmp_path: Path) -> None:
         proc = _up(tmp_path, port)
         again = _wait_env(tmp_path, proc, since=restarted_at)
         assert again["DARKBLOOM_API_KEY"] == key  # state survives restarts
+        assert again["DARKBLOOM_ADMIN_KEY"] == env["DARKBLOOM_ADMIN_KEY"]
         reply = client.chat.completions.create(model=MODEL, max_tokens=3,
                                                messages=[{"role": "user", "content": "hi"}])
         assert reply.usage is not None

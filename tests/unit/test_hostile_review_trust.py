@@ -16,8 +16,9 @@ from pydantic import BaseModel
 from darkbloom.client.blind import BlindResponseError, open_error, open_response, seal_to_providers
 from darkbloom.client.verify import parse_sse, verify_receipt
 from darkbloom.config import CoordinatorSettings
+from darkbloom.coordinator.commit import Committed, Committer
 from darkbloom.coordinator.dispatch import Attempt
-from darkbloom.coordinator.inference import Committed, InferenceService, Prepared
+from darkbloom.coordinator.prepare import Prepared
 from darkbloom.coordinator.trust.attestation import verify_blob
 from darkbloom.crypto import KeyPair, SealingError, SessionChannel, public_key_from_b64
 from darkbloom.crypto.signing import IdentityKey, canonical_json
@@ -278,7 +279,7 @@ def test_nothing_but_done_follows_a_streamed_receipt(provider_with_key: Provider
     signed = _receipt(rig, attempt, identity, DATA)
     _stream(rig, attempt, reply, [*DATA, receipt_comment(signed).encode(), b'data: {"c":3}'])
     got = events(attempt)
-    assert got[-1].kind == "error" and got[-1].status_code == 502
+    assert got[-1].kind == "error" and got[-1].error is not None and got[-1].error.status_code == 502
 
 
 def test_the_receipt_kept_is_the_one_the_stream_carried(provider_with_key: ProviderWithKey) -> None:
@@ -303,7 +304,7 @@ def test_a_non_streamed_body_is_one_event(provider_with_key: ProviderWithKey, pa
     _stream(rig, attempt, reply, payloads)
     _complete(rig, attempt, _receipt(rig, attempt, identity, payloads, stream=False))
     got = events(attempt)
-    assert got[-1].kind == "error" and got[-1].status_code == 502
+    assert got[-1].kind == "error" and got[-1].error is not None and got[-1].error.status_code == 502
 
 
 # --- the provider's words mid-stream ----------------------------------------------------------
@@ -312,7 +313,7 @@ def test_a_non_streamed_body_is_one_event(provider_with_key: ProviderWithKey, pa
 async def test_a_providers_words_mid_stream_never_reach_the_consumer(
         provider_with_key: ProviderWithKey) -> None:
     rig = Rig(provider_with_key)
-    service = InferenceService(CoordinatorSettings(), None, None, rig.scheduler, rig.dispatcher)  # type: ignore[arg-type]
+    service = Committer(CoordinatorSettings(), rig.scheduler, rig.dispatcher)
     attempt, _, reply = rig.send(stream=True)
     request = GenerationRequest(endpoint="/v1/chat/completions", model="m", stream=True)
     prepared = Prepared("/v1/chat/completions", b"", request, DEFAULT_MODEL, None, 16)
@@ -321,7 +322,7 @@ async def test_a_providers_words_mid_stream_never_reach_the_consumer(
     rig.dispatcher.handle(rig.conn, InferenceError(request_id=attempt.request_id, status_code=500,
                                                    error="visit evil.example for your refund"))
     with pytest.raises(ProviderFailed) as failed:
-        async for _ in service.relay(Committed(attempt, first, 1, prepared)):
+        async for _ in service.events(Committed(attempt, first, 1, prepared)):
             pass
     assert "evil" not in failed.value.message
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -23,9 +25,13 @@ from darkbloom.coordinator.store.credentials import (
     lookup_provider_token,
 )
 from darkbloom.coordinator.store.db import make_engine, make_sessionmaker, upgrade
+from darkbloom.coordinator.store.ledger import credit
 from darkbloom.inference.catalog import DEFAULT_MODEL
 
 console = Console()
+DEV_CONSUMER = "local"  # the account `darkbloom keys create` makes keys for by default
+DEV_OPERATOR = "dev-operator"
+DEV_CREDIT = 100 * 1_000_000  # $100, once
 
 
 def _read_secret(path: Path, key: str | None = None) -> str | None:
@@ -47,23 +53,45 @@ def _write_private(path: Path, text: str) -> None:
         f.write(text)
 
 
-async def ensure_credentials(settings: CoordinatorSettings) -> tuple[str, str]:
-    """Reuse the dev API key and provider token across restarts; mint them the first time."""
+@dataclass(frozen=True, slots=True)
+class DevCredentials:
+    api_key: str  # the dev consumer's (account DEV_CONSUMER)
+    provider_token: str  # the local provider's, earning for DEV_OPERATOR
+    admin_key: str
+
+
+async def ensure_credentials(settings: CoordinatorSettings) -> DevCredentials:
+    """Reuse the dev credentials across restarts; mint them the first time. The consumer gets a
+    one-time $100 ``admin_credit``; the provider earns for a separate operator account, so a
+    request is charged and earned exactly as on a real network."""
     await upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
     sessions = make_sessionmaker(engine)
+    dev_env = settings.state_dir / "dev.env"
     try:
-        key = _read_secret(settings.state_dir / "dev.env", "DARKBLOOM_API_KEY")
+        key = _read_secret(dev_env, "DARKBLOOM_API_KEY")
         if key is None or await lookup_api_key(sessions, key) is None:
-            key = (await create_api_key(sessions, label="make run")).secret
+            key = (await create_api_key(sessions, DEV_CONSUMER, label="make run")).secret
+        await credit(sessions, DEV_CONSUMER, DEV_CREDIT, "admin_credit", "make-run:dev-credit",
+                     withdrawable=False, actor="make run")  # once: the reference is fixed
         token_file = settings.state_dir / "provider-token"
         token = _read_secret(token_file)
-        if token is None or await lookup_provider_token(sessions, token) is None:
-            token = (await create_provider_token(sessions, label="make run")).secret
+        if token is None or await lookup_provider_token(sessions, token) != DEV_OPERATOR:
+            token = (await create_provider_token(sessions, DEV_OPERATOR, label="make run")).secret
             _write_private(token_file, token + "\n")
     finally:
         await engine.dispose()
-    return key, token
+    admin_key = _read_secret(dev_env, "DARKBLOOM_ADMIN_KEY") or "dba-" + secrets.token_hex(32)
+    return DevCredentials(key, token, admin_key)
+
+
+def _dev_balance(base: str, key: str) -> str:
+    try:
+        answer = httpx.get(f"{base}/v1/payments/balance", headers={"Authorization": f"Bearer {key}"},
+                           timeout=5)
+        return f"${answer.json()['balance_usd']}"
+    except (httpx.HTTPError, ValueError, KeyError):
+        return "(unavailable)"
 
 
 def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -96,11 +124,12 @@ def run_up(settings: CoordinatorSettings) -> int:
     die_with_parent()
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     with console.status("Preparing database and credentials..."):
-        key, token = asyncio.run(ensure_credentials(settings))
+        dev = asyncio.run(ensure_credentials(settings))
+    key = dev.api_key
     host, port = settings.host, settings.port
     base = f"http://{host}:{port}"
     env = {**os.environ, "DARKBLOOM_STATE_DIR": str(settings.state_dir.resolve()),
-           "DARKBLOOM_HOST": host, "DARKBLOOM_PORT": str(port)}
+           "DARKBLOOM_HOST": host, "DARKBLOOM_PORT": str(port), "DARKBLOOM_ADMIN_KEY": dev.admin_key}
     procs: list[subprocess.Popen[bytes]] = []
     stopping = False
 
@@ -111,7 +140,7 @@ def run_up(settings: CoordinatorSettings) -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     try:
-        provider_env = {**env, "DARKBLOOM_PROVIDER_TOKEN": token,
+        provider_env = {**env, "DARKBLOOM_PROVIDER_TOKEN": dev.provider_token,
                         "DARKBLOOM_PROVIDER_COORDINATOR_URL": f"ws://{host}:{port}/ws/provider"}
         with console.status(f"Starting coordinator and provider ({DEFAULT_MODEL.id})..."):
             procs.append(_spawn(["coordinator"], env))
@@ -127,10 +156,14 @@ def run_up(settings: CoordinatorSettings) -> int:
             console.print("[red]darkbloom did not become ready; see the log above[/red]")
             return 1
         _write_private(settings.state_dir / "dev.env",
-                       f"DARKBLOOM_BASE_URL={base}/v1\nDARKBLOOM_API_KEY={key}\n")
+                       f"DARKBLOOM_BASE_URL={base}/v1\nDARKBLOOM_API_KEY={key}\n"
+                       f"DARKBLOOM_ADMIN_KEY={dev.admin_key}\n")
         console.print(f"\n[bold green]darkbloom is up[/bold green]: model [bold]{DEFAULT_MODEL.id}"
                       f"[/bold] is routable\n  base URL: {base}/v1\n  API key:  {key}\n"
-                      f"  (also in {settings.state_dir / 'dev.env'}; Ctrl-C stops both)\n")
+                      f"  balance:  {_dev_balance(base, key)} (requests are charged to it and "
+                      f"earned by the local provider's operator account)\n"
+                      f"  admin key: in {settings.state_dir / 'dev.env'}\n"
+                      f"  (all in {settings.state_dir / 'dev.env'}; Ctrl-C stops both)\n")
         while not stopping:
             if any(p.poll() is not None for p in procs):
                 console.print("[red]a darkbloom process exited; stopping[/red]")

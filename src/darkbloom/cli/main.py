@@ -50,6 +50,8 @@ def coordinator(
     logs.setup(settings.log_level)
     uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port,
                 ws_max_size=MAX_FRAME_BYTES, log_config=None,
+                proxy_headers=bool(settings.forwarded_allow_ips),
+                forwarded_allow_ips=settings.forwarded_allow_ips or None,
                 log_level=logs.uvicorn_level(settings.log_level), timeout_graceful_shutdown=15)
 
 
@@ -270,6 +272,48 @@ def provider_token_revoke(
                       else f"no active provider token matches {ref}", style="red", markup=False)
         raise typer.Exit(1)
     console.print(f"revoked {ids[0]}")
+
+
+@admin_app.command("credit")
+def admin_credit(
+    account: Annotated[str, typer.Option(help="Account id to credit.")],
+    amount: Annotated[str, typer.Option(help='US dollars, e.g. "100.00" (at most 6 decimals).')],
+    reference: Annotated[str | None, typer.Option(
+        help="Idempotency reference: crediting again with the same one changes nothing.")] = None,
+) -> None:
+    """Credit an account (non-withdrawable admin_credit, billing.md §10), directly in the database;
+    written to the admin action log like a grant over HTTP."""
+    import uuid
+
+    from darkbloom.coordinator.api.admin import MAX_GRANT_MICRO_USD
+    from darkbloom.coordinator.money import format_usd, parse_usd
+    from darkbloom.coordinator.store import ledger
+    from darkbloom.coordinator.store.admin_actions import record_action
+    from darkbloom.coordinator.store.credentials import ensure_account
+
+    try:
+        micro = parse_usd(amount)
+    except ValueError as exc:
+        console.print(f"[red]--amount {exc}[/red]")
+        raise typer.Exit(2) from None
+    if not 0 < micro <= MAX_GRANT_MICRO_USD:
+        console.print(f"[red]--amount must be more than zero and at most "
+                      f"{format_usd(MAX_GRANT_MICRO_USD, 2)}[/red]")
+        raise typer.Exit(2)
+    ref = reference or f"cli:{uuid.uuid4().hex}"
+
+    async def grant(sessions: async_sessionmaker[AsyncSession]) -> int:
+        async with sessions.begin() as session:
+            await ensure_account(session, account)
+        async with ledger.transaction(sessions) as session:
+            await ledger.lock(session, account)
+            entry = await ledger.post(session, account, micro, "admin_credit", ref, actor="cli")
+            if not entry.replayed:
+                await record_action(session, actor="cli", action="admin_credit", target_account_id=account,
+                                    amount_micro_usd=micro, reference=ref, detail={"via": "cli"})
+        return entry.balance_after_micro_usd
+
+    print(format_usd(asyncio.run(_with_sessions(grant))))
 
 
 @admin_app.command("audit")

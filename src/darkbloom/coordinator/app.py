@@ -13,15 +13,23 @@ from darkbloom import __version__
 from darkbloom.config import CoordinatorSettings
 from darkbloom.coordinator.api import errors
 from darkbloom.coordinator.api.accounts import router as accounts_router
+from darkbloom.coordinator.api.admin import router as admin_router
 from darkbloom.coordinator.api.auth import KeyCache, watch_revoked_keys
+from darkbloom.coordinator.api.billing import router as billing_router
 from darkbloom.coordinator.api.inference import router as inference_router
+from darkbloom.coordinator.api.invites import router as invites_router
 from darkbloom.coordinator.api.models import router as models_router
+from darkbloom.coordinator.api.payments import router as payments_router
 from darkbloom.coordinator.api.provider_ws import provider_watch
 from darkbloom.coordinator.api.provider_ws import router as provider_router
 from darkbloom.coordinator.api.providers import router as providers_router
+from darkbloom.coordinator.api.referral import router as referral_router
 from darkbloom.coordinator.api.request_id import RequestIdMiddleware
+from darkbloom.coordinator.commit import Committer
 from darkbloom.coordinator.dispatch import Dispatcher
-from darkbloom.coordinator.inference import InferenceService, Tokenizers
+from darkbloom.coordinator.pipeline import Pipeline
+from darkbloom.coordinator.prepare import Preparer, Tokenizers
+from darkbloom.coordinator.pricing import PriceBook
 from darkbloom.coordinator.recorder import Recorder, coordinator_id
 from darkbloom.coordinator.routing.scheduler import Scheduler
 from darkbloom.coordinator.sender_sealing import key_id, load_or_create_key
@@ -58,17 +66,25 @@ def create_app(settings: CoordinatorSettings, catalog: Catalog | None = None) ->
         state.root_cas = load_roots(settings.trust_root_ca_files)
         state.sender_keys = load_or_create_key(settings.state_dir / "coordinator-x25519.key")
         state.sender_kid = key_id(state.sender_keys)
-        state.inference = InferenceService(settings, catalog, Tokenizers(catalog), scheduler,
-                                           dispatcher)
+        state.prices = PriceBook(catalog, sessions)
+        await state.prices.load()
+        state.pipeline = Pipeline(settings, Preparer(settings, catalog, Tokenizers(catalog)),
+                                  Committer(settings, scheduler, dispatcher), state.prices, sessions,
+                                  recorder, instance)
+        if orphans := await state.pipeline.refund_orphans():
+            log.warning("refunded %d reservation(s) left open by a coordinator that stopped", orphans)
         log.info("coordinator ready (database: %s)", engine.dialect.name)
-        key_watch = asyncio.create_task(watch_revoked_keys(state.key_cache, sessions,
-                                                          settings.key_revocation_poll_s))
+        watchers = [asyncio.create_task(watch_revoked_keys(state.key_cache, sessions,
+                                                           settings.key_revocation_poll_s)),
+                    asyncio.create_task(state.prices.watch(settings.price_reload_s))]
         try:
             async with provider_watch(state):
                 yield
         finally:
-            key_watch.cancel()
-            await asyncio.gather(key_watch, return_exceptions=True)
+            for watcher in watchers:
+                watcher.cancel()
+            await asyncio.gather(*watchers, return_exceptions=True)
+            await state.pipeline.drain()
             await recorder.flush()
             await engine.dispose()
 
@@ -77,8 +93,13 @@ def create_app(settings: CoordinatorSettings, catalog: Catalog | None = None) ->
     errors.install(app)
     app.include_router(accounts_router)
     app.include_router(models_router)
+    app.include_router(payments_router)
     app.include_router(inference_router)
     app.include_router(provider_router)
     app.include_router(providers_router)
+    app.include_router(admin_router)
+    app.include_router(invites_router)
+    app.include_router(referral_router)
+    app.include_router(billing_router)
     app.add_middleware(RequestIdMiddleware)
     return app

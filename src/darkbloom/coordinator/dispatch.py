@@ -17,6 +17,7 @@ from typing import Literal
 from darkbloom.coordinator.routing.registry import ProviderConn
 from darkbloom.coordinator.routing.scheduler import Scheduler
 from darkbloom.crypto import KeyPair, SealingError, SessionChannel
+from darkbloom.errors import DarkbloomError, ProviderFailed, from_frame
 from darkbloom.logcontext import REQUEST_ID
 from darkbloom.protocol.blind import sealed_event
 from darkbloom.protocol.frames import (
@@ -46,6 +47,15 @@ log = logging.getLogger(__name__)
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 MAX_BUFFERED_BYTES = 16 * 1024 * 1024
 RESPONSE_DEADLINE_S = 30 * 60.0
+# The coordinator's own words for an attempt that failed (never a provider's).
+DISCONNECTED = "provider disconnected"
+INVALID_RESPONSE = "invalid provider response"
+TOO_SLOW = "consumer too slow; response cancelled"
+
+
+class ConsumerTooSlow(ProviderFailed):
+    """The consumer read so slowly that the answer overfilled its buffer: the consumer's doing, so
+    what it received is charged like a stream it cut (billing.md §4)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,11 +64,7 @@ class Event:
     data: bytes = b""
     usage: Usage | None = None
     receipt: SignedReceipt | None = None
-    status_code: int = 0
-    message: str = ""
-    code: str | None = None
-    param: str | None = None
-    sealed_message: str | None = None  # consumer-blind refusal: the words, sealed to the consumer
+    error: DarkbloomError | None = None  # on "error": ours (ProviderFailed) or the provider's
     chunks: int = 0  # on "complete": how many chunks the provider relayed
 
 
@@ -128,7 +134,7 @@ class Dispatcher:
             x_request_id=x_request_id,
         )
         if not provider.send(frame):
-            self._fail(attempt, 502, "provider disconnected")
+            self._fail(attempt, ProviderFailed(DISCONNECTED))
         return attempt
 
     def cancel(self, attempt: Attempt) -> None:
@@ -140,7 +146,7 @@ class Dispatcher:
 
     def provider_lost(self, provider: ProviderConn) -> None:
         for attempt in [a for a in self.pending.values() if a.provider is provider]:
-            self._fail(attempt, 502, "provider disconnected")
+            self._fail(attempt, ProviderFailed(DISCONNECTED))
 
     # --- frames from providers ---------------------------------------------------------
 
@@ -174,8 +180,10 @@ class Dispatcher:
         else:
             # Our own cancel() forgets the attempt first, so a 499 echo never gets here; an
             # unprompted one still ends the attempt and frees the slot.
-            self._fail(attempt, frame.status_code, frame.error, frame.code, frame.param,
-                       frame.sealed_message if attempt.channel is None else None)
+            error = from_frame(frame)
+            if attempt.channel is not None:
+                error.sealed_message = None  # only a consumer-sealed request has words sealed to it
+            self._fail(attempt, error)
 
     def _chunk(self, attempt: Attempt, frame: InferenceResponseChunk) -> None:
         if frame.seq != attempt.next_seq:
@@ -214,8 +222,7 @@ class Dispatcher:
         if attempt.buffered_bytes + len(plaintext) > self.max_buffered_bytes:
             log.warning("request %s: consumer too slow, cancelling", attempt.request_id)
             self.cancel(attempt)
-            attempt.events.put_nowait(Event("error", status_code=502,
-                                            message="consumer too slow; response cancelled"))
+            attempt.events.put_nowait(Event("error", error=ConsumerTooSlow(TOO_SLOW)))
             return
         attempt.buffered_bytes += len(plaintext)
         attempt.events.put_nowait(Event("chunk", data=plaintext))
@@ -274,15 +281,13 @@ class Dispatcher:
         log.warning("provider %s violated the protocol on %s: %s",
                     attempt.provider.id, attempt.request_id, reason)
         self.cancel(attempt)
-        attempt.events.put_nowait(Event("error", status_code=502, message="invalid provider response"))
+        attempt.events.put_nowait(Event("error", error=ProviderFailed(INVALID_RESPONSE)))
 
-    def _fail(self, attempt: Attempt, status: int, message: str, code: str | None = None,
-              param: str | None = None, sealed_message: str | None = None) -> None:
+    def _fail(self, attempt: Attempt, error: DarkbloomError) -> None:
         if attempt.done:
             return
         self._finish(attempt)
-        attempt.events.put_nowait(Event("error", status_code=status, message=message, code=code,
-                                        param=param, sealed_message=sealed_message))
+        attempt.events.put_nowait(Event("error", error=error))
 
     def _finish(self, attempt: Attempt) -> None:
         if attempt.done:

@@ -4,6 +4,7 @@ a float, and the request cost is one upward rounding in integers (billing.md §1
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 MICRO = 1_000_000  # micro-USD per USD
 MIN_CHARGE_MICRO_USD = 100  # $0.0001, the smallest charge for a request that costs anything
@@ -56,3 +57,26 @@ def request_cost(prompt_tokens: int, completion_tokens: int, input_price: int, o
             raise ValueError(f"{name} must not be negative")
     cost = -(-(prompt_tokens * input_price + completion_tokens * output_price) // MICRO)
     return max(MIN_CHARGE_MICRO_USD, cost) if cost > 0 else 0
+
+
+def prompt_estimate(text_bytes: int) -> int:
+    """billing.md §3 Decision: a prompt the coordinator cannot tokenize is reserved for at one token
+    per 3 bytes (one CJK character is 3 bytes and often a whole token), at least 1."""
+    return max(1, -(-text_bytes // 3))
+
+
+@dataclass(frozen=True, slots=True)
+class Split:
+    """Where one request's cost goes (billing.md §0.4: the three always sum to the cost)."""
+
+    payout: int
+    platform_fee: int
+    referral_reward: int
+
+
+def split_cost(cost: int, fee_bps: int, referral_pct: int, rewarded: bool) -> Split:
+    """billing.md §7: ``fee = floor(cost × bps / 10 000)``; the referrer, if any and ``rewarded``,
+    gets ``floor(fee × pct / 100)`` of it; the provider gets the rest of the cost."""
+    fee = cost * fee_bps // 10_000
+    reward = fee * referral_pct // 100 if rewarded else 0
+    return Split(cost - fee, fee - reward, reward)

@@ -44,6 +44,7 @@ def settle_usage(reported: Usage, *, own_prompt_tokens: int | None, context_leng
 
 
 def completion_floor(events: int, max_tokens_cap: int) -> int:
-    """The fewest completion tokens ``events`` relayed chunks can carry: what a stream that never
-    completed (the consumer hung up, the provider failed) is recorded with."""
+    """The fewest completion tokens ``events`` relayed chunks can carry: the least a provider's
+    report may say. (A stream the consumer cut is charged about one token per event instead: the
+    fewest would let a consumer that hangs up on the last event pay an eighth; pipeline.py.)"""
     return min(max(events - STREAM_FRAMING_EVENTS, 0) // EVENTS_PER_TOKEN, max_tokens_cap)

@@ -77,3 +77,9 @@ class PromptBuilder:
             text, special = request.prompt or "", False
         with self._lock:  # llama.cpp's tokenizer is not documented as thread-safe
             return list(self._llama.tokenize(text.encode("utf-8"), add_bos=True, special=special))
+
+    def count(self, text: str) -> int:
+        """Tokens in generated ``text`` (no BOS, special tokens as plain text): a recount of what a
+        provider says it generated."""
+        with self._lock:
+            return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))

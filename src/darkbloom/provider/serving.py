@@ -18,14 +18,13 @@ from pydantic import BaseModel
 
 from darkbloom.crypto import KeyPair, SealingError, SessionChannel, public_key_from_b64
 from darkbloom.crypto.signing import IdentityKey
-from darkbloom.errors import DarkbloomError, InvalidRequest
+from darkbloom.errors import DarkbloomError, InvalidRequest, to_frame
 from darkbloom.inference.dialects import ENDPOINTS, INLINE_BYTES, parse_request_off_loop
 from darkbloom.inference.request import GenerationRequest
 from darkbloom.protocol.blind import CONSUMER_SEALED
 from darkbloom.protocol.frames import (
     InferenceAccepted,
     InferenceComplete,
-    InferenceError,
     InferenceRequest,
     InferenceResponseChunk,
     Sealed,
@@ -41,21 +40,21 @@ log = logging.getLogger(__name__)
 Send = Callable[[BaseModel], Awaitable[None]]
 REPLAY_WINDOW_S = 15 * 60
 MAX_REMEMBERED_KEYS = 100_000  # the replay guard's bound: ~10 MB at most
-BLIND_REFUSAL = "the provider refused the request; the reason is sealed to you"
 MAX_SEALED_WORDS = 4096  # characters of a refusal's message sealed to the consumer
 
 
-class _Refused(Exception):
-    def __init__(self, status: int, message: str, code: str | None = None,
-                 param: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.code, self.param = status, message, code, param
+def _refused(status: int, message: str, code: str | None = None,
+             param: str | None = None) -> DarkbloomError:
+    """A refusal: its code is the provider's (or none), never a default type name."""
+    error = DarkbloomError(message, status_code=status, param=param)
+    error.code = code
+    return error
 
 
 class _Sealable(Exception):
     """A refusal found after the body opened: in consumer-blind mode its words are sealed."""
 
-    def __init__(self, channel: SessionChannel, refused: _Refused) -> None:
+    def __init__(self, channel: SessionChannel, refused: DarkbloomError) -> None:
         super().__init__(refused.message)
         self.channel, self.refused = channel, refused
 
@@ -68,19 +67,19 @@ def _open(frame: InferenceRequest, keys: KeyPair) -> tuple[SessionChannel, bytes
         sealer = CONSUMER_SEALED if frame.sealed_by == "consumer" else ""
         return channel, channel.open("request", sealer, 0, frame.encrypted_body.ciphertext)
     except SealingError as exc:
-        raise _Refused(400, f"request body could not be decrypted: {exc}") from None
+        raise _refused(400, f"request body could not be decrypted: {exc}") from None
 
 
 async def _parse(frame: InferenceRequest, body: bytes, channel: SessionChannel) -> GenerationRequest:
     """Validate the opened body, off the event loop when it is large or carries schemas."""
     try:
         if frame.endpoint not in ENDPOINTS:
-            raise _Refused(400, f"endpoint {frame.endpoint} is not served by this provider")
+            raise _refused(400, f"endpoint {frame.endpoint} is not served by this provider")
         request = await parse_request_off_loop(frame.endpoint, body)
     except InvalidRequest as exc:
-        raise _Sealable(channel, _Refused(400, exc.message, exc.code, exc.param)) from None
+        raise _Sealable(channel, _refused(400, exc.message, exc.code, exc.param)) from None
     if request.model != frame.model or request.stream != frame.stream:
-        raise _Sealable(channel, _Refused(
+        raise _Sealable(channel, _refused(
             400, "sealed body does not match the request's model or stream fields"))
     return request
 
@@ -104,9 +103,9 @@ class ReplayGuard:
         while self._seen and now - next(iter(self._seen.values())) >= self._window:
             self._seen.popitem(last=False)
         if key in self._seen:
-            raise _Refused(409, "replayed sealed request", code="replayed_request")
+            raise _refused(409, "replayed sealed request", code="replayed_request")
         if len(self._seen) >= self._limit:
-            raise _Refused(503, "too many recent sealed requests; retry shortly", code="busy")
+            raise _refused(503, "too many recent sealed requests; retry shortly", code="busy")
         self._seen[key] = now
 
 
@@ -130,8 +129,7 @@ class RequestServer:
             await self._serve(frame, cancel)
         except Exception as exc:
             log.error("failure serving %s: %s", frame.request_id, type(exc).__name__)
-            await self.send(InferenceError(request_id=frame.request_id, error="provider failure",
-                                           status_code=500))
+            await self.send(to_frame(DarkbloomError("provider failure"), frame.request_id))
 
     async def _serve(self, frame: InferenceRequest, cancel: threading.Event) -> None:
         rid = frame.request_id
@@ -145,11 +143,11 @@ class RequestServer:
                 self.replays.admit(frame.encrypted_body.ephemeral_public_key)  # canonical: one spelling
             request = await _parse(frame, body, channel)
             if not self.engine.serves(request.model):
-                raise _Refused(404, f"model {request.model!r} is not served by this provider")
+                raise _refused(404, f"model {request.model!r} is not served by this provider")
         except _Sealable as sealable:
             await self._refuse(rid, sealable.refused, sealable.channel if blind else None)
             return
-        except _Refused as refused:
+        except DarkbloomError as refused:
             await self._refuse(rid, refused, None)
             return
         await self.send(InferenceAccepted(request_id=rid))
@@ -164,29 +162,25 @@ class RequestServer:
         try:
             await self._generate(rid, channel, request, frame.max_tokens_cap, cancel, receipts, blind)
         except InvalidRequest as exc:
-            await self._refuse(rid, _Refused(400, exc.message, exc.code, exc.param), sealer)
+            await self._refuse(rid, exc, sealer)
         except DarkbloomError as exc:
-            await self._refuse(rid, _Refused(exc.status_code, exc.message), sealer)
+            await self._refuse(rid, _refused(exc.status_code, exc.message), sealer)
         except Exception as exc:
             # Type only: an engine exception message could quote the prompt.
             log.error("engine failure on %s: %s", rid, type(exc).__name__)
-            await self.send(InferenceError(request_id=rid, error="engine failure", status_code=500))
+            await self.send(to_frame(DarkbloomError("engine failure"), rid))
 
-    async def _refuse(self, rid: str, refused: _Refused, blind: SessionChannel | None) -> None:
+    async def _refuse(self, rid: str, refused: DarkbloomError, blind: SessionChannel | None) -> None:
         """Report a refusal. In consumer-blind mode only status and code travel in the clear: the
         message and param may quote the request, so they are sealed to the consumer."""
-        log.info("refused request %s: %s %s", rid, refused.status, refused.code or "")
+        log.info("refused request %s: %s %s", rid, refused.status_code, refused.code or "")
         if blind is None:
-            await self.send(InferenceError(request_id=rid, error=refused.message,
-                                           status_code=refused.status, code=refused.code,
-                                           param=refused.param))
+            await self.send(to_frame(refused, rid))
             return
         # Bounded: the words may quote the request, and the sealed message must fit its frame.
         words = json.dumps({"message": refused.message[:MAX_SEALED_WORDS],
                             "param": refused.param[:256] if refused.param else None}).encode()
-        await self.send(InferenceError(request_id=rid, error=BLIND_REFUSAL, status_code=refused.status,
-                                       code=refused.code,
-                                       sealed_message=blind.seal("error", rid, 0, words)))
+        await self.send(to_frame(refused, rid, sealed_message=blind.seal("error", rid, 0, words)))
 
     async def _generate(self, rid: str, channel: SessionChannel, request: GenerationRequest, cap: int,
                         cancel: threading.Event, receipts: ReceiptWriter, blind: bool) -> None:
@@ -215,7 +209,7 @@ class RequestServer:
         assert isinstance(event, Finished)
         if event.finish_reason == "cancelled":
             log.info("request %s cancelled after %d token(s)", rid, event.completion_tokens)
-            await self.send(InferenceError(request_id=rid, error="cancelled", status_code=499))
+            await self.send(to_frame(DarkbloomError("cancelled", status_code=499), rid))
             return
         final = assembler.finish(event)
         for payload in final:

@@ -14,6 +14,7 @@ from darkbloom.coordinator.routing.registry import ProviderConn
 from darkbloom.coordinator.routing.scheduler import Scheduler
 from darkbloom.crypto import KeyPair, SealingError, SessionChannel, b64decode, b64encode, public_key_from_b64
 from darkbloom.crypto.signing import IdentityKey
+from darkbloom.errors import ProviderReported
 from darkbloom.protocol import decode
 from darkbloom.protocol.frames import (
     COORDINATOR_FRAME_TYPES,
@@ -143,7 +144,7 @@ def test_send_to_closed_provider_fails_and_releases(rig: Rig) -> None:
     attempt = rig.dispatcher.send(rig.conn, BODY, model="m", endpoint="/v1/completions", stream=False,
                                   max_tokens_cap=1)
     [event] = events(attempt)
-    assert (event.kind, event.status_code) == ("error", 502)
+    assert event.kind == "error" and event.error is not None and event.error.status_code == 502
     assert rig.scheduler.releases["prov"] == 1
     assert rig.conn.in_flight == 0
     assert attempt.done
@@ -205,8 +206,9 @@ def test_provider_error_is_relayed_and_releases_once(rig: Rig) -> None:
     rig.dispatcher.handle(rig.conn, frame)
     rig.dispatcher.handle(rig.conn, frame)
     [event] = events(attempt)
-    assert (event.kind, event.status_code, event.message, event.code, event.param) == (
-        "error", 400, "too long", "context_length_exceeded", "messages")
+    assert event.kind == "error" and isinstance(event.error, ProviderReported)
+    assert (event.error.status_code, event.error.message, event.error.code, event.error.param) == (
+        400, "too long", "context_length_exceeded", "messages")
     assert rig.scheduler.releases["prov"] == 1
     assert rig.conn.outbox.empty()  # the provider ended it; no cancel is sent back
 
@@ -218,8 +220,8 @@ def assert_violation(rig: Rig, attempt: Attempt, before: int = 0) -> None:
     got = events(attempt)
     assert [e.kind for e in got[:before]] == ["chunk"] * before
     [error] = got[before:]
-    assert (error.kind, error.status_code) == ("error", 502)
-    assert error.message == "invalid provider response"
+    assert error.kind == "error" and error.error is not None and error.error.status_code == 502
+    assert error.error.message == "invalid provider response"
     assert attempt.done
     assert rig.scheduler.releases["prov"] == 1
     assert rig.conn.in_flight == 0
@@ -383,7 +385,8 @@ def test_provider_lost_fails_its_pending_attempts(rig: Rig, provider_with_key: P
     rig.dispatcher.provider_lost(rig.conn)
     for attempt in (a1, a2):
         [event] = events(attempt)
-        assert (event.kind, event.status_code, event.message) == ("error", 502, "provider disconnected")
+        assert event.kind == "error" and event.error is not None
+        assert (event.error.status_code, event.error.message) == (502, "provider disconnected")
         assert attempt.done
     assert rig.scheduler.releases == Counter({"prov": 2})
     assert rig.conn.in_flight == 0
@@ -455,7 +458,7 @@ def test_a_slow_consumer_is_cut_off_by_bytes_not_events(provider_with_key: Provi
         rig.chunk(attempt, reply, seq, b"x" * 400)
     got = events(attempt)
     assert [e.kind for e in got] == ["chunk", "chunk", "error"]
-    assert "too slow" in got[-1].message and attempt.done
+    assert got[-1].error is not None and "too slow" in got[-1].error.message and attempt.done
     assert rig.next_frame() == Cancel(request_id=attempt.request_id)
 
 

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from darkbloom.coordinator.api.auth import SESSION_COOKIE, SessionDep, is_admin
-from darkbloom.coordinator.api.inference import read_body
+from darkbloom.coordinator.api.bodies import json_object, openapi_body, rfc3339, string_field
+from darkbloom.coordinator.api.ratelimit import FINANCIAL, FinancialSessionDep, SignupLimit, enforce
 from darkbloom.coordinator.store import accounts as store
 from darkbloom.coordinator.store.credentials import (
     create_api_key,
@@ -32,7 +32,6 @@ from darkbloom.errors import (
 
 T = TypeVar("T")
 router = APIRouter()
-MAX_BODY_BYTES = 64 * 1024  # api.md §1: 64 KiB outside the inference routes
 MAX_LABEL_CHARS = 128
 # argon2 (tens of ms and 64 MiB a call) runs on its own few threads, not the default executor that
 # request parsing and tokenizing use, and only this many sign-ins wait for it: more get a 429.
@@ -57,60 +56,14 @@ async def _password_work(work: Callable[..., T], *args: Any) -> T:
         _password_waiting -= 1
 
 
-def _body(required: tuple[str, ...], **properties: str) -> dict[str, Any]:
-    """The OpenAPI request body of a route that reads its JSON itself (to bound and check it)."""
-    schema = {"type": "object", "required": list(required),
-              "properties": {name: {"type": kind} for name, kind in properties.items()}}
-    return {"requestBody": {"required": bool(required),
-                            "content": {"application/json": {"schema": schema}}}}
-
-
-_CREDENTIALS = _body(("email", "password"), email="string", password="string")
-
-
-def rfc3339(stamp: datetime | None) -> str | None:
-    return stamp.isoformat().replace("+00:00", "Z") if stamp else None
-
-
-async def _json_object(request: Request) -> dict[str, Any]:
-    # A cross-site HTML form can post JSON-looking text/plain with no preflight (login CSRF); it
-    # cannot send application/json, and always declares a type, so no type at all is let through.
-    declared = request.headers.get("content-type")
-    if declared is not None and declared.partition(";")[0].strip().lower() != "application/json":
-        raise InvalidRequest("send the body as application/json", status_code=415)
-    raw = await read_body(request, MAX_BODY_BYTES)
-    try:
-        body = json.loads(raw) if raw.strip() else {}
-    except (ValueError, RecursionError):
-        raise InvalidRequest("the body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("the body must be a JSON object")
-    return body
-
-
-def _string(body: dict[str, Any], name: str, limit: int, required: bool = True) -> str | None:
-    """``body[name]`` as a bounded, UTF-8-encodable string, or a 400 naming the field."""
-    value = body.get(name)
-    if value is None:
-        if required:
-            raise InvalidRequest(f"{name} is required", param=name)
-        return None
-    if not isinstance(value, str):
-        raise InvalidRequest(f"{name} must be a string", param=name)
-    if len(value) > limit:
-        raise InvalidRequest(f"{name} must be at most {limit} characters", param=name)
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidRequest(f"{name} is not valid UTF-8", param=name) from None
-    return value
+_CREDENTIALS = openapi_body(("email", "password"), email="string", password="string")
 
 
 def _credentials(body: dict[str, Any]) -> tuple[str, str]:
-    email = store.normalise_email(_string(body, "email", 1024) or "")
+    email = store.normalise_email(string_field(body, "email", 1024) or "")
     if email is None:
         raise InvalidRequest("email is not a valid email address", param="email")
-    password = _string(body, "password", store.PASSWORD_MAX_CHARS) or ""
+    password = string_field(body, "password", store.PASSWORD_MAX_CHARS) or ""
     return email, password
 
 
@@ -129,8 +82,8 @@ async def _signed_in(request: Request, account_id: str, email: str, status: int)
 
 
 @router.post("/v1/auth/signup", status_code=201, openapi_extra=_CREDENTIALS)
-async def signup(request: Request) -> Response:
-    email, password = _credentials(await _json_object(request))
+async def signup(request: Request, _limited: SignupLimit) -> Response:
+    email, password = _credentials(await json_object(request))
     if email in request.app.state.settings.admin_emails:
         # Nobody verifies email ownership: whoever signed up first would be an admin.
         raise Forbidden("this address is reserved for an administrator; the operator creates it "
@@ -146,7 +99,10 @@ async def signup(request: Request) -> Response:
 
 @router.post("/v1/auth/login", openapi_extra=_CREDENTIALS)
 async def login(request: Request) -> Response:
-    email, password = _credentials(await _json_object(request))
+    email, password = _credentials(await json_object(request))
+    # Online guessing: the financial tier per client and address (per address alone would let
+    # anyone lock a person out; per client alone, one client could try every address).
+    await enforce(request, FINANCIAL, "login", request.client.host if request.client else "", email)
     found = await store.find_login(request.app.state.sessions, email)
     # Verified even when the email is unknown (against a dummy hash), so both failures take as long.
     ok = await _password_work(store.verify_password, found[1] if found else None, password)
@@ -174,9 +130,9 @@ async def me(request: Request, identity: SessionDep) -> dict[str, Any]:
             "created_at": rfc3339(account.created_at)}
 
 
-@router.post("/v1/auth/keys", openapi_extra=_body((), label="string"))
-async def create_key(request: Request, identity: SessionDep) -> dict[str, Any]:
-    label = _string(await _json_object(request), "label", MAX_LABEL_CHARS, required=False) or ""
+@router.post("/v1/auth/keys", openapi_extra=openapi_body((), label="string"))
+async def create_key(request: Request, identity: FinancialSessionDep) -> dict[str, Any]:
+    label = string_field(await json_object(request), "label", MAX_LABEL_CHARS, required=False) or ""
     issued = await create_api_key(request.app.state.sessions, identity.account_id, label)
     return {"api_key": issued.secret, "account_id": issued.account_id, "id": issued.id,
             "prefix": issued.prefix, "label": label, "created_at": rfc3339(issued.created_at)}
@@ -190,10 +146,11 @@ async def list_keys(request: Request, identity: SessionDep) -> dict[str, Any]:
                      for k in keys]}
 
 
-@router.delete("/v1/auth/keys", openapi_extra=_body((), key="string", id="string"))
+@router.delete("/v1/auth/keys", openapi_extra=openapi_body((), key="string", id="string"))
 async def revoke_key(request: Request, identity: SessionDep) -> dict[str, str]:
-    body = await _json_object(request)
-    secret, key_id = _string(body, "key", 256, required=False), _string(body, "id", 64, required=False)
+    body = await json_object(request)
+    secret = string_field(body, "key", 256, required=False)
+    key_id = string_field(body, "id", 64, required=False)
     if not secret and not key_id:
         raise InvalidRequest("give the key to revoke as 'key' (the full key) or 'id'", param="key")
     state = request.app.state

@@ -19,7 +19,12 @@ from fastapi import Depends, Request
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from darkbloom.coordinator.store.accounts import SessionIdentity, csrf_matches, find_session
+from darkbloom.coordinator.store.accounts import (
+    SESSION_PREFIX,
+    SessionIdentity,
+    csrf_matches,
+    find_session,
+)
 from darkbloom.coordinator.store.credentials import (
     API_KEY_PREFIX,
     KeyIdentity,
@@ -98,7 +103,14 @@ async def watch_revoked_keys(cache: KeyCache, sessions: async_sessionmaker[Async
 
 
 async def require_key(request: Request) -> KeyIdentity:
+    """An API key, or a session wherever a key is accepted (api.md §1): the console signs in
+    once and calls the same routes; its key id is None."""
     secret = presented_key(request)
+    if (secret is None and request.cookies.get(SESSION_COOKIE)) or (
+            secret is not None and secret.startswith(SESSION_PREFIX)
+            and request.headers.get("x-api-key") is None):
+        session = await require_session(request)
+        return KeyIdentity(None, session.account_id)
     if secret is None:
         raise AuthenticationFailed(
             "You didn't provide an API key. Send it as 'Authorization: Bearer sk-db-...' "

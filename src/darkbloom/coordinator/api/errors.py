@@ -27,7 +27,8 @@ from darkbloom.protocol.errors import (
 log = logging.getLogger(__name__)
 
 _STATUS_TYPES = {
-    400: "invalid_request_error", 401: "authentication_error", 403: "forbidden",
+    400: "invalid_request_error", 401: "authentication_error", 402: "insufficient_funds",
+    403: "forbidden",
     404: "not_found", 405: "invalid_request_error", 413: "request_too_large",
     429: "rate_limit_exceeded", 502: "provider_error", 503: "model_not_available",
     504: "timeout",

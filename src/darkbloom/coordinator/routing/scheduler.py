@@ -18,12 +18,31 @@ from darkbloom.coordinator.trust.attestation import at_least
 from darkbloom.errors import NoProviderAvailable
 
 
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Whose providers may take a request. ``owner`` (X-Darkbloom-Route: self, billing.md §5): only
+    that account's own. ``paid``: only providers linked to an account, since an unlinked one
+    cannot be paid (billing.md §4 step 3)."""
+
+    owner: str | None = None
+    paid: bool = False
+
+    def admits(self, provider: ProviderConn) -> bool:
+        if self.owner is not None:
+            return provider.account_id == self.owner
+        return not self.paid or provider.account_id is not None
+
+
+ANY = Route()
+
+
 @dataclass(eq=False)
 class _Waiter:
     model: str
     exclude: frozenset[str]
     min_trust: str
     only: frozenset[str] | None
+    route: Route
     future: asyncio.Future[ProviderConn] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
 
@@ -59,18 +78,19 @@ class Scheduler:
         self.providers.pop(provider.id, None)
         # Waiters for a model nobody serves any more would otherwise sit out the full timeout.
         for model, queue in self._queues.items():
-            while queue and not self.serving(model, min_trust=queue[0].min_trust):
+            while queue and not self.serving(model, min_trust=queue[0].min_trust, route=queue[0].route):
                 waiter = queue.popleft()
                 if not waiter.future.done():
                     waiter.future.set_exception(self._nobody_serves(model, waiter.min_trust))
 
     def serving(self, model: str, exclude: frozenset[str] = frozenset(),
-                min_trust: str | None = None, only: frozenset[str] | None = None) -> list[ProviderConn]:
+                min_trust: str | None = None, only: frozenset[str] | None = None,
+                route: Route = ANY) -> list[ProviderConn]:
         """Providers that may take ``model``: trusted to the network's minimum and the request's."""
         level = min_trust if min_trust and at_least(min_trust, self.min_trust) else self.min_trust
         return [p for p in self.providers.values()
                 if model in p.models and p.id not in exclude and (only is None or p.id in only)
-                and self.routable(p, level)]
+                and route.admits(p) and self.routable(p, level)]
 
     def routable(self, provider: ProviderConn, level: str | None = None) -> bool:
         """Connected, trusted enough, and in good standing with its challenges.
@@ -107,34 +127,38 @@ class Scheduler:
     # --- slots -------------------------------------------------------------------------
 
     def try_acquire(self, model: str, exclude: frozenset[str] = frozenset(),
-                    min_trust: str | None = None, only: frozenset[str] | None = None
-                    ) -> ProviderConn | None:
-        provider = pick_least_loaded(self.serving(model, exclude, min_trust, only))
+                    min_trust: str | None = None, only: frozenset[str] | None = None,
+                    route: Route = ANY) -> ProviderConn | None:
+        provider = pick_least_loaded(self.serving(model, exclude, min_trust, only, route))
         if provider is not None:
             provider.in_flight += 1
         return provider
 
     async def acquire(self, model: str, exclude: frozenset[str] = frozenset(),
                       may_queue: bool = True, min_trust: str | None = None,
-                      only: frozenset[str] | None = None) -> ProviderConn:
+                      only: frozenset[str] | None = None, route: Route = ANY) -> ProviderConn:
         """``only``: the providers a consumer sealed its request to (consumer-blind mode)."""
-        if not self.serving(model, exclude, min_trust, only):
+        if not self.serving(model, exclude, min_trust, only, route):
             if only is not None:
                 raise NoProviderAvailable(f"none of the providers the request is sealed to is "
                                           f"serving model {model!r} now; seal to others")
+            if route.owner is not None:
+                raise NoProviderAvailable(f"none of your own providers is serving model {model!r} "
+                                          "now (X-Darkbloom-Route: self)", code="no_own_provider")
             raise self._nobody_serves(model, min_trust)
         queue = self._queues.setdefault(model, deque())
-        if not queue:  # FIFO: never jump ahead of requests already waiting
-            provider = self.try_acquire(model, exclude, min_trust, only)
-            if provider is not None:
-                return provider
+        if queue:  # FIFO: the waiters first, each to a free slot it may take
+            self.drain()
+        provider = self.try_acquire(model, exclude, min_trust, only, route)
+        if provider is not None:
+            return provider
         if not may_queue:
             raise NoProviderAvailable(f"no provider for model {model!r} has a free slot")
         if len(queue) >= self.queue_max:
             raise NoProviderAvailable(
                 f"model {model!r} is at capacity: all providers are busy and the queue is full "
                 f"({self.queue_max} waiting); retry shortly", headers={"Retry-After": "1"})
-        waiter = _Waiter(model, exclude, min_trust or self.min_trust, only)
+        waiter = _Waiter(model, exclude, min_trust or self.min_trust, only, route)
         queue.append(waiter)
         try:
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that lands
@@ -169,14 +193,17 @@ class Scheduler:
         self.drain()
 
     def drain(self) -> None:
-        """Hand free slots to waiters, oldest first; a waiter nobody can take yet keeps its place."""
+        """Hand free slots to waiters, oldest first. A waiter none of the free slots is for keeps
+        its place without holding up the waiters behind it: a self-routed request waiting for its
+        owner's busy machine must not stop paid work reaching idle providers (billing.md §5)."""
         for model, queue in self._queues.items():
             for waiter in list(queue):
                 if waiter.future.done():
                     queue.remove(waiter)
                     continue
-                provider = self.try_acquire(model, waiter.exclude, waiter.min_trust, waiter.only)
+                provider = self.try_acquire(model, waiter.exclude, waiter.min_trust, waiter.only,
+                                            waiter.route)
                 if provider is None:
-                    break
+                    continue
                 queue.remove(waiter)
                 waiter.future.set_result(provider)

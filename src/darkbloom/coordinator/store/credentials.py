@@ -38,7 +38,7 @@ def now() -> datetime:
 
 @dataclass(frozen=True, slots=True)
 class KeyIdentity:
-    key_id: str
+    key_id: str | None  # None: a signed-in session, accepted wherever a key is (api.md §1)
     account_id: str
     min_trust_level: str | None = None
 

@@ -42,7 +42,8 @@ CREDIT_KINDS: dict[str, bool | None] = {
     "withdrawal_refund": True, "platform_fee": None, "withdrawal_fee": None,
 }
 # Debit kinds and whether they draw on withdrawable money (else the min rule applies).
-DEBIT_KINDS: dict[str, bool] = {"reserve": False, "admin_debit": False, "stripe_payout": True}
+DEBIT_KINDS: dict[str, bool] = {"reserve": False, "admin_debit": False, "stripe_payout": True,
+                                "stripe_refund": False, "withdrawal_fee_refund": False}
 
 
 class InsufficientFunds(Exception):
@@ -95,12 +96,13 @@ _write_locks: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDict
 
 
 @contextlib.asynccontextmanager
-async def _writer(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
-    """A write transaction; on SQLite, queued behind this process's other ledger writers."""
+async def transaction(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    """A write transaction for money; on SQLite, queued behind this process's other ledger
+    writers. Its first statement must be a write (``lock`` is): see the module docstring."""
     engine = sessions.kw.get("bind")
     if isinstance(engine, AsyncEngine) and engine.dialect.name == "sqlite":
-        lock = _write_locks.setdefault(engine.sync_engine, asyncio.Lock())
-        async with lock, sessions.begin() as session:
+        lock_ = _write_locks.setdefault(engine.sync_engine, asyncio.Lock())
+        async with lock_, sessions.begin() as session:
             yield session
         return
     async with sessions.begin() as session:
@@ -121,12 +123,36 @@ def _check(amount: int, reference: str) -> None:
         raise ValueError(f"reference must be 1 to {MAX_REFERENCE} characters")
 
 
-async def _insert_ignore(session: AsyncSession, table: Any, values: dict[str, Any]) -> None:
+async def insert_ignore(session: AsyncSession, table: Any, values: dict[str, Any]) -> None:
+    """INSERT … ON CONFLICT DO NOTHING on either database."""
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     await session.execute(insert(table).values(**values).on_conflict_do_nothing())
 
 
-async def _existing(session: AsyncSession, kind: str, reference: str) -> LedgerEntry | None:
+async def lock(session: AsyncSession, *account_ids: str) -> dict[str, Balances]:
+    """Lock the accounts' balance rows (creating empty ones) for the rest of the transaction, in
+    one order (sorted ids), so transactions moving money between the same accounts never
+    deadlock; returns their balances as locked. On SQLite the upsert comes first: it is the
+    write that opens the transaction (see the module docstring)."""
+    ids = sorted(set(account_ids))
+    query = (select(Balance.account_id, Balance.balance_micro_usd, Balance.withdrawable_micro_usd)
+             .where(Balance.account_id.in_(ids)).order_by(Balance.account_id).with_for_update())
+    sqlite_ = session.get_bind().dialect.name == "sqlite"
+    if not sqlite_:
+        found = {row[0]: Balances(row[1], row[2]) for row in (await session.execute(query)).all()}
+        if len(found) == len(ids):
+            return found
+    now = datetime.now(UTC)
+    for account_id in ids:
+        if account_id == PLATFORM_ACCOUNT_ID:
+            await insert_ignore(session, Account, {"id": PLATFORM_ACCOUNT_ID, "name": "platform",
+                                                   "created_at": now})
+        await insert_ignore(session, Balance, {"account_id": account_id, "balance_micro_usd": 0,
+                                               "withdrawable_micro_usd": 0, "updated_at": now})
+    return {row[0]: Balances(row[1], row[2]) for row in (await session.execute(query)).all()}
+
+
+async def existing(session: AsyncSession, kind: str, reference: str) -> LedgerEntry | None:
     return (await session.execute(select(LedgerEntry).where(
         LedgerEntry.kind == kind, LedgerEntry.reference == reference))).scalar_one_or_none()
 
@@ -137,52 +163,91 @@ def _replay(row: LedgerEntry, account_id: str, amount: int) -> Entry:
     return _entry(row, replayed=True)
 
 
-async def _post(sessions: async_sessionmaker[AsyncSession], account_id: str, amount: int, kind: str,
-                reference: str, request_id: str | None, actor: str, *, withdrawable: bool) -> Entry:
-    """Apply a signed ``amount`` and write its row. For a debit, ``withdrawable`` means it must come
-    out of withdrawable money; otherwise withdrawable follows the min rule."""
+def _withdrawable(kind: str, amount: int, asked: bool | None) -> bool:
+    """Whether a credit is withdrawable (billing.md §11 fixes it per kind; ``asked`` decides where
+    the kind leaves it open), or whether a debit must come out of withdrawable money."""
+    if amount > 0:
+        if kind not in CREDIT_KINDS:
+            raise ValueError(f"{kind!r} is not a credit kind")
+        fixed = CREDIT_KINDS[kind]
+        if fixed is not None and asked is not None and fixed != asked:
+            raise ValueError(f"{kind} credits are {'' if fixed else 'not '}withdrawable")
+        return bool(fixed if fixed is not None else asked)
+    if kind not in DEBIT_KINDS:
+        raise ValueError(f"{kind!r} is not a debit kind")
+    return DEBIT_KINDS[kind]
+
+
+async def move(session: AsyncSession, account_id: str, amount: int, kind: str, reference: str, *,
+               before: Balances, withdrawable: bool | None = None, request_id: str | None = None,
+               actor: str = SYSTEM_ACTOR) -> LedgerEntry:
+    """The movement itself, for a reference new by construction (a request's): the conditional
+    balance update and its row, added to the session unflushed (the commit writes every row of
+    the transaction in one go). ``before`` is the account's balance as this transaction last left
+    it. Raises InsufficientFunds (nothing written; the transaction stays usable)."""
+    _check(abs(amount), reference)
+    from_withdrawable = _withdrawable(kind, amount, withdrawable)
     now = datetime.now(UTC)
+    new_balance = Balance.balance_micro_usd + amount
+    stmt = update(Balance).where(Balance.account_id == account_id)
+    if amount > 0:
+        new_withdrawable: Any = Balance.withdrawable_micro_usd + (amount if from_withdrawable else 0)
+        stmt = stmt.where(Balance.balance_micro_usd <= MAX_BALANCE_MICRO_USD - amount)
+    elif from_withdrawable:
+        new_withdrawable = Balance.withdrawable_micro_usd + amount
+        stmt = stmt.where(Balance.withdrawable_micro_usd >= -amount)
+    else:
+        new_withdrawable = case((Balance.withdrawable_micro_usd > new_balance, new_balance),
+                                else_=Balance.withdrawable_micro_usd)
+        stmt = stmt.where(Balance.balance_micro_usd >= -amount)
+    after = (await session.execute(stmt.values(
+        balance_micro_usd=new_balance, withdrawable_micro_usd=new_withdrawable, updated_at=now,
+    ).returning(Balance.balance_micro_usd, Balance.withdrawable_micro_usd))).one_or_none()
+    if after is None and amount > 0:
+        raise BalanceLimit(f"account {account_id} cannot hold {amount} more micro-USD")
+    if after is None:
+        raise InsufficientFunds(f"account {account_id} cannot cover {-amount} micro-USD")
+    entry = LedgerEntry(account_id=account_id, kind=kind, amount_micro_usd=amount,
+                        withdrawable_delta_micro_usd=after[1] - before.withdrawable_micro_usd,
+                        balance_after_micro_usd=after[0], reference=reference,
+                        request_id=request_id, actor=actor, created_at=now)
+    session.add(entry)
+    return entry
+
+
+async def post(session: AsyncSession, account_id: str, amount: int, kind: str, reference: str, *,
+               withdrawable: bool | None = None, request_id: str | None = None,
+               actor: str = SYSTEM_ACTOR) -> Entry:
+    """Apply a signed ``amount`` of ``kind`` inside a transaction that has ``lock``ed the account,
+    and write its row. A credit is withdrawable as billing.md §11 fixes per kind (``withdrawable``
+    decides where the kind leaves it open); a debit of a withdrawal kind must come out of
+    withdrawable money, any other debit leaves withdrawable by the min rule. Raises
+    InsufficientFunds (nothing written; the transaction stays usable) when a debit cannot be
+    covered. A repeated ``(kind, reference)`` changes nothing and returns the recorded row."""
+    _check(abs(amount), reference)
+    _withdrawable(kind, amount, withdrawable)
+    if (row := await existing(session, kind, reference)) is not None:
+        return _replay(row, account_id, amount)
+    before = (await session.execute(select(Balance.balance_micro_usd, Balance.withdrawable_micro_usd)
+                                    .where(Balance.account_id == account_id))).one()
+    entry = await move(session, account_id, amount, kind, reference, before=Balances(before[0], before[1]),
+                       withdrawable=withdrawable, request_id=request_id, actor=actor)
+    await session.flush()
+    return _entry(entry)
+
+
+async def _post(sessions: async_sessionmaker[AsyncSession], account_id: str, amount: int, kind: str,
+                reference: str, request_id: str | None, actor: str, *, withdrawable: bool | None) -> Entry:
+    """One movement in its own transaction."""
     try:
-        async with _writer(sessions) as session:
-            if account_id == PLATFORM_ACCOUNT_ID:
-                await _insert_ignore(session, Account, {"id": PLATFORM_ACCOUNT_ID, "name": "platform",
-                                                        "created_at": now})
-            await _insert_ignore(session, Balance, {"account_id": account_id, "balance_micro_usd": 0,
-                                                    "withdrawable_micro_usd": 0, "updated_at": now})
-            before = (await session.execute(select(Balance.withdrawable_micro_usd).where(
-                Balance.account_id == account_id).with_for_update())).scalar_one()
-            if (row := await _existing(session, kind, reference)) is not None:
-                return _replay(row, account_id, amount)
-            new_balance = Balance.balance_micro_usd + amount
-            stmt = update(Balance).where(Balance.account_id == account_id)
-            if amount > 0:
-                new_withdrawable: Any = Balance.withdrawable_micro_usd + (amount if withdrawable else 0)
-                stmt = stmt.where(Balance.balance_micro_usd <= MAX_BALANCE_MICRO_USD - amount)
-            elif withdrawable:
-                new_withdrawable = Balance.withdrawable_micro_usd + amount
-                stmt = stmt.where(Balance.withdrawable_micro_usd >= -amount)
-            else:
-                new_withdrawable = case((Balance.withdrawable_micro_usd > new_balance, new_balance),
-                                        else_=Balance.withdrawable_micro_usd)
-                stmt = stmt.where(Balance.balance_micro_usd >= -amount)
-            after = (await session.execute(stmt.values(
-                balance_micro_usd=new_balance, withdrawable_micro_usd=new_withdrawable, updated_at=now,
-            ).returning(Balance.balance_micro_usd, Balance.withdrawable_micro_usd))).one_or_none()
-            if after is None and amount > 0:
-                raise BalanceLimit(f"account {account_id} cannot hold {amount} more micro-USD")
-            if after is None:
-                raise InsufficientFunds(f"account {account_id} cannot cover {-amount} micro-USD")
-            entry = LedgerEntry(account_id=account_id, kind=kind, amount_micro_usd=amount,
-                                withdrawable_delta_micro_usd=after[1] - before,
-                                balance_after_micro_usd=after[0], reference=reference,
-                                request_id=request_id, actor=actor, created_at=now)
-            session.add(entry)
-            await session.flush()
-            return _entry(entry)
+        async with transaction(sessions) as session:
+            await lock(session, account_id)
+            return await post(session, account_id, amount, kind, reference, withdrawable=withdrawable,
+                              request_id=request_id, actor=actor)
     except IntegrityError:
         # A concurrent duplicate on another account's row lock won the unique (kind, reference).
         async with sessions() as session:
-            if (row := await _existing(session, kind, reference)) is None:
+            if (row := await existing(session, kind, reference)) is None:
                 raise
             return _replay(row, account_id, amount)
 
@@ -193,10 +258,8 @@ async def credit(sessions: async_sessionmaker[AsyncSession], account_id: str, am
     """Add ``amount`` micro-USD (withdrawable or not, as billing.md §11 fixes per kind). A repeated
     ``(kind, reference)`` changes nothing and returns the recorded entry with ``replayed=True``."""
     _check(amount, reference)
-    if kind not in CREDIT_KINDS:
-        raise ValueError(f"{kind!r} is not a credit kind")
-    fixed = CREDIT_KINDS[kind]
-    if fixed is not None and fixed != withdrawable:
+    fixed = CREDIT_KINDS.get(kind)
+    if kind in CREDIT_KINDS and fixed is not None and fixed != withdrawable:
         raise ValueError(f"{kind} credits are {'' if fixed else 'not '}withdrawable")
     return await _post(sessions, account_id, amount, kind, reference, request_id, actor,
                        withdrawable=withdrawable)
@@ -207,10 +270,8 @@ async def debit(sessions: async_sessionmaker[AsyncSession], account_id: str, amo
     """Take ``amount`` micro-USD only if the account has it (withdrawable money for a withdrawal),
     else raise InsufficientFunds with nothing written. Idempotent like ``credit``."""
     _check(amount, reference)
-    if kind not in DEBIT_KINDS:
-        raise ValueError(f"{kind!r} is not a debit kind")
     return await _post(sessions, account_id, -amount, kind, reference, request_id, actor,
-                       withdrawable=DEBIT_KINDS[kind])
+                       withdrawable=None)
 
 
 async def balance(sessions: async_sessionmaker[AsyncSession], account_id: str) -> Balances:

@@ -14,6 +14,7 @@ from sqlalchemy import BigInteger, String, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from darkbloom.coordinator.store.tables import RequestRecord
+from darkbloom.protocol.trust import SignedReceipt
 
 IN_PROGRESS, INTERRUPTED = "in_progress", "interrupted"
 _INT32_MAX, _INT64_MAX = 2**31 - 1, 2**63 - 1
@@ -44,6 +45,12 @@ class RequestOutcome:
     receipt_signature: str | None = None
     coordinator_id: str | None = None
     ended_at: datetime | None = None
+
+    def keep_receipt(self, signed: SignedReceipt | None) -> None:
+        """Record the receipt for GET /v1/receipts/{id}: hashes and counts, never text."""
+        if signed is not None:
+            self.receipt = signed.receipt.canonical().decode("ascii")
+            self.receipt_signature = signed.signature
 
 
 def bounded(values: dict[str, Any]) -> dict[str, Any]:

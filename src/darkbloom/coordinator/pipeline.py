@@ -1,0 +1,326 @@
+"""One consumer request, top to bottom. Routes read HTTP and call this; the relay (coordinator/relay.py)
+moves the bytes between ``open`` and ``close``.
+
+    open()   prepare   parse, validate, count the prompt, fix the output budget  (prepare.py)
+             reserve   hold the most the request can cost, or 402 before any work (store/charging.py)
+             commit    dispatch until a provider produces a first chunk           (commit.py)
+    events() the provider's remaining chunks, then its checked usage              (commit.py)
+    close()  settle    charge what was delivered and pay the provider, or refund the whole hold
+             record    the request's row (recorder.py)
+
+Every path out of ``open`` after the reservation refunds it; ``close`` ends it exactly once. If the
+database fails there, the hold stays open and the next coordinator start refunds it as an orphan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from darkbloom.config import CoordinatorSettings
+from darkbloom.coordinator.commit import Committed, Committer, Finished
+from darkbloom.coordinator.money import prompt_estimate, request_cost
+from darkbloom.coordinator.prepare import Prepared, Preparer
+from darkbloom.coordinator.pricing import PriceBook
+from darkbloom.coordinator.recorder import Recorder
+from darkbloom.coordinator.recount import count_generated, text_events
+from darkbloom.coordinator.routing.scheduler import Route
+from darkbloom.coordinator.store import charging
+from darkbloom.coordinator.store.credentials import KeyIdentity, now
+from darkbloom.coordinator.store.ledger import InsufficientFunds
+from darkbloom.coordinator.store.requests_log import RequestOutcome
+from darkbloom.coordinator.usage import STREAM_FRAMING_EVENTS
+from darkbloom.errors import DarkbloomError, PaymentRequired
+from darkbloom.protocol.frames import Endpoint
+
+log = logging.getLogger(__name__)
+
+LOW_BALANCE = ("your balance is too low for this request \u2014 add funds at /billing or lower "
+               "max_tokens")
+_INLINE_RECOUNT_BYTES = 16 * 1024  # recounting longer answers runs off the event loop
+# A recount this far below a provider's (already bounded) report counts against the provider;
+# re-tokenizing generated text rarely matches the generation token for token.
+_RECOUNT_SLACK = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """What a route read from HTTP: everything the pipeline needs and nothing HTTP-shaped."""
+
+    endpoint: Endpoint
+    body: bytes  # plaintext, or a consumer-blind envelope (``blind``)
+    identity: KeyIdentity
+    min_trust: str | None  # the strictest of the header and the key's setting
+    blind: bool = False
+    route_self: bool = False  # X-Darkbloom-Route: self (billing.md §5)
+    x_request_id: str | None = None
+
+
+@dataclass(slots=True)
+class Opened:
+    """A committed request: money held, a provider answering, the first chunk in hand."""
+
+    call: Call
+    prepared: Prepared
+    committed: Committed
+    hold: charging.Hold
+    outcome: RequestOutcome
+    started: float
+    delivered: list[bytes] = field(default_factory=list)  # what the consumer got, to recount
+
+
+class Pipeline:
+    def __init__(self, settings: CoordinatorSettings, preparer: Preparer, committer: Committer,
+                 prices: PriceBook, sessions: async_sessionmaker[AsyncSession], recorder: Recorder,
+                 coordinator_id: str | None) -> None:
+        self.settings = settings
+        self.preparer = preparer
+        self.committer = committer
+        self.prices = prices
+        self.sessions = sessions
+        self.recorder = recorder
+        self.coordinator_id = coordinator_id
+        self.usage_disputes: dict[str, int] = {}  # provider identity (or id) -> recounts below report
+        self._closing: set[asyncio.Task[None]] = set()
+
+    async def open(self, call: Call) -> Opened:
+        """Prepare, reserve and commit; raise the consumer's DarkbloomError (recorded, money back)."""
+        started = time.perf_counter()
+        outcome = RequestOutcome(id=uuid.uuid4().hex, endpoint=call.endpoint, model="", stream=False,
+                                 created_at=now(), api_key_id=call.identity.key_id,
+                                 account_id=call.identity.account_id, x_request_id=call.x_request_id)
+        hold: charging.Hold | None = None
+        try:
+            prepared = await self._prepare(call)
+            outcome.model, outcome.stream = prepared.model.id, prepared.request.stream
+            outcome.prompt_tokens = prepared.prompt_tokens or 0
+            hold = self._hold(call, prepared, outcome.id)
+            await self._reserve(hold)
+            route = Route(owner=call.identity.account_id) if call.route_self else Route(
+                paid=hold.amount_micro_usd > 0)
+            committed = await self.committer.commit(prepared, route)
+        except BaseException as exc:
+            if hold is not None and not isinstance(exc, PaymentRequired):
+                await self._refund(hold)  # nothing to give back (a no-op) if it was never taken
+            if isinstance(exc, DarkbloomError):
+                outcome.status_code, outcome.error_code = exc.status_code, exc.code
+            elif isinstance(exc, asyncio.CancelledError):  # the consumer left while we waited
+                outcome.status, outcome.status_code = "cancelled", 499
+            outcome.duration_ms = _elapsed_ms(started)
+            self.recorder.submit(outcome)
+            raise
+        outcome.ttft_ms = _elapsed_ms(started)
+        outcome.provider_id = committed.attempt.provider.id
+        outcome.attempts = committed.attempts
+        return Opened(call, prepared, committed, hold, outcome, started)
+
+    async def _prepare(self, call: Call) -> Prepared:
+        if call.blind:
+            # Off the loop: an envelope of up to ~16 MiB takes a while to parse and validate.
+            return await asyncio.to_thread(self.preparer.prepare_blind, call.endpoint, call.body,
+                                           call.min_trust)
+        return await self.preparer.prepare(call.endpoint, call.body, call.min_trust)
+
+    def _hold(self, call: Call, prepared: Prepared, request_id: str) -> charging.Hold:
+        price = self.prices.price(prepared.model)
+        if prepared.prompt_tokens is not None:
+            estimate = prepared.prompt_tokens
+        elif prepared.sealed_for:  # the largest sealed copy: base64 of the body
+            largest = max(len(sealed.ciphertext) for _, sealed in prepared.sealed_for.values())
+            estimate = prompt_estimate(largest * 3 // 4)
+        else:
+            estimate = prompt_estimate(len(call.body))
+        amount = 0 if call.route_self else request_cost(estimate, prepared.max_tokens_cap,
+                                                        price.input_price, price.output_price)
+        return charging.Hold(request_id, call.identity.account_id, amount, price.input_price,
+                             price.output_price, estimate, prepared.max_tokens_cap)
+
+    async def _reserve(self, hold: charging.Hold) -> None:
+        """Take the hold, or 402. Shielded: a consumer leaving mid-way cancels ``open`` while the
+        transaction may already have committed; the reservation then still finishes, so the refund
+        that follows finds it (a cancel that landed on the commit itself left it open for good)."""
+        reserving = asyncio.ensure_future(charging.reserve(self.sessions, hold, self.coordinator_id))
+        try:
+            await asyncio.shield(reserving)
+        except asyncio.CancelledError:
+            await asyncio.wait({reserving})
+            raise
+        except InsufficientFunds:
+            raise PaymentRequired(LOW_BALANCE, code="insufficient_funds") from None
+        except charging.BillingHold:
+            raise PaymentRequired("this account is on billing hold after a card refund or dispute; "
+                                  "contact the operator", code="billing_hold") from None
+
+    def events(self, opened: Opened) -> AsyncIterator[bytes | Finished]:
+        return self.committer.events(opened.committed)
+
+    def begin(self, opened: Opened) -> None:
+        """The answer is reaching the consumer: from here a crash leaves an in_progress row."""
+        self.recorder.begin(opened.outcome)
+
+    def close(self, opened: Opened, finished: Finished | None, failure: DarkbloomError | None,
+              relayed: int, cut: DarkbloomError | None = None) -> None:
+        """End the request once: ``finished`` (completed), ``failure`` (the provider failed after
+        commit: nothing is charged) or neither (the consumer left, or ``cut``: the coordinator
+        ended a stream that was still delivering; charged for what it got).
+
+        Settlement runs after the response, off its path (the consumer never waits for it);
+        ``drain`` waits for those still running at shutdown."""
+        opened.outcome.duration_ms = _elapsed_ms(opened.started)
+        task = asyncio.create_task(self._close(opened, finished, failure, relayed, cut))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def drain(self) -> None:
+        if self._closing:
+            await asyncio.gather(*list(self._closing), return_exceptions=True)
+
+    async def _close(self, opened: Opened, finished: Finished | None, failure: DarkbloomError | None,
+                     relayed: int, cut: DarkbloomError | None) -> None:
+        outcome = opened.outcome
+        try:
+            if finished is not None:
+                outcome.status, outcome.status_code = "completed", 200
+                prompt, completion = await self._billable(opened, finished)
+                await self._settle(opened, prompt, completion, "completed", plausible=not finished.disputed)
+            elif failure is not None:
+                outcome.status, outcome.status_code, outcome.error_code = (
+                    "failed", failure.status_code, failure.code)
+                await self._refund(opened.hold)
+            else:
+                outcome.status, outcome.status_code = "cancelled", 499
+                if cut is not None:
+                    outcome.status, outcome.status_code, outcome.error_code = (
+                        "failed", cut.status_code, cut.code)
+                completion = await self._delivered_tokens(opened, relayed)
+                outcome.completion_tokens = completion
+                if completion == 0:  # nothing delivered: nothing charged
+                    await self._refund(opened.hold)
+                else:
+                    await self._settle(opened, opened.hold.prompt_estimate, completion, "partial",
+                                       plausible=True)
+        finally:
+            self.recorder.submit(outcome)
+
+    async def _billable(self, opened: Opened, finished: Finished) -> tuple[int, int]:
+        """The checked usage, then, where the answer was relayed in the clear and the tokenizer is
+        here, the lower of it and a recount (a provider's disagreement is logged and counted)."""
+        usage = finished.usage
+        outcome = opened.outcome
+        outcome.prompt_tokens, outcome.completion_tokens = usage.prompt_tokens, usage.completion_tokens
+        ceiling = _prompt_ceiling(opened.hold)
+        if opened.prepared.prompt_tokens is None and usage.prompt_tokens > ceiling:
+            # No count of our own (consumer-blind, or no tokenizer here): the provider's figure
+            # only up to what the request's size makes plausible (billing.md §4 step 1).
+            provider = opened.committed.attempt.provider
+            who = provider.identity_key or provider.id
+            self.usage_disputes[who] = self.usage_disputes.get(who, 0) + 1
+            log.warning("provider %s reported %d prompt tokens on %s; at most %d are plausible; "
+                        "billed at %d", provider.id, usage.prompt_tokens,
+                        opened.committed.attempt.request_id, ceiling, ceiling)
+            outcome.prompt_tokens = ceiling
+        recount = await self._recount(opened, usage.completion_tokens)
+        if recount is not None and recount < usage.completion_tokens:
+            if usage.completion_tokens > recount + _RECOUNT_SLACK:
+                provider = opened.committed.attempt.provider
+                who = provider.identity_key or provider.id
+                self.usage_disputes[who] = self.usage_disputes.get(who, 0) + 1
+                log.warning("provider %s reported %d completion tokens on %s; the answer recounts to "
+                            "%d; billed at %d", provider.id, usage.completion_tokens,
+                            opened.committed.attempt.request_id, recount, recount)
+            outcome.completion_tokens = recount
+        return outcome.prompt_tokens, outcome.completion_tokens
+
+    async def _recount(self, opened: Opened, limit: int) -> int | None:
+        """``min(limit, tokens)`` of the generated text relayed in the clear, or None where the
+        coordinator has no tokenizer or cannot read the answer (consumer-blind). A long answer is
+        counted off the event loop, and only as far as ``limit`` (recount.py)."""
+        tokenizers = self.preparer.tokenizers
+        builder = tokenizers.get(opened.prepared.model.id)
+        if builder is None or opened.prepared.sealed_for is not None:
+            return None
+        events = [opened.committed.first_chunk, *opened.delivered]
+        endpoint, stream = opened.call.endpoint, opened.prepared.request.stream
+
+        def recount() -> int:
+            return count_generated(endpoint, stream, events, builder.count, limit)
+
+        try:
+            if sum(map(len, events)) > _INLINE_RECOUNT_BYTES or tokenizers.busy:
+                return await tokenizers.off_loop(recount)
+            return recount()
+        except Exception as exc:  # the provider's text must never keep a request from settling
+            log.warning("could not recount request %s (%s)", opened.outcome.id, type(exc).__name__)
+            return None
+
+    async def _delivered_tokens(self, opened: Opened, relayed: int) -> int:
+        """A stream that ended early: the tokens in what the consumer received, at most the cap
+        (billing.md §4). Recounted where the coordinator has the tokenizer; else one per relayed
+        event that carried generated text; for consumer-blind streams (unreadable here) one per
+        relayed event past the framing a stream can carry. Nothing relayed: nothing."""
+        cap = opened.prepared.max_tokens_cap
+        if relayed <= 0:
+            return 0
+        recount = await self._recount(opened, cap)
+        if recount is not None:
+            return recount
+        if opened.prepared.sealed_for is not None:
+            return min(max(relayed - STREAM_FRAMING_EVENTS, 0), cap)
+        events = [opened.committed.first_chunk, *opened.delivered]
+        endpoint, stream = opened.call.endpoint, opened.prepared.request.stream
+        return min(await asyncio.to_thread(text_events, endpoint, stream, events), cap)
+
+    async def _settle(self, opened: Opened, prompt: int, completion: int, status: str, *,
+                      plausible: bool) -> None:
+        provider = opened.committed.attempt.provider
+        hold = opened.hold
+        served = charging.Served(
+            prompt_tokens=prompt, completion_tokens=completion, status=status,
+            endpoint=opened.call.endpoint, model=opened.prepared.model.id,
+            api_key_id=opened.call.identity.key_id, provider_id=provider.id,
+            provider_account_id=provider.account_id, provider_key=provider.identity_key,
+            plausible=(plausible and prompt <= _prompt_ceiling(hold) and completion <= hold.max_tokens),
+            ttft_ms=opened.outcome.ttft_ms, duration_ms=opened.outcome.duration_ms)
+        try:
+            await charging.settle(self.sessions, hold, served, fee_bps=self.settings.platform_fee_bps,
+                                  referral_pct=self.settings.referral_share_pct)
+        except (SQLAlchemyError, OSError) as exc:
+            log.error("could not settle request %s (%s); its hold is refunded at the next start",
+                      hold.request_id, type(exc).__name__)
+        except Exception:  # a bug: its transaction rolled back, so give the hold back now
+            log.exception("settling request %s failed; refunding its hold", hold.request_id)
+            await self._refund(hold)
+
+    async def _refund(self, hold: charging.Hold) -> None:
+        try:
+            await asyncio.shield(charging.refund(self.sessions, hold.request_id, hold.account_id))
+        except (SQLAlchemyError, OSError) as exc:
+            log.error("could not refund request %s (%s); it is refunded at the next start",
+                      hold.request_id, type(exc).__name__)
+
+    async def refund_orphans(self) -> int:
+        """At start: holds a dead coordinator left open (billing.md §4). Another coordinator's hold
+        is an orphan only once it is older than any request can live: a wait in the queue, then a
+        whole response deadline per attempt (each attempt has its own), then settling."""
+        settings = self.settings
+        lifetime = settings.queue_timeout_s + settings.max_attempts * settings.response_deadline_s
+        cutoff = max(settings.orphan_reservation_s, lifetime + 300)
+        return await charging.refund_orphans(self.sessions, self.coordinator_id,
+                                             datetime.now(UTC) - timedelta(seconds=cutoff))
+
+
+def _prompt_ceiling(hold: charging.Hold) -> int:
+    """The most prompt tokens a request of its size plausibly has (billing.md §4 step 1)."""
+    return 2 * hold.prompt_estimate + 256
+
+
+def _elapsed_ms(since: float) -> float:
+    return round((time.perf_counter() - since) * 1000, 3)

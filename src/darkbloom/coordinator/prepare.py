@@ -1,0 +1,162 @@
+"""Step one of a request: parse and validate it (400/404 in the caller's dialect), count its prompt
+exactly where this coordinator has the model's tokenizer, and fix its output budget. A body the
+consumer sealed to providers (consumer-blind) can only have its clear fields checked here."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+
+from darkbloom.config import CoordinatorSettings
+from darkbloom.coordinator.trust.attestation import LEVELS
+from darkbloom.errors import InvalidRequest, ModelNotFound, NoProviderAvailable, RequestTooLarge
+from darkbloom.inference.budget import output_budget
+from darkbloom.inference.catalog import Catalog, CatalogModel
+from darkbloom.inference.dialects import parse_request_off_loop
+from darkbloom.inference.fields import MAX_OUTPUT_TOKENS
+from darkbloom.inference.prompt import PromptBuilder
+from darkbloom.inference.request import GenerationRequest, parse_json_body
+from darkbloom.protocol.blind import BlindEnvelope
+from darkbloom.protocol.frames import MAX_FRAME_BYTES, Endpoint, Sealed
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MAX_SEALED_PROVIDERS = 3
+# Prompts larger than this are tokenized off the event loop.
+_INLINE_TOKENIZE_BYTES = 32 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    endpoint: Endpoint
+    body: bytes
+    request: GenerationRequest
+    model: CatalogModel
+    prompt_tokens: int | None
+    max_tokens_cap: int
+    min_trust: str | None = None
+    # Consumer-blind mode: provider id -> (its X25519 key as the consumer saw it, the envelope).
+    sealed_for: dict[str, tuple[str, Sealed]] | None = None
+
+
+def parse_blind_envelope(body: dict[str, Any]) -> BlindEnvelope:
+    """The consumer-blind envelope's clear fields; errors name fields, never echo values."""
+    try:
+        return BlindEnvelope.model_validate(body)
+    except ValidationError as exc:
+        where = sorted({".".join(str(p) for p in e["loc"]) or "body" for e in exc.errors()})[:3]
+        raise InvalidRequest(f"invalid consumer-blind envelope: bad field(s) {', '.join(where)}"[:300],
+                             param=where[0][:64], code="invalid_sealed_envelope") from None
+
+
+class Tokenizers:
+    """Vocabulary-only llama.cpp models, loaded once per catalog model whose file is present.
+
+    A tokenizer serves one call at a time (its lock), and a long call runs in a thread
+    (``off_loop``). While one does, short calls go off the loop too (``busy``): waiting for that
+    lock on the event loop would stall every request for as long as the long call takes."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self._off_loop = 0
+        self._builders: dict[str, PromptBuilder] = {}
+        for model in catalog.models:
+            path: Path | None = model.weights_path()
+            if path is None:
+                log.warning("no local tokenizer for %s: context checks move to the provider",
+                            model.id)
+                continue
+            self._builders[model.id] = PromptBuilder.vocab_only(path)
+
+    def get(self, model_id: str) -> PromptBuilder | None:
+        return self._builders.get(model_id)
+
+    @property
+    def busy(self) -> bool:
+        return self._off_loop > 0
+
+    async def off_loop(self, call: Callable[..., T], *args: Any) -> T:
+        self._off_loop += 1
+        try:
+            return await asyncio.to_thread(call, *args)
+        finally:
+            self._off_loop -= 1
+
+
+class Preparer:
+    def __init__(self, settings: CoordinatorSettings, catalog: Catalog, tokenizers: Tokenizers) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.tokenizers = tokenizers
+
+    async def prepare(self, endpoint: Endpoint, raw: bytes, min_trust: str | None = None) -> Prepared:
+        if min_trust is not None and min_trust not in LEVELS:
+            raise InvalidRequest(f"x-min-trust-level must be one of {', '.join(LEVELS)}",
+                                 param="x-min-trust-level")
+        request = await parse_request_off_loop(endpoint, raw)
+        model = self.catalog.resolve(request.model)
+        if model is None:
+            raise ModelNotFound(f"The model {request.model!r} does not exist or is not available "
+                                "on this network; see GET /v1/models", param="model")
+        builder = self.tokenizers.get(model.id)
+        if builder is None:
+            return Prepared(endpoint, raw, request, model, None,
+                            request.max_tokens or self.settings.default_max_tokens, min_trust)
+        if len(raw) > _INLINE_TOKENIZE_BYTES or self.tokenizers.busy:
+            tokens = await self.tokenizers.off_loop(builder.tokens, request)
+        else:
+            tokens = builder.tokens(request)
+        cap = output_budget(request, len(tokens), model.context_length,
+                            self.settings.default_max_tokens)
+        return Prepared(endpoint, raw, request, model, len(tokens), cap, min_trust)
+
+    def prepare_blind(self, endpoint: Endpoint, raw: bytes, min_trust: str | None = None) -> Prepared:
+        """A body the consumer sealed to providers itself (trust.md §9): only the clear fields
+        can be checked here; the providers validate the rest and refuse what they must.
+
+        Each sealed entry must fit in one frame to its provider (``entry_limit``), so no envelope
+        can make a provider's socket close on an oversized frame."""
+        if min_trust is not None and min_trust not in LEVELS:
+            raise InvalidRequest(f"x-min-trust-level must be one of {', '.join(LEVELS)}",
+                                 param="x-min-trust-level")
+        envelope = parse_blind_envelope(parse_json_body(raw))
+        model = self.catalog.resolve(envelope.model)
+        if model is None:
+            raise ModelNotFound("The model in the envelope does not exist", param="model")
+        limit = self.blind_entry_limit
+        sealed_for: dict[str, tuple[str, Sealed]] = {}
+        for i, entry in enumerate(envelope.sealed):
+            if len(entry.ciphertext) > limit:
+                raise RequestTooLarge(f"sealed[{i}].ciphertext exceeds {limit} bytes",
+                                      param=f"sealed[{i}].ciphertext")
+            if entry.provider_id in sealed_for:
+                raise InvalidRequest("sealed lists a provider twice", param=f"sealed[{i}].provider_id")
+            sealed_for[entry.provider_id] = (entry.encryption_public_key, Sealed(
+                ephemeral_public_key=entry.ephemeral_public_key, ciphertext=entry.ciphertext))
+        request = GenerationRequest(endpoint=endpoint, model=envelope.model, stream=envelope.stream)
+        cap = min(envelope.max_tokens or self.settings.default_max_tokens, MAX_OUTPUT_TOKENS)
+        return Prepared(endpoint, raw, request, model, None, cap, min_trust, sealed_for)
+
+    @property
+    def blind_entry_limit(self) -> int:
+        """Largest sealed entry: a body of max_body_bytes in base64, and never more than a frame
+        to the provider can carry (with room for the frame's other fields)."""
+        return min(self.settings.max_body_bytes * 4 // 3 + 64, MAX_FRAME_BYTES - 64 * 1024)
+
+    async def count_tokens(self, raw: bytes) -> int:
+        """Anthropic's count_tokens: the exact prompt tokens a Messages request would use."""
+        # count_tokens takes a Messages body without max_tokens
+        request = await parse_request_off_loop("/v1/messages", raw, {"max_tokens": 1})
+        model = self.catalog.resolve(request.model)
+        if model is None:
+            raise ModelNotFound(f"model: {request.model!r} not found", param="model")
+        builder = self.tokenizers.get(model.id)
+        if builder is None:
+            raise NoProviderAvailable(f"token counting for {model.id} is not available here")
+        return len(await self.tokenizers.off_loop(builder.tokens, request))

@@ -1,0 +1,242 @@
+"""A request's money (billing.md §3, §4): reserve before any work, then exactly one ending, either
+a refund of the whole reservation or a settlement that splits the cost between provider, platform
+and referrer, refunds the rest and writes the usage and earnings rows, all in one transaction.
+
+Every ending is conditional on the reservation still being ``open`` (read under the consumer's
+row lock), so a settlement racing an orphan sweep or a second ending changes nothing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from darkbloom.coordinator.money import request_cost, split_cost
+from darkbloom.coordinator.store.ledger import (
+    PLATFORM_ACCOUNT_ID,
+    Balances,
+    InsufficientFunds,
+    lock,
+    move,
+    transaction,
+)
+from darkbloom.coordinator.store.tables import (
+    Account,
+    Balance,
+    ProviderEarning,
+    Referral,
+    Reservation,
+    UsageRecord,
+)
+
+log = logging.getLogger(__name__)
+OPEN, SETTLED, REFUNDED = "open", "settled", "refunded"
+
+
+class BillingHold(Exception):
+    """The account is on hold (a Stripe refund or dispute it could not cover): no new work."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """What one request reserved, and at which prices (a price change applies to later requests)."""
+
+    request_id: str
+    account_id: str
+    amount_micro_usd: int
+    input_price: int
+    output_price: int
+    prompt_estimate: int
+    max_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """What settlement needs to know about the request as served."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    status: str  # completed | partial
+    endpoint: str
+    model: str
+    api_key_id: str | None
+    provider_id: str | None
+    provider_account_id: str | None
+    provider_key: str | None
+    plausible: bool  # the counts are within what the coordinator could check (excess may be charged)
+    ttft_ms: float | None = None
+    duration_ms: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    cost_micro_usd: int
+    refund_micro_usd: int
+    payout_micro_usd: int
+    platform_fee_micro_usd: int
+    referral_reward_micro_usd: int
+    self_routed: bool
+
+
+async def reserve(sessions: async_sessionmaker[AsyncSession], hold: Hold,
+                  coordinator_id: str | None = None) -> None:
+    """Debit the hold (``reserve`` row) and open the reservation, or raise InsufficientFunds or
+    BillingHold with nothing written. A zero hold (self-route, a free model) opens a reservation
+    with no ledger row, so every request still ends through ``settle`` or ``refund``."""
+    async with transaction(sessions) as session:
+        balance, on_hold = await _lock_consumer(session, hold.account_id)
+        if on_hold:
+            raise BillingHold(hold.account_id)
+        if hold.amount_micro_usd > 0:
+            await move(session, hold.account_id, -hold.amount_micro_usd, "reserve", hold.request_id,
+                       before=balance, request_id=hold.request_id)
+        session.add(Reservation(
+            request_id=hold.request_id, account_id=hold.account_id, amount_micro_usd=hold.amount_micro_usd,
+            input_price=hold.input_price, output_price=hold.output_price,
+            prompt_estimate=hold.prompt_estimate, max_tokens=hold.max_tokens, state=OPEN,
+            coordinator_id=coordinator_id, created_at=datetime.now(UTC)))
+
+
+async def _lock_consumer(session: AsyncSession, account_id: str) -> tuple[Balances, bool]:
+    """The consumer's locked balance and billing hold, in one round trip where the balance row
+    exists on PostgreSQL (the reservation is in every request's time to first token)."""
+    if session.get_bind().dialect.name != "sqlite":
+        row = (await session.execute(
+            select(Balance.balance_micro_usd, Balance.withdrawable_micro_usd, Account.billing_hold)
+            .join(Account, Account.id == Balance.account_id).where(Balance.account_id == account_id)
+            .with_for_update(of=Balance))).one_or_none()
+        if row is not None:
+            return Balances(row[0], row[1]), bool(row[2])
+    balance = (await lock(session, account_id))[account_id]
+    on_hold = (await session.execute(select(Account.billing_hold).where(
+        Account.id == account_id))).scalar_one_or_none()
+    return balance, bool(on_hold)
+
+
+async def _end(session: AsyncSession, request_id: str, state: str) -> int | None:
+    """Close the reservation if it is still open; its amount, or None if it had already ended.
+    The first statement of every ending (a write: on SQLite it opens the transaction), and the
+    reservation row's lock orders concurrent endings of one request."""
+    return (await session.execute(
+        update(Reservation).where(Reservation.request_id == request_id, Reservation.state == OPEN)
+        .values(state=state, settled_at=datetime.now(UTC))
+        .returning(Reservation.amount_micro_usd))).scalar_one_or_none()
+
+
+async def refund(sessions: async_sessionmaker[AsyncSession], request_id: str, account_id: str,
+                 reference: str | None = None) -> int:
+    """Give an open reservation back in full (failure before any answer, the provider failing,
+    an orphan); returns the amount, 0 if it had already ended."""
+    async with transaction(sessions) as session:
+        amount = await _end(session, request_id, REFUNDED)
+        if not amount:
+            return 0
+        locked = await lock(session, account_id)
+        await move(session, account_id, amount, "refund", reference or request_id,
+                   before=locked[account_id], request_id=request_id)
+        return amount
+
+
+async def settle(sessions: async_sessionmaker[AsyncSession], hold: Hold, served: Served, *,
+                 fee_bps: int, referral_pct: int) -> Settled | None:
+    """Charge what was served at the reserved prices; None if the reservation had already ended.
+
+    Self-served (the consumer's own provider) is free. A cost above the hold is debited only when
+    the counts were plausible and the balance covers it; otherwise it is clamped to the hold.
+    """
+    account_id, request_id = hold.account_id, hold.request_id
+    provider = served.provider_account_id
+    self_routed = provider is not None and provider == account_id
+    async with transaction(sessions) as session:
+        reserved = await _end(session, request_id, SETTLED)
+        if reserved is None:
+            return None
+        referrer = (await session.execute(select(Referral.referrer_account_id).where(
+            Referral.account_id == account_id))).scalar_one_or_none()
+        rewarded = referrer is not None and referrer not in (account_id, provider)
+        cost = 0 if self_routed or provider is None else request_cost(
+            served.prompt_tokens, served.completion_tokens, hold.input_price, hold.output_price)
+        parts = split_cost(cost, fee_bps, referral_pct, rewarded)
+        involved = [account_id] + [a for a in (provider, referrer if rewarded else None) if a]
+        if parts.platform_fee:
+            involved.append(PLATFORM_ACCOUNT_ID)
+        locked = await lock(session, *involved)
+        if cost > reserved:
+            cost = await _charge_excess(session, hold, locked, cost, served.plausible)
+            parts = split_cost(cost, fee_bps, referral_pct, rewarded)
+        if reserved - cost > 0:
+            await _move(session, locked, account_id, reserved - cost, "refund", request_id)
+        if parts.payout and provider is not None:
+            await _move(session, locked, provider, parts.payout, "payout", request_id)
+            session.add(ProviderEarning(
+                account_id=provider, provider_id=served.provider_id or "", provider_key=served.provider_key,
+                job_id=request_id, model=served.model, amount_micro_usd=parts.payout,
+                prompt_tokens=served.prompt_tokens, completion_tokens=served.completion_tokens,
+                created_at=datetime.now(UTC)))
+        if parts.platform_fee:
+            await _move(session, locked, PLATFORM_ACCOUNT_ID, parts.platform_fee, "platform_fee",
+                        request_id, withdrawable=False)
+        if parts.referral_reward and referrer is not None:
+            await _move(session, locked, referrer, parts.referral_reward, "referral_reward", request_id)
+        session.add(UsageRecord(
+            request_id=request_id, account_id=account_id, api_key_id=served.api_key_id,
+            endpoint=served.endpoint, model=served.model, provider_id=served.provider_id,
+            provider_account_id=provider, prompt_tokens=served.prompt_tokens,
+            completion_tokens=served.completion_tokens, cost_micro_usd=cost,
+            provider_payout_micro_usd=parts.payout, platform_fee_micro_usd=parts.platform_fee,
+            referral_reward_micro_usd=parts.referral_reward, status=served.status,
+            self_routed=self_routed, ttft_ms=served.ttft_ms, duration_ms=served.duration_ms,
+            created_at=datetime.now(UTC)))
+    return Settled(cost, max(reserved - cost, 0), parts.payout, parts.platform_fee,
+                   parts.referral_reward, self_routed)
+
+
+async def _move(session: AsyncSession, locked: dict[str, Balances], account_id: str, amount: int, kind: str,
+                request_id: str, withdrawable: bool | None = None, reference: str | None = None) -> None:
+    """A settlement's movement, keeping ``locked`` current: one account may take two movements
+    (a provider linked to the platform account earns its payout and the fee), and each row's
+    withdrawable delta is measured from the balance the one before it left."""
+    before = locked[account_id]
+    entry = await move(session, account_id, amount, kind, reference or request_id, before=before,
+                       withdrawable=withdrawable, request_id=request_id)
+    locked[account_id] = Balances(entry.balance_after_micro_usd,
+                                  before.withdrawable_micro_usd + entry.withdrawable_delta_micro_usd)
+
+
+async def _charge_excess(session: AsyncSession, hold: Hold, locked: dict[str, Balances], cost: int,
+                         plausible: bool) -> int:
+    """billing.md §4 step 1: the cost above the hold, debited if plausible and affordable; else the
+    hold is the cost (and the shortfall is logged)."""
+    excess = cost - hold.amount_micro_usd
+    if plausible:
+        try:
+            await _move(session, locked, hold.account_id, -excess, "reserve", hold.request_id,
+                        reference=f"excess:{hold.request_id}")
+            return cost
+        except InsufficientFunds:
+            pass
+    log.warning("request %s cost %d micro-USD above its reservation of %d; clamped",
+                hold.request_id, excess, hold.amount_micro_usd)
+    return hold.amount_micro_usd
+
+
+async def refund_orphans(sessions: async_sessionmaker[AsyncSession], coordinator_id: str | None,
+                         older_than: datetime, limit: int = 10_000) -> int:
+    """billing.md §4: reservations a dead coordinator left open are refunded in full under
+    ``orphan:<request id>``: at start, all of this coordinator's own (its previous run died holding
+    them), and any other's opened before ``older_than`` (no request can still be running then).
+    Returns how many were refunded."""
+    mine = Reservation.coordinator_id == coordinator_id if coordinator_id else Reservation.request_id == ""
+    async with sessions() as session:
+        rows = (await session.execute(select(Reservation.request_id, Reservation.account_id).where(
+            Reservation.state == OPEN, mine | (Reservation.created_at < older_than))
+            .order_by(Reservation.created_at).limit(limit))).all()
+    refunded = 0
+    for request_id, account_id in rows:
+        if await refund(sessions, request_id, account_id, reference=f"orphan:{request_id}"):
+            refunded += 1
+    return refunded
