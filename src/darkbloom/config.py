@@ -73,6 +73,8 @@ class CoordinatorSettings(BaseSettings):
     referral_share_pct: int = Field(default=20, ge=0, le=50)
     # billing.md §4: open reservations older than this are refunded when a coordinator starts.
     orphan_reservation_s: float = Field(default=900.0, gt=0)
+    # How often a running coordinator looks for such holds (and for settlements that failed).
+    orphan_sweep_s: float = Field(default=300.0, gt=0)
     # How often admin prices set through another coordinator process are picked up.
     price_reload_s: float = Field(default=5.0, gt=0)
     # Stripe (billing.md §6, §9). Without the secret key the Stripe routes answer 503 billing_error.

@@ -24,11 +24,11 @@ from darkbloom.coordinator.store.credentials import now
 PASSWORD = "correct horse battery"
 
 
-def _client(sessions: async_sessionmaker[AsyncSession]) -> httpx.AsyncClient:
+def _client(sessions: async_sessionmaker[AsyncSession], rate_per_s: float = 0) -> httpx.AsyncClient:
     app = FastAPI()
     errors.install(app)
     app.state.sessions = sessions
-    app.state.settings = CoordinatorSettings()
+    app.state.settings = CoordinatorSettings(financial_rate_per_s=rate_per_s)
     app.state.key_cache = KeyCache(sessions)
     app.include_router(routes.router)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t")
@@ -118,3 +118,18 @@ async def test_a_session_ends_exactly_at_its_idle_expiry(sessions: async_session
     tampered = token[:-1] + ("1" if token.endswith("0") else "0")
     assert await accounts.find_session(sessions, tampered, idle, at=later) is None
     assert await accounts.find_session(sessions, "sk-db-" + token[4:], idle, at=later) is None
+
+
+async def test_password_guessing_is_rate_limited_per_client_and_address(
+        sessions: async_sessionmaker[AsyncSession]) -> None:
+    """Failed or not, sign-ins count against the financial tier per (client, address): a guesser
+    gets 429s after the burst, while the same client may still sign in to another address."""
+    await accounts.create_account(sessions, "victim@example.com", accounts.hash_password(PASSWORD))
+    async with _client(sessions, rate_per_s=0.2) as http:
+        tries = [await http.post("/v1/auth/login", json={"email": "victim@example.com",
+                                                         "password": f"guess-{i:06d}"}) for i in range(4)]
+        other = await http.post("/v1/auth/login", json={"email": "other@example.com", "password": PASSWORD})
+    assert [t.status_code for t in tries] == [401, 401, 401, 429]
+    assert tries[-1].json()["error"]["type"] == "rate_limit_exceeded"
+    assert int(tries[-1].headers["retry-after"]) >= 1
+    assert other.status_code == 401

@@ -76,7 +76,8 @@ def create_app(settings: CoordinatorSettings, catalog: Catalog | None = None) ->
         log.info("coordinator ready (database: %s)", engine.dialect.name)
         watchers = [asyncio.create_task(watch_revoked_keys(state.key_cache, sessions,
                                                            settings.key_revocation_poll_s)),
-                    asyncio.create_task(state.prices.watch(settings.price_reload_s))]
+                    asyncio.create_task(state.prices.watch(settings.price_reload_s)),
+                    asyncio.create_task(state.pipeline.sweep_orphans(settings.orphan_sweep_s))]
         try:
             async with provider_watch(state):
                 yield

@@ -306,15 +306,28 @@ class Pipeline:
             log.error("could not refund request %s (%s); it is refunded at the next start",
                       hold.request_id, type(exc).__name__)
 
-    async def refund_orphans(self) -> int:
-        """At start: holds a dead coordinator left open (billing.md §4). Another coordinator's hold
-        is an orphan only once it is older than any request can live: a wait in the queue, then a
-        whole response deadline per attempt (each attempt has its own), then settling."""
+    def _orphaned_before(self) -> datetime:
+        """A hold opened before this is an orphan whoever holds it: older than any request can
+        live (a wait in the queue, then a whole response deadline per attempt, then settling)."""
         settings = self.settings
         lifetime = settings.queue_timeout_s + settings.max_attempts * settings.response_deadline_s
-        cutoff = max(settings.orphan_reservation_s, lifetime + 300)
-        return await charging.refund_orphans(self.sessions, self.coordinator_id,
-                                             datetime.now(UTC) - timedelta(seconds=cutoff))
+        return datetime.now(UTC) - timedelta(seconds=max(settings.orphan_reservation_s, lifetime + 300))
+
+    async def refund_orphans(self) -> int:
+        """At start: holds a dead coordinator left open (billing.md §4): all of this coordinator's
+        own (its previous run died holding them), and any other's past ``_orphaned_before``."""
+        return await charging.refund_orphans(self.sessions, self.coordinator_id, self._orphaned_before())
+
+    async def sweep_orphans(self, every_s: float) -> None:
+        """While running: holds past ``_orphaned_before``, whoever's (a settlement the database
+        refused, a coordinator that died and never came back), so no money stays held for long."""
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                if refunded := await charging.refund_orphans(self.sessions, None, self._orphaned_before()):
+                    log.warning("refunded %d reservation(s) that outlived any request", refunded)
+            except (SQLAlchemyError, OSError) as exc:
+                log.warning("could not sweep orphaned reservations (%s)", type(exc).__name__)
 
 
 def _prompt_ceiling(hold: charging.Hold) -> int:
