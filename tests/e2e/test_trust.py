@@ -215,7 +215,7 @@ def test_hardware_trust_through_an_operator_ca(tmp_path: Path) -> None:
         assert all(step.ok for step in pinned), pinned
         stranger = verify_receipt(receipt, signature, body, _listing(coordinator), root_cas=[CA().cert])  # type: ignore[arg-type]
         assert [s.name for s in stranger if not s.ok] == ["certificate chain leads to a pinned root"]
-        ask = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+        ask = {"model": MODEL, "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
         sealed, channels = seal_to_providers(ask, _listing(coordinator), root_cas=[root.cert])  # type: ignore[arg-type]
         assert len(channels) == 1
         from darkbloom.client.blind import MEDIA_TYPE, open_response

@@ -77,7 +77,7 @@ async def test_a_consumer_leaving_while_its_reservation_commits_gets_it_back(
     pipeline = _pipeline(sessions, CoordinatorSettings(), catalog, "c1")
     body = b'{"model": "%s", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}' % (
         DEFAULT_MODEL.id.encode())
-    opening = asyncio.create_task(pipeline.open(Call("/v1/chat/completions", body, KeyIdentity("k", "alice"),
+    opening = asyncio.create_task(pipeline.open(Call("/v1/chat/completions", body, KeyIdentity(None, "alice"),
                                                      None)))
     for _ in range(100):
         if await _open_reservations(sessions):

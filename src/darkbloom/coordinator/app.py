@@ -70,7 +70,7 @@ def create_app(settings: CoordinatorSettings, catalog: Catalog | None = None) ->
         await state.prices.load()
         state.pipeline = Pipeline(settings, Preparer(settings, catalog, Tokenizers(catalog)),
                                   Committer(settings, scheduler, dispatcher), state.prices, sessions,
-                                  recorder, instance)
+                                  recorder, instance, state.key_cache.forget)
         if orphans := await state.pipeline.refund_orphans():
             log.warning("refunded %d reservation(s) left open by a coordinator that stopped", orphans)
         log.info("coordinator ready (database: %s)", engine.dialect.name)

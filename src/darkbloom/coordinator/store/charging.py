@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from darkbloom.coordinator.money import request_cost, split_cost
@@ -20,12 +21,14 @@ from darkbloom.coordinator.store.ledger import (
     PLATFORM_ACCOUNT_ID,
     Balances,
     InsufficientFunds,
+    insert_rows,
     lock,
     move,
     transaction,
 )
 from darkbloom.coordinator.store.tables import (
     Account,
+    ApiKey,
     Balance,
     ProviderEarning,
     Referral,
@@ -41,6 +44,11 @@ class BillingHold(Exception):
     """The account is on hold (a Stripe refund or dispute it could not cover): no new work."""
 
 
+class KeyRevoked(Exception):
+    """The request's API key was revoked (by any process): revocation takes effect at once,
+    whatever a process's key cache still says, at no extra round trip."""
+
+
 @dataclass(frozen=True, slots=True)
 class Hold:
     """What one request reserved, and at which prices (a price change applies to later requests)."""
@@ -52,6 +60,7 @@ class Hold:
     output_price: int
     prompt_estimate: int
     max_tokens: int
+    api_key_id: str | None = None  # the key it was made with (None: a session), checked unrevoked
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,33 +97,41 @@ async def reserve(sessions: async_sessionmaker[AsyncSession], hold: Hold,
     BillingHold with nothing written. A zero hold (self-route, a free model) opens a reservation
     with no ledger row, so every request still ends through ``settle`` or ``refund``."""
     async with transaction(sessions) as session:
-        balance, on_hold = await _lock_consumer(session, hold.account_id)
+        balance, on_hold, revoked = await _lock_consumer(session, hold.account_id, hold.api_key_id)
+        if revoked:
+            raise KeyRevoked(hold.api_key_id)
         if on_hold:
             raise BillingHold(hold.account_id)
+        rows: list[Any] = []
         if hold.amount_micro_usd > 0:
-            await move(session, hold.account_id, -hold.amount_micro_usd, "reserve", hold.request_id,
-                       before=balance, request_id=hold.request_id)
-        session.add(Reservation(
+            rows.append(await move(session, hold.account_id, -hold.amount_micro_usd, "reserve",
+                                   hold.request_id, before=balance, request_id=hold.request_id))
+        rows.append(Reservation(
             request_id=hold.request_id, account_id=hold.account_id, amount_micro_usd=hold.amount_micro_usd,
             input_price=hold.input_price, output_price=hold.output_price,
             prompt_estimate=hold.prompt_estimate, max_tokens=hold.max_tokens, state=OPEN,
-            coordinator_id=coordinator_id, created_at=datetime.now(UTC)))
+            coordinator_id=coordinator_id, created_at=datetime.now(UTC), settled_at=None))
+        await insert_rows(session, rows)
 
 
-async def _lock_consumer(session: AsyncSession, account_id: str) -> tuple[Balances, bool]:
-    """The consumer's locked balance and billing hold, in one round trip where the balance row
-    exists on PostgreSQL (the reservation is in every request's time to first token)."""
+async def _lock_consumer(session: AsyncSession, account_id: str,
+                         key_id: str | None) -> tuple[Balances, bool, bool]:
+    """The consumer's locked balance, billing hold, and whether ``key_id`` is no longer a live key
+    of the account: one round trip where the balance row exists on PostgreSQL (the reservation is
+    in every request's time to first token)."""
+    key = select(ApiKey.id).where(ApiKey.id == key_id, ApiKey.account_id == account_id,
+                                  ApiKey.revoked_at.is_(None)).scalar_subquery()
+    live = key.is_not(None) if key_id is not None else literal(True)
     if session.get_bind().dialect.name != "sqlite":
         row = (await session.execute(
-            select(Balance.balance_micro_usd, Balance.withdrawable_micro_usd, Account.billing_hold)
+            select(Balance.balance_micro_usd, Balance.withdrawable_micro_usd, Account.billing_hold, live)
             .join(Account, Account.id == Balance.account_id).where(Balance.account_id == account_id)
             .with_for_update(of=Balance))).one_or_none()
         if row is not None:
-            return Balances(row[0], row[1]), bool(row[2])
+            return Balances(row[0], row[1]), bool(row[2]), not row[3]
     balance = (await lock(session, account_id))[account_id]
-    on_hold = (await session.execute(select(Account.billing_hold).where(
-        Account.id == account_id))).scalar_one_or_none()
-    return balance, bool(on_hold)
+    flags = (await session.execute(select(Account.billing_hold, live).where(Account.id == account_id))).one()
+    return balance, bool(flags[0]), not flags[1]
 
 
 async def _end(session: AsyncSession, request_id: str, state: str) -> int | None:
@@ -136,8 +153,9 @@ async def refund(sessions: async_sessionmaker[AsyncSession], request_id: str, ac
         if not amount:
             return 0
         locked = await lock(session, account_id)
-        await move(session, account_id, amount, "refund", reference or request_id,
-                   before=locked[account_id], request_id=request_id)
+        await insert_rows(session, [await move(session, account_id, amount, "refund",
+                                               reference or request_id, before=locked[account_id],
+                                               request_id=request_id)])
         return amount
 
 
@@ -165,24 +183,26 @@ async def settle(sessions: async_sessionmaker[AsyncSession], hold: Hold, served:
         if parts.platform_fee:
             involved.append(PLATFORM_ACCOUNT_ID)
         locked = await lock(session, *involved)
+        rows: list[Any] = []
         if cost > reserved:
-            cost = await _charge_excess(session, hold, locked, cost, served.plausible)
+            cost = await _charge_excess(session, rows, hold, locked, cost, served.plausible)
             parts = split_cost(cost, fee_bps, referral_pct, rewarded)
         if reserved - cost > 0:
-            await _move(session, locked, account_id, reserved - cost, "refund", request_id)
+            await _move(session, rows, locked, account_id, reserved - cost, "refund", request_id)
         if parts.payout and provider is not None:
-            await _move(session, locked, provider, parts.payout, "payout", request_id)
-            session.add(ProviderEarning(
+            await _move(session, rows, locked, provider, parts.payout, "payout", request_id)
+            rows.append(ProviderEarning(
                 account_id=provider, provider_id=served.provider_id or "", provider_key=served.provider_key,
                 job_id=request_id, model=served.model, amount_micro_usd=parts.payout,
                 prompt_tokens=served.prompt_tokens, completion_tokens=served.completion_tokens,
                 created_at=datetime.now(UTC)))
         if parts.platform_fee:
-            await _move(session, locked, PLATFORM_ACCOUNT_ID, parts.platform_fee, "platform_fee",
+            await _move(session, rows, locked, PLATFORM_ACCOUNT_ID, parts.platform_fee, "platform_fee",
                         request_id, withdrawable=False)
         if parts.referral_reward and referrer is not None:
-            await _move(session, locked, referrer, parts.referral_reward, "referral_reward", request_id)
-        session.add(UsageRecord(
+            await _move(session, rows, locked, referrer, parts.referral_reward, "referral_reward",
+                        request_id)
+        rows.append(UsageRecord(
             request_id=request_id, account_id=account_id, api_key_id=served.api_key_id,
             endpoint=served.endpoint, model=served.model, provider_id=served.provider_id,
             provider_account_id=provider, prompt_tokens=served.prompt_tokens,
@@ -191,30 +211,33 @@ async def settle(sessions: async_sessionmaker[AsyncSession], hold: Hold, served:
             referral_reward_micro_usd=parts.referral_reward, status=served.status,
             self_routed=self_routed, ttft_ms=served.ttft_ms, duration_ms=served.duration_ms,
             created_at=datetime.now(UTC)))
+        await insert_rows(session, rows)
     return Settled(cost, max(reserved - cost, 0), parts.payout, parts.platform_fee,
                    parts.referral_reward, self_routed)
 
 
-async def _move(session: AsyncSession, locked: dict[str, Balances], account_id: str, amount: int, kind: str,
-                request_id: str, withdrawable: bool | None = None, reference: str | None = None) -> None:
-    """A settlement's movement, keeping ``locked`` current: one account may take two movements
-    (a provider linked to the platform account earns its payout and the fee), and each row's
-    withdrawable delta is measured from the balance the one before it left."""
+async def _move(session: AsyncSession, rows: list[Any], locked: dict[str, Balances], account_id: str,
+                amount: int, kind: str, request_id: str, withdrawable: bool | None = None,
+                reference: str | None = None) -> None:
+    """A settlement's movement, its row added to ``rows`` and ``locked`` kept current: one account
+    may take two movements (a provider linked to the platform account earns its payout and the
+    fee), and each row's withdrawable delta is measured from the balance the one before it left."""
     before = locked[account_id]
     entry = await move(session, account_id, amount, kind, reference or request_id, before=before,
                        withdrawable=withdrawable, request_id=request_id)
+    rows.append(entry)
     locked[account_id] = Balances(entry.balance_after_micro_usd,
                                   before.withdrawable_micro_usd + entry.withdrawable_delta_micro_usd)
 
 
-async def _charge_excess(session: AsyncSession, hold: Hold, locked: dict[str, Balances], cost: int,
-                         plausible: bool) -> int:
+async def _charge_excess(session: AsyncSession, rows: list[Any], hold: Hold, locked: dict[str, Balances],
+                         cost: int, plausible: bool) -> int:
     """billing.md §4 step 1: the cost above the hold, debited if plausible and affordable; else the
     hold is the cost (and the shortfall is logged)."""
     excess = cost - hold.amount_micro_usd
     if plausible:
         try:
-            await _move(session, locked, hold.account_id, -excess, "reserve", hold.request_id,
+            await _move(session, rows, locked, hold.account_id, -excess, "reserve", hold.request_id,
                         reference=f"excess:{hold.request_id}")
             return cost
         except InsufficientFunds:

@@ -15,12 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import case, func, literal, select, union_all, update
+from sqlalchemy import case, func, insert, literal, select, union_all, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -182,9 +182,9 @@ async def move(session: AsyncSession, account_id: str, amount: int, kind: str, r
                before: Balances, withdrawable: bool | None = None, request_id: str | None = None,
                actor: str = SYSTEM_ACTOR) -> LedgerEntry:
     """The movement itself, for a reference new by construction (a request's): the conditional
-    balance update and its row, added to the session unflushed (the commit writes every row of
-    the transaction in one go). ``before`` is the account's balance as this transaction last left
-    it. Raises InsufficientFunds (nothing written; the transaction stays usable)."""
+    balance update, and its row to write (``insert_rows`` writes a transaction's rows in one go).
+    ``before`` is the account's balance as this transaction last left it. Raises
+    InsufficientFunds (nothing written; the transaction stays usable)."""
     _check(abs(amount), reference)
     from_withdrawable = _withdrawable(kind, amount, withdrawable)
     now = datetime.now(UTC)
@@ -207,12 +207,24 @@ async def move(session: AsyncSession, account_id: str, amount: int, kind: str, r
         raise BalanceLimit(f"account {account_id} cannot hold {amount} more micro-USD")
     if after is None:
         raise InsufficientFunds(f"account {account_id} cannot cover {-amount} micro-USD")
-    entry = LedgerEntry(account_id=account_id, kind=kind, amount_micro_usd=amount,
-                        withdrawable_delta_micro_usd=after[1] - before.withdrawable_micro_usd,
-                        balance_after_micro_usd=after[0], reference=reference,
-                        request_id=request_id, actor=actor, created_at=now)
-    session.add(entry)
-    return entry
+    return LedgerEntry(account_id=account_id, kind=kind, amount_micro_usd=amount,
+                       withdrawable_delta_micro_usd=after[1] - before.withdrawable_micro_usd,
+                       balance_after_micro_usd=after[0], reference=reference,
+                       request_id=request_id, actor=actor, created_at=now)
+
+
+async def insert_rows(session: AsyncSession, rows: Sequence[Any]) -> None:
+    """Write new ORM rows with plain INSERTs, one per table and shape, without the session's unit
+    of work: the money path never reads them back in its transaction, and the unit of work costs
+    more CPU than the statements themselves (docs/BENCHMARKS.md, money path)."""
+    batches: dict[tuple[Any, tuple[str, ...]], list[dict[str, Any]]] = {}
+    for row in rows:
+        table = row.__table__
+        values = {c.key: getattr(row, c.key) for c in table.columns
+                  if not (getattr(row, c.key) is None and (c.primary_key or c.default is not None))}
+        batches.setdefault((table, tuple(values)), []).append(values)
+    for (table, _), batch in batches.items():
+        await session.execute(insert(table), batch)
 
 
 async def post(session: AsyncSession, account_id: str, amount: int, kind: str, reference: str, *,
@@ -232,6 +244,7 @@ async def post(session: AsyncSession, account_id: str, amount: int, kind: str, r
                                     .where(Balance.account_id == account_id))).one()
     entry = await move(session, account_id, amount, kind, reference, before=Balances(before[0], before[1]),
                        withdrawable=withdrawable, request_id=request_id, actor=actor)
+    session.add(entry)
     await session.flush()
     return _entry(entry)
 
