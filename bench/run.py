@@ -326,20 +326,19 @@ The money path (`bench/money.py`): each request's reservation (in its time to fi
 settlement (after its last byte, off the response) against the database, one request at a time
 and with 64 consumer accounts requesting concurrently, back to back, payouts going to
 {money.OPERATORS} provider accounts; latency measured around each call as the pipeline awaits it.
-Target: under 1 ms p50 added to a request on PostgreSQL (not met; see below).
+Target: under 1 ms p50 added to a request on PostgreSQL (about 1 ms; see below).
 
 {money.table(money_results)}
 
-- One request at a time, a reservation costs about 2.5-3 ms on PostgreSQL here, and that is in
-  every request's TTFT (the TTFT table above includes it). It is six statements (BEGIN, the
-  locked balance read with the billing hold, the conditional debit, the ledger row, the
-  reservation row, COMMIT); raw asyncpg does such a round trip in ~0.08 ms on this machine,
-  SQLAlchemy's async session ~0.25-0.35 ms. Writing the rows as plain INSERTs instead of through
-  the session's unit of work took it from 3.1 to 2.7 ms. Below 1 ms needs the reservation as one
-  statement (a PostgreSQL CTE) on the driver's connection, left for the performance work
-  (issue 14).
+- One request at a time, a reservation costs about 1 ms on PostgreSQL here (0.87 and 1.21 ms p50
+  in two runs on 2026-11-30), and that is in every request's TTFT. On PostgreSQL it is one
+  statement in autocommit (`store/charging.py` `_RESERVE`: lock the balance, check key and hold,
+  debit, ledger row, reservation row), sent on a plain connection: it was 3.1 ms as six statements
+  through SQLAlchemy's ORM session (each ~0.3 ms here, against ~0.08 ms for a raw asyncpg round
+  trip) and 2.7 ms with plain INSERTs. SQLite keeps the general path (one writer, in-process; ~3.5
+  ms, mostly aiosqlite's thread hops).
 - At 64 concurrent requests the p50s are queueing: one Python process on 2 shared cores does
-  ~100 (SQLite: one writer) to ~200 (PostgreSQL) reserve+settle pairs a second, so a request
+  ~100 (SQLite: one writer) to ~280 (PostgreSQL) reserve+settle pairs a second, so a request
   waits behind the others. Settlement is off the response (a task after the last byte), so its
   latency is not in any request's time, only in throughput.
 - With the money path in place (a reservation in every request's TTFT: the bench coordinator
