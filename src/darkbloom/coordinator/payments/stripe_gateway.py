@@ -184,9 +184,7 @@ class StripeGateway:
                 {"idempotency_key": f"acct-{account_id}-{country}"})
         except stripe.StripeError as exc:
             raise _failure(exc) from None
-        if (made_id := stripe_id(made.to_dict().get("id"))) is None:
-            raise GatewayError("Stripe returned an account without a valid id")
-        return made_id
+        return _made_id(made.to_dict(), "an account")
 
     async def account_link(self, stripe_account_id: str, return_url: str, refresh_url: str) -> str:
         try:
@@ -217,9 +215,7 @@ class StripeGateway:
                 {"idempotency_key": f"wd-tr-{withdrawal_id}"})
         except stripe.StripeError as exc:
             raise _failure(exc) from None
-        if (made_id := stripe_id(made.to_dict().get("id"))) is None:
-            raise GatewayError("Stripe returned a transfer without a valid id", ambiguous=True)
-        return made_id
+        return _made_id(made.to_dict(), "a transfer", ambiguous=True)
 
     async def find_transfer(self, withdrawal_id: str) -> str | None:
         """The transfer made for a withdrawal, if any: after an ambiguous failure, the way to know
@@ -243,9 +239,7 @@ class StripeGateway:
                 {"idempotency_key": f"wd-rv-{withdrawal_id}"})
         except stripe.StripeError as exc:
             raise _failure(exc) from None
-        if (made_id := stripe_id(made.to_dict().get("id"))) is None:
-            raise GatewayError("Stripe returned a transfer reversal without a valid id", ambiguous=True)
-        return made_id
+        return _made_id(made.to_dict(), "a transfer reversal", ambiguous=True)
 
     async def create_payout(self, *, withdrawal_id: str, stripe_account_id: str, cents: int,
                             method: str) -> PayoutCreated:
@@ -259,9 +253,15 @@ class StripeGateway:
         except stripe.StripeError as exc:
             raise _failure(exc) from None
         answer = made.to_dict()
-        if (made_id := stripe_id(answer.get("id"))) is None:
-            raise GatewayError("Stripe returned a payout without a valid id")
-        return PayoutCreated(made_id, whole(answer.get("arrival_date")))
+        return PayoutCreated(_made_id(answer, "a payout"), whole(answer.get("arrival_date")))
+
+
+def _made_id(answer: Mapping[str, Any], what: str, ambiguous: bool = False) -> str:
+    """The id of an object Stripe says it made; without a valid one, the call failed (``ambiguous``:
+    the money may have moved all the same)."""
+    if (made_id := stripe_id(answer.get("id"))) is None:
+        raise GatewayError(f"Stripe returned {what} without a valid id", ambiguous=ambiguous)
+    return made_id
 
 
 def checkout_state(session: Mapping[str, Any]) -> CheckoutState:

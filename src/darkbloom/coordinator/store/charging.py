@@ -9,6 +9,7 @@ row lock), so a settlement racing an orphan sweep or a second ending changes not
 from __future__ import annotations
 
 import logging
+import weakref
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -91,6 +92,17 @@ class Settled:
     self_routed: bool
 
 
+_AUTOCOMMIT: weakref.WeakKeyDictionary[Any, AsyncEngine] = weakref.WeakKeyDictionary()
+
+
+def _autocommit(engine: AsyncEngine) -> AsyncEngine:
+    """The engine's autocommit view (same pool), made once per engine, not per reservation."""
+    view = _AUTOCOMMIT.get(engine.sync_engine)
+    if view is None:
+        view = _AUTOCOMMIT[engine.sync_engine] = engine.execution_options(isolation_level="AUTOCOMMIT")
+    return view
+
+
 async def reserve(sessions: async_sessionmaker[AsyncSession], hold: Hold,
                   coordinator_id: str | None = None) -> None:
     """Debit the hold (``reserve`` row) and open the reservation, or raise InsufficientFunds or
@@ -99,7 +111,7 @@ async def reserve(sessions: async_sessionmaker[AsyncSession], hold: Hold,
     engine = sessions.kw.get("bind")
     if hold.amount_micro_usd > 0 and isinstance(engine, AsyncEngine) and engine.dialect.name == "postgresql":
         # One statement is its own transaction: no BEGIN or COMMIT round trip, no ORM session.
-        async with engine.execution_options(isolation_level="AUTOCOMMIT").connect() as connection:
+        async with _autocommit(engine).connect() as connection:
             if await _reserve_in_one_statement(connection, hold, coordinator_id):
                 return
     async with transaction(sessions) as session:
