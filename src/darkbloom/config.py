@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, computed_field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, computed_field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class CoordinatorSettings(BaseSettings):
@@ -21,7 +22,19 @@ class CoordinatorSettings(BaseSettings):
     forwarded_allow_ips: str = ""
     state_dir: Path = Path(".darkbloom")
     database_url_override: str | None = Field(default=None, alias="DARKBLOOM_DATABASE_URL")
+    # What coordinators share (rate-limit counts, ...): redis://[:password@]host:port/db,
+    # rediss:// or unix://. Unset: each process keeps its own, in memory.
+    redis_url: str | None = Field(default=None, alias="DARKBLOOM_REDIS_URL")
+    # Every key this network writes to Redis starts with "<prefix>:", so separate networks (or
+    # test runs) can share one Redis without colliding.
+    redis_prefix: str = Field(default="darkbloom", min_length=1, max_length=64,
+                              pattern=r"^[A-Za-z0-9_.-]+$")
     log_level: str = "info"
+    # "json": one JSON object per log line (docs/observability.md); "text" for people.
+    log_format: Literal["text", "json"] = "text"
+    # api.md §10: GET /metrics (Prometheus text, no auth) for a scraper on a private network.
+    # Off: a 404, and the same metrics stay at GET /v1/admin/metrics?format=prom for admins.
+    metrics_public: bool = False
 
     allow_anonymous_providers: bool = False
     # trust.md §9: self_signed by default (hardware needs an operator CA, not built yet).
@@ -42,6 +55,10 @@ class CoordinatorSettings(BaseSettings):
     key_revocation_poll_s: float = Field(default=1.0, gt=0, le=60)
     # PEM files of the operator CA roots that can grant `hardware` trust (trust.md §9).
     trust_root_ca_files: list[Path] = Field(default_factory=list)
+    # protocol.md §2: a provider below this version (semver) is refused with 4003; empty: any.
+    min_provider_version: str = ""
+    # How often changed provider reputations are written to the database (protocol.md §7).
+    reputation_flush_s: float = Field(default=5.0, gt=0)
     heartbeat_interval_s: int = 5
     heartbeat_timeout_s: float = 90.0
     register_timeout_s: float = 10.0
@@ -86,13 +103,19 @@ class CoordinatorSettings(BaseSettings):
     # client passes must share this origin (or be localhost).
     public_url: str = "http://127.0.0.1:8000"
     stripe_max_checkout_micro_usd: int = Field(default=10_000 * 1_000_000, gt=0)
-    # Rate limits per account (api.md §1): financial routes (key creation, checkout, referral,
-    # invites, withdrawals) as a token bucket; 0 turns a tier off. Inference routes are off by
-    # default here (a private network's own clients); the reference's are 1/s, burst 10.
+    # Rate limits per account (api.md §1, docs/rate-limits.md): financial routes (key creation,
+    # checkout, referral, invites, withdrawals) and inference routes; 0 turns a tier off.
     financial_rate_per_s: float = Field(default=0.2, ge=0)
     financial_burst: int = Field(default=3, ge=1)
-    inference_rate_per_s: float = Field(default=0.0, ge=0)
+    inference_rate_per_s: float = Field(default=1.0, ge=0)
     inference_burst: int = Field(default=10, ge=1)
+    # Accounts no tier limits (a JSON list): `darkbloom up` puts its dev consumer here.
+    rate_limit_exempt_accounts: list[str] = Field(default_factory=list)
+
+    # Public network data (api.md §9): how long each answer is cached in each process.
+    stats_cache_s: float = Field(default=10.0, ge=0, le=3600)
+    leaderboard_cache_s: float = Field(default=300.0, ge=0, le=86400)
+    network_totals_cache_s: float = Field(default=60.0, ge=0, le=86400)
 
     @field_validator("require_posture")
     @classmethod
@@ -112,6 +135,16 @@ class CoordinatorSettings(BaseSettings):
     def _normalised_emails(cls, value: list[str]) -> list[str]:
         return [email.strip().lower() for email in value if email.strip()]
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        """Refused at start-up rather than on the first request that needs Redis."""
+        if not value:
+            return None
+        if value.partition("://")[0].lower() not in ("redis", "rediss", "unix") or "://" not in value:
+            raise ValueError("DARKBLOOM_REDIS_URL must be redis://, rediss:// or unix://")
+        return value
+
     @property
     def pass_window_s(self) -> float:
         """trust.md §4: routing needs a pass this recent (6 minutes for the 5-minute interval):
@@ -130,6 +163,10 @@ class ProviderSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DARKBLOOM_PROVIDER_", extra="ignore")
 
     coordinator_url: str = "ws://127.0.0.1:8000/ws/provider"
+    # Several coordinators of one network, in failover order: comma-separated in
+    # DARKBLOOM_PROVIDER_COORDINATOR_URLS, or `serve --coordinator` repeated. When set it wins over
+    # coordinator_url. The agent holds one session at a time (docs/provider-failover.md).
+    coordinator_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
     token: SecretStr | None = None
     # Holds identity.pem (the persistent P-256 identity key, mode 0600).
     config_dir: Path = Field(default_factory=lambda: Path.home() / ".config" / "darkbloom")
@@ -139,10 +176,49 @@ class ProviderSettings(BaseSettings):
     threads: int | None = None
     heartbeat_interval_s: float = 5.0
     reconnect_initial_s: float = 1.0
-    reconnect_max_s: float = 5.0
+    # protocol.md §9 says 5 s; issue 10 wants providers back within 5 s of a coordinator restart,
+    # and a 5 s wait plus registering and the first challenge would overrun it.
+    reconnect_max_s: float = 3.0
     ping_interval_s: float = 10.0
     ping_timeout_s: float = 30.0
     log_level: str = "info"
+    # The coordinator's setting (DARKBLOOM_LOG_FORMAT) serves both processes of one machine.
+    log_format: Literal["text", "json"] = Field(default="text", validation_alias=AliasChoices(
+        "DARKBLOOM_PROVIDER_LOG_FORMAT", "DARKBLOOM_LOG_FORMAT", "log_format"))
+
+    @field_validator("coordinator_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, value: object) -> object:
+        """Comma-separated text or a list whose items may themselves hold commas; blanks are
+        dropped, repeats kept once (a URL listed twice would only delay failover)."""
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            return value
+        urls: list[str] = []
+        for item in value:
+            if not isinstance(item, str):
+                raise ValueError("coordinator URLs must be text")
+            for url in (part.strip() for part in item.split(",")):
+                if url and url not in urls:
+                    urls.append(url)
+        if len(urls) > 16:
+            raise ValueError("at most 16 coordinator URLs")
+        for url in urls:
+            try:
+                parts = urlsplit(url)
+                parts.port  # noqa: B018 - raises ValueError on a bad port
+            except ValueError:
+                raise ValueError("a coordinator URL is not a valid URL") from None
+            if len(url) > 2048 or parts.scheme not in ("ws", "wss") or not parts.hostname:
+                raise ValueError("each coordinator URL must be ws:// or wss://host[:port]/path, "
+                                 "at most 2048 characters")
+        return urls
+
+    @property
+    def coordinators(self) -> list[str]:
+        """The URLs to dial, in failover order (at least one)."""
+        return list(self.coordinator_urls) or [self.coordinator_url]
 
 
 @lru_cache(maxsize=1)

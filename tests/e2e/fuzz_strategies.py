@@ -28,7 +28,9 @@ MESSAGES, COUNT_TOKENS = "/v1/messages", "/v1/messages/count_tokens"
 POST_ROUTES = (CHAT, COMPLETIONS, RESPONSES, MESSAGES, COUNT_TOKENS)
 ANTHROPIC_ROUTES = frozenset({MESSAGES, COUNT_TOKENS})
 GET_ROUTES = ("/v1/models", "/v1/models/catalog", "/v1/models/{model_id}", "/v1/receipts/{request_id}",
-              "/v1/providers/attestation", "/v1/encryption-key", "/health", "/openapi.json")
+              "/v1/providers/attestation", "/v1/encryption-key", "/health", "/openapi.json",
+              # public network data (issue 10, api.md §9)
+              "/v1/stats", "/v1/leaderboard", "/v1/network/totals")
 # Account routes (issue 9): sessions, keys over HTTP. Method and path, as OpenAPI lists them.
 ACCOUNT_ROUTES = (("POST", "/v1/auth/signup"), ("POST", "/v1/auth/login"), ("POST", "/v1/auth/logout"),
                   ("GET", "/v1/me"), ("POST", "/v1/auth/keys"), ("GET", "/v1/auth/keys"),
@@ -46,7 +48,9 @@ ACCOUNT_ROUTES = (("POST", "/v1/auth/signup"), ("POST", "/v1/auth/login"), ("POS
                   ("GET", "/v1/referral/stats"), ("GET", "/v1/referral/info"), ("POST", "/v1/invite/redeem"),
                   ("GET", "/v1/admin/invite-codes"), ("POST", "/v1/admin/invite-codes"),
                   ("DELETE", "/v1/admin/invite-codes"), ("POST", "/v1/admin/credit"),
-                  ("POST", "/v1/admin/reward"), ("POST", "/v1/admin/debit"), ("GET", "/v1/admin/actions"))
+                  ("POST", "/v1/admin/reward"), ("POST", "/v1/admin/debit"), ("GET", "/v1/admin/actions"),
+                  # operations (issue 10)
+                  ("GET", "/v1/admin/metrics"))
 # Query strings the GET money routes take, well-formed and not.
 ACCOUNT_QUERIES = ("", "?limit=1", "?limit=0", "?limit=99999999999999999999", "?limit=-1", "?limit=abc",
                    "?before=2026-01-01T00:00:00Z", "?before=garbage", "?before=9999-99-99",

@@ -7,6 +7,7 @@ Logs go to files so tests can read them (and check that no prompt text is in the
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -20,6 +21,7 @@ import httpx
 import openai
 
 MODEL = "smollm2-135m"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -56,9 +58,13 @@ class Coordinator:
         self.log_path = workdir / "coordinator.log"
         self.env = {**os.environ, "DARKBLOOM_STATE_DIR": str(workdir / "state"),
                     "DARKBLOOM_PORT": str(self.port), "DARKBLOOM_LOG_LEVEL": "debug",
-                    # Tests sign up and mint keys faster than a person: rate limits are tested
-                    # where a test turns them on (financial_rate_per_s=...).
-                    "DARKBLOOM_FINANCIAL_RATE_PER_S": "0"}
+                    # Tests sign up and mint keys faster than a person (sign-up is limited per
+                    # client IP, and every test's client is 127.0.0.1): the financial tier is
+                    # tested where a test turns it on (financial_rate_per_s=...).
+                    "DARKBLOOM_FINANCIAL_RATE_PER_S": "0",
+                    # As `darkbloom up` does: CONSUMER (the harness's key) is exempt from rate
+                    # limits, so tests can hammer; any other account meets the defaults.
+                    "DARKBLOOM_RATE_LIMIT_EXEMPT_ACCOUNTS": json.dumps([CONSUMER])}
         if database_url:
             self.env["DARKBLOOM_DATABASE_URL"] = database_url
         for key, value in settings.items():
@@ -126,8 +132,16 @@ class Coordinator:
 
 class Provider:
     def __init__(self, coordinator: Coordinator, name: str = "provider", slots: int = 1,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, fallbacks: tuple[Coordinator, ...] = (),
+                 simulated: bool = False, sim_tokens: int = 16, sim_token_s: float = 0.01) -> None:
+        """`fallbacks`: more coordinators of the same network, passed after `coordinator` as
+        repeated `serve --coordinator` options (the provider fails over among them in order).
+        `simulated`: the SIMULATED provider of tests/e2e/sim_provider.py (the real agent over a
+        replayed token stream, no model), for load tests that measure the coordinator."""
         self.coordinator = coordinator
+        self.simulated = simulated
+        self.args = [arg for c in (coordinator, *fallbacks) for arg in ("--coordinator", c.ws_url)
+                     ] if fallbacks else []
         self.log_path = coordinator.workdir / f"{name}.log"
         self.env = {**os.environ, "DARKBLOOM_PROVIDER_TOKEN": coordinator.provider_token,
                     "DARKBLOOM_PROVIDER_COORDINATOR_URL": coordinator.ws_url,
@@ -136,13 +150,20 @@ class Provider:
                     "DARKBLOOM_PROVIDER_LOG_LEVEL": "debug"}
         if threads:
             self.env["DARKBLOOM_PROVIDER_THREADS"] = str(threads)
+        if simulated:
+            self.env.update({"DARKBLOOM_SIM_TOKENS": str(sim_tokens),
+                             "DARKBLOOM_SIM_TOKEN_S": str(sim_token_s),
+                             "DARKBLOOM_PROVIDER_COORDINATOR_URLS": ",".join(
+                                 c.ws_url for c in (coordinator, *fallbacks))})
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait: bool = True) -> Provider:
         before = self.coordinator.provider_count()
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "darkbloom", "serve"], env=self.env,
-                                     stdout=log, stderr=subprocess.STDOUT)
+        command = (["tests.e2e.sim_provider"] if self.simulated
+                   else ["darkbloom", "serve", *self.args])
+        self.proc = subprocess.Popen([sys.executable, "-m", *command], env=self.env, stdout=log,
+                                     stderr=subprocess.STDOUT, cwd=ROOT)
         if wait:
             self.coordinator.wait_providers(before + 1)
         return self

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import signal
@@ -128,8 +129,12 @@ def run_up(settings: CoordinatorSettings) -> int:
     key = dev.api_key
     host, port = settings.host, settings.port
     base = f"http://{host}:{port}"
+    # The dev consumer is exempt from rate limits: a test suite hammering the dev stack must not
+    # meet 429s (an account signed up on it is limited as on any network).
+    exempt = json.dumps(sorted({*settings.rate_limit_exempt_accounts, DEV_CONSUMER}))
     env = {**os.environ, "DARKBLOOM_STATE_DIR": str(settings.state_dir.resolve()),
-           "DARKBLOOM_HOST": host, "DARKBLOOM_PORT": str(port), "DARKBLOOM_ADMIN_KEY": dev.admin_key}
+           "DARKBLOOM_HOST": host, "DARKBLOOM_PORT": str(port), "DARKBLOOM_ADMIN_KEY": dev.admin_key,
+           "DARKBLOOM_RATE_LIMIT_EXEMPT_ACCOUNTS": exempt}
     procs: list[subprocess.Popen[bytes]] = []
     stopping = False
 

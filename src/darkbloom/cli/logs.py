@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import logging
 
-from darkbloom.logcontext import FORMAT, RequestIdFilter, WithholdExceptionMessages
+from darkbloom.logcontext import FORMAT, JsonFormatter, RequestIdFilter, WithholdExceptionMessages
 
 
-def setup(level: str) -> None:
+def setup(level: str, log_format: str = "text") -> None:
+    """``log_format="json"``: one JSON object per line (logcontext.JsonFormatter), uvicorn's
+    access and error lines included (they propagate to these root handlers: log_config=None)."""
     logging.basicConfig(level=level.upper(), format=FORMAT)
     # On the handlers, not a logger: a logger's filters skip records propagated from its children.
     for handler in logging.getLogger().handlers:
+        if log_format == "json":
+            handler.setFormatter(JsonFormatter())
         for kind in (RequestIdFilter, WithholdExceptionMessages):
             if not any(isinstance(f, kind) for f in handler.filters):
                 handler.addFilter(kind())

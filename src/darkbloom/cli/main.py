@@ -47,7 +47,7 @@ def coordinator(
     from darkbloom.protocol.frames import MAX_FRAME_BYTES
 
     settings = CoordinatorSettings()
-    logs.setup(settings.log_level)
+    logs.setup(settings.log_level, settings.log_format)
     uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port,
                 ws_max_size=MAX_FRAME_BYTES, log_config=None,
                 proxy_headers=bool(settings.forwarded_allow_ips),
@@ -57,27 +57,40 @@ def coordinator(
 
 @app.command()
 def serve(
-    coordinator_url: Annotated[str | None, typer.Option("--coordinator",
-                                                        help="ws(s)://host/ws/provider")] = None,
+    coordinator_url: Annotated[list[str] | None, typer.Option(
+        "--coordinator", help="ws(s)://host/ws/provider; repeat (or comma-separate) for several "
+                              "coordinators of one network, tried in order on failover")] = None,
     model: Annotated[list[str] | None, typer.Option(help="Model id to serve.")] = None,
     slots: Annotated[int | None, typer.Option(help="Concurrent requests (one context each).")] = None,
 ) -> None:
     """Run a provider: load the model, dial out to the coordinator, serve until Ctrl-C."""
+    from pydantic import ValidationError
+
     from darkbloom.cli import logs
     from darkbloom.inference.catalog import Catalog
+    from darkbloom.provider.agent import redact_url
     from darkbloom.provider.runtime import disable_core_dumps, load_engine
     from darkbloom.provider.runtime import serve as run_serve
 
     disable_core_dumps()
     overrides: dict[str, object] = {}
     if coordinator_url:
-        overrides["coordinator_url"] = coordinator_url
+        overrides["coordinator_urls"] = coordinator_url
     if model:
         overrides["models"] = model
     if slots:
         overrides["slots"] = slots
-    settings = ProviderSettings(**overrides)  # type: ignore[arg-type]
-    logs.setup(settings.log_level)
+    try:
+        settings = ProviderSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:  # only the messages: the input may hold a token or a URL secret
+        for error in exc.errors():
+            field_name = ".".join(str(part) for part in error["loc"])
+            console.print(f"{field_name}: {error['msg']}", style="red", markup=False)
+        raise typer.Exit(2) from None
+    logs.setup(settings.log_level, settings.log_format)
+    console.print("coordinator" + ("s, in failover order: " if len(settings.coordinators) > 1
+                                   else ": ") + ", ".join(map(redact_url, settings.coordinators)),
+                  markup=False, highlight=False, soft_wrap=True)
     with console.status(f"Loading {', '.join(settings.models)} with llama.cpp..."):
         try:
             engine = load_engine(settings, Catalog())

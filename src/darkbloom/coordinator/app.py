@@ -18,6 +18,7 @@ from darkbloom.coordinator.api.auth import KeyCache, watch_revoked_keys
 from darkbloom.coordinator.api.billing import router as billing_router
 from darkbloom.coordinator.api.inference import router as inference_router
 from darkbloom.coordinator.api.invites import router as invites_router
+from darkbloom.coordinator.api.metrics import router as metrics_router
 from darkbloom.coordinator.api.models import router as models_router
 from darkbloom.coordinator.api.payments import router as payments_router
 from darkbloom.coordinator.api.provider_ws import provider_watch
@@ -25,15 +26,19 @@ from darkbloom.coordinator.api.provider_ws import router as provider_router
 from darkbloom.coordinator.api.providers import router as providers_router
 from darkbloom.coordinator.api.referral import router as referral_router
 from darkbloom.coordinator.api.request_id import RequestIdMiddleware
+from darkbloom.coordinator.api.stats import router as stats_router
 from darkbloom.coordinator.commit import Committer
 from darkbloom.coordinator.dispatch import Dispatcher
+from darkbloom.coordinator.metrics import Metrics, MetricsMiddleware
 from darkbloom.coordinator.pipeline import Pipeline
 from darkbloom.coordinator.prepare import Preparer, Tokenizers
 from darkbloom.coordinator.pricing import PriceBook
 from darkbloom.coordinator.recorder import Recorder, coordinator_id
+from darkbloom.coordinator.routing.reputation import Reputations
 from darkbloom.coordinator.routing.scheduler import Scheduler
 from darkbloom.coordinator.sender_sealing import key_id, load_or_create_key
 from darkbloom.coordinator.store.db import make_engine, make_sessionmaker, upgrade
+from darkbloom.coordinator.store.reputation import ReputationStore
 from darkbloom.coordinator.store.requests_log import mark_interrupted
 from darkbloom.crypto.certificates import load_roots
 from darkbloom.inference.catalog import Catalog
@@ -49,8 +54,10 @@ def create_app(settings: CoordinatorSettings, catalog: Catalog | None = None) ->
         await upgrade(settings.database_url)
         engine = make_engine(settings.database_url)
         sessions = make_sessionmaker(engine)
+        reputation_store = ReputationStore(sessions)
+        reputations = Reputations(reputation_store.load, reputation_store.save)
         scheduler = Scheduler(settings.queue_max_per_model, settings.queue_timeout_s,
-                              settings.min_trust_level, settings.pass_window_s)
+                              settings.min_trust_level, settings.pass_window_s, reputations)
         dispatcher = Dispatcher(scheduler, max_response_bytes=settings.max_response_bytes,
                                 max_buffered_bytes=settings.max_buffered_bytes,
                                 deadline_s=settings.response_deadline_s)
@@ -71,13 +78,15 @@ def create_app(settings: CoordinatorSettings, catalog: Catalog | None = None) ->
         state.pipeline = Pipeline(settings, Preparer(settings, catalog, Tokenizers(catalog)),
                                   Committer(settings, scheduler, dispatcher), state.prices, sessions,
                                   recorder, instance, state.key_cache.forget)
+        state.pipeline.observers.append(state.metrics.observe_outcome)
         if orphans := await state.pipeline.refund_orphans():
             log.warning("refunded %d reservation(s) left open by a coordinator that stopped", orphans)
         log.info("coordinator ready (database: %s)", engine.dialect.name)
         watchers = [asyncio.create_task(watch_revoked_keys(state.key_cache, sessions,
                                                            settings.key_revocation_poll_s)),
                     asyncio.create_task(state.prices.watch(settings.price_reload_s)),
-                    asyncio.create_task(state.pipeline.sweep_orphans(settings.orphan_sweep_s))]
+                    asyncio.create_task(state.pipeline.sweep_orphans(settings.orphan_sweep_s)),
+                    asyncio.create_task(reputations.watch(settings.reputation_flush_s))]
         try:
             async with provider_watch(state):
                 yield
@@ -86,11 +95,14 @@ def create_app(settings: CoordinatorSettings, catalog: Catalog | None = None) ->
                 watcher.cancel()
             await asyncio.gather(*watchers, return_exceptions=True)
             await state.pipeline.drain()
+            await reputations.close()
             await recorder.flush()
             await engine.dispose()
 
     app = FastAPI(title="darkbloom coordinator", version=__version__, lifespan=lifespan,
                   docs_url=None, redoc_url=None)
+    # Made here, not in the lifespan: the middleware and error handlers need it from the start.
+    app.state.metrics = Metrics(app.state)
     errors.install(app)
     app.include_router(accounts_router)
     app.include_router(models_router)
@@ -102,5 +114,8 @@ def create_app(settings: CoordinatorSettings, catalog: Catalog | None = None) ->
     app.include_router(invites_router)
     app.include_router(referral_router)
     app.include_router(billing_router)
+    app.include_router(stats_router)
+    app.include_router(metrics_router)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # inside RequestIdMiddleware
     app.add_middleware(RequestIdMiddleware)
     return app

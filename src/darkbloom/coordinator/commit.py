@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from darkbloom.config import CoordinatorSettings
 from darkbloom.coordinator.dispatch import Attempt, ConsumerTooSlow, Dispatcher
 from darkbloom.coordinator.prepare import Prepared
+from darkbloom.coordinator.routing.cost import Demand
 from darkbloom.coordinator.routing.scheduler import Route, Scheduler
 from darkbloom.coordinator.usage import settle_usage
 from darkbloom.errors import (
@@ -107,10 +108,13 @@ class Committer:
         """Dispatch until some provider produces a first chunk; raise the consumer's error if none."""
         tried: set[str] = set()
         last: DarkbloomError | None = None
+        demand = Demand.of(prepared.model.id, prompt_tokens=prepared.prompt_tokens,
+                           body_bytes=len(prepared.body), max_tokens=prepared.request.max_tokens,
+                           model_bytes=prepared.model.size_bytes)
         for n in range(1, self.settings.max_attempts + 1):
             try:
                 provider = await self.scheduler.acquire(
-                    prepared.model.id, exclude=frozenset(tried), may_queue=n == 1,
+                    demand, exclude=frozenset(tried), may_queue=n == 1,
                     min_trust=prepared.min_trust,
                     only=frozenset(prepared.sealed_for) if prepared.sealed_for else None, route=route)
             except NoProviderAvailable:
@@ -121,12 +125,12 @@ class Committer:
             if prepared.sealed_for is not None:
                 sealed_to, body = prepared.sealed_for[provider.id]
                 if sealed_to != provider.public_key_b64:  # it restarted: a new X25519 key
-                    self.scheduler.release(provider)
+                    self.scheduler.release(provider, demand)
                     tried.add(provider.id)
                     last = NoProviderAvailable("a provider's encryption key changed; seal to it again")
                     continue
             attempt = self.dispatcher.send(
-                provider, body, model=prepared.request.model, endpoint=prepared.endpoint,
+                provider, body, demand=demand, model=prepared.request.model, endpoint=prepared.endpoint,
                 stream=prepared.request.stream, max_tokens_cap=prepared.max_tokens_cap,
                 x_request_id=REQUEST_ID.get())
             try:
@@ -160,7 +164,7 @@ class Committer:
             try:
                 event = await attempt.next_event(timeout)
             except TimeoutError:
-                self.dispatcher.cancel(attempt)
+                self.dispatcher.timed_out(attempt)
                 raise UpstreamTimeout("provider did not respond in time") from None
             if event.kind == "accepted":
                 timeout = self.settings.accepted_timeout_s
@@ -180,9 +184,10 @@ class Committer:
             try:
                 event = await attempt.next_event(self.settings.chunk_timeout_s)
             except TimeoutError:
-                self.dispatcher.cancel(attempt)
                 if time.monotonic() >= attempt.deadline:
+                    self.dispatcher.cancel(attempt)
                     raise DeadlineReached("the response ran past the coordinator's time limit") from None
+                self.dispatcher.timed_out(attempt)
                 raise UpstreamTimeout("provider stopped sending; response timed out") from None
             if event.kind == "chunk":
                 yield event.data

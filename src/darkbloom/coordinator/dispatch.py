@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Literal
 
+from darkbloom.coordinator.routing.cost import Demand
 from darkbloom.coordinator.routing.registry import ProviderConn
 from darkbloom.coordinator.routing.scheduler import Scheduler
 from darkbloom.crypto import KeyPair, SealingError, SessionChannel
@@ -73,6 +74,7 @@ class Attempt:
     request_id: str
     provider: ProviderConn
     channel: SessionChannel | None  # None: sealed by the consumer, the coordinator cannot open it
+    demand: Demand  # what its slot was taken for: released with the same figures
     stream: bool = False
     deadline: float = 0.0  # time.monotonic() by which the response must have ended
     events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
@@ -83,6 +85,9 @@ class Attempt:
     transcript: Transcript | None = None  # standard mode: to check the provider's receipt
     receipt: SignedReceipt | None = None  # standard stream: the checked receipt it carried
     x_request_id: str | None = None  # the consumer's X-Request-ID, for log lines about it
+    # Monotonic times, for the provider's reputation: dispatched, and its first chunk arrived.
+    sent_at: float = field(default_factory=time.monotonic)
+    first_chunk_at: float | None = None
 
     async def next_event(self, wait_s: float) -> Event:
         """The next event within ``wait_s`` and the attempt's overall deadline (TimeoutError)."""
@@ -105,8 +110,9 @@ class Dispatcher:
         self.max_buffered_bytes = max_buffered_bytes
         self.deadline_s = deadline_s
 
-    def send(self, provider: ProviderConn, body: bytes | Sealed, *, model: str, endpoint: Endpoint,
-             stream: bool, max_tokens_cap: int, x_request_id: str | None = None) -> Attempt:
+    def send(self, provider: ProviderConn, body: bytes | Sealed, *, demand: Demand, model: str,
+             endpoint: Endpoint, stream: bool, max_tokens_cap: int,
+             x_request_id: str | None = None) -> Attempt:
         """Seal ``body`` to the provider's key (or forward the consumer's own envelope unchanged)
         and queue it; the caller already holds a slot."""
         request_id = str(uuid.uuid4())
@@ -118,7 +124,8 @@ class Dispatcher:
             channel = SessionChannel(ephemeral, provider.public_key, "requester")
             envelope = Sealed(ephemeral_public_key=ephemeral.public_b64,
                               ciphertext=channel.seal("request", "", 0, body))
-        attempt = Attempt(request_id=request_id, provider=provider, channel=channel, stream=stream,
+        attempt = Attempt(request_id=request_id, provider=provider, channel=channel, demand=demand,
+                          stream=stream,
                           deadline=time.monotonic() + self.deadline_s,
                           transcript=Transcript(stream) if channel else None,
                           x_request_id=x_request_id)
@@ -137,6 +144,12 @@ class Dispatcher:
             self._fail(attempt, ProviderFailed(DISCONNECTED))
         return attempt
 
+    def timed_out(self, attempt: Attempt) -> None:
+        """A timer of protocol.md §9 ran out on the provider: its failure, then a cancel."""
+        if not attempt.done:
+            self.scheduler.reputations.failed(attempt.provider, timeout=True)
+        self.cancel(attempt)
+
     def cancel(self, attempt: Attempt) -> None:
         """Consumer gone or attempt timed out: forget it first, so late frames are dropped."""
         if attempt.done:
@@ -146,6 +159,7 @@ class Dispatcher:
 
     def provider_lost(self, provider: ProviderConn) -> None:
         for attempt in [a for a in self.pending.values() if a.provider is provider]:
+            self.scheduler.reputations.failed(provider)
             self._fail(attempt, ProviderFailed(DISCONNECTED))
 
     # --- frames from providers ---------------------------------------------------------
@@ -175,6 +189,7 @@ class Dispatcher:
         elif isinstance(frame, InferenceComplete):
             self._finish(attempt)
             provider.served += 1
+            self._succeeded(attempt, frame.usage.completion_tokens)
             attempt.events.put_nowait(Event("complete", usage=frame.usage, chunks=attempt.next_seq,
                                             receipt=self._checked_receipt(attempt, frame.receipt)))
         else:
@@ -183,6 +198,10 @@ class Dispatcher:
             error = from_frame(frame)
             if attempt.channel is not None:
                 error.sealed_message = None  # only a consumer-sealed request has words sealed to it
+            if attempt.channel is not None or not 400 <= error.status_code < 500:
+                # A consumer-sealed request's 4xx may be the consumer's own doing; any other
+                # refusal of a request we validated is the provider's failure.
+                self.scheduler.reputations.failed(provider)
             self._fail(attempt, error)
 
     def _chunk(self, attempt: Attempt, frame: InferenceResponseChunk) -> None:
@@ -219,6 +238,8 @@ class Dispatcher:
             if attempt.transcript is not None:
                 attempt.transcript.add(event)
         attempt.next_seq += 1
+        if attempt.first_chunk_at is None:
+            attempt.first_chunk_at = time.monotonic()
         if attempt.buffered_bytes + len(plaintext) > self.max_buffered_bytes:
             log.warning("request %s: consumer too slow, cancelling", attempt.request_id)
             self.cancel(attempt)
@@ -277,9 +298,22 @@ class Dispatcher:
                     problem, attempt.request_id)
         return None
 
+    def _succeeded(self, attempt: Attempt, completion_tokens: int) -> None:
+        """Reputation: time to first chunk, and the decode speed of the rest of the answer. Only a
+        stream shows them: a non-streamed answer arrives as one chunk at the end."""
+        first = attempt.first_chunk_at
+        if first is None or not attempt.stream:
+            self.scheduler.reputations.succeeded(attempt.provider, None)
+            return
+        self.scheduler.reputations.succeeded(
+            attempt.provider, (first - attempt.sent_at) * 1000,
+            min(completion_tokens, attempt.demand.max_tokens), time.monotonic() - first)
+
     def _violation(self, attempt: Attempt, reason: str) -> None:
         log.warning("provider %s violated the protocol on %s: %s",
                     attempt.provider.id, attempt.request_id, reason)
+        if not attempt.done:
+            self.scheduler.reputations.failed(attempt.provider)
         self.cancel(attempt)
         attempt.events.put_nowait(Event("error", error=ProviderFailed(INVALID_RESPONSE)))
 
@@ -294,4 +328,4 @@ class Dispatcher:
             return
         attempt.done = True
         self.pending.pop(attempt.request_id, None)
-        self.scheduler.release(attempt.provider)
+        self.scheduler.release(attempt.provider, attempt.demand)

@@ -92,6 +92,17 @@ class Pipeline:
         self.forget_key = forget_key  # evicts a key found revoked from this process's cache
         self.usage_disputes: dict[str, int] = {}  # provider identity (or id) -> recounts below report
         self._closing: set[asyncio.Task[None]] = set()
+        # Told of every request as it ends (coordinator/metrics.py); never allowed to fail it.
+        self.observers: list[Callable[[RequestOutcome], None]] = []
+
+    def _ended(self, outcome: RequestOutcome) -> None:
+        """The request ended (or failed before it was committed): observe it, write its row."""
+        for observe in self.observers:
+            try:
+                observe(outcome)
+            except Exception as exc:
+                log.warning("request observer failed (%s)", type(exc).__name__)
+        self.recorder.submit(outcome)
 
     async def open(self, call: Call) -> Opened:
         """Prepare, reserve and commit; raise the consumer's DarkbloomError (recorded, money back)."""
@@ -117,7 +128,7 @@ class Pipeline:
             elif isinstance(exc, asyncio.CancelledError):  # the consumer left while we waited
                 outcome.status, outcome.status_code = "cancelled", 499
             outcome.duration_ms = _elapsed_ms(started)
-            self.recorder.submit(outcome)
+            self._ended(outcome)
             raise
         outcome.ttft_ms = _elapsed_ms(started)
         outcome.provider_id = committed.attempt.provider.id
@@ -214,7 +225,7 @@ class Pipeline:
                     await self._settle(opened, opened.hold.prompt_estimate, completion, "partial",
                                        plausible=True)
         finally:
-            self.recorder.submit(outcome)
+            self._ended(outcome)
 
     async def _billable(self, opened: Opened, finished: Finished) -> tuple[int, int]:
         """The checked usage, then, where the answer was relayed in the clear and the tokenizer is

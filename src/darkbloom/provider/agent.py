@@ -2,8 +2,11 @@
 
 Each connection is a session; when it drops every in-flight request is aborted (never resumed)
 and the agent redials with backoff 1 s doubling to 5 s, reset after a successful registration.
+Given several coordinator URLs it holds one session at a time and moves round robin to the next
+URL when a session ends or a dial fails; the backoff is waited once per cycle over the URLs
+(`CoordinatorRotation`, docs/provider-failover.md).
 Close codes 4000 (replaced by another process with the same identity key), 4001 (bad token) and
-4003 (version too old) stop the agent: retrying cannot help.
+4003 (version too old) stop the agent, whichever coordinator sent them: retrying cannot help.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ import asyncio
 import contextvars
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import websockets
 from pydantic import BaseModel
@@ -56,6 +61,65 @@ FATAL_CLOSE_CODES = {
 
 class FatalRejection(Exception):
     pass
+
+
+def redact_url(url: str) -> str:
+    """A coordinator URL fit for logs: scheme, host, port and path only (no userinfo or query,
+    where a careless operator might have put a secret)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<unparsable coordinator URL>"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+class CoordinatorRotation:
+    """Which coordinator to dial next, and how long to wait before dialing it.
+
+    Round robin over the URLs in order. The protocol.md §9 backoff (1 s doubling to 5 s) is
+    waited once per cycle, i.e. before each pass over the list, not before each URL: a dead
+    coordinator never delays reaching a live one, and a network whose coordinators are all down
+    is still dialled at most len(urls) times per backoff period. The first cycle starts at once;
+    after a session that registered, the backoff is back to its initial value and the next cycle
+    starts at the URL after the one that just dropped us (most likely the dead one). With one
+    URL this is exactly the single-coordinator behaviour: 0, then 1, 2, 4, 5, 5 s.
+    """
+
+    def __init__(self, urls: Sequence[str], initial_s: float, max_s: float) -> None:
+        if not urls:
+            raise ValueError("no coordinator URL")
+        self.urls = list(urls)
+        self.initial_s = initial_s
+        self.max_s = max_s
+        self._index = 0  # the URL of the next attempt
+        self._left = 0  # attempts left in the current cycle; 0: the next attempt starts one
+        self._backoff = initial_s
+        self._started = False
+
+    def next(self) -> tuple[str, float]:
+        """The URL to dial now and the seconds to wait first."""
+        delay = 0.0
+        if self._left == 0:
+            if self._started:
+                delay = self._backoff
+                self._backoff = min(self._backoff * 2, self.max_s)
+            self._started = True
+            self._left = len(self.urls)
+        self._left -= 1
+        url = self.urls[self._index]
+        self._index = (self._index + 1) % len(self.urls)
+        return url, delay
+
+    def registered(self) -> None:
+        """The last session registered: back to the initial backoff, and a fresh cycle (from the
+        next URL) once it ends."""
+        self._backoff = self.initial_s
+        self._left = 0
+        self._started = True
 
 
 @dataclass
@@ -118,39 +182,51 @@ class ProviderAgent:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        backoff = self.settings.reconnect_initial_s
+        """Hold one coordinator session at a time (two would each count this provider's slots),
+        failing over round robin. A FatalRejection from any coordinator stops the agent: the
+        coordinators of one network share one database, so a token or version one refuses,
+        every one refuses, and cycling would only hide the misconfiguration."""
+        urls = self.settings.coordinators
+        rotation = CoordinatorRotation(urls, self.settings.reconnect_initial_s,
+                                       self.settings.reconnect_max_s)
+        if len(urls) > 1:
+            log.info("coordinators, in failover order: %s", ", ".join(map(redact_url, urls)))
         while not stop.is_set():
+            url, delay = rotation.next()
+            if delay > 0:
+                log.debug("next coordinator in %.1f s", delay)
+                try:
+                    await asyncio.wait_for(stop.wait(), delay)
+                except TimeoutError:
+                    pass
+                if stop.is_set():
+                    break
+            log.debug("connecting to coordinator %s", redact_url(url))
             try:
-                await self._session(stop)
-                backoff = self.settings.reconnect_initial_s
+                await self._session(stop, url)
             except FatalRejection as exc:
-                log.error("%s", exc)
+                log.error("%s (coordinator %s)", exc, redact_url(url))
                 raise
             except (OSError, websockets.WebSocketException, TimeoutError) as exc:
-                log.warning("coordinator connection lost (%s); retrying in %.0f s",
-                            type(exc).__name__, backoff)
+                log.warning("coordinator %s: connection failed or lost (%s)", redact_url(url),
+                            type(exc).__name__)
             finally:
                 self._abort_all()
-            if stop.is_set():
-                break
             if self.registered is not None:  # the last session registered: start over at 1 s
-                backoff = self.settings.reconnect_initial_s
+                rotation.registered()
                 self.registered = None
-            try:
-                await asyncio.wait_for(stop.wait(), backoff)
-            except TimeoutError:
-                pass
-            backoff = min(backoff * 2, self.settings.reconnect_max_s)
 
-    async def _session(self, stop: asyncio.Event) -> None:
+    async def _session(self, stop: asyncio.Event, url: str | None = None) -> None:
         headers = {}
         if self.settings.token is not None:
             headers["Authorization"] = f"Bearer {self.settings.token.get_secret_value()}"
         async with websockets.connect(
-            self.settings.coordinator_url, additional_headers=headers, max_size=MAX_FRAME_BYTES,
+            url or self.settings.coordinators[0], additional_headers=headers,
+            max_size=MAX_FRAME_BYTES,
             ping_interval=self.settings.ping_interval_s, ping_timeout=self.settings.ping_timeout_s,
             open_timeout=10,
         ) as ws:
+            log.info("connected to coordinator %s", redact_url(url or self.settings.coordinators[0]))
             self._ws = ws
             try:
                 await ws.send(encode(self._register_frame()))

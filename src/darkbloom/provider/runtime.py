@@ -10,6 +10,7 @@ import signal
 from darkbloom.config import ProviderSettings
 from darkbloom.inference.catalog import Catalog, file_sha256
 from darkbloom.provider.agent import ProviderAgent
+from darkbloom.provider.engines.base import Engine
 from darkbloom.provider.engines.llamacpp import LlamaCppEngine, load_default
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ def load_engine(settings: ProviderSettings, catalog: Catalog) -> LlamaCppEngine:
                         weight_hash=weight_hash)
 
 
-async def serve(settings: ProviderSettings, engine: LlamaCppEngine) -> None:
+async def serve(settings: ProviderSettings, engine: Engine) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

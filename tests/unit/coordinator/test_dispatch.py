@@ -10,6 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from darkbloom.coordinator.dispatch import Attempt, Dispatcher, Event
+from darkbloom.coordinator.routing.cost import Demand
 from darkbloom.coordinator.routing.registry import ProviderConn
 from darkbloom.coordinator.routing.scheduler import Scheduler
 from darkbloom.crypto import KeyPair, SealingError, SessionChannel, b64decode, b64encode, public_key_from_b64
@@ -41,9 +42,9 @@ class CountingScheduler(Scheduler):
         super().__init__(queue_max=4, queue_timeout_s=1.0)
         self.releases: Counter[str] = Counter()
 
-    def release(self, provider: ProviderConn) -> None:
+    def release(self, provider: ProviderConn, demand: Demand) -> None:
         self.releases[provider.id] += 1
-        super().release(provider)
+        super().release(provider, demand)
 
 
 class Reply:
@@ -71,8 +72,9 @@ class Rig:
 
     def send(self, body: bytes = BODY, stream: bool = True) -> tuple[Attempt, InferenceRequest, Reply]:
         """Take a slot, dispatch, and return the attempt, the frame the provider got and its reply channel."""
-        assert self.scheduler.try_acquire("m") is self.conn
-        attempt = self.dispatcher.send(self.conn, body, model="m", endpoint="/v1/chat/completions",
+        assert self.scheduler.try_acquire(Demand("m")) is self.conn
+        attempt = self.dispatcher.send(self.conn, body, demand=Demand("m"), model="m",
+                                       endpoint="/v1/chat/completions",
                                        stream=stream, max_tokens_cap=512)
         frame = self.next_frame()
         assert isinstance(frame, InferenceRequest)
@@ -139,10 +141,10 @@ def test_other_keys_cannot_open_the_request(rig: Rig) -> None:
 
 
 def test_send_to_closed_provider_fails_and_releases(rig: Rig) -> None:
-    assert rig.scheduler.try_acquire("m") is rig.conn
+    assert rig.scheduler.try_acquire(Demand("m")) is rig.conn
     rig.conn.closed = True
-    attempt = rig.dispatcher.send(rig.conn, BODY, model="m", endpoint="/v1/completions", stream=False,
-                                  max_tokens_cap=1)
+    attempt = rig.dispatcher.send(rig.conn, BODY, demand=Demand("m"), model="m",
+                                  endpoint="/v1/completions", stream=False, max_tokens_cap=1)
     [event] = events(attempt)
     assert event.kind == "error" and event.error is not None and event.error.status_code == 502
     assert rig.scheduler.releases["prov"] == 1
@@ -378,9 +380,9 @@ def test_provider_lost_fails_its_pending_attempts(rig: Rig, provider_with_key: P
     a2, _, _ = rig.send()
     other, _ = provider_with_key("other")
     rig.scheduler.add(other)
-    assert rig.scheduler.try_acquire("m", exclude=frozenset({"prov"})) is other
-    a3 = rig.dispatcher.send(other, BODY, model="m", endpoint="/v1/chat/completions", stream=True,
-                             max_tokens_cap=16)
+    assert rig.scheduler.try_acquire(Demand("m"), exclude=frozenset({"prov"})) is other
+    a3 = rig.dispatcher.send(other, BODY, demand=Demand("m"), model="m",
+                             endpoint="/v1/chat/completions", stream=True, max_tokens_cap=16)
     rig.scheduler.remove(rig.conn)
     rig.dispatcher.provider_lost(rig.conn)
     for attempt in (a1, a2):

@@ -1,17 +1,19 @@
 """Rate limits (api.md §1) through their FastAPI dependencies on an in-process app, on a fake clock:
-the financial tier per account and per sign-up IP, the inference tier (off by default), the admin
-key's bypass and the 429's headers. Authentication is stubbed; the limits are real."""
+the financial tier per account and per sign-up IP, the inference tier (1/s, burst 10 by default),
+the admin key's bypass, exempt accounts and the 429's headers in each dialect. Authentication is
+stubbed; the limits are real."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import limits.aio.storage.memory
 import pytest
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from pydantic import SecretStr
 
 from darkbloom.config import CoordinatorSettings
@@ -24,6 +26,7 @@ from darkbloom.coordinator.api.ratelimit import (
     InferenceKeyDep,
     SignupLimit,
     Tier,
+    with_rate_headers,
 )
 from darkbloom.coordinator.store.accounts import SessionIdentity
 from darkbloom.coordinator.store.credentials import KeyIdentity
@@ -37,6 +40,9 @@ class Clock:
         self.now = T0
 
     def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
         return self.now
 
 
@@ -84,8 +90,12 @@ def _app(**settings: Any) -> FastAPI:
         return {"account": identity.account_id}
 
     @app.post("/v1/messages")
-    async def messages(identity: InferenceKeyDep) -> dict[str, str]:
-        return {"account": identity.account_id}
+    async def messages(request: Request, identity: InferenceKeyDep) -> Response:
+        return with_rate_headers(request, Response(b"{}", media_type="application/json"))
+
+    @app.post("/v1/responses")
+    async def responses(request: Request, identity: InferenceKeyDep) -> Response:
+        return with_rate_headers(request, Response(b"{}", media_type="application/json"))
 
     @app.post("/signup")
     async def signup(_limited: SignupLimit) -> dict[str, str]:
@@ -180,10 +190,49 @@ async def test_signup_is_limited_per_client_ip(clock: Clock) -> None:
         assert (await one.post("/financial/session")).status_code == 200
 
 
-async def test_inference_tier_is_off_by_default(clock: Clock) -> None:
+async def test_inference_tier_defaults_to_one_per_second_burst_ten(clock: Clock) -> None:
     async with _client(_app()) as http:
+        for _ in range(10):
+            assert (await http.post("/v1/chat/completions")).status_code == 200
+        refused = await http.post("/v1/chat/completions")
+        assert refused.status_code == 429 and refused.headers["retry-after"] == "10"
+        assert refused.headers["x-ratelimit-limit-requests"] == "10"
+        assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+        assert refused.headers["x-ratelimit-reset-requests"] == "10s"
+
+
+async def test_rate_zero_turns_the_inference_tier_off(clock: Clock) -> None:
+    async with _client(_app(inference_rate_per_s=0)) as http:
         for _ in range(50):
             assert (await http.post("/v1/chat/completions")).status_code == 200
+
+
+async def test_exempt_accounts_are_never_limited(clock: Clock) -> None:
+    app = _app(rate_limit_exempt_accounts=["local"])
+    async with _client(app) as http:
+        for _ in range(30):
+            answer = await http.post("/v1/responses", headers={"x-account": "local"})
+            assert answer.status_code == 200 and "x-ratelimit-limit-requests" not in answer.headers
+            assert (await http.post("/financial/key", headers={"x-account": "local"})).status_code == 200
+        for _ in range(3):  # any other account meets the defaults
+            assert (await http.post("/financial/key", headers={"x-account": "new"})).status_code == 200
+        assert (await http.post("/financial/key", headers={"x-account": "new"})).status_code == 429
+
+
+async def test_admitted_inference_carries_its_dialects_headers(clock: Clock) -> None:
+    async with _client(_app()) as http:
+        first = await http.post("/v1/responses")
+        assert first.headers["x-ratelimit-limit-requests"] == "10"
+        assert first.headers["x-ratelimit-remaining-requests"] == "9"
+        assert first.headers["x-ratelimit-reset-requests"] == "10s"  # the whole allowance is back
+        assert "anthropic-ratelimit-requests-limit" not in first.headers
+        clock.now = T0 + 2.5
+        second = await http.post("/v1/messages")  # same account, same tier, Anthropic's names
+        assert second.headers["anthropic-ratelimit-requests-limit"] == "10"
+        assert second.headers["anthropic-ratelimit-requests-remaining"] == "8"
+        reset = datetime.fromtimestamp(math.ceil(T0 + 12.5), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        assert second.headers["anthropic-ratelimit-requests-reset"] == reset
+        assert "x-ratelimit-limit-requests" not in second.headers
 
 
 async def test_inference_tier_in_each_dialect(clock: Clock) -> None:
@@ -200,6 +249,12 @@ async def test_inference_tier_in_each_dialect(clock: Clock) -> None:
         assert anthropic.json() == {"type": "error",
                                     "error": {"type": "rate_limit_error", "message": message}}
         assert anthropic.headers["retry-after"] == "2" and "x-ratelimit-reset" in anthropic.headers
+        assert anthropic.headers["anthropic-ratelimit-requests-limit"] == "2"
+        assert anthropic.headers["anthropic-ratelimit-requests-remaining"] == "0"
+        assert anthropic.headers["anthropic-ratelimit-requests-reset"].endswith("Z")
+        assert "x-ratelimit-limit-requests" not in anthropic.headers
+        assert openai.headers["x-ratelimit-limit-requests"] == "2"
+        assert "anthropic-ratelimit-requests-limit" not in openai.headers
         clock.now = T0 + 2.01
         assert (await http.post("/v1/messages")).status_code == 200
         # The financial tier is off in this app (rate 0).

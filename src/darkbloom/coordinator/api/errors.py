@@ -83,6 +83,8 @@ def stream_error_event(error: DarkbloomError, path: str) -> bytes:
 
 async def _darkbloom(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, DarkbloomError)
+    if exc.code == "rate_limit_exceeded" and (metrics := getattr(request.app.state, "metrics", None)):
+        metrics.rate_limit_rejected(exc)  # rate_limit_rejections_total{tier} (coordinator/metrics.py)
     return error_response(exc, request.url.path)
 
 

@@ -16,7 +16,7 @@ from fastapi.responses import Response
 from darkbloom.coordinator.api.auth import ApiKeyDep
 from darkbloom.coordinator.api.bodies import read_body
 from darkbloom.coordinator.api.errors import error_response
-from darkbloom.coordinator.api.ratelimit import InferenceKeyDep
+from darkbloom.coordinator.api.ratelimit import InferenceKeyDep, with_rate_headers
 from darkbloom.coordinator.pipeline import Call, Opened, Pipeline
 from darkbloom.coordinator.prepare import MAX_SEALED_PROVIDERS
 from darkbloom.coordinator.relay import ClientGone, SSERelay, collect, until_disconnect
@@ -156,23 +156,23 @@ async def serve(request: Request, endpoint: Endpoint, identity: KeyIdentity) -> 
 
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request, identity: InferenceKeyDep) -> Response:
-    return await serve(request, "/v1/chat/completions", identity)
+    return with_rate_headers(request, await serve(request, "/v1/chat/completions", identity))
 
 
 @router.post("/v1/completions")
 async def completions(request: Request, identity: InferenceKeyDep) -> Response:
-    return await serve(request, "/v1/completions", identity)
+    return with_rate_headers(request, await serve(request, "/v1/completions", identity))
 
 
 @router.post("/v1/responses")
 async def responses(request: Request, identity: InferenceKeyDep) -> Response:
-    return await serve(request, "/v1/responses", identity)
+    return with_rate_headers(request, await serve(request, "/v1/responses", identity))
 
 
 @router.post("/v1/messages")
 async def messages(request: Request, identity: InferenceKeyDep) -> Response:
     """Anthropic Messages; `anthropic-version` and `anthropic-beta` are accepted and ignored."""
-    return await serve(request, "/v1/messages", identity)
+    return with_rate_headers(request, await serve(request, "/v1/messages", identity))
 
 
 @router.get("/v1/receipts/{request_id}")

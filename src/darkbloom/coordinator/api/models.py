@@ -9,13 +9,18 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from darkbloom.coordinator.pricing import PriceBook
+from darkbloom.coordinator.routing.scheduler import ModelSummary
 from darkbloom.errors import ModelNotFound
 from darkbloom.inference.catalog import Catalog, CatalogModel
 
 router = APIRouter()
 
 
-def openai_model(model: CatalogModel, providers: int) -> dict[str, Any]:
+def openai_model(model: CatalogModel, online: ModelSummary, prices: PriceBook) -> dict[str, Any]:
+    """api.md §5: the routable providers' count, attested count and best trust level, and the
+    price a request pays now (an admin override, else the catalog's)."""
+    price = prices.price(model)
     return {
         "id": model.id,
         "object": "model",
@@ -26,11 +31,11 @@ def openai_model(model: CatalogModel, providers: int) -> dict[str, Any]:
             "model_type": model.model_type,
             "quantization": model.quantization,
             "context_length": model.context_length,
-            "provider_count": providers,
-            "attested_providers": 0,
-            "trust_level": "none",
-            "input_price": model.input_price,
-            "output_price": model.output_price,
+            "provider_count": online.providers,
+            "attested_providers": online.attested,
+            "trust_level": online.trust_level,
+            "input_price": price.input_price,
+            "output_price": price.output_price,
             "aliases": list(model.aliases),
         },
     }
@@ -39,16 +44,16 @@ def openai_model(model: CatalogModel, providers: int) -> dict[str, Any]:
 @router.get("/v1/models")
 async def list_models(request: Request) -> dict[str, Any]:
     """Models a connected provider serves now (api.md §5)."""
-    counts = request.app.state.scheduler.provider_counts()
+    online = request.app.state.scheduler.model_summaries()
     catalog: Catalog = request.app.state.catalog
-    return {"object": "list", "data": [openai_model(m, counts[m.id]) for m in catalog.models
-                                       if counts.get(m.id)]}
+    return {"object": "list", "data": [openai_model(m, online[m.id], request.app.state.prices)
+                                       for m in catalog.models if m.id in online]}
 
 
 @router.get("/v1/models/catalog")
 async def model_catalog(request: Request, type: str | None = None) -> dict[str, Any]:
     """Every model the network knows, online or not, with what a client needs to choose one."""
-    counts = request.app.state.scheduler.provider_counts()
+    online = request.app.state.scheduler.model_summaries()
     catalog: Catalog = request.app.state.catalog
     return {"models": [
         {
@@ -60,7 +65,7 @@ async def model_catalog(request: Request, type: str | None = None) -> dict[str, 
             "download_name": m.filename, "s3_name": m.filename,
             "input_price": m.input_price, "output_price": m.output_price,
             "capabilities": list(m.capabilities), "aliases": list(m.aliases),
-            "providers_online": counts.get(m.id, 0), "active": True,
+            "providers_online": online.get(m.id, ModelSummary()).providers, "active": True,
         }
         for m in catalog.models if type is None or m.model_type == type
     ]}
@@ -72,7 +77,8 @@ async def retrieve_model(request: Request, model_id: str) -> dict[str, Any]:
     model = request.app.state.catalog.resolve(model_id)
     if model is None:
         raise ModelNotFound(f"The model {model_id!r} does not exist", param="model")
-    return openai_model(model, request.app.state.scheduler.provider_counts().get(model.id, 0))
+    online = request.app.state.scheduler.model_summaries().get(model.id, ModelSummary())
+    return openai_model(model, online, request.app.state.prices)
 
 
 @router.get("/health")

@@ -26,6 +26,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from darkbloom.config import CoordinatorSettings
 from darkbloom.coordinator.dispatch import Dispatcher
+from darkbloom.coordinator.routing import clamps
 from darkbloom.coordinator.routing.registry import ProviderConn
 from darkbloom.coordinator.routing.scheduler import Scheduler
 from darkbloom.coordinator.store.credentials import (
@@ -46,6 +47,7 @@ from darkbloom.protocol.frames import (
     CLOSE_EVICTED,
     CLOSE_PROTOCOL_ORDER,
     CLOSE_REPLACED,
+    CLOSE_VERSION_TOO_OLD,
     PROVIDER_FRAME_TYPES,
     AttestationResponse,
     Heartbeat,
@@ -74,6 +76,18 @@ def concurrency_cap(register: Register) -> int:
     if register.max_concurrency is not None:
         return max(1, min(tier, register.max_concurrency))
     return tier
+
+
+def _older(version: str, minimum: str) -> bool:
+    """Whether a provider's semver is below ``minimum``; an unreadable version counts as older."""
+    def parts(text: str) -> tuple[int, ...] | None:
+        core = text.strip().lstrip("v").split("+")[0].split("-")[0]
+        try:
+            return tuple(int(p) for p in core.split(".")[:3])
+        except ValueError:
+            return None
+    have, want = parts(version[:32]), parts(minimum)
+    return have is None or (want is not None and have < want)
 
 
 def _header_safe(text: str) -> str:
@@ -148,6 +162,7 @@ class ProviderSession:
             if not isinstance(first, Register):
                 raise _Close(CLOSE_PROTOCOL_ORDER, "first frame must be register")
             conn = await self._register(first)
+            await self.scheduler.reputations.attach(conn)
             writer = asyncio.create_task(self._write(conn))
             if self.challenger is not None:  # the first challenge goes out at once (trust.md §4)
                 challenges = asyncio.create_task(self.challenger.run())
@@ -167,6 +182,7 @@ class ProviderSession:
             if conn is not None:
                 self.scheduler.remove(conn)
                 self.dispatcher.provider_lost(conn)
+                self.scheduler.reputations.detach(conn)
                 log.info("provider %s disconnected", conn.id)
             for task in (writer, challenges):
                 if task is not None:
@@ -192,9 +208,16 @@ class ProviderSession:
                 verdict = replace(verdict, level="hardware")
             else:
                 log.warning("provider certificate chain not accepted: %s", refused)
+        if self.settings.min_provider_version and _older(register.version,
+                                                          self.settings.min_provider_version):
+            raise _Close(CLOSE_VERSION_TOO_OLD, f"provider version {register.version[:32]!r} is "
+                         f"below this network's minimum {self.settings.min_provider_version}; "
+                         "upgrade darkbloom")
         hardware = register.hardware.model_copy(update={
             "chip_name": _header_safe(register.hardware.chip_name),
-            "machine_model": _header_safe(register.hardware.machine_model)})
+            "machine_model": _header_safe(register.hardware.machine_model),
+            "memory_gb": int(clamps.clamp(register.hardware.memory_gb, clamps.MAX_MEMORY_GB)),
+            "memory_bandwidth_gbs": clamps.clamp(register.hardware.memory_bandwidth_gbs, 2_000.0)})
         conn = ProviderConn(
             id=str(uuid.uuid4()), account_id=token.account_id if token else None, models=models,
             public_key=public_key, token_id=token.token_id if token else None,
@@ -204,6 +227,8 @@ class ProviderSession:
             identity_key=verdict.identity_key, serial=_header_safe(verdict.serial or "") or None,
             attestation_raw=verdict.raw_b64, attestation_signature=verdict.signature,
             certificate_chain=register.certificate_chain if verdict.level == "hardware" else None,
+            reported_decode_tps=clamps.clamp(register.decode_tps or 0.0, clamps.MAX_DECODE_TPS),
+            reported_prefill_tps=clamps.clamp(register.prefill_tps or 0.0, clamps.MAX_PREFILL_TPS),
         )
         conn.kick = lambda code, reason: self._kick(conn, code, reason)
         settings = self.settings
@@ -220,6 +245,7 @@ class ProviderSession:
                 recheck_chain=lambda: check_chain(chain, key, serial, roots),
                 require_posture=settings.require_posture,
                 on_pass=lambda first: self._passed(conn, first),
+                on_fail=lambda: self.scheduler.reputations.of(conn).challenged(False),
                 on_untrust=lambda reason, proven: self._untrusted(conn, reason, proven))
         reason = barred
         if not reason and not models:
@@ -233,6 +259,8 @@ class ProviderSession:
             challenge_interval_s=max(1, round(settings.challenge_interval_s)),
             server_time=now_stamp(),
         )))
+        if (metrics := getattr(self.ws.app.state, "metrics", None)) is not None:
+            metrics.registered(conn)  # provider_registrations/reconnects_total (coordinator/metrics.py)
         return conn
 
     def _barred(self, conn: ProviderConn, blob_posture: dict[str, object]) -> str:
@@ -255,6 +283,7 @@ class ProviderSession:
         any other session of that key is replaced (protocol.md §5 "Duplicates"). Unless the key
         went into quarantine after this session's own check at registration (while it was still
         registering, its other sessions' untrust could not see it): then it is never routed."""
+        self.scheduler.reputations.of(conn).challenged(True)
         entry = self.quarantine.check(conn.identity_key, conn.serial)
         if entry is not None:
             mark_untrusted(conn, f"identity key quarantined: {entry.reason}")
@@ -310,8 +339,7 @@ class ProviderSession:
             if isinstance(frame, UnknownFrame):
                 log.warning("provider %s sent unknown frame type %r; ignored", conn.id, frame.type)
             elif isinstance(frame, Heartbeat):
-                conn.last_heartbeat = time.monotonic()
-                self.scheduler.drain()
+                self._heartbeat(conn, frame)
             elif isinstance(frame, Register):
                 raise _Close(CLOSE_PROTOCOL_ORDER, "duplicate register")
             elif isinstance(frame, AttestationResponse):
@@ -321,6 +349,21 @@ class ProviderSession:
                     self.challenger.answer(frame)
             else:
                 self.dispatcher.handle(conn, frame)
+
+    def _heartbeat(self, conn: ProviderConn, frame: Heartbeat) -> None:
+        """protocol.md §4 heartbeat: keep the clamped report for routing, add the counts and the
+        time since the last one to the provider's record, and retry the queues (§7)."""
+        now = time.monotonic()
+        gap, conn.last_heartbeat = now - conn.last_heartbeat, now
+
+        def resolve(name: str) -> str | None:
+            model = self.catalog.resolve(name)
+            return model.id if model else None
+
+        conn.heartbeat = clamps.heartbeat(frame, conn.models, resolve)
+        self.scheduler.reputations.of(conn).heartbeat(conn.heartbeat.stats, gap,
+                                                      self.settings.heartbeat_interval_s)
+        self.scheduler.drain()
 
     async def _close(self, code: int, reason: str) -> None:
         if self.ws.application_state != WebSocketState.DISCONNECTED:

@@ -18,7 +18,7 @@ from darkbloom.coordinator.routing.registry import ProviderConn
 router = APIRouter()
 
 
-def _entry(p: ProviderConn, routable: bool) -> dict[str, Any]:
+def _entry(p: ProviderConn, routable: bool, reputation: dict[str, object]) -> dict[str, Any]:
     return {
         "provider_id": p.id,
         "chip_name": p.hardware.chip_name,
@@ -40,6 +40,8 @@ def _entry(p: ProviderConn, routable: bool) -> dict[str, Any]:
         "attestation_raw": p.attestation_raw,
         "attestation_signature": p.attestation_signature,
         "certificate_chain": p.certificate_chain or [],
+        "decode_tps": round(p.decode_tps, 2),
+        "reputation": reputation,
     }
 
 
@@ -47,7 +49,8 @@ def _entry(p: ProviderConn, routable: bool) -> dict[str, Any]:
 async def attestation_listing(request: Request) -> dict[str, Any]:
     scheduler = request.app.state.scheduler
     return {
-        "providers": [_entry(p, scheduler.routable(p)) for p in scheduler.providers.values()],
+        "providers": [_entry(p, scheduler.routable(p), scheduler.reputations.of(p).summary())
+                      for p in scheduler.providers.values()],
         "verification_instructions": (
             "base64-decode attestation_raw; verify attestation_signature over those bytes with the "
             "P-256 key in their publicKey field (ECDSA/SHA-256, DER); check that publicKey equals "

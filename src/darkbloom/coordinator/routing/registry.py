@@ -12,7 +12,7 @@ from nacl.public import PublicKey
 from pydantic import BaseModel
 
 from darkbloom.protocol import encode
-from darkbloom.protocol.frames import Hardware
+from darkbloom.protocol.frames import Hardware, Heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,10 @@ class ProviderConn:
     version: str
     outbox: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
     in_flight: int = 0
+    # This coordinator's pending work on the provider, per model: requests and their summed
+    # output budgets (the cost model's pending_model and pending_max).
+    pending_by_model: dict[str, int] = field(default_factory=dict)
+    pending_tokens_by_model: dict[str, int] = field(default_factory=dict)
     served: int = 0
     connected_at: float = field(default_factory=time.monotonic)
     last_heartbeat: float = field(default_factory=time.monotonic)
@@ -50,10 +54,44 @@ class ProviderConn:
     attestation_raw: str | None = None
     attestation_signature: str | None = None
     certificate_chain: list[str] | None = None
+    # The last heartbeat, clamped (protocol.md §8): status, warm models, cumulative stats since the
+    # provider process started, system metrics and per-model slot state. Routing reads it.
+    heartbeat: Heartbeat = field(default_factory=Heartbeat)
+    # Benchmark figures from register, clamped (decode ≤ 500, prefill ≤ 5 000 tokens/s); 0: none.
+    reported_decode_tps: float = 0.0
+    reported_prefill_tps: float = 0.0
+    # Decode speed the coordinator measured on this provider's own answers (tokens/s, a moving
+    # average); 0 until one has been measured.
+    measured_decode_tps: float = 0.0
+
+    @property
+    def decode_tps(self) -> float:
+        """protocol.md §7: measured, else reported, else √(memory bandwidth), else 1."""
+        if self.measured_decode_tps > 0:
+            return self.measured_decode_tps
+        if self.reported_decode_tps > 0:
+            return self.reported_decode_tps
+        bandwidth = self.hardware.memory_bandwidth_gbs
+        return bandwidth ** 0.5 if bandwidth > 0 else 1.0
+
+    @property
+    def prefill_tps(self) -> float:
+        return self.reported_prefill_tps if self.reported_prefill_tps > 0 else 4 * self.decode_tps
 
     @property
     def free_slots(self) -> int:
         return self.max_concurrency - self.in_flight
+
+    def take_slot(self, model: str, max_tokens: int) -> None:
+        self.in_flight += 1
+        self.pending_by_model[model] = self.pending_by_model.get(model, 0) + 1
+        self.pending_tokens_by_model[model] = self.pending_tokens_by_model.get(model, 0) + max_tokens
+
+    def free_slot(self, model: str, max_tokens: int) -> None:
+        self.in_flight = max(0, self.in_flight - 1)
+        self.pending_by_model[model] = max(0, self.pending_by_model.get(model, 0) - 1)
+        self.pending_tokens_by_model[model] = max(
+            0, self.pending_tokens_by_model.get(model, 0) - max_tokens)
 
     def send(self, frame: BaseModel) -> bool:
         """Queue a frame for the connection's writer task; never blocks the caller."""

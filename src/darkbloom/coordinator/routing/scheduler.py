@@ -1,4 +1,16 @@
-"""Routing v1: pick the least-loaded provider with a free slot, else wait in a per-model FIFO.
+"""Routing (protocol.md §7): the eligible provider with the lowest cost takes the request, else it
+waits in a per-model FIFO until one can.
+
+Eligibility is a chain of gates: serves the model; connected; trusted to the network's minimum
+and the request's; in good standing with its challenges (passed within the window); a free slot;
+health from its last heartbeat (``cost.unfit``: slot state, thermal state, free memory). The cost
+of each eligible provider is ``cost.quote`` (load, measured speed, health, reputation).
+
+At scale a decision prices at most ``SAMPLE`` eligible providers ("power of k choices"): with
+more providers than that for a model, the walk starts at a random place in the model's pool and
+prices the first ``SAMPLE`` that pass every gate. Up to ``SAMPLE`` providers per model it is
+protocol.md §7 exactly. That keeps one decision near-constant in the network's size (see
+docs/BENCHMARKS.md, routing at 1,000 and 10,000 providers).
 
 Everything here runs on the event loop thread with no await between choosing a provider and
 taking its slot, so a slot is never handed out twice (protocol.md §7's "one lock").
@@ -10,10 +22,11 @@ import asyncio
 import random
 import time
 from collections import deque
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from darkbloom.coordinator.routing.cost import WEIGHTS, Demand, Weights, choose, quote, unfit
 from darkbloom.coordinator.routing.registry import ProviderConn
+from darkbloom.coordinator.routing.reputation import Reputations
 from darkbloom.coordinator.trust.attestation import at_least
 from darkbloom.errors import NoProviderAvailable
 
@@ -36,9 +49,23 @@ class Route:
 ANY = Route()
 
 
+# Eligible providers priced per decision (see the module docstring).
+SAMPLE = 32
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSummary:
+    """What /v1/models says of a model's providers: how many are routable, how many of those
+    are attested (a challenged identity key), and the highest trust level among them."""
+
+    providers: int = 0
+    attested: int = 0
+    trust_level: str = "none"
+
+
 @dataclass(eq=False)
 class _Waiter:
-    model: str
+    demand: Demand
     exclude: frozenset[str]
     min_trust: str
     only: frozenset[str] | None
@@ -47,38 +74,47 @@ class _Waiter:
         default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
-def pick_least_loaded(candidates: Iterable[ProviderConn]) -> ProviderConn | None:
-    """Lowest fraction of slots in use, then fewest in flight; ties broken at random."""
-    free = [p for p in candidates if p.free_slots > 0 and not p.closed]
-    if not free:
-        return None
-    best = min((p.in_flight / p.max_concurrency, p.in_flight) for p in free)
-    tied = [p for p in free if (p.in_flight / p.max_concurrency, p.in_flight) == best]
-    return random.choice(tied)
-
-
 class Scheduler:
     def __init__(self, queue_max: int, queue_timeout_s: float, min_trust: str = "none",
-                 pass_window_s: float = 360.0) -> None:
+                 pass_window_s: float = 360.0, reputations: Reputations | None = None,
+                 weights: Weights = WEIGHTS) -> None:
+        self.reputations = reputations or Reputations()
+        self.weights = weights
         self.min_trust = min_trust
         self.pass_window_s = pass_window_s
         self.queue_max = queue_max
         self.queue_timeout_s = queue_timeout_s
         self.providers: dict[str, ProviderConn] = {}
         self._queues: dict[str, deque[_Waiter]] = {}
+        # Per model, the connected providers serving it, in a tuple rebuilt on membership change.
+        self._serving: dict[str, dict[str, ProviderConn]] = {}
+        self._pools: dict[str, tuple[ProviderConn, ...]] = {}
 
     # --- membership --------------------------------------------------------------------
 
     def add(self, provider: ProviderConn) -> None:
         self.providers[provider.id] = provider
+        for model in provider.models:
+            self._serving.setdefault(model, {})[provider.id] = provider
+            self._pools.pop(model, None)
         self.drain()
+
+    def _pool(self, model: str) -> tuple[ProviderConn, ...]:
+        pool = self._pools.get(model)
+        if pool is None:
+            pool = self._pools[model] = tuple(self._serving.get(model, {}).values())
+        return pool
 
     def remove(self, provider: ProviderConn) -> None:
         provider.closed = True
-        self.providers.pop(provider.id, None)
+        if self.providers.pop(provider.id, None) is not None:
+            for model in provider.models:
+                self._serving.get(model, {}).pop(provider.id, None)
+                self._pools.pop(model, None)
         # Waiters for a model nobody serves any more would otherwise sit out the full timeout.
         for model, queue in self._queues.items():
-            while queue and not self.serving(model, min_trust=queue[0].min_trust, route=queue[0].route):
+            while queue and not self.serving(model, min_trust=queue[0].min_trust, route=queue[0].route,
+                                             only=queue[0].only):
                 waiter = queue.popleft()
                 if not waiter.future.done():
                     waiter.future.set_exception(self._nobody_serves(model, waiter.min_trust))
@@ -87,10 +123,31 @@ class Scheduler:
                 min_trust: str | None = None, only: frozenset[str] | None = None,
                 route: Route = ANY) -> list[ProviderConn]:
         """Providers that may take ``model``: trusted to the network's minimum and the request's."""
-        level = min_trust if min_trust and at_least(min_trust, self.min_trust) else self.min_trust
-        return [p for p in self.providers.values()
-                if model in p.models and p.id not in exclude and (only is None or p.id in only)
+        level = self._level(min_trust)
+        return [p for p in self._pool(model)
+                if p.id not in exclude and (only is None or p.id in only)
                 and route.admits(p) and self.routable(p, level)]
+
+    def _level(self, min_trust: str | None) -> str:
+        return min_trust if min_trust and at_least(min_trust, self.min_trust) else self.min_trust
+
+    def _candidates(self, demand: Demand, exclude: frozenset[str], min_trust: str | None,
+                    only: frozenset[str] | None, route: Route) -> list[ProviderConn]:
+        """Up to ``SAMPLE`` providers that pass every gate for this request, found by a walk
+        from a random place in the model's pool (all of them when the pool is that small)."""
+        pool = self._pool(demand.model)
+        level = self._level(min_trust)
+        found: list[ProviderConn] = []
+        start = random.randrange(len(pool)) if len(pool) > SAMPLE else 0
+        for i in range(len(pool)):
+            p = pool[(start + i) % len(pool)]
+            if (p.free_slots > 0 and p.id not in exclude and (only is None or p.id in only)
+                    and route.admits(p) and self.routable(p, level)
+                    and unfit(p, demand, self.weights) is None):
+                found.append(p)
+                if len(found) == SAMPLE:
+                    break
+        return found
 
     def routable(self, provider: ProviderConn, level: str | None = None) -> bool:
         """Connected, trusted enough, and in good standing with its challenges.
@@ -112,32 +169,41 @@ class Scheduler:
     def sessions_of(self, identity_key: str) -> list[ProviderConn]:
         return [p for p in self.providers.values() if p.identity_key == identity_key]
 
-    def provider_counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
+    def model_summaries(self) -> dict[str, ModelSummary]:
+        summaries: dict[str, ModelSummary] = {}
         for provider in self.providers.values():
             if not self.routable(provider):
                 continue
+            attested = provider.identity_key is not None
             for model in provider.models:
-                counts[model] = counts.get(model, 0) + 1
-        return counts
+                seen = summaries.get(model, ModelSummary())
+                summaries[model] = ModelSummary(
+                    seen.providers + 1, seen.attested + attested,
+                    provider.trust_level if at_least(provider.trust_level, seen.trust_level)
+                    else seen.trust_level)
+        return summaries
 
     def queue_depth(self, model: str) -> int:
         return len(self._queues.get(model, ()))
 
     # --- slots -------------------------------------------------------------------------
 
-    def try_acquire(self, model: str, exclude: frozenset[str] = frozenset(),
+    def try_acquire(self, demand: Demand, exclude: frozenset[str] = frozenset(),
                     min_trust: str | None = None, only: frozenset[str] | None = None,
                     route: Route = ANY) -> ProviderConn | None:
-        provider = pick_least_loaded(self.serving(model, exclude, min_trust, only, route))
+        """The cheapest eligible provider with a free slot, its slot taken; None if none can."""
+        quotes = [quote(p, demand, self.reputations.score(p), self.weights)
+                  for p in self._candidates(demand, exclude, min_trust, only, route)]
+        provider = choose(quotes, self.weights)
         if provider is not None:
-            provider.in_flight += 1
+            provider.take_slot(demand.model, demand.max_tokens)
         return provider
 
-    async def acquire(self, model: str, exclude: frozenset[str] = frozenset(),
+    async def acquire(self, demand: Demand, exclude: frozenset[str] = frozenset(),
                       may_queue: bool = True, min_trust: str | None = None,
                       only: frozenset[str] | None = None, route: Route = ANY) -> ProviderConn:
         """``only``: the providers a consumer sealed its request to (consumer-blind mode)."""
+        model = demand.model
         if not self.serving(model, exclude, min_trust, only, route):
             if only is not None:
                 raise NoProviderAvailable(f"none of the providers the request is sealed to is "
@@ -149,7 +215,7 @@ class Scheduler:
         queue = self._queues.setdefault(model, deque())
         if queue:  # FIFO: the waiters first, each to a free slot it may take
             self.drain()
-        provider = self.try_acquire(model, exclude, min_trust, only, route)
+        provider = self.try_acquire(demand, exclude, min_trust, only, route)
         if provider is not None:
             return provider
         if not may_queue:
@@ -158,7 +224,7 @@ class Scheduler:
             raise NoProviderAvailable(
                 f"model {model!r} is at capacity: all providers are busy and the queue is full "
                 f"({self.queue_max} waiting); retry shortly", headers={"Retry-After": "1"})
-        waiter = _Waiter(model, exclude, min_trust or self.min_trust, only, route)
+        waiter = _Waiter(demand, exclude, min_trust or self.min_trust, only, route)
         queue.append(waiter)
         try:
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that lands
@@ -174,7 +240,7 @@ class Scheduler:
             # The consumer left in the instant between being granted a slot and resuming.
             fut = waiter.future
             if fut.done() and not fut.cancelled() and fut.exception() is None:
-                self.release(fut.result())
+                self.release(fut.result(), demand)
             raise
         finally:
             if waiter in queue:
@@ -188,21 +254,21 @@ class Scheduler:
         return NoProviderAvailable(f"no provider is serving model {model!r} right now; "
                                    "try again when one is online")
 
-    def release(self, provider: ProviderConn) -> None:
-        provider.in_flight = max(0, provider.in_flight - 1)
+    def release(self, provider: ProviderConn, demand: Demand) -> None:
+        provider.free_slot(demand.model, demand.max_tokens)
         self.drain()
 
     def drain(self) -> None:
         """Hand free slots to waiters, oldest first. A waiter none of the free slots is for keeps
         its place without holding up the waiters behind it: a self-routed request waiting for its
         owner's busy machine must not stop paid work reaching idle providers (billing.md §5)."""
-        for model, queue in self._queues.items():
+        for queue in self._queues.values():
             for waiter in list(queue):
                 if waiter.future.done():
                     queue.remove(waiter)
                     continue
-                provider = self.try_acquire(model, waiter.exclude, waiter.min_trust, waiter.only,
-                                            waiter.route)
+                provider = self.try_acquire(waiter.demand, waiter.exclude, waiter.min_trust,
+                                            waiter.only, waiter.route)
                 if provider is None:
                     continue
                 queue.remove(waiter)

@@ -91,6 +91,33 @@ class ProviderQuarantine(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class ProviderReputation(Base):
+    """A provider identity's track record across reconnects and restarts (protocol.md §7). The
+    key is the attested identity key, or ``token:<id>`` for an unattested provider with a token.
+    ``uptime_hours``: JSON {hour (unix seconds // 3600): seconds seen} for the last 24 hours."""
+
+    __tablename__ = "provider_reputation"
+    provider_key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    account_id: Mapped[str | None] = mapped_column(String(32), index=True, nullable=True)
+    jobs_succeeded: Mapped[int] = mapped_column(BigInteger, default=0)
+    jobs_failed: Mapped[int] = mapped_column(BigInteger, default=0)
+    timeouts: Mapped[int] = mapped_column(BigInteger, default=0)
+    challenges_passed: Mapped[int] = mapped_column(BigInteger, default=0)
+    challenges_failed: Mapped[int] = mapped_column(BigInteger, default=0)
+    response_ms_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    response_samples: Mapped[int] = mapped_column(BigInteger, default=0)
+    requests_served: Mapped[int] = mapped_column(BigInteger, default=0)
+    tokens_generated: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_requests_served: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_tokens_generated: Mapped[int] = mapped_column(BigInteger, default=0)
+    uptime_total_s: Mapped[int] = mapped_column(BigInteger, default=0)
+    uptime_hours: Mapped[str] = mapped_column(Text, default="{}")
+    decode_tps: Mapped[float] = mapped_column(Float, default=0.0)
+    score: Mapped[float] = mapped_column(Float, default=0.5)
+    first_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class RequestRecord(Base):
     """One consumer request: who, which model, which provider, how many tokens, how fast."""
 
@@ -356,3 +383,16 @@ class StripeWithdrawal(Base):
     arrival_unix: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+# --- Public network data (api.md §9) ---
+
+
+class CoordinatorSecret(Base):
+    """A secret every coordinator process sharing this database must agree on, made once by the
+    first process that needs it (e.g. ``pseudonym``: the HMAC key of leaderboard pseudonyms)."""
+
+    __tablename__ = "coordinator_secrets"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(128))  # hex
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -79,13 +79,15 @@ def mark_untrusted(conn: ProviderConn, reason: str) -> bool:
 
 
 class Challenger:
-    """``on_pass(first)`` runs after each pass; ``on_untrust(reason, proven)`` after an untrust."""
+    """``on_pass(first)`` runs after each pass, ``on_fail()`` after each strike and
+    ``on_untrust(reason, proven)`` after an untrust."""
 
     def __init__(self, conn: ProviderConn, interval_s: float, timeout_s: float, max_strikes: int,
                  registered_posture: dict[str, object],
                  recheck_chain: Callable[[], str | None] | None = None,
                  require_posture: Mapping[str, object] | None = None,
                  on_pass: Callable[[bool], None] | None = None,
+                 on_fail: Callable[[], None] | None = None,
                  on_untrust: Callable[[str, bool], None] | None = None) -> None:
         self.recheck_chain = recheck_chain
         self.conn = conn
@@ -94,6 +96,7 @@ class Challenger:
         self.max_strikes = max_strikes
         self.require_posture = dict(require_posture or {})
         self.on_pass = on_pass
+        self.on_fail = on_fail
         self.on_untrust = on_untrust
         self.state = ChallengeState(posture=dict(registered_posture))
 
@@ -176,6 +179,8 @@ class Challenger:
         self.state.strikes += 1
         self.state.failed += 1
         self.conn.strikes, self.conn.last_pass = self.state.strikes, None
+        if self.on_fail is not None:
+            self.on_fail()
 
     def _untrust_after_strikes(self) -> None:
         if self.state.strikes >= self.max_strikes:

@@ -1,4 +1,4 @@
-"""Scheduler: least-loaded choice, slot caps, the per-model FIFO queue and its failure modes."""
+"""Scheduler: eligibility, slot caps, the per-model FIFO queue and its failure modes."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from collections.abc import Callable
 
 import pytest
 
+from darkbloom.coordinator.routing.cost import Demand as D
 from darkbloom.coordinator.routing.registry import ProviderConn
-from darkbloom.coordinator.routing.scheduler import Scheduler, pick_least_loaded
+from darkbloom.coordinator.routing.scheduler import Scheduler
 from darkbloom.errors import NoProviderAvailable
 
 pytestmark = pytest.mark.timeout(5)
@@ -36,52 +37,16 @@ def loaded(make: MakeProvider, pid: str, max_concurrency: int, in_flight: int) -
     return p
 
 
-# --- pick_least_loaded -------------------------------------------------------------------
-
-
-def test_pick_lowest_fraction_in_use(make_provider: MakeProvider) -> None:
-    half = loaded(make_provider, "half", 4, 2)
-    empty = loaded(make_provider, "empty", 2, 0)
-    assert pick_least_loaded([half, empty]) is empty
-    quarter = loaded(make_provider, "quarter", 4, 1)
-    half_small = loaded(make_provider, "half-small", 2, 1)
-    assert pick_least_loaded([half_small, quarter]) is quarter
-
-
-def test_pick_fraction_tie_broken_by_fewest_in_flight(make_provider: MakeProvider) -> None:
-    small = loaded(make_provider, "small", 2, 1)
-    big = loaded(make_provider, "big", 4, 2)
-    for _ in range(20):
-        assert pick_least_loaded([big, small]) is small
-
-
-def test_pick_full_tie_is_random_among_tied(make_provider: MakeProvider) -> None:
-    a, b = loaded(make_provider, "a", 2, 0), loaded(make_provider, "b", 3, 0)
-    worse = loaded(make_provider, "c", 2, 1)
-    picks = {pick_least_loaded([a, b, worse]).id for _ in range(200)}  # type: ignore[union-attr]
-    assert picks == {"a", "b"}
-
-
-def test_pick_skips_full_and_closed(make_provider: MakeProvider) -> None:
-    full = loaded(make_provider, "full", 2, 2)
-    closed = loaded(make_provider, "closed", 8, 0)
-    closed.closed = True
-    busy = loaded(make_provider, "busy", 4, 3)
-    assert pick_least_loaded([full, closed, busy]) is busy
-    assert pick_least_loaded([full, closed]) is None
-    assert pick_least_loaded([]) is None
-
-
 # --- try_acquire / membership ------------------------------------------------------------
 
 
 def test_try_acquire_takes_a_slot_until_full(make_provider: MakeProvider) -> None:
     p = make_provider(max_concurrency=2)
     s = scheduler(p)
-    assert s.try_acquire("m") is p
-    assert s.try_acquire("m") is p
+    assert s.try_acquire(D("m")) is p
+    assert s.try_acquire(D("m")) is p
     assert p.in_flight == 2
-    assert s.try_acquire("m") is None
+    assert s.try_acquire(D("m")) is None
     assert p.in_flight == 2
 
 
@@ -89,17 +54,17 @@ def test_try_acquire_filters_model_and_exclude(make_provider: MakeProvider) -> N
     a = make_provider("a", models=("m", "other"))
     b = make_provider("b", models=("m",))
     s = scheduler(a, b)
-    assert s.try_acquire("nobody-serves-this") is None
-    assert s.try_acquire("other", exclude=frozenset({"a"})) is None
-    assert s.try_acquire("m", exclude=frozenset({"a"})) is b
-    assert s.try_acquire("m", exclude=frozenset({"a"})) is None
+    assert s.try_acquire(D("nobody-serves-this")) is None
+    assert s.try_acquire(D("other"), exclude=frozenset({"a"})) is None
+    assert s.try_acquire(D("m"), exclude=frozenset({"a"})) is b
+    assert s.try_acquire(D("m"), exclude=frozenset({"a"})) is None
     assert a.in_flight == 0
 
 
 def test_release_never_goes_negative(make_provider: MakeProvider) -> None:
     p = make_provider()
     s = scheduler(p)
-    s.release(p)
+    s.release(p, D("m"))
     assert p.in_flight == 0
 
 
@@ -107,12 +72,12 @@ def test_membership_and_counts(make_provider: MakeProvider) -> None:
     a = make_provider("a", models=("m", "n"))
     b = make_provider("b", models=("m",))
     s = scheduler(a, b)
-    assert s.provider_counts() == {"m": 2, "n": 1}
+    assert {m: v.providers for m, v in s.model_summaries().items()} == {"m": 2, "n": 1}
     assert {p.id for p in s.serving("m")} == {"a", "b"}
     assert [p.id for p in s.serving("m", frozenset({"a"}))] == ["b"]
     s.remove(a)
     assert a.closed is True
-    assert s.provider_counts() == {"m": 1}
+    assert {m: v.providers for m, v in s.model_summaries().items()} == {"m": 1}
     assert s.serving("n") == []
 
 
@@ -123,8 +88,8 @@ async def test_acquire_picks_least_loaded(make_provider: MakeProvider) -> None:
     a = make_provider("a", max_concurrency=2)
     b = make_provider("b", max_concurrency=2)
     s = scheduler(a, b)
-    first = await s.acquire("m")
-    second = await s.acquire("m")
+    first = await s.acquire(D("m"))
+    second = await s.acquire(D("m"))
     assert {first.id, second.id} == {"a", "b"}
     assert (a.in_flight, b.in_flight) == (1, 1)
 
@@ -132,7 +97,7 @@ async def test_acquire_picks_least_loaded(make_provider: MakeProvider) -> None:
 async def test_acquire_with_nobody_serving_fails_at_once(make_provider: MakeProvider) -> None:
     s = scheduler(make_provider("a", models=("m",)))
     with pytest.raises(NoProviderAvailable) as info:
-        await s.acquire("unknown-model")
+        await s.acquire(D("unknown-model"))
     assert info.value.status_code == 503
     assert s.queue_depth("unknown-model") == 0
 
@@ -141,20 +106,20 @@ async def test_acquire_exclude_honoured(make_provider: MakeProvider) -> None:
     a = make_provider("a", max_concurrency=4)
     b = make_provider("b", max_concurrency=1)
     s = scheduler(a, b)
-    assert await s.acquire("m", exclude=frozenset({"a"})) is b
+    assert await s.acquire(D("m"), exclude=frozenset({"a"})) is b
     with pytest.raises(NoProviderAvailable):
-        await s.acquire("m", exclude=frozenset({"a", "b"}))
+        await s.acquire(D("m"), exclude=frozenset({"a", "b"}))
     with pytest.raises(NoProviderAvailable):
-        await s.acquire("m", exclude=frozenset({"a"}), may_queue=False)
+        await s.acquire(D("m"), exclude=frozenset({"a"}), may_queue=False)
     assert (a.in_flight, b.in_flight) == (0, 1)
 
 
 async def test_acquire_may_queue_false_fails_when_full(make_provider: MakeProvider) -> None:
     p = make_provider()
     s = scheduler(p)
-    await s.acquire("m")
+    await s.acquire(D("m"))
     with pytest.raises(NoProviderAvailable):
-        await s.acquire("m", may_queue=False)
+        await s.acquire(D("m"), may_queue=False)
     assert p.in_flight == 1
     assert s.queue_depth("m") == 0
 
@@ -165,7 +130,7 @@ async def test_slot_cap_never_exceeded_and_fifo_grants(make_provider: MakeProvid
     granted: list[int] = []
 
     async def client(i: int) -> ProviderConn:
-        provider = await s.acquire("m")
+        provider = await s.acquire(D("m"))
         granted.append(i)
         assert provider.in_flight <= provider.max_concurrency
         return provider
@@ -177,7 +142,7 @@ async def test_slot_cap_never_exceeded_and_fifo_grants(make_provider: MakeProvid
     assert s.queue_depth("m") == 4
 
     for expected in ([0, 1, 2], [0, 1, 2, 3], [0, 1, 2, 3, 4], [0, 1, 2, 3, 4, 5]):
-        s.release(p)
+        s.release(p, D("m"))
         assert p.in_flight == 2  # the freed slot went straight to the oldest waiter
         await settle()
         assert granted == expected
@@ -185,28 +150,28 @@ async def test_slot_cap_never_exceeded_and_fifo_grants(make_provider: MakeProvid
     await asyncio.gather(*tasks)
 
     for _ in range(2):
-        s.release(p)
+        s.release(p, D("m"))
     assert p.in_flight == 0
 
 
 async def test_new_arrival_does_not_jump_the_queue(make_provider: MakeProvider) -> None:
     p = make_provider()
     s = scheduler(p)
-    await s.acquire("m")
+    await s.acquire(D("m"))
     order: list[str] = []
 
     async def client(name: str) -> None:
-        await s.acquire("m")
+        await s.acquire(D("m"))
         order.append(name)
 
     first = asyncio.create_task(client("first"))
     await settle()
-    s.release(p)  # granted to "first" synchronously
+    s.release(p, D("m"))  # granted to "first" synchronously
     late = asyncio.create_task(client("late"))
     await settle()
     assert order == ["first"]
     assert s.queue_depth("m") == 1
-    s.release(p)
+    s.release(p, D("m"))
     await asyncio.gather(first, late)
     assert order == ["first", "late"]
 
@@ -214,12 +179,12 @@ async def test_new_arrival_does_not_jump_the_queue(make_provider: MakeProvider) 
 async def test_queue_full_fails_immediately_with_retry_after(make_provider: MakeProvider) -> None:
     p = make_provider()
     s = scheduler(p, queue_max=2)
-    await s.acquire("m")
-    waiters = [asyncio.create_task(s.acquire("m")) for _ in range(2)]
+    await s.acquire(D("m"))
+    waiters = [asyncio.create_task(s.acquire(D("m"))) for _ in range(2)]
     await settle()
     assert s.queue_depth("m") == 2
     with pytest.raises(NoProviderAvailable) as info:
-        await s.acquire("m")
+        await s.acquire(D("m"))
     assert info.value.status_code == 503
     assert info.value.headers.get("Retry-After") == "1"
     assert "queue is full" in info.value.message
@@ -234,25 +199,25 @@ async def test_queue_full_fails_immediately_with_retry_after(make_provider: Make
 async def test_queue_timeout(make_provider: MakeProvider) -> None:
     p = make_provider()
     s = scheduler(p, queue_timeout_s=0.05)
-    await s.acquire("m")
+    await s.acquire(D("m"))
     loop = asyncio.get_running_loop()
     started = loop.time()
     with pytest.raises(NoProviderAvailable) as info:
-        await s.acquire("m")
+        await s.acquire(D("m"))
     assert 0.04 <= loop.time() - started < 1.0
     assert "became free" in info.value.message
     assert info.value.headers.get("Retry-After") == "1"
     assert s.queue_depth("m") == 0
     assert p.in_flight == 1
-    s.release(p)  # a later release finds no stale waiter to hand the slot to
+    s.release(p, D("m"))  # a later release finds no stale waiter to hand the slot to
     assert p.in_flight == 0
 
 
 async def test_removing_last_provider_fails_waiters_promptly(make_provider: MakeProvider) -> None:
     p = make_provider()
     s = scheduler(p, queue_timeout_s=30)
-    await s.acquire("m")
-    waiters = [asyncio.create_task(s.acquire("m")) for _ in range(3)]
+    await s.acquire(D("m"))
+    waiters = [asyncio.create_task(s.acquire(D("m"))) for _ in range(3)]
     await settle()
     assert s.queue_depth("m") == 3
     s.remove(p)
@@ -264,17 +229,17 @@ async def test_removing_last_provider_fails_waiters_promptly(make_provider: Make
 async def test_removing_one_of_two_providers_keeps_waiters(make_provider: MakeProvider) -> None:
     a, b = make_provider("a"), make_provider("b")
     s = scheduler(a, b, queue_timeout_s=30)
-    await s.acquire("m")
-    await s.acquire("m")
-    waiter = asyncio.create_task(s.acquire("m"))
+    await s.acquire(D("m"))
+    await s.acquire(D("m"))
+    waiter = asyncio.create_task(s.acquire(D("m")))
     await settle()
     s.remove(a)
     await settle()
     assert not waiter.done()
-    s.release(a)  # the removed provider's slot is not handed out
+    s.release(a, D("m"))  # the removed provider's slot is not handed out
     await settle()
     assert not waiter.done()
-    s.release(b)
+    s.release(b, D("m"))
     assert await asyncio.wait_for(waiter, 0.5) is b
 
 
@@ -282,24 +247,24 @@ async def test_removing_provider_only_fails_waiters_of_unserved_models(make_prov
     a = make_provider("a", models=("m",))
     b = make_provider("b", models=("n",))
     s = scheduler(a, b, queue_timeout_s=30)
-    await s.acquire("m")
-    await s.acquire("n")
-    wait_m = asyncio.create_task(s.acquire("m"))
-    wait_n = asyncio.create_task(s.acquire("n"))
+    await s.acquire(D("m"))
+    await s.acquire(D("n"))
+    wait_m = asyncio.create_task(s.acquire(D("m")))
+    wait_n = asyncio.create_task(s.acquire(D("n")))
     await settle()
     s.remove(a)
     with pytest.raises(NoProviderAvailable):
         await asyncio.wait_for(wait_m, 0.5)
     assert not wait_n.done()
-    s.release(b)
+    s.release(b, D("m"))
     assert await asyncio.wait_for(wait_n, 0.5) is b
 
 
 async def test_adding_provider_grants_waiters(make_provider: MakeProvider) -> None:
     a = make_provider("a")
     s = scheduler(a)
-    await s.acquire("m")
-    waiter = asyncio.create_task(s.acquire("m"))
+    await s.acquire(D("m"))
+    waiter = asyncio.create_task(s.acquire(D("m")))
     await settle()
     b = make_provider("b")
     s.add(b)
@@ -310,38 +275,38 @@ async def test_adding_provider_grants_waiters(make_provider: MakeProvider) -> No
 async def test_queued_waiter_exclude_honoured(make_provider: MakeProvider) -> None:
     a, b = make_provider("a"), make_provider("b")
     s = scheduler(a, b)
-    await s.acquire("m")
-    await s.acquire("m")
-    waiter = asyncio.create_task(s.acquire("m", exclude=frozenset({"a"})))
+    await s.acquire(D("m"))
+    await s.acquire(D("m"))
+    waiter = asyncio.create_task(s.acquire(D("m"), exclude=frozenset({"a"})))
     await settle()
-    s.release(a)
+    s.release(a, D("m"))
     await settle()
     assert not waiter.done()
     assert a.in_flight == 0
-    s.release(b)
+    s.release(b, D("m"))
     assert await asyncio.wait_for(waiter, 0.5) is b
 
 
 async def test_cancelled_waiter_leaves_the_queue(make_provider: MakeProvider) -> None:
     p = make_provider()
     s = scheduler(p)
-    await s.acquire("m")
-    waiter = asyncio.create_task(s.acquire("m"))
+    await s.acquire(D("m"))
+    waiter = asyncio.create_task(s.acquire(D("m")))
     await settle()
     waiter.cancel()
     await asyncio.gather(waiter, return_exceptions=True)
     assert s.queue_depth("m") == 0
-    s.release(p)
+    s.release(p, D("m"))
     assert p.in_flight == 0
 
 
 async def test_slot_granted_then_cancelled_is_never_lost(make_provider: MakeProvider) -> None:
     p = make_provider()
     s = scheduler(p)
-    await s.acquire("m")
-    waiter = asyncio.create_task(s.acquire("m"))
+    await s.acquire(D("m"))
+    waiter = asyncio.create_task(s.acquire(D("m")))
     await settle()
-    s.release(p)  # grants the slot to the waiter, which has not resumed yet
+    s.release(p, D("m"))  # grants the slot to the waiter, which has not resumed yet
     assert p.in_flight == 1
     waiter.cancel()
     [result] = await asyncio.gather(waiter, return_exceptions=True)
@@ -352,10 +317,10 @@ async def test_slot_granted_then_cancelled_is_never_lost(make_provider: MakeProv
 async def test_cancel_after_grant_propagates_and_returns_the_slot(make_provider: MakeProvider) -> None:
     p = make_provider()
     s = scheduler(p)
-    await s.acquire("m")
-    waiter = asyncio.create_task(s.acquire("m"))
+    await s.acquire(D("m"))
+    waiter = asyncio.create_task(s.acquire(D("m")))
     await settle()
-    s.release(p)
+    s.release(p, D("m"))
     waiter.cancel()
     [result] = await asyncio.gather(waiter, return_exceptions=True)
     assert isinstance(result, asyncio.CancelledError)
@@ -366,13 +331,13 @@ async def test_queues_are_per_model(make_provider: MakeProvider) -> None:
     a = make_provider("a", models=("m",))
     b = make_provider("b", models=("n",))
     s = scheduler(a, b)
-    await s.acquire("m")
-    waiter = asyncio.create_task(s.acquire("m"))
+    await s.acquire(D("m"))
+    waiter = asyncio.create_task(s.acquire(D("m")))
     await settle()
-    assert await s.acquire("n") is b  # the queue for m does not hold up n
+    assert await s.acquire(D("n")) is b  # the queue for m does not hold up n
     assert s.queue_depth("m") == 1
     assert s.queue_depth("n") == 0
-    s.release(a)
+    s.release(a, D("m"))
     assert await asyncio.wait_for(waiter, 0.5) is a
 
 
@@ -389,9 +354,9 @@ def test_attested_provider_is_unroutable_until_it_passes(make_provider: MakeProv
     p = attested(make_provider)
     s = Scheduler(queue_max=8, queue_timeout_s=5, min_trust="self_signed", pass_window_s=60)
     s.add(p)
-    assert not s.routable(p) and s.provider_counts() == {} and s.try_acquire("m") is None
+    assert not s.routable(p) and s.model_summaries() == {} and s.try_acquire(D("m")) is None
     p.last_pass = time.monotonic()
-    assert s.routable(p) and s.provider_counts() == {"m": 1} and s.try_acquire("m") is p
+    assert s.routable(p) and s.model_summaries()["m"].providers == 1 and s.try_acquire(D("m")) is p
 
 
 def test_a_stale_pass_or_a_strike_makes_it_unroutable(make_provider: MakeProvider) -> None:
@@ -404,7 +369,7 @@ def test_a_stale_pass_or_a_strike_makes_it_unroutable(make_provider: MakeProvide
     p.strikes = 1
     assert not s.routable(p)
     p.strikes, p.untrusted = 0, True
-    assert not s.routable(p) and s.provider_counts() == {}
+    assert not s.routable(p) and s.model_summaries() == {}
 
 
 def test_unattested_provider_needs_the_operator_to_lower_the_minimum(make_provider: MakeProvider) -> None:

@@ -1,0 +1,89 @@
+"""SIMULATED provider for load tests and benches: the real provider agent (`ProviderAgent`: real
+WebSocket, registration, attestation, challenges, sealing, receipts, heartbeats) in front of an
+engine that replays a recorded token stream at a fixed pace instead of running a model.
+
+Labelled as simulated wherever it is used: it measures the coordinator and the wire, not
+inference. It announces the default catalog model (with its weight hash) so the coordinator
+routes to it as to any provider; `darkbloom serve` never offers it.
+
+    python -m tests.e2e.sim_provider   (settings from DARKBLOOM_PROVIDER_* as for `serve`, plus
+                                        DARKBLOOM_SIM_TOKENS, DARKBLOOM_SIM_TOKEN_S)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections.abc import AsyncIterator
+
+from darkbloom.config import get_provider_settings
+from darkbloom.inference.catalog import DEFAULT_MODEL
+from darkbloom.inference.request import GenerationRequest
+from darkbloom.protocol.frames import ModelInfo
+from darkbloom.provider.engines.base import Finished, FinishReason, GenerationEvent, Started, TextDelta
+from darkbloom.provider.runtime import serve
+
+# A recorded answer of the default model, one piece per token.
+RECORDED = ("Hello", "!", " How", " can", " I", " help", " you", " today", "?", " I", "'m", " here",
+            " to", " answer", " questions", ",", " explain", " ideas", " and", " write", ".")
+
+
+class ReplayEngine:
+    """SIMULATED: replays ``RECORDED`` (cycled) one piece per ``token_s`` seconds, in any number of
+    slots; counts the prompt as bytes ÷ 4 (the coordinator corrects the count and logs it)."""
+
+    name = "simulated"
+
+    def __init__(self, slots: int, tokens: int, token_s: float) -> None:
+        self._slots, self.tokens, self.token_s = slots, tokens, token_s
+        self._busy = 0
+
+    @property
+    def slots(self) -> int:
+        return self._slots
+
+    @property
+    def busy_slots(self) -> int:
+        return self._busy
+
+    def models(self) -> list[ModelInfo]:
+        return [ModelInfo(id=DEFAULT_MODEL.id, weight_hash=DEFAULT_MODEL.weight_hash,
+                          size_bytes=DEFAULT_MODEL.size_bytes)]
+
+    def serves(self, model: str) -> bool:
+        return model == DEFAULT_MODEL.id
+
+    async def generate(self, request: GenerationRequest, max_tokens_cap: int,
+                       cancel: threading.Event) -> AsyncIterator[GenerationEvent]:
+        prompt = max(1, len(repr(request)) // 4)
+        limit = min(max_tokens_cap, request.max_tokens or self.tokens, self.tokens)
+        self._busy += 1
+        try:
+            yield Started(prompt)
+            for i in range(limit):
+                if cancel.is_set():
+                    yield Finished("cancelled", prompt, i)
+                    return
+                await asyncio.sleep(self.token_s)
+                yield TextDelta(RECORDED[i % len(RECORDED)])
+            finish: FinishReason = "length" if limit < self.tokens else "stop"
+            yield Finished(finish, prompt, limit)
+        finally:
+            self._busy -= 1
+
+    def close(self) -> None:
+        pass
+
+
+def main() -> None:
+    settings = get_provider_settings()
+    logging.basicConfig(level=settings.log_level.upper())
+    engine = ReplayEngine(settings.slots, int(os.environ.get("DARKBLOOM_SIM_TOKENS", "16")),
+                          float(os.environ.get("DARKBLOOM_SIM_TOKEN_S", "0.01")))
+    asyncio.run(serve(settings, engine))
+
+
+if __name__ == "__main__":
+    main()
