@@ -134,7 +134,9 @@ def run_up(settings: CoordinatorSettings) -> int:
     exempt = json.dumps(sorted({*settings.rate_limit_exempt_accounts, DEV_CONSUMER}))
     env = {**os.environ, "DARKBLOOM_STATE_DIR": str(settings.state_dir.resolve()),
            "DARKBLOOM_HOST": host, "DARKBLOOM_PORT": str(port), "DARKBLOOM_ADMIN_KEY": dev.admin_key,
-           "DARKBLOOM_RATE_LIMIT_EXEMPT_ACCOUNTS": exempt}
+           "DARKBLOOM_RATE_LIMIT_EXEMPT_ACCOUNTS": exempt,
+           # A local scraper (or a curious developer) reads GET /metrics without the admin key.
+           "DARKBLOOM_METRICS_PUBLIC": os.environ.get("DARKBLOOM_METRICS_PUBLIC", "true")}
     procs: list[subprocess.Popen[bytes]] = []
     stopping = False
 
