@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from darkbloom.config import CoordinatorSettings
-from darkbloom.coordinator.dispatch import Attempt, ConsumerTooSlow, Dispatcher
+from darkbloom.coordinator.dispatch import Attempt, ConsumerTooSlow, Dispatcher, PastDeadline
 from darkbloom.coordinator.prepare import Prepared
 from darkbloom.coordinator.routing.cost import Demand
 from darkbloom.coordinator.routing.scheduler import Route, Scheduler
@@ -183,10 +182,10 @@ class Committer:
         while True:
             try:
                 event = await attempt.next_event(self.settings.chunk_timeout_s)
+            except PastDeadline:
+                self.dispatcher.cancel(attempt)
+                raise DeadlineReached("the response ran past the coordinator's time limit") from None
             except TimeoutError:
-                if time.monotonic() >= attempt.deadline:
-                    self.dispatcher.cancel(attempt)
-                    raise DeadlineReached("the response ran past the coordinator's time limit") from None
                 self.dispatcher.timed_out(attempt)
                 raise UpstreamTimeout("provider stopped sending; response timed out") from None
             if event.kind == "chunk":

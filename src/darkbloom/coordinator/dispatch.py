@@ -54,6 +54,10 @@ INVALID_RESPONSE = "invalid provider response"
 TOO_SLOW = "consumer too slow; response cancelled"
 
 
+class PastDeadline(TimeoutError):
+    """The attempt's overall response deadline ran out (not one wait's timer)."""
+
+
 class ConsumerTooSlow(ProviderFailed):
     """The consumer read so slowly that the answer overfilled its buffer: the consumer's doing, so
     what it received is charged like a stream it cut (billing.md §4)."""
@@ -90,12 +94,19 @@ class Attempt:
     first_chunk_at: float | None = None
 
     async def next_event(self, wait_s: float) -> Event:
-        """The next event within ``wait_s`` and the attempt's overall deadline (TimeoutError)."""
-        remaining = min(wait_s, self.deadline - time.monotonic())
-        if remaining <= 0:
-            raise TimeoutError
-        async with asyncio.timeout(remaining):
-            event = await self.events.get()
+        """The next event within ``wait_s`` (TimeoutError) and the attempt's overall deadline
+        (PastDeadline). Which limit ran out is decided before waiting, never by reading the clock
+        after: an event loop's timer may fire a little early by ``time.monotonic()``."""
+        until_deadline = self.deadline - time.monotonic()
+        if until_deadline <= 0:
+            raise PastDeadline
+        try:
+            async with asyncio.timeout(min(wait_s, until_deadline)):
+                event = await self.events.get()
+        except TimeoutError:
+            if until_deadline <= wait_s:
+                raise PastDeadline from None
+            raise
         self.buffered_bytes -= len(event.data)
         return event
 

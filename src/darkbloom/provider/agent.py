@@ -320,8 +320,11 @@ class ProviderAgent:
             entry.task.cancel()
 
     async def _heartbeats(self, ws: ClientConnection) -> None:
+        """One heartbeat as soon as the coordinator acknowledges the registration (routing reads
+        health and slot state from it), then one per interval the coordinator asked for."""
+        await self.connected.wait()
         while True:
+            await ws.send(encode(self._heartbeat_frame()))
             interval = (self.registered.heartbeat_interval_s if self.registered
                         else self.settings.heartbeat_interval_s)
             await asyncio.sleep(interval)
-            await ws.send(encode(self._heartbeat_frame()))

@@ -1,0 +1,120 @@
+"""Relay capacity (issue 10), SIMULATED providers: how many sealed chunks a coordinator relays per
+second of its own CPU, and how that holds with 1, 2 and 4 coordinators on one PostgreSQL + Redis.
+
+Each coordinator gets its own simulated providers (tests/e2e/sim_provider.py: the real provider
+agent replaying a recorded token stream with no model, so the load is the coordinator's). Clients
+stream chat completions round-robin across the coordinators, so with N > 1 about (N − 1)/N of the
+requests reach a provider held by another coordinator and cross Redis both ways. Chunks are
+counted at the HTTP client (SSE data lines); CPU is the coordinators' own (utime + stime from
+/proc), so "chunks per coordinator CPU-second" is comparable however many cores the machine has.
+Not a test: nothing asserts a number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+from tests.conftest import drop_postgres_database, fresh_postgres_database
+from tests.e2e.harness import MODEL, Coordinator, Provider, _cli
+
+TOKENS = 64
+STREAMS_PER_COORDINATOR = 16
+DURATION_S = 15.0
+PROVIDERS_PER_COORDINATOR = 2
+SLOTS = 8
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _stream_forever(base: str, key: str, stop: float, counts: list[int]) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": TOKENS,
+            "stream": True}
+    async with httpx.AsyncClient(timeout=60) as client:
+        while time.monotonic() < stop:
+            async with client.stream("POST", f"{base}/v1/chat/completions", json=body,
+                                     headers={"Authorization": f"Bearer {key}"}) as response:
+                if response.status_code != 200:
+                    counts[1] += 1
+                    await response.aread()
+                    continue
+                async for line in response.aiter_lines():
+                    if line.startswith("data: {"):
+                        counts[0] += 1
+
+
+def measure(n: int, redis_prefix: str) -> dict[str, float]:
+    """Aggregate relayed chunks/s and chunks per coordinator CPU-second with ``n`` coordinators."""
+    name, url = fresh_postgres_database()
+    tmp = Path(tempfile.mkdtemp(prefix=f"relay{n}-"))
+    settings = {"queue_max_per_model": 1000, "inference_rate_per_s": 0}
+    if n > 1:
+        settings.update(redis_url="redis://127.0.0.1:6379/0", redis_prefix=redis_prefix)
+    coordinators: list[Coordinator] = []
+    providers: list[Provider] = []
+    try:
+        first = Coordinator(tmp / "c0", database_url=url, **settings).start()
+        coordinators.append(first)
+        for i in range(1, n):
+            other = Coordinator(tmp / f"c{i}", database_url=url, **settings)
+            other.api_key, other.provider_token = first.api_key, first.provider_token
+            coordinators.append(other.start())
+        for c in coordinators:
+            for j in range(PROVIDERS_PER_COORDINATOR):
+                providers.append(Provider(c, f"sim{j}", slots=SLOTS, simulated=True,
+                                          sim_tokens=TOKENS, sim_token_s=0.0).start(wait=False))
+        total = n * PROVIDERS_PER_COORDINATOR
+        for c in coordinators:
+            c.wait_providers(total if n > 1 else PROVIDERS_PER_COORDINATOR, timeout=60)
+        key = _cli(["keys", "create", "--label", "bench"], first.env)
+        pids = [c.proc.pid for c in coordinators if c.proc]
+        cpu_before = sum(_cpu_s(p) for p in pids)
+        counts = [0, 0]
+        stop = time.monotonic() + DURATION_S
+
+        async def go() -> None:
+            await asyncio.gather(*(
+                _stream_forever(coordinators[i % n].base_url, key, stop, counts)
+                for i in range(STREAMS_PER_COORDINATOR * n)))
+
+        started = time.monotonic()
+        asyncio.run(go())
+        elapsed = time.monotonic() - started
+        cpu = sum(_cpu_s(p) for p in pids) - cpu_before
+        return {"coordinators": n, "chunks_per_s": counts[0] / elapsed,
+                "chunks_per_cpu_s": counts[0] / cpu if cpu else 0.0, "errors": counts[1],
+                "cpu_s": cpu, "elapsed_s": elapsed}
+    finally:
+        for p in providers:
+            p.stop()
+        for c in coordinators:
+            c.stop()
+        drop_postgres_database(name)
+
+
+def run_all(sizes: tuple[int, ...] = (1, 2, 4)) -> list[dict[str, float]]:
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    return [measure(n, f"{prefix}-{n}") for n in sizes]
+
+
+def table(rows: list[dict[str, float]]) -> str:
+    base = rows[0]["chunks_per_cpu_s"] if rows else 0.0
+    out = ["| coordinators | relayed chunks/s (all) | chunks per coordinator CPU-second | "
+           "vs one coordinator | errors |", "|---|---|---|---|---|"]
+    for row in rows:
+        ratio = row["chunks_per_cpu_s"] / base if base else 0.0
+        out.append(f"| {int(row['coordinators'])} | {row['chunks_per_s']:,.0f} | "
+                   f"{row['chunks_per_cpu_s']:,.0f} | {ratio:.2f} | {int(row['errors'])} |")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(table(run_all()))
