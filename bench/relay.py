@@ -61,9 +61,11 @@ def measure(n: int, redis_prefix: str) -> dict[str, float]:
     coordinators: list[Coordinator] = []
     providers: list[Provider] = []
     try:
+        (tmp / "c0").mkdir(parents=True, exist_ok=True)
         first = Coordinator(tmp / "c0", database_url=url, **settings).start()
         coordinators.append(first)
         for i in range(1, n):
+            (tmp / f"c{i}").mkdir(parents=True, exist_ok=True)
             other = Coordinator(tmp / f"c{i}", database_url=url, **settings)
             other.api_key, other.provider_token = first.api_key, first.provider_token
             coordinators.append(other.start())

@@ -27,6 +27,8 @@ from darkbloom.coordinator.api.providers import router as providers_router
 from darkbloom.coordinator.api.referral import router as referral_router
 from darkbloom.coordinator.api.request_id import RequestIdMiddleware
 from darkbloom.coordinator.api.stats import router as stats_router
+from darkbloom.coordinator.cluster.link import Link
+from darkbloom.coordinator.cluster.node import Cluster, new_node_id
 from darkbloom.coordinator.commit import Committer
 from darkbloom.coordinator.dispatch import Dispatcher
 from darkbloom.coordinator.metrics import Metrics, MetricsMiddleware
@@ -69,6 +71,14 @@ def create_app(settings: CoordinatorSettings, catalog: Catalog | None = None) ->
         state = app.state
         state.settings, state.catalog, state.engine, state.sessions = settings, catalog, engine, sessions
         state.scheduler, state.dispatcher, state.recorder = scheduler, dispatcher, recorder
+        state.link = None
+        if settings.redis_url:  # several coordinators: docs/scale-out.md
+            state.link = Link(Cluster.from_url(settings.redis_url, settings.redis_prefix,
+                                               new_node_id(instance)), scheduler)
+            state.link.on_frame = dispatcher.handle
+            scheduler.link = state.link
+            await state.link.start()
+            log.info("joined the cluster as node %s", state.link.node_id)
         state.key_cache = KeyCache(sessions)
         state.root_cas = load_roots(settings.trust_root_ca_files)
         state.sender_keys = load_or_create_key(settings.state_dir / "coordinator-x25519.key")
@@ -95,6 +105,8 @@ def create_app(settings: CoordinatorSettings, catalog: Catalog | None = None) ->
                 watcher.cancel()
             await asyncio.gather(*watchers, return_exceptions=True)
             await state.pipeline.drain()
+            if state.link is not None:
+                await state.link.close()
             await reputations.close()
             await recorder.flush()
             await engine.dispose()

@@ -158,7 +158,7 @@ class Dispatcher:
     def timed_out(self, attempt: Attempt) -> None:
         """A timer of protocol.md §9 ran out on the provider: its failure, then a cancel."""
         if not attempt.done:
-            self.scheduler.reputations.failed(attempt.provider, timeout=True)
+            self._failed(attempt.provider, timeout=True)
         self.cancel(attempt)
 
     def cancel(self, attempt: Attempt) -> None:
@@ -170,7 +170,7 @@ class Dispatcher:
 
     def provider_lost(self, provider: ProviderConn) -> None:
         for attempt in [a for a in self.pending.values() if a.provider is provider]:
-            self.scheduler.reputations.failed(provider)
+            self._failed(provider)
             self._fail(attempt, ProviderFailed(DISCONNECTED))
 
     # --- frames from providers ---------------------------------------------------------
@@ -212,7 +212,7 @@ class Dispatcher:
             if attempt.channel is not None or not 400 <= error.status_code < 500:
                 # A consumer-sealed request's 4xx may be the consumer's own doing; any other
                 # refusal of a request we validated is the provider's failure.
-                self.scheduler.reputations.failed(provider)
+                self._failed(provider)
             self._fail(attempt, error)
 
     def _chunk(self, attempt: Attempt, frame: InferenceResponseChunk) -> None:
@@ -309,9 +309,15 @@ class Dispatcher:
                     problem, attempt.request_id)
         return None
 
+    def _failed(self, provider: ProviderConn, timeout: bool = False) -> None:
+        if provider.home is None:  # else its home coordinator keeps its record
+            self.scheduler.reputations.failed(provider, timeout)
+
     def _succeeded(self, attempt: Attempt, completion_tokens: int) -> None:
         """Reputation: time to first chunk, and the decode speed of the rest of the answer. Only a
         stream shows them: a non-streamed answer arrives as one chunk at the end."""
+        if attempt.provider.home is not None:
+            return  # its home coordinator keeps its record (coordinator/cluster/link.py)
         first = attempt.first_chunk_at
         if first is None or not attempt.stream:
             self.scheduler.reputations.succeeded(attempt.provider, None)
@@ -324,7 +330,7 @@ class Dispatcher:
         log.warning("provider %s violated the protocol on %s: %s",
                     attempt.provider.id, attempt.request_id, reason)
         if not attempt.done:
-            self.scheduler.reputations.failed(attempt.provider)
+            self._failed(attempt.provider)
         self.cancel(attempt)
         attempt.events.put_nowait(Event("error", error=ProviderFailed(INVALID_RESPONSE)))
 

@@ -25,6 +25,7 @@ from starlette.datastructures import State
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from darkbloom.config import CoordinatorSettings
+from darkbloom.coordinator.cluster.link import Link
 from darkbloom.coordinator.dispatch import Dispatcher
 from darkbloom.coordinator.routing import clamps
 from darkbloom.coordinator.routing.registry import ProviderConn
@@ -120,6 +121,8 @@ class ProviderSession:
         self.scheduler = scheduler
         self.dispatcher = dispatcher
         self.quarantine: Quarantine = ws.app.state.quarantine
+        # Several coordinators (coordinator/cluster/link.py): None when this one stands alone.
+        self.link: Link | None = getattr(ws.app.state, "link", None)
         self.challenger: Challenger | None = None
         self._kicked: asyncio.Task[None] | None = None
 
@@ -167,6 +170,8 @@ class ProviderSession:
             if self.challenger is not None:  # the first challenge goes out at once (trust.md §4)
                 challenges = asyncio.create_task(self.challenger.run())
             self.scheduler.add(conn)
+            if self.link is not None:
+                self.link.publish(conn, joined=True)
             log.info("provider %s registered: %s, %d slot(s)", conn.id,
                      ", ".join(sorted(conn.models)) or "no models", conn.max_concurrency)
             await self._pump(conn)
@@ -182,6 +187,8 @@ class ProviderSession:
             if conn is not None:
                 self.scheduler.remove(conn)
                 self.dispatcher.provider_lost(conn)
+                if self.link is not None:
+                    self.link.left(conn)
                 self.scheduler.reputations.detach(conn)
                 log.info("provider %s disconnected", conn.id)
             for task in (writer, challenges):
@@ -245,7 +252,7 @@ class ProviderSession:
                 recheck_chain=lambda: check_chain(chain, key, serial, roots),
                 require_posture=settings.require_posture,
                 on_pass=lambda first: self._passed(conn, first),
-                on_fail=lambda: self.scheduler.reputations.of(conn).challenged(False),
+                on_fail=lambda: self._failed_challenge(conn),
                 on_untrust=lambda reason, proven: self._untrusted(conn, reason, proven))
         reason = barred
         if not reason and not models:
@@ -278,6 +285,14 @@ class ProviderSession:
             return violation
         return ""
 
+    def _failed_challenge(self, conn: ProviderConn) -> None:
+        self.scheduler.reputations.of(conn).challenged(False)
+        self._publish(conn)  # unroutable until its next pass, on every coordinator
+
+    def _publish(self, conn: ProviderConn) -> None:
+        if self.link is not None:
+            self.link.publish(conn)
+
     def _passed(self, conn: ProviderConn, first: bool) -> None:
         """A pass makes the session routable; the first one also proves the identity key, so
         any other session of that key is replaced (protocol.md §5 "Duplicates"). Unless the key
@@ -293,9 +308,15 @@ class ProviderSession:
                 if other is not conn and other.kick is not None:
                     other.kick(CLOSE_REPLACED, "replaced by a newer connection with the same "
                                                "identity key")
+                elif other is not conn and self.link is not None:
+                    self.link.close_elsewhere(other, CLOSE_REPLACED, "replaced by a newer "
+                                              "connection with the same identity key")
+                    self.link.resync()  # stop routing to the old copy at once
+        self._publish(conn)
         self.scheduler.drain()
 
     def _untrusted(self, conn: ProviderConn, reason: str, proven: bool) -> None:
+        self._publish(conn)
         if proven:
             self._quarantine(conn, reason)
 
@@ -309,6 +330,10 @@ class ProviderSession:
         for other in self.scheduler.sessions_of(conn.identity_key):
             if other is not conn:
                 mark_untrusted(other, f"identity key quarantined: {entry.reason}")
+                self._publish(other)
+                if other.home is not None and self.link is not None:
+                    self.link.close_elsewhere(other, CLOSE_EVICTED,
+                                              f"identity key quarantined: {entry.reason}")
 
     def _kick(self, conn: ProviderConn, code: int, reason: str) -> None:
         """Close this session from outside its own loop; its requests fail over at once."""
@@ -317,6 +342,8 @@ class ProviderSession:
         log.warning("closing provider %s: %s (%d)", conn.id, reason, code)
         self.scheduler.remove(conn)
         self.dispatcher.provider_lost(conn)
+        if self.link is not None:
+            self.link.left(conn)
         self._kicked = asyncio.create_task(self._close(code, reason))
 
     async def _write(self, conn: ProviderConn) -> None:
@@ -348,7 +375,8 @@ class ProviderSession:
                 else:
                     self.challenger.answer(frame)
             else:
-                self.dispatcher.handle(conn, frame)
+                if self.link is None or not await self.link.carried(conn, frame, text):
+                    self.dispatcher.handle(conn, frame)
 
     def _heartbeat(self, conn: ProviderConn, frame: Heartbeat) -> None:
         """protocol.md §4 heartbeat: keep the clamped report for routing, add the counts and the
@@ -363,6 +391,7 @@ class ProviderSession:
         conn.heartbeat = clamps.heartbeat(frame, conn.models, resolve)
         self.scheduler.reputations.of(conn).heartbeat(conn.heartbeat.stats, gap,
                                                       self.settings.heartbeat_interval_s)
+        self._publish(conn)
         self.scheduler.drain()
 
     async def _close(self, code: int, reason: str) -> None:

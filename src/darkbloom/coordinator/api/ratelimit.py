@@ -40,6 +40,7 @@ that), and inference must outlive a Redis outage.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import time
@@ -293,9 +294,26 @@ def with_rate_headers(request: Request, response: Response) -> Response:
     return response
 
 
+def client_key(host: str) -> str:
+    """Who a client address is, for per-IP limits: an IPv4 address (also when a dual-stack socket
+    reports it as ``::ffff:a.b.c.d``), or an IPv6 /64, the least a site is given: keyed by the
+    full v6 address, one client has 2^64 allowances."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host[:64]
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
 async def signup_limit(request: Request) -> None:
-    """The financial tier per client IP (the TCP peer; behind a proxy, all clients share one)."""
-    await enforce(request, FINANCIAL, "ip", request.client.host if request.client else "unknown")
+    """The financial tier per client (``client_key`` of the TCP peer, or of the forwarded address
+    where ``forwarded_allow_ips`` trusts a proxy; without that, clients behind a proxy share one)."""
+    await enforce(request, FINANCIAL, "ip",
+                  client_key(request.client.host) if request.client else "unknown")
 
 
 FinancialKeyDep = Annotated[KeyIdentity, Depends(financial_key)]

@@ -63,6 +63,14 @@ class ProviderConn:
     # Decode speed the coordinator measured on this provider's own answers (tokens/s, a moving
     # average); 0 until one has been measured.
     measured_decode_tps: float = 0.0
+    # Scale-out (coordinator/cluster/link.py). ``home``: the coordinator holding a provider this
+    # one only mirrors (None: the socket is ours). ``routable_until``: the home's verdict, as a
+    # wall-clock deadline. ``cluster_in_flight``: slots other coordinators hold on it. The home's
+    # reputation score of a mirrored provider.
+    home: str | None = None
+    routable_until: float | None = None
+    cluster_in_flight: int = 0
+    remote_reputation: float | None = None
 
     @property
     def decode_tps(self) -> float:
@@ -80,7 +88,7 @@ class ProviderConn:
 
     @property
     def free_slots(self) -> int:
-        return self.max_concurrency - self.in_flight
+        return self.max_concurrency - self.in_flight - self.cluster_in_flight
 
     def take_slot(self, model: str, max_tokens: int) -> None:
         self.in_flight += 1

@@ -8,6 +8,11 @@ Each part is 0.5 until there is data for it. Failures are the provider's own: an
 after the first chunk, a first-response or accepted-but-silent timeout, a stalled stream, an
 invalid chunk, a disconnect with work in flight. A consumer leaving is nobody's failure.
 
+An attested session is keyed by its identity key before it has proven it: attestations are public,
+so anyone can register with someone else's. Until the session passes a challenge its events
+(strikes, heartbeats) go to a record of its own that is never stored, as trust/challenges.py
+treats its failures as saying nothing about the key's holder.
+
 ``Record`` is pure (unit-tested); ``Reputations`` holds the records of connected providers, keyed
 by identity, and hands changed ones to the store (``store/reputation.py``) every few seconds.
 """
@@ -29,9 +34,12 @@ log = logging.getLogger(__name__)
 DAY_S = 86_400
 # A heartbeat gap longer than this many intervals is downtime, not uptime.
 MAX_GAP_INTERVALS = 3
-# Bounds on what one heartbeat may add to the lifetime counters (a provider reports them).
+# Bounds on what one heartbeat may add to the lifetime counters (a provider reports them), and on
+# what the heartbeats of one second may add: heartbeats come as fast as a provider sends them.
 MAX_REQUESTS_PER_BEAT = 10_000
 MAX_TOKENS_PER_BEAT = 10_000_000
+MAX_REQUESTS_PER_S = 100
+MAX_TOKENS_PER_S = 64 * 500  # clamps.MAX_SLOTS slots at clamps.MAX_DECODE_TPS
 # Measured decode speed: a moving average over answers long enough to time, clamped like the
 # reported figure (protocol.md §8).
 MIN_TIMED_TOKENS = 8
@@ -66,6 +74,8 @@ class Record:
     first_seen: float = field(default_factory=time.time)
     last_seen: float = field(default_factory=time.time)
     dirty: bool = True
+    # False when the stored row could not be read: saving would overwrite it with this partial one.
+    persist: bool = True
 
     def score(self, now: float | None = None) -> float:
         uptime = self.uptime_ratio(now)
@@ -108,12 +118,16 @@ class Record:
 
     def succeeded(self, first_chunk_ms: float | None, completion_tokens: int = 0,
                   decode_s: float = 0.0) -> None:
+        """A job done: ``first_chunk_ms`` after dispatch, then ``decode_s`` to the end. The speed
+        is timed over both: the provider decides when its chunks go out, and one that holds the
+        answer back and bursts it at the end has a first chunk late and a decode of nothing."""
         self.jobs_succeeded += 1
         if first_chunk_ms is not None:
             self.response_ms_total += max(0, round(first_chunk_ms))
             self.response_samples += 1
+        elapsed_s = max(0.0, decode_s) + max(0.0, first_chunk_ms or 0.0) / 1000
         if completion_tokens >= MIN_TIMED_TOKENS and decode_s > 0:
-            measured = min(MAX_DECODE_TPS, completion_tokens / decode_s)
+            measured = min(MAX_DECODE_TPS, completion_tokens / elapsed_s)
             self.decode_tps = (measured if self.decode_tps <= 0 else
                                DECODE_SMOOTHING * measured + (1 - DECODE_SMOOTHING) * self.decode_tps)
         self._touch()
@@ -133,12 +147,15 @@ class Record:
     def heartbeat(self, stats: Stats, gap_s: float | None, interval_s: float,
                   now: float | None = None) -> None:
         """Add the provider's counts since its last heartbeat (all of them if its process
-        restarted) and the time since it, unless the gap was long enough to be an outage."""
+        restarted) and the time since it, unless the gap was long enough to be an outage. The
+        counts added are bounded by the time the heartbeat covers (``gap_s``, else one interval),
+        so a flood of heartbeats alternating a large figure and zero adds next to nothing."""
         now = now or time.time()
+        covered = max(0.0, gap_s if gap_s is not None else interval_s)
         self.requests_served += _delta(stats.requests_served, self.last_requests_served,
-                                       MAX_REQUESTS_PER_BEAT)
+                                       min(MAX_REQUESTS_PER_BEAT, int(MAX_REQUESTS_PER_S * covered)))
         self.tokens_generated += _delta(stats.tokens_generated, self.last_tokens_generated,
-                                        MAX_TOKENS_PER_BEAT)
+                                        min(MAX_TOKENS_PER_BEAT, int(MAX_TOKENS_PER_S * covered)))
         self.last_requests_served = max(0, stats.requests_served)
         self.last_tokens_generated = max(0, stats.tokens_generated)
         if gap_s is not None and 0 < gap_s <= MAX_GAP_INTERVALS * interval_s:
@@ -180,20 +197,29 @@ class Reputations:
         self._load, self._save = load, save
         self._records: dict[str, Record] = {}
         self._sessions: dict[str, set[str]] = {}  # key -> live session ids
+        # Identity-keyed sessions seen to pass a challenge, and the never-stored records of those
+        # that have not (yet), by session id.
+        self._proven: set[str] = set()
+        self._unproven: dict[str, Record] = {}
 
     async def attach(self, provider: ProviderConn) -> Record:
         """The provider's record, loaded from the store the first time its identity connects."""
         key = key_of(provider)
         record = self._records.get(key)
+        failed = False
         if record is None and self._load is not None and not key.startswith("session:"):
             try:
                 record = await self._load(key)
             except Exception as exc:
-                log.warning("could not load reputation (%s); starting afresh", type(exc).__name__)
+                failed = True
+                log.warning("could not load reputation (%s); this session's is not stored",
+                            type(exc).__name__)
             record = self._records.get(key, record)  # another session loaded it meanwhile
         if record is None:
-            record = Record(key)
-        record.account_id = provider.account_id or record.account_id
+            # An identity's new record is stored once a session proved the key (``of``).
+            record = Record(key, dirty=provider.identity_key is None, persist=not failed)
+        if provider.identity_key is None:  # a token authenticated it: its account is the token's
+            record.account_id = provider.account_id or record.account_id
         self._records[key] = record
         self._sessions.setdefault(key, set()).add(provider.id)
         provider.measured_decode_tps = record.decode_tps
@@ -201,6 +227,8 @@ class Reputations:
 
     def detach(self, provider: ProviderConn) -> None:
         key = key_of(provider)
+        self._proven.discard(provider.id)
+        self._unproven.pop(provider.id, None)
         live = self._sessions.get(key)
         if live is None:
             return
@@ -208,10 +236,27 @@ class Reputations:
         if not live:
             del self._sessions[key]
             record = self._records.get(key)
-            if record is not None and not record.dirty:
-                del self._records[key]  # written already; a dirty one leaves after the flush
+            if record is not None and (not record.dirty or key.startswith("session:")):
+                # Written already, or a session's own (never written); a dirty one leaves after
+                # the flush.
+                del self._records[key]
 
     def of(self, provider: ProviderConn) -> Record:
+        """The record the provider's events count toward: its identity's once the session has
+        passed a challenge (``last_pass`` is set just before the pass is reported here), else
+        one of the session's own."""
+        if provider.identity_key is not None and provider.id not in self._proven:
+            if provider.last_pass is None:
+                scratch = self._unproven.get(provider.id)
+                if scratch is None:
+                    scratch = self._unproven[provider.id] = Record(f"session:{provider.id}")
+                return scratch
+            self._proven.add(provider.id)
+            self._unproven.pop(provider.id, None)
+            proven = self._records.get(provider.identity_key)
+            if proven is not None:
+                proven.account_id = provider.account_id or proven.account_id
+                proven.dirty = True
         key = key_of(provider)
         record = self._records.get(key)
         if record is None:  # never attached (unit tests, or a race with detach): track it anyway
@@ -241,7 +286,7 @@ class Reputations:
         for record in dirty:
             record.dirty = False
         try:
-            await self._save([r for r in dirty if not r.key.startswith("session:")])
+            await self._save([r for r in dirty if r.persist and not r.key.startswith("session:")])
         except Exception as exc:
             log.warning("could not save reputation (%s); will retry", type(exc).__name__)
             for record in dirty:

@@ -23,6 +23,7 @@ import random
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from darkbloom.coordinator.routing.cost import WEIGHTS, Demand, Weights, choose, quote, unfit
 from darkbloom.coordinator.routing.registry import ProviderConn
@@ -63,6 +64,16 @@ class ModelSummary:
     trust_level: str = "none"
 
 
+class SlotLeases(Protocol):
+    async def lease(self, provider: ProviderConn) -> bool: ...
+
+    def released(self, provider: ProviderConn) -> None: ...
+
+
+# How many times a request may find its chosen provider filled by another coordinator.
+LEASE_TRIES = 8
+
+
 @dataclass(eq=False)
 class _Waiter:
     demand: Demand
@@ -79,6 +90,9 @@ class Scheduler:
                  pass_window_s: float = 360.0, reputations: Reputations | None = None,
                  weights: Weights = WEIGHTS) -> None:
         self.reputations = reputations or Reputations()
+        # With several coordinators (coordinator/cluster/link.py): every slot is also leased in
+        # Redis, so no provider is over-filled by coordinators choosing at the same moment.
+        self.link: SlotLeases | None = None
         self.weights = weights
         self.min_trust = min_trust
         self.pass_window_s = pass_window_s
@@ -161,6 +175,8 @@ class Scheduler:
             return False
         if not at_least(provider.trust_level, level or self.min_trust):
             return False
+        if provider.home is not None:  # held by another coordinator: its verdict, while it lasts
+            return provider.routable_until is not None and time.time() <= provider.routable_until
         if provider.identity_key is None:
             return True
         return (provider.last_pass is not None
@@ -192,17 +208,43 @@ class Scheduler:
                     min_trust: str | None = None, only: frozenset[str] | None = None,
                     route: Route = ANY) -> ProviderConn | None:
         """The cheapest eligible provider with a free slot, its slot taken; None if none can."""
-        quotes = [quote(p, demand, self.reputations.score(p), self.weights)
+        quotes = [quote(p, demand, self._reputation(p), self.weights)
                   for p in self._candidates(demand, exclude, min_trust, only, route)]
         provider = choose(quotes, self.weights)
         if provider is not None:
             provider.take_slot(demand.model, demand.max_tokens)
         return provider
 
+    def _reputation(self, provider: ProviderConn) -> float:
+        """The score of the coordinator that keeps the provider's record: this one's, or for a
+        provider held elsewhere, its home's (published with its presence)."""
+        if provider.home is not None:
+            return 0.5 if provider.remote_reputation is None else provider.remote_reputation
+        return self.reputations.score(provider)
+
     async def acquire(self, demand: Demand, exclude: frozenset[str] = frozenset(),
                       may_queue: bool = True, min_trust: str | None = None,
                       only: frozenset[str] | None = None, route: Route = ANY) -> ProviderConn:
-        """``only``: the providers a consumer sealed its request to (consumer-blind mode)."""
+        """A provider for the request, its slot taken (and leased cluster-wide when clustered).
+        ``only``: the providers a consumer sealed its request to (consumer-blind mode)."""
+        for _ in range(LEASE_TRIES):
+            provider = await self._acquire(demand, exclude, may_queue, min_trust, only, route)
+            if self.link is None:
+                return provider
+            try:
+                leased = await self.link.lease(provider)
+            except BaseException:
+                self._free(provider, demand)
+                raise
+            if leased:
+                return provider
+            self._free(provider, demand)  # another coordinator filled it: choose again
+        raise NoProviderAvailable(f"no provider for model {demand.model!r} has a free slot; "
+                                  "retry shortly", headers={"Retry-After": "1"})
+
+    async def _acquire(self, demand: Demand, exclude: frozenset[str], may_queue: bool,
+                       min_trust: str | None, only: frozenset[str] | None,
+                       route: Route) -> ProviderConn:
         model = demand.model
         if not self.serving(model, exclude, min_trust, only, route):
             if only is not None:
@@ -240,7 +282,7 @@ class Scheduler:
             # The consumer left in the instant between being granted a slot and resuming.
             fut = waiter.future
             if fut.done() and not fut.cancelled() and fut.exception() is None:
-                self.release(fut.result(), demand)
+                self._free(fut.result(), demand)
             raise
         finally:
             if waiter in queue:
@@ -255,6 +297,12 @@ class Scheduler:
                                    "try again when one is online")
 
     def release(self, provider: ProviderConn, demand: Demand) -> None:
+        """A dispatch ended: its slot (and its lease) back."""
+        if self.link is not None:
+            self.link.released(provider)
+        self._free(provider, demand)
+
+    def _free(self, provider: ProviderConn, demand: Demand) -> None:
         provider.free_slot(demand.model, demand.max_tokens)
         self.drain()
 

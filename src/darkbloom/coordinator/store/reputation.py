@@ -53,11 +53,12 @@ class ReputationStore:
             row = await session.get(ProviderReputation, key)
         if row is None:
             return None
-        return Record(key=key, account_id=row.account_id,
-                      **{name: int(getattr(row, name)) for name in _COUNTERS},
-                      uptime_hours=_hours(row.uptime_hours), decode_tps=float(row.decode_tps),
-                      first_seen=_seconds(row.first_seen), last_seen=_seconds(row.last_seen),
-                      dirty=False)
+        record = Record(key=key, account_id=row.account_id, uptime_hours=_hours(row.uptime_hours),
+                        decode_tps=float(row.decode_tps), first_seen=_seconds(row.first_seen),
+                        last_seen=_seconds(row.last_seen), dirty=False)
+        for name in _COUNTERS:
+            setattr(record, name, int(getattr(row, name)))
+        return record
 
     async def save(self, records: list[Record]) -> None:
         if not records:

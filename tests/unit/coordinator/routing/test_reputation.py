@@ -66,15 +66,15 @@ def test_uptime_counts_short_gaps_in_a_rolling_day() -> None:
 
 
 def test_measured_decode_speed_is_smoothed_and_clamped() -> None:
-    r = Record("k")
-    r.succeeded(100.0, completion_tokens=100, decode_s=1.0)
+    r = Record("k")  # timed from dispatch: first chunk at 0 ms here, so decode_s is the whole answer
+    r.succeeded(0.0, completion_tokens=100, decode_s=1.0)
     assert r.decode_tps == pytest.approx(100.0)
-    r.succeeded(100.0, completion_tokens=100, decode_s=0.5)
+    r.succeeded(0.0, completion_tokens=100, decode_s=0.5)
     assert r.decode_tps == pytest.approx(0.3 * 200 + 0.7 * 100)
-    r.succeeded(100.0, completion_tokens=4, decode_s=0.001)  # too short to time
+    r.succeeded(0.0, completion_tokens=4, decode_s=0.001)  # too short to time
     assert r.decode_tps == pytest.approx(130.0)
     r = Record("k")
-    r.succeeded(100.0, completion_tokens=10_000, decode_s=0.01)
+    r.succeeded(0.0, completion_tokens=10_000, decode_s=0.01)
     assert r.decode_tps == 500.0
 
 
@@ -103,6 +103,7 @@ async def test_records_load_once_and_flush_what_changed(make_provider: MakeProvi
     book = Reputations(load, save)
     a, b = make_provider("a"), make_provider("b")
     a.identity_key = b.identity_key = "IDKEY"
+    a.last_pass = b.last_pass = 1.0  # both proved the key (an unproven session has its own record)
     await book.attach(a)
     await book.attach(b)
     assert loads == ["IDKEY"]

@@ -1,0 +1,445 @@
+"""How one coordinator takes part in a cluster (docs/scale-out.md): it publishes the providers it
+holds, mirrors the providers others hold into its own scheduler, leases a slot in Redis for every
+dispatch (so no provider is over-filled by several coordinators), and carries requests both ways.
+
+    B (consumer's coordinator)                       A (provider's home)
+    scheduler picks a RemoteProvider, leases a slot
+    dispatcher seals to the provider's key
+    RemoteProvider.send(request) ── bus ──▶ inbox → the provider's own socket, unchanged
+    dispatcher.handle(remote, frame) ◀── bus ── provider frames for that request, unchanged
+    RemoteProvider.send(cancel)   ── bus ──▶ inbox → cancel on the provider's socket
+
+A never holds a key for the request: it forwards ciphertext both ways. B checks every frame as if
+the provider were on its own socket (sequence, sender key, receipt). Money stays in PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from nacl.public import PublicKey
+from redis.exceptions import RedisError
+
+from darkbloom.coordinator.cluster.bus import BusError, Replies
+from darkbloom.coordinator.cluster.node import Cluster
+from darkbloom.coordinator.cluster.presence import ProviderRecord
+from darkbloom.coordinator.cluster.slots import Lease
+from darkbloom.coordinator.routing.cost import Demand
+from darkbloom.coordinator.routing.registry import ProviderConn
+from darkbloom.coordinator.routing.scheduler import Scheduler
+from darkbloom.crypto import SealingError, public_key_from_b64
+from darkbloom.protocol import MalformedFrame, decode, encode
+from darkbloom.protocol.frames import (
+    CLOSE_EVICTED,
+    CLOSE_REPLACED,
+    COORDINATOR_FRAME_TYPES,
+    PROVIDER_FRAME_TYPES,
+    Cancel,
+    InferenceAccepted,
+    InferenceComplete,
+    InferenceError,
+    InferenceRequest,
+    InferenceResponseChunk,
+    coordinator_frame_adapter,
+    provider_frame_adapter,
+)
+
+log = logging.getLogger(__name__)
+ProviderFrame = InferenceAccepted | InferenceResponseChunk | InferenceComplete | InferenceError
+
+SYNC_S = 1.0  # how often the mirror of other coordinators' providers is refreshed
+CLUSTER_ERRORS = (RedisError, BusError, OSError, TimeoutError)
+DISCONNECTED = "provider disconnected"
+
+
+@dataclass(slots=True)
+class _Carried:
+    """A request another coordinator sent one of this node's providers."""
+
+    conn: ProviderConn
+    demand: Demand
+    started: float = field(default_factory=time.monotonic)
+    first_chunk_ms: float | None = None
+
+
+class RemoteProvider(ProviderConn):
+    """A provider held by another coordinator (``home``), as this one routes to it. Frames sent to
+    it go through the cluster bus; its frames come back through ``Link``."""
+
+    link: Link
+
+    def send(self, frame: object) -> bool:
+        if self.closed:
+            return False
+        self.link.send_remote(self, frame)
+        return True
+
+
+def _record_of(conn: ProviderConn, scheduler: Scheduler, node_id: str) -> ProviderRecord:
+    routable = scheduler.routable(conn)
+    until = None
+    if routable and conn.identity_key is not None and conn.last_pass is not None:
+        until = time.time() + scheduler.pass_window_s - (time.monotonic() - conn.last_pass)
+    return ProviderRecord(
+        provider_id=conn.id, node_id=node_id, account_id=conn.account_id, models=tuple(sorted(conn.models)),
+        public_key_b64=conn.public_key_b64, max_concurrency=conn.max_concurrency,
+        trust_level=conn.trust_level,
+        routable=routable, routable_until=until, identity_key=conn.identity_key, serial=conn.serial,
+        backend=conn.backend, version=conn.version, hardware=conn.hardware, heartbeat=conn.heartbeat,
+        reported_decode_tps=conn.reported_decode_tps, reported_prefill_tps=conn.reported_prefill_tps,
+        measured_decode_tps=min(conn.measured_decode_tps, 100_000.0),
+        reputation=scheduler.reputations.score(conn), served=conn.served)
+
+
+class Link:
+    """This coordinator's side of the cluster: see the module docstring."""
+
+    def __init__(self, cluster: Cluster, scheduler: Scheduler) -> None:
+        self.cluster = cluster
+        self.scheduler = scheduler
+        self.node_id = cluster.node_id
+        # Dispatcher.handle, set by the app: frames of a remote provider's requests go there.
+        self.on_frame: Callable[[ProviderConn, ProviderFrame], None] | None = None
+        self._remote: dict[str, RemoteProvider] = {}
+        self._replies: dict[str, tuple[RemoteProvider, Replies]] = {}  # B: requests we sent away
+        self._forwarded: dict[str, _Carried] = {}  # A: requests we carry for others
+        self._leases: dict[str, list[Lease]] = {}  # provider id -> leases this node holds
+        self._outgoing: asyncio.Queue[tuple[str, RemoteProvider, str, str]] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[object]] = set()
+        self._sync_now = asyncio.Event()
+
+    async def start(self) -> None:
+        await self.cluster.start()
+        self._tasks = [asyncio.create_task(self._send_loop(), name="link-send"),
+                       asyncio.create_task(self._inbox_loop(), name="link-inbox"),
+                       asyncio.create_task(self._notice_loop(), name="link-notices"),
+                       asyncio.create_task(self._sync_loop(), name="link-sync")]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for background in list(self._background):
+            background.cancel()
+        await self.cluster.close()
+
+    def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
+        task: asyncio.Task[object] = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[object]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("cluster call failed (%s)", type(exc).__name__)
+
+    # --- slots: one count per provider across the cluster ------------------------------
+
+    async def lease(self, provider: ProviderConn) -> bool:
+        """Take one of the provider's slots in Redis. False: another coordinator holds them all.
+        Redis unreachable: this coordinator's own providers are still served on its own count;
+        another's are not (nobody could carry the request to them)."""
+        try:
+            lease = await self.cluster.slots.acquire(provider.id, provider.max_concurrency)
+        except CLUSTER_ERRORS as exc:
+            log.warning("could not lease a slot (%s)", type(exc).__name__)
+            return not isinstance(provider, RemoteProvider)
+        if lease is None:
+            provider.cluster_in_flight = provider.max_concurrency  # full until the next sync
+            return False
+        self._leases.setdefault(provider.id, []).append(lease)
+        return True
+
+    def released(self, provider: ProviderConn) -> None:
+        """A dispatch on the provider ended: give its lease back and tell the others."""
+        held = self._leases.get(provider.id)
+        if held:
+            lease = held.pop()
+            if not held:
+                del self._leases[provider.id]
+            self._spawn(self._give_back(lease, tuple(provider.models)))
+
+    async def _give_back(self, lease: Lease, models: tuple[str, ...]) -> None:
+        await self.cluster.slots.release(lease)
+        await self.cluster.notices.slot_freed(models, lease.provider_id)
+
+    # --- this node's providers: presence, and requests other coordinators send them -----
+
+    def publish(self, conn: ProviderConn, joined: bool = False) -> None:
+        """(Re)publish a provider this node holds: at registration, on each heartbeat and
+        whenever its routability changes."""
+        if isinstance(conn, RemoteProvider) or conn.closed:
+            return
+        record = _record_of(conn, self.scheduler, self.node_id)
+        self._spawn(self._publish(record, joined))
+
+    async def _publish(self, record: ProviderRecord, joined: bool) -> None:
+        await self.cluster.presence.publish(record)
+        if joined:
+            await self.cluster.notices.presence_changed(record.models, record.provider_id)
+
+    def left(self, conn: ProviderConn) -> None:
+        """A provider this node held is gone: withdraw it, and fail what others sent it."""
+        if isinstance(conn, RemoteProvider):
+            return
+        self._spawn(self._leave(conn))
+        for request_id, carried in list(self._forwarded.items()):
+            if carried.conn is conn:
+                del self._forwarded[request_id]
+                conn.free_slot(carried.demand.model, carried.demand.max_tokens)
+                self.scheduler.reputations.failed(conn)
+                self._spawn(self._reply_error(request_id, 502, DISCONNECTED))
+
+    async def _leave(self, conn: ProviderConn) -> None:
+        await self.cluster.presence.remove(conn.id)
+        await self.cluster.notices.presence_changed(tuple(conn.models), conn.id)
+
+    async def _reply_error(self, request_id: str, status: int, message: str) -> None:
+        origin = self.cluster.bus._forwarded.get(request_id)
+        if origin is None:
+            return
+        frame = InferenceError(request_id=request_id, error=message, status_code=status)
+        await self.cluster.bus.send_reply(origin.origin, request_id, encode(frame), final=True)
+
+    async def carried(self, conn: ProviderConn, frame: object, text: str) -> bool:
+        """A frame from one of this node's providers: if it answers a request another coordinator
+        sent, pass it back unchanged (True); else it is this node's own (False). The provider's
+        record is kept here, its home: success, time to first chunk, failure."""
+        request_id = getattr(frame, "request_id", "")
+        held = self._forwarded.get(request_id)
+        if held is None or held.conn is not conn:
+            return False
+        origin = self.cluster.bus._forwarded.get(request_id)
+        final = isinstance(frame, (InferenceComplete, InferenceError))
+        if isinstance(frame, InferenceResponseChunk) and held.first_chunk_ms is None:
+            held.first_chunk_ms = (time.monotonic() - held.started) * 1000
+        if final:
+            del self._forwarded[request_id]
+            conn.free_slot(held.demand.model, held.demand.max_tokens)
+            if isinstance(frame, InferenceComplete):
+                self.scheduler.reputations.succeeded(conn, held.first_chunk_ms)
+            elif isinstance(frame, InferenceError) and frame.status_code >= 500:
+                self.scheduler.reputations.failed(conn)
+            self.scheduler.drain()
+        if origin is not None:
+            try:
+                await self.cluster.bus.send_reply(origin.origin, request_id, text, final=final)
+            except CLUSTER_ERRORS as exc:
+                log.warning("could not pass a frame back (%s)", type(exc).__name__)
+        return True
+
+    async def _inbox_loop(self) -> None:
+        async for message in self.cluster.bus.inbox():
+            try:
+                await self._take(message.kind, message.request_id, message.provider_id,
+                                 message.frame)
+            except Exception as exc:
+                log.warning("dropped a cluster message (%s)", type(exc).__name__)
+
+    async def _take(self, kind: str, request_id: str, provider_id: str, frame_text: str) -> None:
+        conn = self.scheduler.providers.get(provider_id)
+        if conn is None or isinstance(conn, RemoteProvider) or conn.closed:
+            if kind == "request":
+                await self._reply_error(request_id, 502, DISCONNECTED)
+            return
+        if kind == "request":
+            try:
+                frame = decode(frame_text, coordinator_frame_adapter, COORDINATOR_FRAME_TYPES)
+            except MalformedFrame:
+                frame = None
+            if not isinstance(frame, InferenceRequest) or frame.request_id != request_id:
+                await self._reply_error(request_id, 502, "invalid forwarded request")
+                return
+            model = frame.model if frame.model in conn.models else next(iter(conn.models), "")
+            demand = Demand(model, max_tokens=frame.max_tokens_cap)
+            conn.take_slot(demand.model, demand.max_tokens)
+            self._forwarded[request_id] = _Carried(conn, demand)
+            conn.outbox.put_nowait(frame_text)  # as the requesting coordinator sealed it
+        elif kind == "control":
+            try:
+                payload = json.loads(frame_text) if len(frame_text) < 1024 else {}
+            except ValueError:
+                payload = {}
+            code, reason = payload.get("close"), payload.get("reason")
+            if code in (CLOSE_REPLACED, CLOSE_EVICTED) and isinstance(reason, str) \
+                    and conn.kick is not None:
+                conn.kick(code, reason[:120])
+        elif kind == "cancel":
+            held = self._forwarded.pop(request_id, None)
+            self.cluster.bus.forget(request_id)
+            if held is not None:
+                held.conn.free_slot(held.demand.model, held.demand.max_tokens)
+                conn.send(Cancel(request_id=request_id))
+                self.scheduler.drain()
+
+    def resync(self) -> None:
+        self._sync_now.set()
+
+    def close_elsewhere(self, remote: ProviderConn, code: int, reason: str) -> None:
+        """Have a provider's home close its session (a newer session of the same identity key
+        proved itself here, or the key was quarantined here)."""
+        if remote.home is not None:
+            payload = json.dumps({"close": code, "reason": reason[:120]})
+            self._spawn(self.cluster.bus.send_control(remote.home, remote.id, payload))
+
+    # --- other coordinators' providers ---------------------------------------------------
+
+    def send_remote(self, provider: RemoteProvider, frame: object) -> None:
+        """RemoteProvider.send: a request opens its replies first, then goes in order with any
+        cancel after it (one sender task)."""
+        if isinstance(frame, InferenceRequest):
+            try:
+                replies = self.cluster.bus.replies(frame.request_id, provider.home or "")
+            except ValueError:
+                return
+            self._replies[frame.request_id] = (provider, replies)
+            self._spawn(self._pump(provider, frame.request_id, replies))
+            self._outgoing.put_nowait(("request", provider, frame.request_id, encode(frame)))
+        elif isinstance(frame, Cancel):
+            sent = self._replies.pop(frame.request_id, None)
+            if sent is not None:
+                sent[1].close()
+            self._outgoing.put_nowait(("cancel", provider, frame.request_id, ""))
+
+    async def _send_loop(self) -> None:
+        bus = self.cluster.bus
+        while True:
+            kind, provider, request_id, text = await self._outgoing.get()
+            try:
+                if kind == "request":
+                    await bus.send_request(provider.home or "", provider.id, request_id, text)
+                else:
+                    await bus.cancel(provider.home or "", request_id, provider.id)
+            except (*CLUSTER_ERRORS, ValueError) as exc:
+                log.warning("could not send a request to coordinator %s (%s)", provider.home,
+                            type(exc).__name__)
+                self._lost(request_id)
+
+    async def _pump(self, provider: RemoteProvider, request_id: str, replies: Replies) -> None:
+        """Frames coming back for one request, handed to the dispatcher as if from a socket."""
+        try:
+            async for text in replies:
+                try:
+                    frame = decode(text, provider_frame_adapter, PROVIDER_FRAME_TYPES)
+                except MalformedFrame:
+                    self._lost(request_id)
+                    return
+                if self.on_frame is not None and isinstance(frame, ProviderFrame):
+                    self.on_frame(provider, frame)
+                if isinstance(frame, (InferenceComplete, InferenceError)):
+                    break
+        except BusError as exc:
+            log.warning("request %s to coordinator %s: %s", request_id, provider.home,
+                        type(exc).__name__)
+            self._lost(request_id)
+        finally:
+            self._replies.pop(request_id, None)
+
+    def _lost(self, request_id: str) -> None:
+        """The way to a remote provider broke for one request: it failed as a disconnect."""
+        sent = self._replies.pop(request_id, None)
+        if sent is not None:
+            sent[1].close()
+            if self.on_frame is not None:
+                self.on_frame(sent[0], InferenceError(request_id=request_id, error=DISCONNECTED,
+                                                      status_code=502))
+
+    async def _notice_loop(self) -> None:
+        async for notice in self.cluster.notices.listen():
+            if notice.node_id == self.node_id:
+                continue
+            if notice.kind == "presence":
+                self._sync_now.set()
+            elif (provider := self.scheduler.providers.get(notice.provider_id)) is not None:
+                provider.cluster_in_flight = max(0, provider.cluster_in_flight - 1)
+            self.scheduler.drain()
+
+    async def _sync_loop(self) -> None:
+        while True:
+            try:
+                await self.sync()
+            except CLUSTER_ERRORS as exc:
+                log.warning("could not read the cluster's providers (%s)", type(exc).__name__)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SYNC_S):
+                    await self._sync_now.wait()
+            self._sync_now.clear()
+
+    async def sync(self) -> None:
+        """Mirror the providers other coordinators hold, and every provider's leased slots."""
+        # One live session per identity key (protocol.md §9): a session of it that proved itself
+        # here supersedes another's copy (its home may be dead and not yet expired).
+        proven_here = {p.identity_key for p in self.scheduler.providers.values()
+                       if p.home is None and p.identity_key and self.scheduler.routable(p)}
+        records = {r.provider_id: r for r in await self.cluster.presence.all()
+                   if r.node_id != self.node_id and r.identity_key not in proven_here}
+        for provider_id in [p for p in self._remote if p not in records]:
+            self._drop(self._remote.pop(provider_id))
+        for record in records.values():
+            remote = self._remote.get(record.provider_id)
+            if remote is None or remote.home != record.node_id \
+                    or remote.public_key_b64 != record.public_key_b64:
+                if remote is not None:
+                    self._drop(remote)
+                made = self._mirror(record)
+                if made is None:
+                    continue
+                self._remote[record.provider_id] = made
+                self.scheduler.add(made)
+            else:
+                self._update(remote, record)
+        ids = list(self.scheduler.providers)
+        counts = await self.cluster.slots.in_flight_many(ids)
+        carried: dict[str, int] = {}
+        for held in self._forwarded.values():
+            carried[held.conn.id] = carried.get(held.conn.id, 0) + 1
+        for provider_id, count in counts.items():
+            provider = self.scheduler.providers.get(provider_id)
+            if provider is not None:
+                # Other coordinators' leases: ours are in_flight already, and so are the requests
+                # this node carries for others (their leases are among the count).
+                mine = len(self._leases.get(provider_id, ())) + carried.get(provider_id, 0)
+                provider.cluster_in_flight = max(0, count - mine)
+        self.scheduler.drain()
+
+    def _mirror(self, record: ProviderRecord) -> RemoteProvider | None:
+        try:
+            key: PublicKey = public_key_from_b64(record.public_key_b64)
+        except SealingError:
+            return None
+        remote = RemoteProvider(
+            id=record.provider_id, account_id=record.account_id,
+            models=frozenset(record.models), public_key=key, public_key_b64=record.public_key_b64,
+            max_concurrency=record.max_concurrency, hardware=record.hardware,
+            backend=record.backend, version=record.version, trust_level=record.trust_level,
+            identity_key=record.identity_key, serial=record.serial, home=record.node_id)
+        remote.link = self
+        self._update(remote, record)
+        return remote
+
+    def _update(self, remote: RemoteProvider, record: ProviderRecord) -> None:
+        remote.heartbeat = record.heartbeat
+        remote.trust_level = record.trust_level
+        remote.routable_until = (None if not record.routable
+                                 else record.routable_until if record.routable_until is not None
+                                 else float("inf"))
+        remote.reported_decode_tps = record.reported_decode_tps
+        remote.reported_prefill_tps = record.reported_prefill_tps
+        remote.measured_decode_tps = min(record.measured_decode_tps, 500.0)
+        remote.remote_reputation = record.reputation
+        remote.served = record.served
+
+    def _drop(self, remote: RemoteProvider) -> None:
+        self.scheduler.remove(remote)
+        self.scheduler.reputations.detach(remote)
+        for request_id, (provider, _) in list(self._replies.items()):
+            if provider is remote:
+                self._lost(request_id)
