@@ -135,6 +135,16 @@ class CoordinatorSettings(BaseSettings):
     def _normalised_emails(cls, value: list[str]) -> list[str]:
         return [email.strip().lower() for email in value if email.strip()]
 
+    @field_validator("min_provider_version")
+    @classmethod
+    def _readable_version(cls, value: str) -> str:
+        """A minimum the gate cannot read would bar nobody without a word: refused at start."""
+        from darkbloom.semver import parse
+
+        if value and parse(value) is None:
+            raise ValueError("min_provider_version must be a version such as 0.4.0")
+        return value
+
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str | None) -> str | None:

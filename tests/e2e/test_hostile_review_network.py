@@ -81,9 +81,6 @@ def test_a_replayed_attestation_cannot_spend_the_victims_challenge_record(
     asyncio.run(go())
 
 
-@pytest.mark.xfail(strict=True, reason="POST /v1/messages/count_tokens authenticates with "
-                   "ApiKeyDep, not InferenceKeyDep: it tokenizes without any rate limit "
-                   "(reported; inference.py is not this review's)")
 def test_count_tokens_spends_the_inference_allowance(coordinator: Coordinator) -> None:
     """count_tokens parses and tokenizes a Messages body (off the loop, in the same tokenizer pool
     inference uses) for any API key, as often as it is called: the inference tier (10 at once,
@@ -140,8 +137,6 @@ def test_metrics_labels_stay_bounded_whatever_the_caller_sends(coordinator: Coor
         assert "PROPFIND" not in exposition
 
 
-@pytest.mark.xfail(strict=True, reason="commit.py logs the provider's inference_error code "
-                   "unbounded and unfiltered (reported; commit.py is the lead's)")
 def test_a_provider_cannot_write_text_into_the_coordinators_log(coordinator: Coordinator) -> None:
     """A provider holds the prompt in plaintext; the coordinator must never log prompt text. The
     ``code`` of an inference_error is the provider's own string (no length or alphabet bound) and

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from darkbloom.coordinator.routing.registry import ProviderConn
@@ -25,8 +24,6 @@ def _session(pid: str) -> ProviderConn:
     return conn
 
 
-@pytest.mark.xfail(strict=True, reason="store/reputation.py upserts absolute counters: the last "
-                   "coordinator to flush overwrites the other's (reported; not this review's)")
 async def test_two_coordinators_add_to_one_record(sessions: async_sessionmaker[AsyncSession]) -> None:
     """Coordinator A and coordinator B each load the identity's row (B while the provider's
     session on A is still live, or before A's last flush), each count the jobs they saw, and

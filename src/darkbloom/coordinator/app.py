@@ -76,9 +76,7 @@ def create_app(settings: CoordinatorSettings, catalog: Catalog | None = None) ->
             state.link = Link(Cluster.from_url(settings.redis_url, settings.redis_prefix,
                                                new_node_id(instance)), scheduler)
             state.link.on_frame = dispatcher.handle
-            scheduler.link = state.link
             await state.link.start()
-            log.info("joined the cluster as node %s", state.link.node_id)
         state.key_cache = KeyCache(sessions)
         state.root_cas = load_roots(settings.trust_root_ca_files)
         state.sender_keys = load_or_create_key(settings.state_dir / "coordinator-x25519.key")

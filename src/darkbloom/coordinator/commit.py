@@ -138,8 +138,8 @@ class Committer:
                 last = failed
                 tried.add(provider.id)
                 # Status and code only: a provider's message may quote the request back.
-                log.info("attempt %d on provider %s failed: %d %s", n, provider.id,
-                         failed.status_code, failed.code or "")
+                log.info("attempt %d on provider %s failed: %d %s", n, provider.id, failed.status_code,
+                         failed.code if failed.code and _CODE.fullmatch(failed.code) else "")
                 if not isinstance(failed, ProviderReported):
                     continue
                 if (prepared.sealed_for is None and failed.code == "context_length_exceeded"

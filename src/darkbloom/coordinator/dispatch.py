@@ -80,6 +80,7 @@ class Attempt:
     channel: SessionChannel | None  # None: sealed by the consumer, the coordinator cannot open it
     demand: Demand  # what its slot was taken for: released with the same figures
     stream: bool = False
+    max_tokens_cap: int = 0  # the output budget the provider was given
     deadline: float = 0.0  # time.monotonic() by which the response must have ended
     events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
     next_seq: int = 0
@@ -136,7 +137,7 @@ class Dispatcher:
             envelope = Sealed(ephemeral_public_key=ephemeral.public_b64,
                               ciphertext=channel.seal("request", "", 0, body))
         attempt = Attempt(request_id=request_id, provider=provider, channel=channel, demand=demand,
-                          stream=stream,
+                          stream=stream, max_tokens_cap=max_tokens_cap,
                           deadline=time.monotonic() + self.deadline_s,
                           transcript=Transcript(stream) if channel else None,
                           x_request_id=x_request_id)
@@ -324,7 +325,10 @@ class Dispatcher:
             return
         self.scheduler.reputations.succeeded(
             attempt.provider, (first - attempt.sent_at) * 1000,
-            min(completion_tokens, attempt.demand.max_tokens), time.monotonic() - first)
+            # The provider's own count, bounded by what it was allowed and by what it streamed
+            # (a chunk carries a few tokens at most): an inflated count buys no speed.
+            min(completion_tokens, attempt.max_tokens_cap, 4 * attempt.next_seq),
+            time.monotonic() - first)
 
     def _violation(self, attempt: Attempt, reason: str) -> None:
         log.warning("provider %s violated the protocol on %s: %s",

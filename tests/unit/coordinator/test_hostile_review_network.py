@@ -49,9 +49,6 @@ async def test_a_peer_without_an_address_is_still_limited(clock: Clock) -> None:
         assert [(await client.post("/signup")).status_code for _ in range(4)] == [200, 200, 200, 429]
 
 
-@pytest.mark.xfail(strict=True, reason="api/accounts.py login keys its guessing limit on the raw "
-                   "peer address (reported; accounts.py is not this review's: use "
-                   "ratelimit.client_key)")
 async def test_password_guessing_from_one_ipv6_subnet_is_one_client(
         clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
     """Online guessing is limited per (client, email); with the client the full IPv6 address, an

@@ -14,7 +14,13 @@ from fastapi.responses import JSONResponse
 
 from darkbloom.coordinator.api.auth import SESSION_COOKIE, SessionDep, is_admin
 from darkbloom.coordinator.api.bodies import json_object, openapi_body, rfc3339, string_field
-from darkbloom.coordinator.api.ratelimit import FINANCIAL, FinancialSessionDep, SignupLimit, enforce
+from darkbloom.coordinator.api.ratelimit import (
+    FINANCIAL,
+    FinancialSessionDep,
+    SignupLimit,
+    client_key,
+    enforce,
+)
 from darkbloom.coordinator.store import accounts as store
 from darkbloom.coordinator.store.credentials import (
     create_api_key,
@@ -102,7 +108,8 @@ async def login(request: Request) -> Response:
     email, password = _credentials(await json_object(request))
     # Online guessing: the financial tier per client and address (per address alone would let
     # anyone lock a person out; per client alone, one client could try every address).
-    await enforce(request, FINANCIAL, "login", request.client.host if request.client else "", email)
+    await enforce(request, FINANCIAL, "login", client_key(request.client.host) if request.client else "",
+                  email)
     found = await store.find_login(request.app.state.sessions, email)
     # Verified even when the email is unknown (against a dummy hash), so both failures take as long.
     ok = await _password_work(store.verify_password, found[1] if found else None, password)

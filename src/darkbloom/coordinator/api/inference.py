@@ -189,8 +189,9 @@ async def get_receipt(request: Request, request_id: str, identity: ApiKeyDep) ->
 
 
 @router.post("/v1/messages/count_tokens")
-async def count_tokens(request: Request, identity: ApiKeyDep) -> dict[str, int]:
-    """Anthropic's token counter: no generation, no provider, nothing recorded."""
+async def count_tokens(request: Request, identity: InferenceKeyDep) -> dict[str, int]:
+    """Anthropic's token counter: no generation, no provider, nothing recorded. It tokenizes up to
+    the body limit on the tokenizers inference uses, so it spends the inference allowance."""
     state = request.app.state
     raw = await read_body(request, state.settings.max_body_bytes)
     return {"input_tokens": await state.pipeline.preparer.count_tokens(raw)}

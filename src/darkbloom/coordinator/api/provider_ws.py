@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.datastructures import State
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
+from darkbloom import semver
 from darkbloom.config import CoordinatorSettings
 from darkbloom.coordinator.cluster.link import Link
 from darkbloom.coordinator.dispatch import Dispatcher
@@ -77,18 +78,6 @@ def concurrency_cap(register: Register) -> int:
     if register.max_concurrency is not None:
         return max(1, min(tier, register.max_concurrency))
     return tier
-
-
-def _older(version: str, minimum: str) -> bool:
-    """Whether a provider's semver is below ``minimum``; an unreadable version counts as older."""
-    def parts(text: str) -> tuple[int, ...] | None:
-        core = text.strip().lstrip("v").split("+")[0].split("-")[0]
-        try:
-            return tuple(int(p) for p in core.split(".")[:3])
-        except ValueError:
-            return None
-    have, want = parts(version[:32]), parts(minimum)
-    return have is None or (want is not None and have < want)
 
 
 def _header_safe(text: str) -> str:
@@ -215,8 +204,8 @@ class ProviderSession:
                 verdict = replace(verdict, level="hardware")
             else:
                 log.warning("provider certificate chain not accepted: %s", refused)
-        if self.settings.min_provider_version and _older(register.version,
-                                                          self.settings.min_provider_version):
+        if self.settings.min_provider_version and semver.older(register.version[:64],
+                                                               self.settings.min_provider_version):
             raise _Close(CLOSE_VERSION_TOO_OLD, f"provider version {register.version[:32]!r} is "
                          f"below this network's minimum {self.settings.min_provider_version}; "
                          "upgrade darkbloom")

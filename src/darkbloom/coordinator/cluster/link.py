@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 ProviderFrame = InferenceAccepted | InferenceResponseChunk | InferenceComplete | InferenceError
 
 SYNC_S = 1.0  # how often the mirror of other coordinators' providers is refreshed
+JOIN_RETRY_S = 2.0  # how often a coordinator that could not reach Redis at start tries again
 CLUSTER_ERRORS = (RedisError, BusError, OSError, TimeoutError)
 DISCONNECTED = "provider disconnected"
 
@@ -117,8 +118,33 @@ class Link:
         self._sync_now = asyncio.Event()
 
     async def start(self) -> None:
-        await self.cluster.start()
-        self._tasks = [asyncio.create_task(self._send_loop(), name="link-send"),
+        """Join the cluster now, or keep trying in the background: until it has joined, this
+        coordinator routes its own providers on its own counts, as if it stood alone."""
+        try:
+            await self.cluster.start()
+        except CLUSTER_ERRORS as exc:
+            log.error("could not join the cluster (%s); serving this coordinator's own providers "
+                      "until Redis answers", type(exc).__name__)
+            self._tasks = [asyncio.create_task(self._join_later(), name="link-join")]
+            return
+        self._joined()
+
+    async def _join_later(self) -> None:
+        while True:
+            await asyncio.sleep(JOIN_RETRY_S)
+            try:
+                await self.cluster.start()
+            except CLUSTER_ERRORS:
+                continue
+            log.warning("joined the cluster as node %s", self.node_id)
+            self._joined()
+            return
+
+    def _joined(self) -> None:
+        self.scheduler.link = self
+        for conn in list(self.scheduler.providers.values()):
+            self.publish(conn, joined=True)
+        self._tasks += [asyncio.create_task(self._send_loop(), name="link-send"),
                        asyncio.create_task(self._inbox_loop(), name="link-inbox"),
                        asyncio.create_task(self._notice_loop(), name="link-notices"),
                        asyncio.create_task(self._sync_loop(), name="link-sync")]
@@ -129,7 +155,9 @@ class Link:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for background in list(self._background):
             background.cancel()
-        await self.cluster.close()
+        with contextlib.suppress(*CLUSTER_ERRORS):
+            async with asyncio.timeout(5):
+                await self.cluster.close()
 
     def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
         task: asyncio.Task[object] = asyncio.create_task(coro)

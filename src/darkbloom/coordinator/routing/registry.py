@@ -16,6 +16,9 @@ from darkbloom.protocol.frames import Hardware, Heartbeat
 
 log = logging.getLogger(__name__)
 
+# The most decode speed (tokens/s) routing believes before it has timed the provider itself.
+UNMEASURED_MAX_TPS = 50.0
+
 
 @dataclass(eq=False)
 class ProviderConn:
@@ -74,11 +77,13 @@ class ProviderConn:
 
     @property
     def decode_tps(self) -> float:
-        """protocol.md §7: measured, else reported, else √(memory bandwidth), else 1."""
+        """protocol.md §7: measured, else reported, else √(memory bandwidth), else 1. A figure the
+        coordinator has not measured counts for at most ``UNMEASURED_MAX_TPS``: a provider that
+        claims 500 and then fails every job is never timed, and must not buy traffic with it."""
         if self.measured_decode_tps > 0:
             return self.measured_decode_tps
         if self.reported_decode_tps > 0:
-            return self.reported_decode_tps
+            return min(self.reported_decode_tps, UNMEASURED_MAX_TPS)
         bandwidth = self.hardware.memory_bandwidth_gbs
         return bandwidth ** 0.5 if bandwidth > 0 else 1.0
 

@@ -76,6 +76,8 @@ class Record:
     dirty: bool = True
     # False when the stored row could not be read: saving would overwrite it with this partial one.
     persist: bool = True
+    # The counters as this process last read or wrote them (store/reputation.py adds the rest).
+    saved: dict[str, int] = field(default_factory=dict)
 
     def score(self, now: float | None = None) -> float:
         uptime = self.uptime_ratio(now)

@@ -103,11 +103,14 @@ class Scheduler:
         # Per model, the connected providers serving it, in a tuple rebuilt on membership change.
         self._serving: dict[str, dict[str, ProviderConn]] = {}
         self._pools: dict[str, tuple[ProviderConn, ...]] = {}
+        self._owned: dict[str, dict[str, ProviderConn]] = {}  # account -> its providers
 
     # --- membership --------------------------------------------------------------------
 
     def add(self, provider: ProviderConn) -> None:
         self.providers[provider.id] = provider
+        if provider.account_id is not None:
+            self._owned.setdefault(provider.account_id, {})[provider.id] = provider
         for model in provider.models:
             self._serving.setdefault(model, {})[provider.id] = provider
             self._pools.pop(model, None)
@@ -122,6 +125,10 @@ class Scheduler:
     def remove(self, provider: ProviderConn) -> None:
         provider.closed = True
         if self.providers.pop(provider.id, None) is not None:
+            owned = self._owned.get(provider.account_id or "", {})
+            owned.pop(provider.id, None)
+            if not owned:
+                self._owned.pop(provider.account_id or "", None)
             for model in provider.models:
                 self._serving.get(model, {}).pop(provider.id, None)
                 self._pools.pop(model, None)
@@ -150,6 +157,12 @@ class Scheduler:
         """Up to ``SAMPLE`` providers that pass every gate for this request, found by a walk
         from a random place in the model's pool (all of them when the pool is that small)."""
         pool = self._pool(demand.model)
+        if only is not None:  # sealed to a few: look at those alone
+            pool = tuple(p for p in (self.providers.get(i) for i in sorted(only)[:64])
+                         if p is not None and demand.model in p.models)
+        elif route.owner is not None:  # the owner's own machines alone
+            pool = tuple(p for p in self._owned.get(route.owner, {}).values()
+                         if demand.model in p.models)
         level = self._level(min_trust)
         found: list[ProviderConn] = []
         start = random.randrange(len(pool)) if len(pool) > SAMPLE else 0
@@ -262,7 +275,7 @@ class Scheduler:
             return provider
         if not may_queue:
             raise NoProviderAvailable(f"no provider for model {model!r} has a free slot")
-        if len(queue) >= self.queue_max:
+        if self._queued(queue, route, only) >= self.queue_max:
             raise NoProviderAvailable(
                 f"model {model!r} is at capacity: all providers are busy and the queue is full "
                 f"({self.queue_max} waiting); retry shortly", headers={"Retry-After": "1"})
@@ -274,6 +287,9 @@ class Scheduler:
             async with asyncio.timeout(self.queue_timeout_s):
                 return await waiter.future
         except TimeoutError:
+            fut = waiter.future
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self._free(fut.result(), demand)  # granted in the same instant: give it back
             raise NoProviderAvailable(
                 f"no provider for model {model!r} became free within "
                 f"{self.queue_timeout_s:g} s; retry shortly", headers={"Retry-After": "1"},
@@ -287,6 +303,16 @@ class Scheduler:
         finally:
             if waiter in queue:
                 queue.remove(waiter)
+
+    @staticmethod
+    def _queued(queue: deque[_Waiter], route: Route, only: frozenset[str] | None) -> int:
+        """The waiters a new one counts against: requests any provider may take share the model's
+        queue; one only its owner's machines (or the providers it is sealed to) may take counts
+        against its own kind alone, so it cannot fill everyone's queue for a machine nobody
+        else could use."""
+        if route.owner is None and only is None:
+            return sum(1 for w in queue if w.route.owner is None and w.only is None)
+        return sum(1 for w in queue if w.route.owner == route.owner and w.only == only)
 
     def _nobody_serves(self, model: str, min_trust: str | None) -> NoProviderAvailable:
         if min_trust and not at_least(self.min_trust, min_trust) and self.serving(model):
@@ -310,7 +336,9 @@ class Scheduler:
         """Hand free slots to waiters, oldest first. A waiter none of the free slots is for keeps
         its place without holding up the waiters behind it: a self-routed request waiting for its
         owner's busy machine must not stop paid work reaching idle providers (billing.md §5)."""
-        for queue in self._queues.values():
+        for model, queue in self._queues.items():
+            if not queue or not any(p.free_slots > 0 for p in self._pool(model)):
+                continue  # nothing to hand out: no walk per waiter
             for waiter in list(queue):
                 if waiter.future.done():
                     queue.remove(waiter)

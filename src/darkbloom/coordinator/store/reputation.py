@@ -13,9 +13,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from darkbloom.coordinator.routing.reputation import Record
 from darkbloom.coordinator.store.tables import ProviderReputation
 
+# Added to the stored row as differences since this process last read or wrote it, so two
+# coordinators counting the same identity (a failover, a forwarded request) never lose each
+# other's counts; the rest are states, written whole (the last writer's).
 _COUNTERS = ("jobs_succeeded", "jobs_failed", "timeouts", "challenges_passed", "challenges_failed",
              "response_ms_total", "response_samples", "requests_served", "tokens_generated",
-             "last_requests_served", "last_tokens_generated", "uptime_total_s")
+             "uptime_total_s")
+_STATES = ("last_requests_served", "last_tokens_generated")
 _MAX_HOURS = 25
 
 
@@ -56,8 +60,9 @@ class ReputationStore:
         record = Record(key=key, account_id=row.account_id, uptime_hours=_hours(row.uptime_hours),
                         decode_tps=float(row.decode_tps), first_seen=_seconds(row.first_seen),
                         last_seen=_seconds(row.last_seen), dirty=False)
-        for name in _COUNTERS:
+        for name in (*_COUNTERS, *_STATES):
             setattr(record, name, int(getattr(row, name)))
+        record.saved = {name: getattr(record, name) for name in _COUNTERS}
         return record
 
     async def save(self, records: list[Record]) -> None:
@@ -66,13 +71,20 @@ class ReputationStore:
         async with self.sessions() as session, session.begin():
             dialect = session.get_bind().dialect.name
             insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
+            snapshots = []
             for record in records:
-                values = {name: getattr(record, name) for name in _COUNTERS}
-                values.update(account_id=record.account_id, decode_tps=record.decode_tps,
+                counts = {name: getattr(record, name) for name in _COUNTERS}
+                states: dict[str, Any] = {name: getattr(record, name) for name in _STATES}
+                states.update(account_id=record.account_id, decode_tps=record.decode_tps,
                               uptime_hours=json.dumps({str(h): round(s, 1)
                                                        for h, s in record.uptime_hours.items()}),
                               score=record.score(), last_seen=_stamp(record.last_seen))
+                added = {name: getattr(ProviderReputation, name) + (count - record.saved.get(name, 0))
+                         for name, count in counts.items()}
                 stmt = insert(ProviderReputation).values(
-                    provider_key=record.key, first_seen=_stamp(record.first_seen), **values)
+                    provider_key=record.key, first_seen=_stamp(record.first_seen), **counts, **states)
                 await session.execute(stmt.on_conflict_do_update(
-                    index_elements=[ProviderReputation.provider_key], set_=values))
+                    index_elements=[ProviderReputation.provider_key], set_={**added, **states}))
+                snapshots.append((record, counts))
+        for record, counts in snapshots:
+            record.saved = counts

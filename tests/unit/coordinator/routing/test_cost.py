@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from darkbloom.coordinator.routing.cost import WEIGHTS, Demand, Quote, choose, quote, unfit
-from darkbloom.coordinator.routing.registry import ProviderConn
+from darkbloom.coordinator.routing.registry import UNMEASURED_MAX_TPS, ProviderConn
 from darkbloom.coordinator.routing.scheduler import Scheduler
 from darkbloom.protocol.frames import BackendCapacity, Heartbeat, Slot, SystemMetrics
 
@@ -24,7 +24,7 @@ def beat(*slots: Slot, total_gb: float = 0.0, active_gb: float = 0.0,
 
 
 def idle(p: ProviderConn, decode_tps: float = 100.0) -> ProviderConn:
-    p.reported_decode_tps = decode_tps
+    p.measured_decode_tps = decode_tps
     p.heartbeat = beat(Slot(model="m"))
     return p
 
@@ -36,6 +36,8 @@ def test_speed_falls_back_from_measured_to_reported_to_bandwidth(make_provider: 
     assert p.decode_tps == 20.0
     p.reported_decode_tps = 50.0
     assert p.decode_tps == 50.0 and p.prefill_tps == 200.0
+    p.reported_decode_tps = 500.0  # believed only up to UNMEASURED_MAX_TPS until timed
+    assert p.decode_tps == UNMEASURED_MAX_TPS
     p.measured_decode_tps = 80.0
     assert p.decode_tps == 80.0
     p.reported_prefill_tps = 1000.0
@@ -126,7 +128,7 @@ def test_near_ties_prefer_short_queues_then_random(make_provider: MakeProvider) 
 
 def test_scheduler_routes_to_the_cheapest_and_skips_the_unfit(make_provider: MakeProvider) -> None:
     fast, slow, hot = (idle(make_provider(n, max_concurrency=4)) for n in ("fast", "slow", "hot"))
-    slow.reported_decode_tps = 5.0
+    slow.measured_decode_tps = 5.0
     hot.heartbeat = beat(Slot(model="m"), thermal_state="critical")
     s = Scheduler(queue_max=4, queue_timeout_s=1)
     for p in (fast, slow, hot):
@@ -146,6 +148,7 @@ def test_reputation_moves_traffic(make_provider: MakeProvider) -> None:
     for _ in range(20):
         s.reputations.failed(flaky)
         s.reputations.succeeded(good, 200.0)
+    good.measured_decode_tps = flaky.measured_decode_tps = 100.0  # the same speed
     demand = Demand("m", max_tokens=10)
     picks = set()
     for _ in range(20):

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from darkbloom.coordinator.api.provider_ws import _older
 from darkbloom.coordinator.routing.cost import Demand, quote
 from darkbloom.coordinator.routing.registry import ProviderConn
 from darkbloom.coordinator.routing.reputation import (
@@ -23,6 +22,7 @@ from darkbloom.coordinator.routing.reputation import (
 )
 from darkbloom.coordinator.routing.scheduler import Route, Scheduler
 from darkbloom.protocol.frames import Stats
+from darkbloom.semver import older as _older
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -173,8 +173,6 @@ def test_holding_the_answer_back_and_bursting_it_buys_no_decode_speed() -> None:
 # --- scheduler and provider_ws: reported to the lead, not fixed here ---------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="scheduler.acquire: a grant racing the queue timeout "
-                   "leaks the slot (reported; acquire is the lead's)")
 async def test_a_queue_grant_racing_the_queue_timeout_releases_the_slot(
         make_provider: MakeProvider, monkeypatch: pytest.MonkeyPatch) -> None:
     """drain() grants the waiter a slot (set_result) and, in the same loop iteration, the queue's
@@ -216,8 +214,6 @@ class _Counting(ProviderConn):
         return self.max_concurrency - self.in_flight
 
 
-@pytest.mark.xfail(strict=True, reason="scheduler.drain walks every provider of the model once "
-                   "per waiter on every heartbeat (reported; drain is the lead's)")
 async def test_one_heartbeat_drain_does_not_walk_the_pool_once_per_waiter(
         provider_with_key: Callable[..., Any]) -> None:
     """Ten self-routed requests (X-Darkbloom-Route: self) wait for their owner's one busy
@@ -251,20 +247,14 @@ async def test_one_heartbeat_drain_does_not_walk_the_pool_once_per_waiter(
     assert looked <= 3 * len(providers), f"{looked} provider checks for one heartbeat"
 
 
-@pytest.mark.xfail(strict=True, reason="provider_ws._older: '1.2' counts as older than '1.2.0' "
-                   "(reported; provider_ws is the lead's)")
 def test_a_short_version_is_not_older_than_its_long_form() -> None:
     assert not _older("1.2", "1.2.0")
 
 
-@pytest.mark.xfail(strict=True, reason="provider_ws._older: a pre-release passes a gate that "
-                   "asks for the release (reported; provider_ws is the lead's)")
 def test_a_prerelease_is_older_than_its_release() -> None:
     assert _older("1.2.0-rc.1", "1.2.0")
 
 
-@pytest.mark.xfail(strict=True, reason="scheduler.acquire: requests only one (busy) provider may "
-                   "take fill the model's shared queue (reported; acquire is the lead's)")
 async def test_self_routed_requests_cannot_fill_everyones_queue(make_provider: MakeProvider) -> None:
     """An account with one provider keeps it busy and sends queue_max self-routed requests
     (X-Darkbloom-Route: self, free of charge) for a popular model: they wait 120 s for a machine
@@ -294,9 +284,6 @@ async def test_self_routed_requests_cannot_fill_everyones_queue(make_provider: M
         await asyncio.gather(*squatters, honest, return_exceptions=True)
 
 
-@pytest.mark.xfail(strict=True, reason="cost model: reputation (at most 5 s) cannot outweigh a "
-                   "decode speed claimed at register; a provider that fails every job keeps "
-                   "winning (design; reported)")
 def test_a_provider_that_fails_every_job_does_not_outbid_one_that_succeeds(
         make_provider: MakeProvider) -> None:
     """The liar registers decode_tps=500 (the clamp) and fails every job after the first chunk
@@ -315,8 +302,6 @@ def test_a_provider_that_fails_every_job_does_not_outbid_one_that_succeeds(
     assert quote(liar, demand, bad.score(now)).cost_ms > quote(honest, demand, good.score(now)).cost_ms
 
 
-@pytest.mark.xfail(strict=True, reason="config: an unreadable min_provider_version turns the "
-                   "version gate off without a word (reported; config.py is shared)")
 def test_an_unreadable_minimum_version_is_refused_at_startup() -> None:
     """_older() treats a minimum it cannot read as 'nobody is older': DARKBLOOM_MIN_PROVIDER_VERSION
     set to 'v1.2.x' or '1,2,0' lets every provider in, where the operator meant to bar some."""
