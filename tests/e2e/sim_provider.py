@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 
 from darkbloom.config import get_provider_settings
 from darkbloom.inference.catalog import DEFAULT_MODEL
+from darkbloom.inference.prompt import PromptBuilder
 from darkbloom.inference.request import GenerationRequest
 from darkbloom.protocol.frames import ModelInfo
 from darkbloom.provider.engines.base import Finished, FinishReason, GenerationEvent, Started, TextDelta
@@ -32,13 +33,16 @@ RECORDED = ("Hello", "!", " How", " can", " I", " help", " you", " today", "?", 
 
 class ReplayEngine:
     """SIMULATED: replays ``RECORDED`` (cycled) one piece per ``token_s`` seconds, in any number of
-    slots; counts the prompt as bytes ÷ 4 (the coordinator corrects the count and logs it)."""
+    slots; counts the prompt exactly, with the model's vocabulary (as the coordinator does), so
+    the usage it reports holds."""
 
     name = "simulated"
 
     def __init__(self, slots: int, tokens: int, token_s: float) -> None:
         self._slots, self.tokens, self.token_s = slots, tokens, token_s
         self._busy = 0
+        path = DEFAULT_MODEL.weights_path()
+        self._builder = PromptBuilder.vocab_only(path) if path is not None else None
 
     @property
     def slots(self) -> int:
@@ -57,7 +61,8 @@ class ReplayEngine:
 
     async def generate(self, request: GenerationRequest, max_tokens_cap: int,
                        cancel: threading.Event) -> AsyncIterator[GenerationEvent]:
-        prompt = max(1, len(repr(request)) // 4)
+        prompt = (len(self._builder.tokens(request)) if self._builder is not None
+                  else max(1, len(repr(request)) // 4))
         limit = min(max_tokens_cap, request.max_tokens or self.tokens, self.tokens)
         self._busy += 1
         try:

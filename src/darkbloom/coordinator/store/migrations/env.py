@@ -26,6 +26,10 @@ def _run(connection: Connection) -> None:
     context.configure(connection=connection, target_metadata=target_metadata,
                       render_as_batch=connection.dialect.name == "sqlite")
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # Several coordinators starting at once on one database: one migrates, the others
+            # wait here and then find the schema at head (the lock ends with the transaction).
+            connection.exec_driver_sql("SELECT pg_advisory_xact_lock(4242104210)")
         context.run_migrations()
 
 
