@@ -10,6 +10,8 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, SecretStr, computed_field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from darkbloom.coordinator.trust.manifest import RuntimeManifest
+
 
 class CoordinatorSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DARKBLOOM_", extra="ignore")
@@ -55,6 +57,10 @@ class CoordinatorSettings(BaseSettings):
     key_revocation_poll_s: float = Field(default=1.0, gt=0, le=60)
     # PEM files of the operator CA roots that can grant `hardware` trust (trust.md §9).
     trust_root_ca_files: list[Path] = Field(default_factory=list)
+    # api.md §10, trust.md: the known-good runtime, as JSON {"python_hashes": [...],
+    # "runtime_hashes": [...], "template_hashes": {"<model>": "<sha256>"}}; empty checks nothing.
+    # A provider off it stays connected and is never routed.
+    runtime_manifest: RuntimeManifest = Field(default_factory=RuntimeManifest)
     # protocol.md §2: a provider below this version (semver) is refused with 4003; empty: any.
     min_provider_version: str = ""
     # How often changed provider reputations are written to the database (protocol.md §7).

@@ -28,7 +28,8 @@ MESSAGES, COUNT_TOKENS = "/v1/messages", "/v1/messages/count_tokens"
 POST_ROUTES = (CHAT, COMPLETIONS, RESPONSES, MESSAGES, COUNT_TOKENS)
 ANTHROPIC_ROUTES = frozenset({MESSAGES, COUNT_TOKENS})
 GET_ROUTES = ("/v1/models", "/v1/models/catalog", "/v1/models/{model_id}", "/v1/receipts/{request_id}",
-              "/v1/providers/attestation", "/v1/encryption-key", "/health", "/openapi.json",
+              "/v1/providers/attestation", "/v1/encryption-key", "/v1/runtime/manifest", "/health",
+              "/openapi.json",
               # public network data (issue 10, api.md §9)
               "/v1/stats", "/v1/leaderboard", "/v1/network/totals")
 # Account routes (issue 9): sessions, keys over HTTP. Method and path, as OpenAPI lists them.

@@ -35,7 +35,7 @@ from darkbloom.coordinator.metrics import Metrics, MetricsMiddleware
 from darkbloom.coordinator.pipeline import Pipeline
 from darkbloom.coordinator.prepare import Preparer, Tokenizers
 from darkbloom.coordinator.pricing import PriceBook
-from darkbloom.coordinator.recorder import Recorder, coordinator_id
+from darkbloom.coordinator.recorder import Recorder, coordinator_id, hold_state_dir
 from darkbloom.coordinator.routing.reputation import Reputations
 from darkbloom.coordinator.routing.scheduler import Scheduler
 from darkbloom.coordinator.sender_sealing import key_id, load_or_create_key
@@ -63,6 +63,7 @@ def create_app(settings: CoordinatorSettings, catalog: Catalog | None = None) ->
         dispatcher = Dispatcher(scheduler, max_response_bytes=settings.max_response_bytes,
                                 max_buffered_bytes=settings.max_buffered_bytes,
                                 deadline_s=settings.response_deadline_s)
+        state_lock = hold_state_dir(settings.state_dir)  # held until this process ends
         instance = coordinator_id(settings.state_dir / "coordinator-id")
         if interrupted := await mark_interrupted(sessions, instance):
             log.warning("%d request(s) were still in progress when this coordinator last stopped; "
@@ -71,14 +72,16 @@ def create_app(settings: CoordinatorSettings, catalog: Catalog | None = None) ->
         state = app.state
         state.settings, state.catalog, state.engine, state.sessions = settings, catalog, engine, sessions
         state.scheduler, state.dispatcher, state.recorder = scheduler, dispatcher, recorder
+        state.root_cas = load_roots(settings.trust_root_ca_files)
         state.link = None
         if settings.redis_url:  # several coordinators: docs/scale-out.md
             state.link = Link(Cluster.from_url(settings.redis_url, settings.redis_prefix,
-                                               new_node_id(instance)), scheduler)
+                                               new_node_id(instance)), scheduler,
+                              root_cas=state.root_cas,
+                              carry_deadline_s=settings.response_deadline_s + 60)
             state.link.on_frame = dispatcher.handle
             await state.link.start()
         state.key_cache = KeyCache(sessions)
-        state.root_cas = load_roots(settings.trust_root_ca_files)
         state.sender_keys = load_or_create_key(settings.state_dir / "coordinator-x25519.key")
         state.sender_kid = key_id(state.sender_keys)
         state.prices = PriceBook(catalog, sessions)
@@ -108,6 +111,7 @@ def create_app(settings: CoordinatorSettings, catalog: Catalog | None = None) ->
             await reputations.close()
             await recorder.flush()
             await engine.dispose()
+            state_lock.close()
 
     app = FastAPI(title="darkbloom coordinator", version=__version__, lifespan=lifespan,
                   docs_url=None, redoc_url=None)

@@ -12,7 +12,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol, runtime_checkable
 
 from darkbloom.coordinator.routing.cost import Demand
 from darkbloom.coordinator.routing.registry import ProviderConn
@@ -61,6 +61,14 @@ class PastDeadline(TimeoutError):
 class ConsumerTooSlow(ProviderFailed):
     """The consumer read so slowly that the answer overfilled its buffer: the consumer's doing, so
     what it received is charged like a stream it cut (billing.md §4)."""
+
+
+@runtime_checkable
+class Verdicts(Protocol):
+    """A provider held by another coordinator (cluster/link.py RemoteProvider) takes the verdict
+    on a request it failed here, for its home to record."""
+
+    def failed(self, request_id: str, timeout: bool = False) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +167,7 @@ class Dispatcher:
     def timed_out(self, attempt: Attempt) -> None:
         """A timer of protocol.md §9 ran out on the provider: its failure, then a cancel."""
         if not attempt.done:
-            self._failed(attempt.provider, timeout=True)
+            self._failed(attempt.provider, timeout=True, request_id=attempt.request_id)
         self.cancel(attempt)
 
     def cancel(self, attempt: Attempt) -> None:
@@ -310,9 +318,13 @@ class Dispatcher:
                     problem, attempt.request_id)
         return None
 
-    def _failed(self, provider: ProviderConn, timeout: bool = False) -> None:
-        if provider.home is None:  # else its home coordinator keeps its record
+    def _failed(self, provider: ProviderConn, timeout: bool = False, request_id: str = "") -> None:
+        """The provider's failure, on its record: here, or for a provider held by another
+        coordinator, at its home (the verdict travels with the cancel that follows)."""
+        if provider.home is None:
             self.scheduler.reputations.failed(provider, timeout)
+        elif request_id and isinstance(provider, Verdicts):
+            provider.failed(request_id, timeout)
 
     def _succeeded(self, attempt: Attempt, completion_tokens: int) -> None:
         """Reputation: time to first chunk, and the decode speed of the rest of the answer. Only a
@@ -334,7 +346,7 @@ class Dispatcher:
         log.warning("provider %s violated the protocol on %s: %s",
                     attempt.provider.id, attempt.request_id, reason)
         if not attempt.done:
-            self._failed(attempt.provider)
+            self._failed(attempt.provider, request_id=attempt.request_id)
         self.cancel(attempt)
         attempt.events.put_nowait(Event("error", error=ProviderFailed(INVALID_RESPONSE)))
 

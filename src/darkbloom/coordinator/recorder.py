@@ -8,6 +8,7 @@ type, never content) and counted in ``lost_writes``.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import re
 import secrets
@@ -15,13 +16,32 @@ from collections.abc import Coroutine
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from darkbloom.coordinator.store.requests_log import IN_PROGRESS, RequestOutcome, record
 
 log = logging.getLogger(__name__)
+
+
+class StateDirInUse(RuntimeError):
+    """Another coordinator process runs on this state directory."""
+
+
+def hold_state_dir(state_dir: Path) -> IO[bytes]:
+    """Lock the state directory for this process's life (the lock goes with the process, however
+    it ends). Two coordinators on one directory would share a coordinator id, and each would take
+    the other's open reservations for a dead predecessor's and refund them."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    handle = (state_dir / "coordinator.lock").open("wb")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise StateDirInUse(f"another coordinator is running on the state directory {state_dir}; "
+                            "give each coordinator its own DARKBLOOM_STATE_DIR") from None
+    return handle
 
 
 def coordinator_id(path: Path) -> str:

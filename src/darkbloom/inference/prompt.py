@@ -37,7 +37,9 @@ class PromptBuilder:
         metadata: dict[str, str] = dict(getattr(llama, "metadata", {}) or {})
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         env.globals["raise_exception"] = _raise
-        self._template = env.from_string(metadata.get("tokenizer.chat_template") or _FALLBACK_TEMPLATE)
+        # The template's text, as the runtime manifest hashes it (provider/fingerprint.py).
+        self.template_source = metadata.get("tokenizer.chat_template") or _FALLBACK_TEMPLATE
+        self._template = env.from_string(self.template_source)
         self._bos = self._token_text(llama.token_bos())
         self._eos = self._token_text(llama.token_eos())
         self._lock = threading.Lock()

@@ -269,8 +269,24 @@ class TrustUpdate(Frame):
     reason: str = ""
 
 
+class RuntimeMismatch(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    component: str = Field(max_length=300)  # "python", "runtime" or "template:<name>"
+    expected: str = Field(max_length=128)
+    got: str = Field(max_length=128)
+
+
+class RuntimeStatus(Frame):
+    """protocol.md §5: sent after ``registered`` when the provider's runtime is not on the
+    coordinator's manifest; the provider stays connected and is not routed."""
+
+    type: Literal["runtime_status"] = "runtime_status"
+    verified: bool
+    mismatches: list[RuntimeMismatch] = Field(default_factory=list, max_length=64)
+
+
 CoordinatorFrame = Annotated[
-    Registered | InferenceRequest | Cancel | AttestationChallenge | TrustUpdate,
+    Registered | InferenceRequest | Cancel | AttestationChallenge | TrustUpdate | RuntimeStatus,
     Field(discriminator="type"),
 ]
 
@@ -291,5 +307,6 @@ PROVIDER_FRAME_TYPES = frozenset(
 )
 COORDINATOR_FRAME_TYPES = frozenset(
     t.model_fields["type"].default
-    for t in (Registered, InferenceRequest, Cancel, AttestationChallenge, TrustUpdate)
+    for t in (Registered, InferenceRequest, Cancel, AttestationChallenge, TrustUpdate,
+              RuntimeStatus)
 )

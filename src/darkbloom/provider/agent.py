@@ -41,12 +41,14 @@ from darkbloom.protocol.frames import (
     InferenceRequest,
     Register,
     Registered,
+    RuntimeStatus,
     Slot,
     Stats,
     coordinator_frame_adapter,
 )
 from darkbloom.provider import attestation, hardware
 from darkbloom.provider.engines.base import Engine
+from darkbloom.provider.fingerprint import fingerprint
 from darkbloom.provider.serving import RequestServer
 
 log = logging.getLogger(__name__)
@@ -136,6 +138,8 @@ class ProviderAgent:
         self.keys = KeyPair.generate()
         # Persistent across restarts, so trust and reputation follow the machine (trust.md §9).
         self.identity = IdentityKey.load_or_create(settings.config_dir / "identity.pem")
+        # What it runs, for the coordinator's runtime manifest (hashed once, at start).
+        self.fingerprint = fingerprint()
         self.registered: Registered | None = None
         self._ws: ClientConnection | None = None
         self._in_flight: dict[str, _InFlight] = {}
@@ -164,6 +168,9 @@ class ProviderAgent:
             public_key=self.keys.public_b64,
             encrypted_response_chunks=True,
             max_concurrency=self.engine.slots,
+            python_hash=self.fingerprint.python_hash,
+            runtime_hash=self.fingerprint.runtime_hash,
+            template_hashes=getattr(self.engine, "template_hashes", None),
         )
 
     def _heartbeat_frame(self) -> Heartbeat:
@@ -272,6 +279,11 @@ class ProviderAgent:
                 elif isinstance(frame, AttestationChallenge):
                     if (answer := self._answer(frame)) is not None:
                         await self._send(answer)
+                elif isinstance(frame, RuntimeStatus):
+                    for mismatch in frame.mismatches:
+                        log.warning("%s is not on the coordinator's runtime manifest (this machine "
+                                    "runs %s); install a release the network lists",
+                                    mismatch.component, mismatch.got or "nothing")
                 elif isinstance(frame, Cancel):
                     entry = self._in_flight.get(frame.request_id)
                     if entry is None:

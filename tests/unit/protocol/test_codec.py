@@ -59,7 +59,7 @@ def test_frame_type_sets() -> None:
     assert PROVIDER_FRAME_TYPES == {"register", "heartbeat", "inference_accepted", "inference_response_chunk",
                                     "inference_complete", "inference_error", "attestation_response"}
     assert COORDINATOR_FRAME_TYPES == {"registered", "inference_request", "cancel",
-                                       "attestation_challenge", "trust_update"}
+                                       "attestation_challenge", "trust_update", "runtime_status"}
 
 
 # --- decoding each frame type ------------------------------------------------------------

@@ -57,6 +57,7 @@ from darkbloom.protocol.frames import (
     Register,
     Registered,
     RejectedModel,
+    RuntimeStatus,
     provider_frame_adapter,
 )
 
@@ -244,7 +245,15 @@ class ProviderSession:
                 on_fail=lambda: self._failed_challenge(conn),
                 on_untrust=lambda reason, proven: self._untrusted(conn, reason, proven))
         reason = barred
-        if not reason and not models:
+        mismatches = settings.runtime_manifest.mismatches(register)
+        if mismatches:  # a wrong build, not a lie: connected, never routed, told why (§3)
+            conn.runtime_mismatch = ", ".join(m.component for m in mismatches)
+            log.warning("provider %s registered unroutable: runtime not on the manifest (%s)",
+                        conn.id, conn.runtime_mismatch)
+        if not reason and mismatches:
+            reason = (f"{conn.runtime_mismatch} not on the coordinator's runtime manifest "
+                      "(GET /v1/runtime/manifest)")
+        elif not reason and not models:
             reason = "no offered model was accepted"
         elif not reason and not at_least(verdict.level, settings.min_trust_level):
             reason = f"trust level {verdict.level} is below the network minimum {settings.min_trust_level}"
@@ -255,6 +264,8 @@ class ProviderSession:
             challenge_interval_s=max(1, round(settings.challenge_interval_s)),
             server_time=now_stamp(),
         )))
+        if mismatches:
+            await self.ws.send_text(encode(RuntimeStatus(verified=False, mismatches=mismatches)))
         if (metrics := getattr(self.ws.app.state, "metrics", None)) is not None:
             metrics.registered(conn)  # provider_registrations/reconnects_total (coordinator/metrics.py)
         return conn

@@ -25,6 +25,7 @@ def _entry(p: ProviderConn, routable: bool, reputation: dict[str, object]) -> di
         "hardware_model": p.hardware.machine_model,
         "serial_number": p.serial,
         "trust_level": p.trust_level,
+        "runtime_mismatch": p.runtime_mismatch,
         "status": "untrusted" if p.untrusted else "unroutable" if not routable
         else "serving" if p.in_flight else "online",
         "routable": routable,  # the scheduler's own predicate: only these are ever routed
@@ -56,6 +57,12 @@ async def attestation_listing(request: Request) -> dict[str, Any]:
             "P-256 key in their publicKey field (ECDSA/SHA-256, DER); check that publicKey equals "
             "identity_public_key and encryptionPublicKey equals encryption_public_key."),
     }
+
+
+@router.get("/v1/runtime/manifest")
+async def runtime_manifest(request: Request) -> dict[str, Any]:
+    """api.md §10: the runtime hashes a provider must run to be routed (trust.md)."""
+    return dict(request.app.state.settings.runtime_manifest.public())
 
 
 @router.get("/v1/encryption-key")

@@ -52,6 +52,9 @@ WRITE_BATCH = 512
 # per frame, which is what the bus's throughput hangs on.
 REPLY_ENTRY_BYTES = 256 * 1024
 OUTBOX_MAX = 10_000  # messages queued for the writer before senders wait (backpressure)
+# ...and bytes: 10,000 messages of up to 10 MiB would be 100 GB. A provider streaming faster
+# than Redis takes it (or while Redis is slow) then waits on its own socket instead.
+OUTBOX_MAX_BYTES = 64 * 1024 * 1024
 INBOX_QUEUE_MAX = 4_096  # messages read but not yet taken by inbox() before the reader waits
 MAX_PENDING_BYTES = 16 * 1024 * 1024  # per Replies: frames arrived but not yet iterated
 LIVENESS_CHECK_S = 1.0
@@ -109,6 +112,7 @@ class _Out:
     fields: dict[str, bytes | str] | None = None  # an inbox message: an entry of its own
     packed: bytes = b""  # a reply: packed with the others to the same coordinator
     done: asyncio.Future[None] | None = None
+    size: int = 0  # bytes it holds, for the outbox's byte budget
 
 
 def pack_reply(request_id: str, n: int, final: bool, frame: bytes) -> bytes:
@@ -248,7 +252,8 @@ class Bus:
                  replies_maxlen: int = REPLIES_MAXLEN, stream_ttl_s: float = STREAM_TTL_S,
                  block_ms: int = BLOCK_MS, liveness_check_s: float = LIVENESS_CHECK_S,
                  max_pending_bytes: int = MAX_PENDING_BYTES, outage_grace_s: float = OUTAGE_GRACE_S,
-                 outbox_max: int = OUTBOX_MAX, command_timeout_s: float = COMMAND_TIMEOUT_S) -> None:
+                 outbox_max: int = OUTBOX_MAX, outbox_max_bytes: int = OUTBOX_MAX_BYTES,
+                 command_timeout_s: float = COMMAND_TIMEOUT_S) -> None:
         self.redis = redis
         self.keys = Keys(prefix)
         self.node_id = check_id("node id", node_id)
@@ -265,6 +270,10 @@ class Bus:
         self._replies: dict[str, Replies] = {}  # requests this node sent, by request id
         self._forwarded: dict[str, _Forwarded] = {}  # requests this node received, by request id
         self._outbox: asyncio.Queue[_Out] = asyncio.Queue(maxsize=outbox_max)
+        self.outbox_max_bytes = outbox_max_bytes
+        self._outbox_bytes = 0  # queued and not yet written
+        self._outbox_room = asyncio.Event()
+        self._outbox_room.set()
         self._inbox: asyncio.Queue[InboxMessage] = asyncio.Queue(maxsize=INBOX_QUEUE_MAX)
         self._tasks: list[asyncio.Task[None]] = []
         self.dropped = 0  # frames for requests nobody waits for any more (late frames)
@@ -320,13 +329,11 @@ class Bus:
         is in Redis. Raises MessageTooLarge, BadName, or ClusterUnavailable."""
         await self._send_inbox(home, "request", request_id, provider_id, frame_json)
 
-    async def cancel(self, home: str, request_id: str, provider_id: str = "") -> None:
+    async def cancel(self, home: str, request_id: str, provider_id: str = "", note: str = "") -> None:
         """Stop a request sent to ``home``: late replies are dropped here from now on, and the
-        cancel reaches ``home`` after the request itself (same stream)."""
-        replies = self._replies.get(request_id)
-        if replies is not None:
-            replies.close()
-        await self._send_inbox(home, "cancel", request_id, provider_id, "")
+        cancel reaches ``home`` after the request itself (same stream). ``note``: a short JSON
+        word for ``home`` (the link's verdict on the provider), '' for none."""
+        await self._send_inbox(home, "cancel", request_id, provider_id, note)
 
     async def send_control(self, home: str, provider_id: str, payload_json: str) -> None:
         """A message about a provider ``home`` holds that is no request (e.g. replace a session)."""
@@ -334,16 +341,28 @@ class Bus:
 
     async def _send_inbox(self, home: str, kind: InboxKind, request_id: str, provider_id: str,
                           frame_json: str) -> None:
+        await (await self.post(home, kind, request_id, provider_id, frame_json))
+
+    async def post(self, home: str, kind: InboxKind, request_id: str, provider_id: str,
+                   frame_json: str = "") -> asyncio.Future[None]:
+        """Queue a message for ``home``'s inbox, in call order, without waiting for Redis: the
+        future returned ends once it is written (or fails with ClusterUnavailable). A sender with
+        many messages thus has them written in batches, and one slow write holds up no other.
+        Raises MessageTooLarge, BadName, ClusterUnavailable; waits only while the writer is
+        ``outbox_max`` messages behind. A cancel stops this node taking the request's replies."""
         check_id("node id", home)
         check_id("request id", request_id)
         if provider_id:
             check_id("provider id", provider_id)
         data = self._bounded(frame_json)
         self._check_started()
+        if kind == "cancel" and (replies := self._replies.get(request_id)) is not None:
+            replies.close()
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self._outbox.put(_Out(self.keys.inbox(home), self.inbox_maxlen, fields={
-            "k": kind, "o": self.node_id, "r": request_id, "p": provider_id, "f": data}, done=done))
-        await done
+        await self._enqueue(_Out(self.keys.inbox(home), self.inbox_maxlen, fields={
+            "k": kind, "o": self.node_id, "r": request_id, "p": provider_id, "f": data}, done=done,
+            size=len(data)))
+        return done
 
     # --- the provider's side (A) ---------------------------------------------------------
 
@@ -370,8 +389,9 @@ class Bus:
         forwarded.next_n += 1
         if final:
             del self._forwarded[request_id]
-        await self._outbox.put(_Out(self.keys.replies(origin), self.replies_maxlen,
-                                    packed=pack_reply(request_id, n, final, data)))
+        packed = pack_reply(request_id, n, final, data)
+        await self._enqueue(_Out(self.keys.replies(origin), self.replies_maxlen, packed=packed,
+                                 size=len(packed)))
         return True
 
     def forget(self, request_id: str) -> None:
@@ -385,6 +405,23 @@ class Bus:
     @property
     def waiting(self) -> int:
         return len(self._replies)
+
+    async def _enqueue(self, out: _Out) -> None:
+        """Queue for the writer, waiting while ``outbox_max_bytes`` are already queued (one
+        message is always let through, however large, so nothing waits for ever)."""
+        while self._outbox_bytes and self._outbox_bytes + out.size > self.outbox_max_bytes:
+            self._outbox_room.clear()
+            await self._outbox_room.wait()
+        self._outbox_bytes += out.size
+        try:
+            await self._outbox.put(out)
+        except BaseException:
+            self._outbox_bytes -= out.size
+            raise
+
+    def _written(self, batch: list[_Out]) -> None:
+        self._outbox_bytes -= sum(out.size for out in batch)
+        self._outbox_room.set()
 
     def _check_started(self) -> None:
         if not self._tasks or self._tasks[0].done():
@@ -440,6 +477,7 @@ class Bus:
                 except Exception as exc:  # a bug: fail these messages, keep the writer alive
                     error = exc
                     log.exception("cluster bus writer failed on %d message(s)", len(writes))
+            self._written(batch)
             for out in batch:
                 if out.done is not None and not out.done.done():
                     if error is None or not out.key:
@@ -479,10 +517,17 @@ class Bus:
             if down_since is not None:
                 log.info("cluster bus reading %s again", key)
                 down_since, backoff = None, 0.05
-            entries = _entries(response)
+            try:
+                entries = _entries(response)
+            except (TypeError, ValueError) as exc:  # not XREAD's shape: skip it, keep reading
+                log.warning("cluster bus got an unreadable reply from %s (%s)", key, type(exc).__name__)
+                entries = []
             for entry_id, fields in entries:
                 last = entry_id
-                await take(fields)
+                try:
+                    await take(fields)
+                except Exception:  # one entry must never stop the reader (every later one is lost)
+                    log.exception("cluster bus dropped an entry of %s", key)
             untrimmed += len(entries)
             if untrimmed and (untrimmed >= TRIM_EVERY or time.monotonic() - trimmed_at >= 1.0):
                 try:
@@ -552,23 +597,29 @@ class Bus:
     # --- liveness ------------------------------------------------------------------------
 
     async def _watch(self) -> None:
-        assert self.liveness is not None
         while True:
             await asyncio.sleep(self.liveness_check_s)
-            homes = {r.home for r in self._replies.values()}
-            origins = {f.origin for f in self._forwarded.values()}
-            if not homes and not origins:
-                continue
             try:
-                alive = await self.liveness.alive(homes | origins)
-            except (RedisError, OSError) as exc:
-                if cancelling():
-                    raise asyncio.CancelledError from exc
-                continue  # an outage is the readers' to judge
-            for replies in [r for r in self._replies.values() if r.home not in alive]:
-                replies._fail(NodeLost(f"coordinator {replies.home} holding the provider of request "
-                                       f"{replies.request_id} stopped"))
-            await self._cancel_orphans({o for o in origins if o not in alive})
+                await self._check_liveness()
+            except Exception:  # a bug must not stop the watch: lost nodes would go unnoticed
+                log.exception("cluster bus could not check liveness")
+
+    async def _check_liveness(self) -> None:
+        assert self.liveness is not None
+        homes = {r.home for r in self._replies.values()}
+        origins = {f.origin for f in self._forwarded.values()}
+        if not homes and not origins:
+            return
+        try:
+            alive = await self.liveness.alive(homes | origins)
+        except (RedisError, OSError) as exc:
+            if cancelling():
+                raise asyncio.CancelledError from exc
+            return  # an outage is the readers' to judge
+        for replies in [r for r in self._replies.values() if r.home not in alive]:
+            replies._fail(NodeLost(f"coordinator {replies.home} holding the provider of request "
+                                   f"{replies.request_id} stopped"))
+        await self._cancel_orphans({o for o in origins if o not in alive})
 
     async def _cancel_orphans(self, lost: Iterable[str]) -> None:
         lost = set(lost)

@@ -58,6 +58,10 @@ class Keys:
         """One provider session's presence record (JSON string with a TTL)."""
         return f"{self.prefix}prov:{provider_id}"
 
+    def gone(self, provider_id: str) -> str:
+        """A removed session's tombstone: a late write of its record is refused while it lasts."""
+        return f"{self.prefix}gone:{provider_id}"
+
     def model(self, model: str) -> str:
         """Providers serving ``model``: a sorted set scored by presence expiry (ms)."""
         return f"{self.prefix}model:{model}"

@@ -11,12 +11,19 @@ dispatch (so no provider is over-filled by several coordinators), and carries re
 
 A never holds a key for the request: it forwards ciphertext both ways. B checks every frame as if
 the provider were on its own socket (sequence, sender key, receipt). Money stays in PostgreSQL.
+
+Nothing read from Redis is taken on a peer's word where it matters to consumers: B derives a
+mirrored provider's trust level and identity key from the attestation in its record (the blob
+must bind the X25519 key B seals to; ``hardware`` needs a chain to B's own roots), so whoever can
+write to Redis cannot have B seal prompts to a key of their choosing at a trust level it never
+proved. Malformed records, notices and frames are skipped, and no loop ends on one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -24,17 +31,19 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from cryptography import x509
 from nacl.public import PublicKey
 from redis.exceptions import RedisError
 
-from darkbloom.coordinator.cluster.bus import BusError, Replies
+from darkbloom.coordinator.cluster.bus import BusError, NodeLost, Replies
 from darkbloom.coordinator.cluster.node import Cluster
-from darkbloom.coordinator.cluster.presence import ProviderRecord
+from darkbloom.coordinator.cluster.presence import ProviderRecord, RecordTooLarge
 from darkbloom.coordinator.cluster.slots import Lease
 from darkbloom.coordinator.routing.cost import Demand
 from darkbloom.coordinator.routing.registry import ProviderConn
 from darkbloom.coordinator.routing.scheduler import Scheduler
 from darkbloom.crypto import SealingError, public_key_from_b64
+from darkbloom.crypto.certificates import check_chain
 from darkbloom.protocol import MalformedFrame, decode, encode
 from darkbloom.protocol.frames import (
     CLOSE_EVICTED,
@@ -50,6 +59,7 @@ from darkbloom.protocol.frames import (
     coordinator_frame_adapter,
     provider_frame_adapter,
 )
+from darkbloom.protocol.trust import InvalidAttestation, at_least, open_attestation
 
 log = logging.getLogger(__name__)
 ProviderFrame = InferenceAccepted | InferenceResponseChunk | InferenceComplete | InferenceError
@@ -58,6 +68,12 @@ SYNC_S = 1.0  # how often the mirror of other coordinators' providers is refresh
 JOIN_RETRY_S = 2.0  # how often a coordinator that could not reach Redis at start tries again
 CLUSTER_ERRORS = (RedisError, BusError, OSError, TimeoutError)
 DISCONNECTED = "provider disconnected"
+# How long this node carries a request for another before it gives up on it (the requester's
+# response deadline, dispatch.RESPONSE_DEADLINE_S, plus a margin): if that coordinator's
+# cancel was lost (a Redis outage as it was written), the provider's slot still comes back.
+CARRY_DEADLINE_S = 30 * 60.0 + 60.0
+VERIFY_BATCH = 32  # new mirrors whose attestation is checked before sync yields to the loop
+MAX_VERDICT_CHARS = 256
 
 
 @dataclass(slots=True)
@@ -66,6 +82,7 @@ class _Carried:
 
     conn: ProviderConn
     demand: Demand
+    sealed_by: str = "coordinator"
     started: float = field(default_factory=time.monotonic)
     first_chunk_ms: float | None = None
 
@@ -75,6 +92,10 @@ class RemoteProvider(ProviderConn):
     it go through the cluster bus; its frames come back through ``Link``."""
 
     link: Link
+    # The trust level this coordinator verified from the record's attestation: the most the
+    # home's published level is believed (it may go lower, never higher).
+    proven: str = "none"
+    attested: str | None = None  # the record's attestation_raw it was verified from
 
     def send(self, frame: object) -> bool:
         if self.closed:
@@ -82,12 +103,22 @@ class RemoteProvider(ProviderConn):
         self.link.send_remote(self, frame)
         return True
 
+    def failed(self, request_id: str, timeout: bool = False) -> None:
+        """This coordinator saw the provider fail a request (a timer of protocol.md §9, or a
+        protocol violation): its home keeps its record, so the verdict goes there with the
+        cancel that follows."""
+        self.link.failed(request_id, timeout)
 
-def _record_of(conn: ProviderConn, scheduler: Scheduler, node_id: str) -> ProviderRecord:
+
+def _record_of(conn: ProviderConn, scheduler: Scheduler, node_id: str,
+               clock_offset_s: float = 0.0) -> ProviderRecord:
+    """``clock_offset_s``: Redis's clock minus ours; ``routable_until`` is in Redis's time, so a
+    reader whose clock disagrees with ours still ends the window when we would."""
     routable = scheduler.routable(conn)
     until = None
     if routable and conn.identity_key is not None and conn.last_pass is not None:
-        until = time.time() + scheduler.pass_window_s - (time.monotonic() - conn.last_pass)
+        until = (time.time() + clock_offset_s + scheduler.pass_window_s
+                 - (time.monotonic() - conn.last_pass))
     return ProviderRecord(
         provider_id=conn.id, node_id=node_id, account_id=conn.account_id, models=tuple(sorted(conn.models)),
         public_key_b64=conn.public_key_b64, max_concurrency=conn.max_concurrency,
@@ -96,22 +127,43 @@ def _record_of(conn: ProviderConn, scheduler: Scheduler, node_id: str) -> Provid
         backend=conn.backend, version=conn.version, hardware=conn.hardware, heartbeat=conn.heartbeat,
         reported_decode_tps=conn.reported_decode_tps, reported_prefill_tps=conn.reported_prefill_tps,
         measured_decode_tps=min(conn.measured_decode_tps, 100_000.0),
-        reputation=scheduler.reputations.score(conn), served=conn.served)
+        reputation=scheduler.reputations.score(conn), served=conn.served,
+        attestation_raw=conn.attestation_raw, attestation_signature=conn.attestation_signature,
+        certificate_chain=tuple(conn.certificate_chain) if conn.certificate_chain else None)
+
+
+def _printable(text: str) -> str:
+    return "".join(c for c in text if " " <= c <= "~")[:128]
+
+
+def _lower(a: str, b: str) -> str:
+    return a if at_least(b, a) else b
 
 
 class Link:
     """This coordinator's side of the cluster: see the module docstring."""
 
-    def __init__(self, cluster: Cluster, scheduler: Scheduler) -> None:
+    def __init__(self, cluster: Cluster, scheduler: Scheduler,
+                 root_cas: list[x509.Certificate] | None = None,
+                 carry_deadline_s: float = CARRY_DEADLINE_S) -> None:
         self.cluster = cluster
         self.scheduler = scheduler
         self.node_id = cluster.node_id
+        # This coordinator's trust roots (settings.trust_root_ca_files): a provider held elsewhere
+        # is 'hardware' here only if its chain leads to one of them.
+        self.root_cas: list[x509.Certificate] = list(root_cas or [])
+        self.carry_deadline_s = carry_deadline_s
+        self._verdicts: dict[str, bool] = {}  # B: request id -> timeout?, for the coming cancel
         # Dispatcher.handle, set by the app: frames of a remote provider's requests go there.
         self.on_frame: Callable[[ProviderConn, ProviderFrame], None] | None = None
         self._remote: dict[str, RemoteProvider] = {}
         self._replies: dict[str, tuple[RemoteProvider, Replies]] = {}  # B: requests we sent away
         self._forwarded: dict[str, _Carried] = {}  # A: requests we carry for others
         self._leases: dict[str, list[Lease]] = {}  # provider id -> leases this node holds
+        # Provider id -> dispatches on it that hold no lease (taken while Redis was unreachable,
+        # or before this node joined): their releases give back nothing. Leases are alike, so
+        # whichever dispatch ends first, the count in Redis stays what is really in flight.
+        self._unleased: dict[str, int] = {}
         self._outgoing: asyncio.Queue[tuple[str, RemoteProvider, str, str]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[object]] = set()
@@ -141,6 +193,9 @@ class Link:
             return
 
     def _joined(self) -> None:
+        for conn in self.scheduler.providers.values():
+            if conn.in_flight and not isinstance(conn, RemoteProvider):
+                self._unleased[conn.id] = conn.in_flight  # dispatched before we joined
         self.scheduler.link = self
         for conn in list(self.scheduler.providers.values()):
             self.publish(conn, joined=True)
@@ -179,7 +234,13 @@ class Link:
             lease = await self.cluster.slots.acquire(provider.id, provider.max_concurrency)
         except CLUSTER_ERRORS as exc:
             log.warning("could not lease a slot (%s)", type(exc).__name__)
-            return not isinstance(provider, RemoteProvider)
+            if isinstance(provider, RemoteProvider):
+                # Nobody could carry the request there: full until a sync reaches Redis again,
+                # so the scheduler's next choice is one of this node's own.
+                provider.cluster_in_flight = provider.max_concurrency
+                return False
+            self._unleased[provider.id] = self._unleased.get(provider.id, 0) + 1
+            return True
         if lease is None:
             provider.cluster_in_flight = provider.max_concurrency  # full until the next sync
             return False
@@ -188,6 +249,12 @@ class Link:
 
     def released(self, provider: ProviderConn) -> None:
         """A dispatch on the provider ended: give its lease back and tell the others."""
+        if unleased := self._unleased.get(provider.id):
+            if unleased > 1:
+                self._unleased[provider.id] = unleased - 1
+            else:
+                del self._unleased[provider.id]
+            return
         held = self._leases.get(provider.id)
         if held:
             lease = held.pop()
@@ -206,11 +273,19 @@ class Link:
         whenever its routability changes."""
         if isinstance(conn, RemoteProvider) or conn.closed:
             return
-        record = _record_of(conn, self.scheduler, self.node_id)
+        record = _record_of(conn, self.scheduler, self.node_id,
+                            self.cluster.presence.clock_offset_s)
         self._spawn(self._publish(record, joined))
 
     async def _publish(self, record: ProviderRecord, joined: bool) -> None:
-        await self.cluster.presence.publish(record)
+        try:
+            await self.cluster.presence.publish(record)
+        except RecordTooLarge:
+            # Published without its proof, it is 'none' elsewhere, but still seen and counted.
+            log.warning("provider %s's attestation does not fit a presence record; other "
+                        "coordinators will list it untrusted", record.provider_id)
+            await self.cluster.presence.publish(record.model_copy(update={
+                "attestation_raw": None, "attestation_signature": None, "certificate_chain": None}))
         if joined:
             await self.cluster.notices.presence_changed(record.models, record.provider_id)
 
@@ -254,7 +329,10 @@ class Link:
             conn.free_slot(held.demand.model, held.demand.max_tokens)
             if isinstance(frame, InferenceComplete):
                 self.scheduler.reputations.succeeded(conn, held.first_chunk_ms)
-            elif isinstance(frame, InferenceError) and frame.status_code >= 500:
+            elif isinstance(frame, InferenceError) and (
+                    held.sealed_by == "coordinator" or not 400 <= frame.status_code < 500):
+                # As Dispatcher counts it: a refusal of a request a coordinator validated is the
+                # provider's failure; a consumer-sealed request's 4xx may be the consumer's.
                 self.scheduler.reputations.failed(conn)
             self.scheduler.drain()
         if origin is not None:
@@ -273,6 +351,9 @@ class Link:
                 log.warning("dropped a cluster message (%s)", type(exc).__name__)
 
     async def _take(self, kind: str, request_id: str, provider_id: str, frame_text: str) -> None:
+        if kind == "cancel":
+            self._cancelled(request_id, frame_text)
+            return
         conn = self.scheduler.providers.get(provider_id)
         if conn is None or isinstance(conn, RemoteProvider) or conn.closed:
             if kind == "request":
@@ -288,8 +369,10 @@ class Link:
                 return
             model = frame.model if frame.model in conn.models else next(iter(conn.models), "")
             demand = Demand(model, max_tokens=frame.max_tokens_cap)
+            if (held := self._forwarded.pop(request_id, None)) is not None:  # a replayed id
+                held.conn.free_slot(held.demand.model, held.demand.max_tokens)
             conn.take_slot(demand.model, demand.max_tokens)
-            self._forwarded[request_id] = _Carried(conn, demand)
+            self._forwarded[request_id] = _Carried(conn, demand, frame.sealed_by)
             conn.outbox.put_nowait(frame_text)  # as the requesting coordinator sealed it
         elif kind == "control":
             try:
@@ -300,12 +383,36 @@ class Link:
             if code in (CLOSE_REPLACED, CLOSE_EVICTED) and isinstance(reason, str) \
                     and conn.kick is not None:
                 conn.kick(code, reason[:120])
-        elif kind == "cancel":
-            held = self._forwarded.pop(request_id, None)
-            self.cluster.bus.forget(request_id)
-            if held is not None:
+
+    def _cancelled(self, request_id: str, note: str) -> None:
+        """The origin cancelled a request it sent here (or stopped beating). ``note``: the
+        origin's verdict on the provider, if it saw it fail (``{"failed": true, "timeout": ..}``)."""
+        held = self._forwarded.pop(request_id, None)
+        self.cluster.bus.forget(request_id)
+        if held is None:
+            return
+        held.conn.free_slot(held.demand.model, held.demand.max_tokens)
+        held.conn.send(Cancel(request_id=request_id))
+        verdict: object = None
+        if note and len(note) <= MAX_VERDICT_CHARS:
+            with contextlib.suppress(ValueError, RecursionError):
+                verdict = json.loads(note)
+        if isinstance(verdict, dict) and verdict.get("failed") is True:
+            self.scheduler.reputations.failed(held.conn, timeout=verdict.get("timeout") is True)
+        self.scheduler.drain()
+
+    def _expire_carried(self) -> None:
+        """Requests carried past ``carry_deadline_s``: the requester has given up on them by
+        now, so the provider is told to stop and its slot comes back."""
+        now = time.monotonic()
+        for request_id, held in list(self._forwarded.items()):
+            if now - held.started > self.carry_deadline_s:
+                log.warning("request %s carried past %g s; cancelling it at provider %s",
+                            request_id, self.carry_deadline_s, held.conn.id)
+                del self._forwarded[request_id]
                 held.conn.free_slot(held.demand.model, held.demand.max_tokens)
-                conn.send(Cancel(request_id=request_id))
+                held.conn.send(Cancel(request_id=request_id))
+                self._spawn(self._reply_error(request_id, 504, "provider did not finish in time"))
                 self.scheduler.drain()
 
     def resync(self) -> None:
@@ -335,21 +442,44 @@ class Link:
             sent = self._replies.pop(frame.request_id, None)
             if sent is not None:
                 sent[1].close()
-            self._outgoing.put_nowait(("cancel", provider, frame.request_id, ""))
+            self._cancel_at_home(provider, frame.request_id)
+
+    def failed(self, request_id: str, timeout: bool = False) -> None:
+        """RemoteProvider.failed: remember the verdict until the request's cancel goes out."""
+        if request_id in self._replies:
+            self._verdicts[request_id] = timeout
+
+    def _cancel_at_home(self, provider: RemoteProvider, request_id: str) -> None:
+        timeout = self._verdicts.pop(request_id, None)
+        note = "" if timeout is None else json.dumps({"failed": True, "timeout": timeout})
+        self._outgoing.put_nowait(("cancel", provider, request_id, note))
 
     async def _send_loop(self) -> None:
+        """Hand requests and cancels to the bus in order, without waiting for each to be written:
+        a write that is slow (or failing, for a dead Redis's 5 s) holds up nothing queued after
+        it, and the bus writes what piles up in one batch."""
         bus = self.cluster.bus
         while True:
             kind, provider, request_id, text = await self._outgoing.get()
             try:
-                if kind == "request":
-                    await bus.send_request(provider.home or "", provider.id, request_id, text)
-                else:
-                    await bus.cancel(provider.home or "", request_id, provider.id)
+                written = await bus.post(provider.home or "", "request" if kind == "request"
+                                         else "cancel", request_id, provider.id, text)
             except (*CLUSTER_ERRORS, ValueError) as exc:
-                log.warning("could not send a request to coordinator %s (%s)", provider.home,
-                            type(exc).__name__)
-                self._lost(request_id)
+                self._unsent(provider, request_id, exc)
+            except Exception as exc:  # a bug: this request fails, the sender goes on
+                log.exception("could not send request %s", request_id)
+                self._unsent(provider, request_id, exc)
+            else:
+                written.add_done_callback(functools.partial(self._written, provider, request_id))
+
+    def _written(self, provider: RemoteProvider, request_id: str, done: asyncio.Future[None]) -> None:
+        if not done.cancelled() and (exc := done.exception()) is not None:
+            self._unsent(provider, request_id, exc)
+
+    def _unsent(self, provider: RemoteProvider, request_id: str, exc: BaseException) -> None:
+        log.warning("could not send a message to coordinator %s (%s)", provider.home,
+                    type(exc).__name__)
+        self._lost(request_id)
 
     async def _pump(self, provider: RemoteProvider, request_id: str, replies: Replies) -> None:
         """Frames coming back for one request, handed to the dispatcher as if from a socket."""
@@ -360,6 +490,11 @@ class Link:
                 except MalformedFrame:
                     self._lost(request_id)
                     return
+                if getattr(frame, "request_id", None) != request_id:
+                    log.warning("request %s: coordinator %s returned a frame of another request",
+                                request_id, provider.home)
+                    self._lost(request_id)
+                    return
                 if self.on_frame is not None and isinstance(frame, ProviderFrame):
                     self.on_frame(provider, frame)
                 if isinstance(frame, (InferenceComplete, InferenceError)):
@@ -367,35 +502,57 @@ class Link:
         except BusError as exc:
             log.warning("request %s to coordinator %s: %s", request_id, provider.home,
                         type(exc).__name__)
-            self._lost(request_id)
+            self._lost(request_id, tell_home=not isinstance(exc, NodeLost))
         finally:
             self._replies.pop(request_id, None)
+            self._verdicts.pop(request_id, None)
 
-    def _lost(self, request_id: str) -> None:
-        """The way to a remote provider broke for one request: it failed as a disconnect."""
+    def _lost(self, request_id: str, tell_home: bool = True) -> None:
+        """The way to a remote provider broke for one request: it failed as a disconnect. The
+        attempt's lease is given back, so the provider must stop too: its home gets a cancel
+        (unless it is gone), else it would go on generating for nobody on a slot counted free."""
         sent = self._replies.pop(request_id, None)
         if sent is not None:
             sent[1].close()
+            if tell_home:
+                self._cancel_at_home(sent[0], request_id)
             if self.on_frame is not None:
                 self.on_frame(sent[0], InferenceError(request_id=request_id, error=DISCONNECTED,
                                                       status_code=502))
 
     async def _notice_loop(self) -> None:
-        async for notice in self.cluster.notices.listen():
-            if notice.node_id == self.node_id:
-                continue
-            if notice.kind == "presence":
-                self._sync_now.set()
-            elif (provider := self.scheduler.providers.get(notice.provider_id)) is not None:
-                provider.cluster_in_flight = max(0, provider.cluster_in_flight - 1)
-            self.scheduler.drain()
+        while True:  # listen() ends only on a bug: hear again rather than never
+            try:
+                async for notice in self.cluster.notices.listen():
+                    try:
+                        self._notice(notice.node_id, notice.kind, notice.provider_id)
+                    except Exception:
+                        log.exception("could not act on a cluster notice")
+            except Exception:
+                log.exception("cluster notices stopped; listening again")
+            await asyncio.sleep(SYNC_S)
+
+    def _notice(self, node_id: str, kind: str, provider_id: str) -> None:
+        if node_id == self.node_id:
+            return
+        if kind == "presence":
+            self._sync_now.set()
+        elif (provider := self.scheduler.providers.get(provider_id)) is not None:
+            provider.cluster_in_flight = max(0, provider.cluster_in_flight - 1)
+        self.scheduler.drain()
 
     async def _sync_loop(self) -> None:
         while True:
             try:
+                self._expire_carried()
+            except Exception:
+                log.exception("could not expire carried requests")
+            try:
                 await self.sync()
             except CLUSTER_ERRORS as exc:
                 log.warning("could not read the cluster's providers (%s)", type(exc).__name__)
+            except Exception:  # a bug or a record nobody foresaw: never stop mirroring
+                log.exception("could not mirror the cluster's providers")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(SYNC_S):
                     await self._sync_now.wait()
@@ -411,17 +568,25 @@ class Link:
                    if r.node_id != self.node_id and r.identity_key not in proven_here}
         for provider_id in [p for p in self._remote if p not in records]:
             self._drop(self._remote.pop(provider_id))
+        verified = 0
         for record in records.values():
             remote = self._remote.get(record.provider_id)
+            if remote is None and record.provider_id in self.scheduler.providers:
+                continue  # one of this node's own sessions: a record naming it is not its own
             if remote is None or remote.home != record.node_id \
-                    or remote.public_key_b64 != record.public_key_b64:
+                    or remote.public_key_b64 != record.public_key_b64 \
+                    or remote.attested != record.attestation_raw:
                 if remote is not None:
+                    self._remote.pop(record.provider_id)
                     self._drop(remote)
                 made = self._mirror(record)
                 if made is None:
                     continue
                 self._remote[record.provider_id] = made
                 self.scheduler.add(made)
+                verified += 1
+                if verified % VERIFY_BATCH == 0:
+                    await asyncio.sleep(0)  # signatures and chains: let the loop breathe
             else:
                 self._update(remote, record)
         ids = list(self.scheduler.providers)
@@ -443,22 +608,58 @@ class Link:
             key: PublicKey = public_key_from_b64(record.public_key_b64)
         except SealingError:
             return None
+        level, identity_key, serial = self._proof(record)
         remote = RemoteProvider(
             id=record.provider_id, account_id=record.account_id,
             models=frozenset(record.models), public_key=key, public_key_b64=record.public_key_b64,
             max_concurrency=record.max_concurrency, hardware=record.hardware,
-            backend=record.backend, version=record.version, trust_level=record.trust_level,
-            identity_key=record.identity_key, serial=record.serial, home=record.node_id)
+            backend=record.backend, version=record.version, trust_level=level,
+            identity_key=identity_key, serial=serial, home=record.node_id,
+            attestation_raw=record.attestation_raw if identity_key else None,
+            attestation_signature=record.attestation_signature if identity_key else None,
+            # Listed for consumers who check chains against roots they pin (client.blind), even
+            # where this coordinator has no roots to check it against itself.
+            certificate_chain=list(record.certificate_chain)
+            if identity_key and record.certificate_chain else None)
         remote.link = self
+        remote.proven, remote.attested = level, record.attestation_raw
         self._update(remote, record)
         return remote
 
+    def _proof(self, record: ProviderRecord) -> tuple[str, str | None, str | None]:
+        """The trust level, identity key and serial the record's attestation proves here (as
+        provider_ws derives them at registration, less the blob's age: the home checked that
+        when the session registered): a blob signed by its own key that binds the key B seals
+        to, and for 'hardware' a chain to this coordinator's roots."""
+        if record.trust_level == "none" or record.attestation_raw is None:
+            return "none", None, None
+        try:
+            blob = open_attestation(record.attestation_raw, record.attestation_signature)
+        except InvalidAttestation as exc:
+            log.warning("provider %s of coordinator %s: attestation not accepted (%s)",
+                        record.provider_id, record.node_id, exc)
+            return "none", None, None
+        if blob.encryptionPublicKey != record.public_key_b64:
+            log.warning("provider %s of coordinator %s: attestation does not bind its key",
+                        record.provider_id, record.node_id)
+            return "none", None, None
+        serial = _printable(blob.serialNumber or "") or None
+        if record.trust_level == "hardware" and record.certificate_chain:
+            refused = check_chain(list(record.certificate_chain), blob.publicKey, blob.serialNumber,
+                                  self.root_cas)
+            if refused is None:
+                return "hardware", blob.publicKey, serial
+            log.warning("provider %s of coordinator %s: certificate chain not accepted here (%s)",
+                        record.provider_id, record.node_id, refused)
+        return "self_signed", blob.publicKey, serial
+
     def _update(self, remote: RemoteProvider, record: ProviderRecord) -> None:
         remote.heartbeat = record.heartbeat
-        remote.trust_level = record.trust_level
+        remote.trust_level = _lower(record.trust_level, remote.proven)
+        # The home wrote the window's end in Redis's time; ours differs by our offset.
         remote.routable_until = (None if not record.routable
-                                 else record.routable_until if record.routable_until is not None
-                                 else float("inf"))
+                                 else record.routable_until - self.cluster.presence.clock_offset_s
+                                 if record.routable_until is not None else float("inf"))
         remote.reported_decode_tps = record.reported_decode_tps
         remote.reported_prefill_tps = record.reported_prefill_tps
         remote.measured_decode_tps = min(record.measured_decode_tps, 500.0)
@@ -466,7 +667,10 @@ class Link:
         remote.served = record.served
 
     def _drop(self, remote: RemoteProvider) -> None:
-        self.scheduler.remove(remote)
+        if self.scheduler.providers.get(remote.id) is not remote:
+            remote.closed = True  # never take out whatever holds its id now
+        else:
+            self.scheduler.remove(remote)
         self.scheduler.reputations.detach(remote)
         for request_id, (provider, _) in list(self._replies.items()):
             if provider is remote:

@@ -57,7 +57,7 @@ def _decode(data: Any) -> Notice | None:
         return None
     try:
         raw = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: deeply nested brackets, not ValueError
         return None
     if not isinstance(raw, dict):
         return None
@@ -116,6 +116,9 @@ class Notices:
                 if cancelling():
                     raise asyncio.CancelledError from exc
                 log.warning("cluster notices interrupted (%s); resubscribing", type(exc).__name__)
+                await asyncio.sleep(retry_s)
+            except Exception:  # a bug or a reply of a shape nobody expected: never stop hearing
+                log.exception("cluster notices failed; resubscribing")
                 await asyncio.sleep(retry_s)
             finally:
                 await pubsub.aclose()  # type: ignore[no-untyped-call]

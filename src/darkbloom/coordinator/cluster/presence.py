@@ -19,36 +19,44 @@ import json
 import logging
 import time
 from collections.abc import Iterable
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from darkbloom.coordinator.cluster._aio import COMMAND_TIMEOUT_S, bounded, cancelling
-from darkbloom.coordinator.cluster.keys import MAX_MODEL_CHARS, Keys, check_id, check_model
+from darkbloom.coordinator.cluster.keys import MAX_MODEL_CHARS, BadName, Keys, check_id, check_model
 from darkbloom.protocol.frames import Hardware, Heartbeat
 
 log = logging.getLogger(__name__)
 
 PRESENCE_TTL_S = 15.0
 NODE_TTL_S = 10.0
-MAX_RECORD_BYTES = 16 * 1024
+# A record with its attestation (trust.md §9: readers check it themselves) fits in a few KiB; the
+# bound allows a largest blob (16 KiB, 22 KiB in base64) plus a short certificate chain.
+MAX_RECORD_BYTES = 64 * 1024
 MAX_MODELS = 64
 MAX_EXTRA = 32
+MAX_CHAIN = 5
+_MAX_B64_BLOB = 16 * 1024 * 4 // 3 + 4
+_MAX_B64_CERT = (16 * 1024 + 2) // 3 * 4
 _MGET_CHUNK = 500
 
-# KEYS[1] record, KEYS[2] all-providers index, KEYS[3 .. 2+n] indexes of the models it serves,
-# the rest: indexes of models it no longer serves. ARGV: provider id, record JSON, ttl ms, n.
+# KEYS[1] record, KEYS[2] its tombstone, KEYS[3] all-providers index, KEYS[4 .. 3+n] indexes
+# of the models it serves, the rest: indexes of models it no longer serves. ARGV: provider id,
+# record JSON, ttl ms, n. Returns 0, writing nothing, for a session already removed: a write that
+# was on its way when the session ended (a heartbeat's, a refresh's) must not bring it back.
 _PUBLISH = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[3])
 local exp = now + ttl
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ttl)
 local n = tonumber(ARGV[4])
-for i = 2, #KEYS do
-  if i <= 2 + n then
+for i = 3, #KEYS do
+  if i <= 3 + n then
     redis.call('ZADD', KEYS[i], exp, ARGV[1])
     redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
     if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
@@ -59,10 +67,12 @@ end
 return exp
 """
 
-# KEYS: record, all-providers index, model indexes. ARGV: provider id.
+# KEYS: record, its tombstone, all-providers index, model indexes. ARGV: provider id, ttl ms
+# (the tombstone outlives any write still on its way; session ids are never reused).
 _REMOVE = """
 redis.call('DEL', KEYS[1])
-for i = 2, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
+redis.call('SET', KEYS[2], '1', 'PX', tonumber(ARGV[2]))
+for i = 3, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
 return 1
 """
 
@@ -87,8 +97,12 @@ class ProviderRecord(BaseModel):
 
     Mirrors the routing-relevant fields of ``routing.registry.ProviderConn``; ``routable`` is the
     home's own verdict (connected, trusted, no strikes, challenge window), and ``routable_until``
-    (Unix seconds) is when a challenge window ends, so a reader never routes past it even if the
-    home is slow to republish. ``extra`` carries cost-model inputs added later (bounded).
+    (Unix seconds by Redis's clock: ``Presence.server_time``) is when a challenge window ends, so a
+    reader never routes past it even if the home is slow to republish. ``trust_level`` and
+    ``identity_key`` are only the home's claim: a reader derives them itself from the attestation
+    (``attestation_raw``, ``attestation_signature``, ``certificate_chain``), which it also lists
+    for consumers who check providers themselves. ``extra`` carries cost-model inputs added later
+    (bounded).
     """
 
     model_config = ConfigDict(frozen=True, extra="ignore")
@@ -113,11 +127,16 @@ class ProviderRecord(BaseModel):
     measured_decode_tps: float = Field(default=0.0, ge=0, le=100_000)
     reputation: float | None = Field(default=None, ge=0, le=1)
     served: int = Field(default=0, ge=0)
+    attestation_raw: str | None = Field(default=None, max_length=_MAX_B64_BLOB)
+    attestation_signature: str | None = Field(default=None, max_length=200)
+    certificate_chain: tuple[Annotated[str, Field(max_length=_MAX_B64_CERT)], ...] | None = Field(
+        default=None, max_length=MAX_CHAIN)
     extra: dict[str, float | int | str | bool] = Field(default_factory=dict, max_length=MAX_EXTRA)
     updated_at: float = Field(default_factory=time.time)
 
     def is_routable(self, now: float | None = None) -> bool:
-        """The home's verdict, still inside the challenge window (``now``: Unix seconds)."""
+        """The home's verdict, still inside the challenge window (``now``: Unix seconds by Redis's
+        clock, ``Presence.server_time()``)."""
         if not self.routable:
             return False
         return self.routable_until is None or (now or time.time()) <= self.routable_until
@@ -144,6 +163,21 @@ class ProviderRecord(BaseModel):
             return None
 
 
+def _usable(record: ProviderRecord, member: str) -> bool:
+    """A record is the one its key names, and its ids can be used in key names and on the bus
+    (a record written past ``publish`` may say anything)."""
+    if record.provider_id != member:
+        log.warning("ignoring a presence record stored under another provider's id")
+        return False
+    try:
+        check_id("provider id", record.provider_id)
+        check_id("node id", record.node_id)
+    except BadName:
+        log.warning("ignoring a presence record with an unusable id")
+        return False
+    return True
+
+
 def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
@@ -168,6 +202,10 @@ class Presence:
         self.max_record_bytes = max_record_bytes
         self.timeout_s = command_timeout_s
         self.started_at = time.time()
+        # Redis's clock minus this process's (seconds), measured at every beat: wall-clock
+        # deadlines that cross coordinators are written and read in Redis's time, so coordinators
+        # whose clocks disagree still agree on them.
+        self.clock_offset_s = 0.0
         # Records this node published and still holds: rewritten by refresh(), so a Redis that
         # restarted empty gets them back within ttl_s / 3.
         self._own: dict[str, tuple[bytes, tuple[str, ...]]] = {}
@@ -187,23 +225,27 @@ class Presence:
         previous = self._own.get(record.provider_id)
         self._own[record.provider_id] = (data, record.models)
         gone = tuple(m for m in (previous[1] if previous else ()) if m not in record.models)
-        await self._write(record.provider_id, data, record.models, gone)
+        if not await self._write(record.provider_id, data, record.models, gone):
+            self._own.pop(record.provider_id, None)  # removed meanwhile: not ours to refresh
+
+    def _keys(self, provider_id: str, models: tuple[str, ...]) -> list[str]:
+        return [self.keys.provider(provider_id), self.keys.gone(provider_id), self.keys.providers,
+                *(self.keys.model(m) for m in models)]
 
     async def _write(self, provider_id: str, data: bytes, models: tuple[str, ...],
-                     gone: tuple[str, ...]) -> None:
-        keys = [self.keys.provider(provider_id), self.keys.providers,
-                *(self.keys.model(m) for m in models), *(self.keys.model(m) for m in gone)]
+                     gone: tuple[str, ...]) -> bool:
         async with bounded(self.timeout_s):
-            await self._publish(keys=keys, args=[provider_id, data, _ms(self.ttl_s), len(models)])
+            return bool(await self._publish(keys=self._keys(provider_id, models + gone),
+                                            args=[provider_id, data, _ms(self.ttl_s), len(models)]))
 
     async def remove(self, provider_id: str) -> None:
-        """The provider's session ended here: nobody routes to it from now on."""
+        """The provider's session ended here: nobody routes to it from now on, and a write of
+        its record still on its way is refused (``_PUBLISH``)."""
         entry = self._own.pop(provider_id, None)
         models = entry[1] if entry else ()
-        keys = [self.keys.provider(provider_id), self.keys.providers,
-                *(self.keys.model(m) for m in models)]
         async with bounded(self.timeout_s):
-            await self._remove(keys=keys, args=[provider_id])
+            await self._remove(keys=self._keys(provider_id, models),
+                               args=[provider_id, _ms(self.ttl_s + self.timeout_s)])
 
     @property
     def own(self) -> list[str]:
@@ -215,12 +257,16 @@ class Presence:
             pipe = self.redis.pipeline(transaction=False)
             await self._beat(keys=[self.keys.node(self.node_id), self.keys.nodes],
                              args=[self.node_id, self._node_value(), _ms(self.node_ttl_s)], client=pipe)
-            for provider_id, (data, models) in list(self._own.items()):
-                keys = [self.keys.provider(provider_id), self.keys.providers,
-                        *(self.keys.model(m) for m in models)]
-                await self._publish(keys=keys, args=[provider_id, data, _ms(self.ttl_s), len(models)],
-                                    client=pipe)
-            await pipe.execute()
+            own = list(self._own.items())
+            for provider_id, (data, models) in own:
+                await self._publish(keys=self._keys(provider_id, models),
+                                    args=[provider_id, data, _ms(self.ttl_s), len(models)], client=pipe)
+            sent = time.time()
+            results = await pipe.execute()
+        self._clock(results[0], sent)
+        for (provider_id, (data, _)), written in zip(own, results[1:], strict=False):
+            if not written and self._own.get(provider_id, (None,))[0] is data:
+                del self._own[provider_id]
 
     async def run(self, every_s: float | None = None) -> None:
         """Refresh forever (every ``min(ttl_s, node_ttl_s) / 3`` unless told); a Redis error is
@@ -233,6 +279,8 @@ class Presence:
                 if cancelling():
                     raise asyncio.CancelledError from exc
                 log.warning("could not refresh cluster presence (%s)", type(exc).__name__)
+            except Exception:  # a bug must not stop the beat: this node would look dead
+                log.exception("could not refresh cluster presence")
             await asyncio.sleep(interval)
 
     async def leave(self) -> None:
@@ -253,8 +301,23 @@ class Presence:
     async def beat(self) -> None:
         """Set this node's liveness key now (``run`` does it on every turn)."""
         async with bounded(self.timeout_s):
-            await self._beat(keys=[self.keys.node(self.node_id), self.keys.nodes],
-                             args=[self.node_id, self._node_value(), _ms(self.node_ttl_s)])
+            sent = time.time()
+            now_ms = await self._beat(keys=[self.keys.node(self.node_id), self.keys.nodes],
+                                      args=[self.node_id, self._node_value(), _ms(self.node_ttl_s)])
+        self._clock(now_ms, sent)
+
+    def _clock(self, server_ms: object, sent: float) -> None:
+        """Redis said its time was ``server_ms`` between ``sent`` and now: take the midpoint."""
+        if isinstance(server_ms, int | float | bytes | str):
+            try:
+                server_s = float(server_ms) / 1000
+            except ValueError:
+                return
+            self.clock_offset_s = server_s - (sent + time.time()) / 2
+
+    def server_time(self) -> float:
+        """Now, in Unix seconds by Redis's clock (as measured at the last beat)."""
+        return time.time() + self.clock_offset_s
 
     async def alive(self, node_ids: Iterable[str]) -> set[str]:
         """Which of ``node_ids`` have beaten within their ``node_ttl_s``."""
@@ -284,7 +347,7 @@ class Presence:
         if data is None:
             return None
         record = ProviderRecord.decode(data, self.max_record_bytes)
-        if record is None or not await self.alive([record.node_id]):
+        if record is None or not _usable(record, provider_id) or not await self.alive([record.node_id]):
             return None
         return record
 
@@ -304,11 +367,12 @@ class Presence:
         ids = [m.decode() if isinstance(m, bytes) else str(m) for m in members]
         records: list[ProviderRecord] = []
         for start in range(0, len(ids), _MGET_CHUNK):
-            chunk = [self.keys.provider(i) for i in ids[start:start + _MGET_CHUNK]]
+            chunk = ids[start:start + _MGET_CHUNK]
             async with bounded(self.timeout_s):
-                values = await self.redis.mget(chunk)
-            for data in values:
-                if data is not None and (record := ProviderRecord.decode(data, self.max_record_bytes)):
+                values = await self.redis.mget([self.keys.provider(i) for i in chunk])
+            for member, data in zip(chunk, values, strict=True):
+                if data is not None and (record := ProviderRecord.decode(data, self.max_record_bytes)) \
+                        and _usable(record, member):
                     records.append(record)
         live = await self.alive(r.node_id for r in records)
         return [r for r in records if r.node_id in live]

@@ -179,6 +179,8 @@ class Slots:
                 if cancelling():
                     raise asyncio.CancelledError from exc
                 log.warning("could not renew slot leases (%s)", type(exc).__name__)
+            except Exception:  # a bug must not stop renewals: every lease would lapse
+                log.exception("could not renew slot leases")
 
     async def release_all(self) -> None:
         """Clean shutdown: give back every slot this node holds."""

@@ -45,6 +45,8 @@ class ProviderConn:
     closed: bool = False
     trust_level: str = "none"
     untrusted: bool = False  # failed challenges, a posture regression, quarantine: never routed
+    # Set when its runtime is not on the coordinator's manifest: connected, never routed.
+    runtime_mismatch: str | None = None
     strikes: int = 0  # consecutive failed challenges; any strike makes it unroutable for now
     # Monotonic time of the last passed challenge on this connection; None before the first one
     # and after any failure. An attested provider is routed only while it is recent.

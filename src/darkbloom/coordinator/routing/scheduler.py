@@ -184,7 +184,7 @@ class Scheduler:
         routed. A provider with no attestation has no key to challenge; it is routable only
         where the operator lowered the minimum to ``none``.
         """
-        if provider.closed or provider.untrusted or provider.strikes:
+        if provider.closed or provider.untrusted or provider.strikes or provider.runtime_mismatch:
             return False
         if not at_least(provider.trust_level, level or self.min_trust):
             return False

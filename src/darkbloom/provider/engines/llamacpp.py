@@ -37,6 +37,7 @@ from darkbloom.provider.engines.base import (
     TextDelta,
 )
 from darkbloom.provider.engines.stops import StopMatcher
+from darkbloom.provider.fingerprint import template_hash
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +159,11 @@ class LlamaCppEngine:
 
     def serves(self, model: str) -> bool:
         return model == self.model.id or model in self.model.aliases
+
+    @property
+    def template_hashes(self) -> dict[str, str]:
+        """The chat template each served model renders with, hashed for the runtime manifest."""
+        return {self.model.id: template_hash(self._all[0].prompts.template_source)}
 
     async def generate(self, request: GenerationRequest, max_tokens_cap: int,
                        cancel: threading.Event) -> AsyncIterator[GenerationEvent]:
