@@ -18,7 +18,7 @@ import openai
 import pytest
 
 from tests.conftest import drop_postgres_database, fresh_postgres_database
-from tests.e2e.harness import MODEL, Coordinator, Provider
+from tests.e2e.harness import MODEL, OPERATOR, Coordinator, Provider, _cli
 
 HI = [{"role": "user", "content": "Say hi."}]
 REDIS = "redis://127.0.0.1:6379/0"
@@ -84,6 +84,12 @@ def test_a_consumer_of_b_is_served_by_a_provider_of_a(pair: Cluster) -> None:
     assert any(c.choices and c.choices[0].delta.content for c in chunks)
     # A relayed ciphertext only: it never logged a request of its own.
     assert "attempt 1 on provider" not in a.log_text()
+    # B paid the provider's operator: the account its identity proved itself with (from the
+    # database, not from what Redis says).
+    operator_key = _cli(["keys", "create", "--account", OPERATOR], b.env)
+    earned = httpx.get(f"{b.base_url}/v1/provider/account-earnings", timeout=10,
+                       headers={"Authorization": f"Bearer {operator_key}"}).json()
+    assert earned["count"] == 2, earned
     pair.audit()
 
 

@@ -78,7 +78,8 @@ def create_app(settings: CoordinatorSettings, catalog: Catalog | None = None) ->
             state.link = Link(Cluster.from_url(settings.redis_url, settings.redis_prefix,
                                                new_node_id(instance)), scheduler,
                               root_cas=state.root_cas,
-                              carry_deadline_s=settings.response_deadline_s + 60)
+                              carry_deadline_s=settings.response_deadline_s + 60,
+                              accounts=reputation_store.account_of)
             state.link.on_frame = dispatcher.handle
             await state.link.start()
         state.key_cache = KeyCache(sessions)

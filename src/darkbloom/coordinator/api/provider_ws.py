@@ -115,6 +115,7 @@ class ProviderSession:
         self.link: Link | None = getattr(ws.app.state, "link", None)
         self.challenger: Challenger | None = None
         self._kicked: asyncio.Task[None] | None = None
+        self._proven: asyncio.Task[None] | None = None
 
     async def _receive_text(self) -> str:
         message = await self.ws.receive()
@@ -312,8 +313,18 @@ class ProviderSession:
                     self.link.close_elsewhere(other, CLOSE_REPLACED, "replaced by a newer "
                                               "connection with the same identity key")
                     self.link.resync()  # stop routing to the old copy at once
-        self._publish(conn)
+        if first and self.link is not None:
+            # Other coordinators pay it by the account its proven identity has in the database:
+            # write that first, then tell them it is routable.
+            self._proven = asyncio.create_task(self._announce(conn))
+        else:
+            self._publish(conn)
         self.scheduler.drain()
+
+    async def _announce(self, conn: ProviderConn) -> None:
+        await self.scheduler.reputations.flush()
+        if self.link is not None:
+            self.link.publish(conn, joined=True)
 
     def _untrusted(self, conn: ProviderConn, reason: str, proven: bool) -> None:
         self._publish(conn)

@@ -27,7 +27,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -145,8 +145,11 @@ class Link:
 
     def __init__(self, cluster: Cluster, scheduler: Scheduler,
                  root_cas: list[x509.Certificate] | None = None,
-                 carry_deadline_s: float = CARRY_DEADLINE_S) -> None:
+                 carry_deadline_s: float = CARRY_DEADLINE_S,
+                 accounts: Callable[[str], Awaitable[str | None]] | None = None) -> None:
         self.cluster = cluster
+        # The account an identity key earns for, from PostgreSQL (None: trust the record; tests).
+        self.accounts = accounts
         self.scheduler = scheduler
         self.node_id = cluster.node_id
         # This coordinator's trust roots (settings.trust_root_ca_files): a provider held elsewhere
@@ -582,6 +585,7 @@ class Link:
                 made = self._mirror(record)
                 if made is None:
                     continue
+                made.account_id = await self._account_of(made, record)
                 self._remote[record.provider_id] = made
                 self.scheduler.add(made)
                 verified += 1
@@ -589,6 +593,9 @@ class Link:
                     await asyncio.sleep(0)  # signatures and chains: let the loop breathe
             else:
                 self._update(remote, record)
+                if remote.account_id is None and remote.identity_key and self.accounts is not None:
+                    if (account := await self._account_of(remote, record)) is not None:
+                        self.scheduler.set_account(remote, account)
         ids = list(self.scheduler.providers)
         counts = await self.cluster.slots.in_flight_many(ids)
         carried: dict[str, int] = {}
@@ -602,6 +609,21 @@ class Link:
                 mine = len(self._leases.get(provider_id, ())) + carried.get(provider_id, 0)
                 provider.cluster_in_flight = max(0, count - mine)
         self.scheduler.drain()
+
+    async def _account_of(self, remote: RemoteProvider, record: ProviderRecord) -> str | None:
+        """Whom a provider held elsewhere earns for. From PostgreSQL, not from the record: the
+        account its home wrote for its identity key once the key proved itself (a Redis writer
+        cannot redirect earnings). Not there yet (the home writes it within seconds): None, so
+        it takes only free work until it is."""
+        if self.accounts is None:
+            return record.account_id
+        if remote.identity_key is None:
+            return None
+        try:
+            return await self.accounts(remote.identity_key)
+        except Exception as exc:
+            log.warning("could not look up a provider's account (%s)", type(exc).__name__)
+            return None
 
     def _mirror(self, record: ProviderRecord) -> RemoteProvider | None:
         try:

@@ -116,6 +116,13 @@ class Scheduler:
             self._pools.pop(model, None)
         self.drain()
 
+    def set_account(self, provider: ProviderConn, account_id: str) -> None:
+        """A provider's account became known (a mirrored one, looked up after it was added)."""
+        provider.account_id = account_id
+        if provider.id in self.providers:
+            self._owned.setdefault(account_id, {})[provider.id] = provider
+        self.drain()
+
     def _pool(self, model: str) -> tuple[ProviderConn, ...]:
         pool = self._pools.get(model)
         if pool is None:

@@ -65,6 +65,12 @@ class ReputationStore:
         record.saved = {name: getattr(record, name) for name in _COUNTERS}
         return record
 
+    async def account_of(self, key: str) -> str | None:
+        """The account a proven identity earns for, as its home coordinator wrote it."""
+        async with self.sessions() as session:
+            row = await session.get(ProviderReputation, key)
+        return row.account_id if row is not None else None
+
     async def save(self, records: list[Record]) -> None:
         if not records:
             return
