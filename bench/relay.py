@@ -51,12 +51,15 @@ async def _stream_forever(base: str, key: str, stop: float, counts: list[int]) -
                         counts[0] += 1
 
 
-def measure(n: int, redis_prefix: str) -> dict[str, float]:
-    """Aggregate relayed chunks/s and chunks per coordinator CPU-second with ``n`` coordinators."""
+def measure(n: int, redis_prefix: str, clustered: bool = True) -> dict[str, float]:
+    """Aggregate relayed chunks/s and chunks per coordinator CPU-second with ``n`` coordinators:
+    one cluster on Redis, or (``clustered=False``) ``n`` coordinators that do not know each other,
+    each serving its own providers: the same processes and load on this machine's 2 cores, so
+    the difference between the two is what the cluster costs, not what crowding costs."""
     name, url = fresh_postgres_database()
     tmp = Path(tempfile.mkdtemp(prefix=f"relay{n}-"))
-    settings = {"queue_max_per_model": 1000, "inference_rate_per_s": 0}
-    if n > 1:
+    settings: dict[str, object] = {"queue_max_per_model": 1000, "inference_rate_per_s": 0}
+    if n > 1 and clustered:
         settings.update(redis_url="redis://127.0.0.1:6379/0", redis_prefix=redis_prefix)
     coordinators: list[Coordinator] = []
     providers: list[Provider] = []
@@ -75,7 +78,7 @@ def measure(n: int, redis_prefix: str) -> dict[str, float]:
                                           sim_tokens=TOKENS, sim_token_s=0.0).start(wait=False))
         total = n * PROVIDERS_PER_COORDINATOR
         for c in coordinators:
-            c.wait_providers(total if n > 1 else PROVIDERS_PER_COORDINATOR, timeout=60)
+            c.wait_providers(total if n > 1 and clustered else PROVIDERS_PER_COORDINATOR, timeout=60)
         key = _cli(["keys", "create", "--label", "bench"], first.env)
         pids = [c.proc.pid for c in coordinators if c.proc]
         cpu_before = sum(_cpu_s(p) for p in pids)
@@ -91,7 +94,7 @@ def measure(n: int, redis_prefix: str) -> dict[str, float]:
         asyncio.run(go())
         elapsed = time.monotonic() - started
         cpu = sum(_cpu_s(p) for p in pids) - cpu_before
-        return {"coordinators": n, "chunks_per_s": counts[0] / elapsed,
+        return {"coordinators": n, "clustered": float(clustered), "chunks_per_s": counts[0] / elapsed,
                 "chunks_per_cpu_s": counts[0] / cpu if cpu else 0.0, "errors": counts[1],
                 "cpu_s": cpu, "elapsed_s": elapsed}
     finally:
@@ -103,18 +106,30 @@ def measure(n: int, redis_prefix: str) -> dict[str, float]:
 
 
 def run_all(sizes: tuple[int, ...] = (1, 2, 4)) -> list[dict[str, float]]:
+    """Each cluster size, then the same number of coordinators standing alone (the crowding
+    baseline), interleaved so drift hits both."""
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
-    return [measure(n, f"{prefix}-{n}") for n in sizes]
+    rows = []
+    for n in sizes:
+        rows.append(measure(n, f"{prefix}-{n}"))
+        if n > 1:
+            rows.append(measure(n, "", clustered=False))
+    return rows
 
 
 def table(rows: list[dict[str, float]]) -> str:
     base = rows[0]["chunks_per_cpu_s"] if rows else 0.0
+    alone = {int(r["coordinators"]): r["chunks_per_cpu_s"] for r in rows if not r["clustered"]}
     out = ["| coordinators | relayed chunks/s (all) | chunks per coordinator CPU-second | "
-           "vs one coordinator | errors |", "|---|---|---|---|---|"]
+           "vs one coordinator | vs as many standing alone | errors |", "|---|---|---|---|---|---|"]
     for row in rows:
+        n = int(row["coordinators"])
         ratio = row["chunks_per_cpu_s"] / base if base else 0.0
-        out.append(f"| {int(row['coordinators'])} | {row['chunks_per_s']:,.0f} | "
-                   f"{row['chunks_per_cpu_s']:,.0f} | {ratio:.2f} | {int(row['errors'])} |")
+        kind = "one cluster" if row["clustered"] and n > 1 else "standing alone" if n > 1 else "one"
+        versus = (f"{row['chunks_per_cpu_s'] / alone[n]:.2f}" if row["clustered"] and n in alone
+                  else "")
+        out.append(f"| {n} ({kind}) | {row['chunks_per_s']:,.0f} | {row['chunks_per_cpu_s']:,.0f} | "
+                   f"{ratio:.2f} | {versus} | {int(row['errors'])} |")
     return "\n".join(out)
 
 

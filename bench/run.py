@@ -318,7 +318,10 @@ cross Redis both ways); {relay.PROVIDERS_PER_COORDINATOR} providers of {relay.SL
 coordinator, {relay.TOKENS} tokens per answer. This machine has 2 cores shared by every process
 (clients, providers, coordinators, PostgreSQL, Redis), so absolute throughput cannot grow with N
 here; the comparable figure is relayed chunks per second of coordinator CPU, whose ratio to one
-coordinator's is the scale-out efficiency (target ≥ 0.8).
+coordinator's is the scale-out efficiency (target ≥ 0.8). Crowding N coordinators and their
+providers onto 2 cores costs CPU per chunk by itself (context switches, cold caches), so each
+cluster size is also run as the same N coordinators standing alone (no Redis, each serving its
+own providers, same load): "vs as many standing alone" is what the cluster itself costs.
 
 {relay.table(relays)}
 
