@@ -129,6 +129,12 @@ class Coordinator:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def audit(self) -> None:
+        """`darkbloom admin audit` against this coordinator's database: ledger and balances agree."""
+        done = subprocess.run([sys.executable, "-m", "darkbloom", "admin", "audit"], env=self.env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+
 
 class Provider:
     def __init__(self, coordinator: Coordinator, name: str = "provider", slots: int = 1,

@@ -9,8 +9,6 @@ providers back and routable in seconds."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,12 +20,6 @@ from tests.e2e.harness import MODEL, Coordinator, Provider
 
 HI = [{"role": "user", "content": "Say hi."}]
 pytestmark = pytest.mark.timeout(600)
-
-
-def _audit(coordinator: Coordinator) -> None:
-    done = subprocess.run([sys.executable, "-m", "darkbloom", "admin", "audit"], env=coordinator.env,
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def _balance(coordinator: Coordinator) -> int:
@@ -80,7 +72,7 @@ def test_a_provider_sigkilled_under_load(tmp_path: Path) -> None:
         rows, charged = _usage_total(coordinator)
         assert rows == ok  # a stream the provider broke is refunded in full (billing.md §4)
         assert before - _balance(coordinator) == charged
-        _audit(coordinator)
+        coordinator.audit()
         # The survivors still serve.
         assert asyncio.run(_stream(coordinator.async_client(), 40)) == "ok"
     finally:

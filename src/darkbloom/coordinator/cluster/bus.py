@@ -394,6 +394,11 @@ class Bus:
                                  size=len(packed)))
         return True
 
+    def origin_of(self, request_id: str) -> str | None:
+        """The coordinator that sent a request this node is forwarding, or None."""
+        forwarded = self._forwarded.get(request_id)
+        return forwarded.origin if forwarded is not None else None
+
     def forget(self, request_id: str) -> None:
         """Stop forwarding a request's frames (the provider session holding it ended)."""
         self._forwarded.pop(request_id, None)

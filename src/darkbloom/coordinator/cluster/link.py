@@ -309,11 +309,11 @@ class Link:
         await self.cluster.notices.presence_changed(tuple(conn.models), conn.id)
 
     async def _reply_error(self, request_id: str, status: int, message: str) -> None:
-        origin = self.cluster.bus._forwarded.get(request_id)
+        origin = self.cluster.bus.origin_of(request_id)
         if origin is None:
             return
         frame = InferenceError(request_id=request_id, error=message, status_code=status)
-        await self.cluster.bus.send_reply(origin.origin, request_id, encode(frame), final=True)
+        await self.cluster.bus.send_reply(origin, request_id, encode(frame), final=True)
 
     async def carried(self, conn: ProviderConn, frame: object, text: str) -> bool:
         """A frame from one of this node's providers: if it answers a request another coordinator
@@ -323,7 +323,7 @@ class Link:
         held = self._forwarded.get(request_id)
         if held is None or held.conn is not conn:
             return False
-        origin = self.cluster.bus._forwarded.get(request_id)
+        origin = self.cluster.bus.origin_of(request_id)
         final = isinstance(frame, (InferenceComplete, InferenceError))
         if isinstance(frame, InferenceResponseChunk) and held.first_chunk_ms is None:
             held.first_chunk_ms = (time.monotonic() - held.started) * 1000
@@ -340,7 +340,7 @@ class Link:
             self.scheduler.drain()
         if origin is not None:
             try:
-                await self.cluster.bus.send_reply(origin.origin, request_id, text, final=final)
+                await self.cluster.bus.send_reply(origin, request_id, text, final=final)
             except CLUSTER_ERRORS as exc:
                 log.warning("could not pass a frame back (%s)", type(exc).__name__)
         return True
