@@ -3,8 +3,9 @@ second of its own CPU, and how that holds with 1, 2 and 4 coordinators on one Po
 
 Each coordinator gets its own simulated providers (tests/e2e/sim_provider.py: the real provider
 agent replaying a recorded token stream with no model, so the load is the coordinator's). Clients
-stream chat completions round-robin across the coordinators, so with N > 1 about (N − 1)/N of the
-requests reach a provider held by another coordinator and cross Redis both ways. Chunks are
+stream chat completions round-robin across the coordinators; the share of requests that reached
+a provider held by another coordinator (and crossed Redis both ways) is read off each
+coordinator's ``cluster_requests_total``. Chunks are
 counted at the HTTP client (SSE data lines); CPU is the coordinators' own (utime + stime from
 /proc), so "chunks per coordinator CPU-second" is comparable however many cores the machine has.
 Not a test: nothing asserts a number.
@@ -27,7 +28,7 @@ TOKENS = 64
 STREAMS_PER_COORDINATOR = 16
 DURATION_S = 15.0
 PROVIDERS_PER_COORDINATOR = 2
-SLOTS = 8
+SLOTS = 2  # the memory tier's cap for what a simulated provider reports (protocol.md §7)
 
 
 def _cpu_s(pid: int) -> float:
@@ -46,9 +47,17 @@ async def _stream_forever(base: str, key: str, stop: float, counts: list[int]) -
                     counts[1] += 1
                     await response.aread()
                     continue
+                counts[2] += 1
                 async for line in response.aiter_lines():
                     if line.startswith("data: {"):
                         counts[0] += 1
+
+
+def _crossed(base: str) -> int:
+    """Requests this coordinator sent to a provider another one holds (its /metrics)."""
+    text = httpx.get(f"{base}/metrics", timeout=10).text
+    return sum(int(float(line.rsplit(" ", 1)[1])) for line in text.splitlines()
+               if line.startswith('cluster_requests_total{direction="sent"}'))
 
 
 def measure(n: int, redis_prefix: str, clustered: bool = True) -> dict[str, float]:
@@ -58,7 +67,8 @@ def measure(n: int, redis_prefix: str, clustered: bool = True) -> dict[str, floa
     the difference between the two is what the cluster costs, not what crowding costs."""
     name, url = fresh_postgres_database()
     tmp = Path(tempfile.mkdtemp(prefix=f"relay{n}-"))
-    settings: dict[str, object] = {"queue_max_per_model": 1000, "inference_rate_per_s": 0}
+    settings: dict[str, object] = {"queue_max_per_model": 1000, "inference_rate_per_s": 0,
+                                   "metrics_public": "true"}
     if n > 1 and clustered:
         settings.update(redis_url="redis://127.0.0.1:6379/0", redis_prefix=redis_prefix)
     coordinators: list[Coordinator] = []
@@ -82,7 +92,7 @@ def measure(n: int, redis_prefix: str, clustered: bool = True) -> dict[str, floa
         key = _cli(["keys", "create", "--label", "bench"], first.env)
         pids = [c.proc.pid for c in coordinators if c.proc]
         cpu_before = sum(_cpu_s(p) for p in pids)
-        counts = [0, 0]
+        counts = [0, 0, 0]  # chunks, errors, answers
         stop = time.monotonic() + DURATION_S
 
         async def go() -> None:
@@ -94,7 +104,9 @@ def measure(n: int, redis_prefix: str, clustered: bool = True) -> dict[str, floa
         asyncio.run(go())
         elapsed = time.monotonic() - started
         cpu = sum(_cpu_s(p) for p in pids) - cpu_before
-        return {"coordinators": n, "clustered": float(clustered), "chunks_per_s": counts[0] / elapsed,
+        sent = sum(_crossed(c.base_url) for c in coordinators)
+        return {"crossing": sent / counts[2] if counts[2] else 0.0, "coordinators": n,
+                "clustered": float(clustered), "chunks_per_s": counts[0] / elapsed,
                 "chunks_per_cpu_s": counts[0] / cpu if cpu else 0.0, "errors": counts[1],
                 "cpu_s": cpu, "elapsed_s": elapsed}
     finally:
@@ -121,7 +133,8 @@ def table(rows: list[dict[str, float]]) -> str:
     base = rows[0]["chunks_per_cpu_s"] if rows else 0.0
     alone = {int(r["coordinators"]): r["chunks_per_cpu_s"] for r in rows if not r["clustered"]}
     out = ["| coordinators | relayed chunks/s (all) | chunks per coordinator CPU-second | "
-           "vs one coordinator | vs as many standing alone | errors |", "|---|---|---|---|---|---|"]
+           "vs one coordinator | vs as many standing alone | requests crossing | errors |",
+           "|---|---|---|---|---|---|---|"]
     for row in rows:
         n = int(row["coordinators"])
         ratio = row["chunks_per_cpu_s"] / base if base else 0.0
@@ -129,7 +142,8 @@ def table(rows: list[dict[str, float]]) -> str:
         versus = (f"{row['chunks_per_cpu_s'] / alone[n]:.2f}" if row["clustered"] and n in alone
                   else "")
         out.append(f"| {n} ({kind}) | {row['chunks_per_s']:,.0f} | {row['chunks_per_cpu_s']:,.0f} | "
-                   f"{ratio:.2f} | {versus} | {int(row['errors'])} |")
+                   f"{ratio:.2f} | {versus} | {row.get('crossing', 0.0):.0%} | "
+                   f"{int(row['errors'])} |")
     return "\n".join(out)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import drop_postgres_database, fresh_postgres_database
 from tests.e2e.harness import MODEL, OPERATOR, Coordinator, Provider, _cli
@@ -55,9 +56,17 @@ def _listing(c: Coordinator) -> list[dict[str, object]]:
     return list(httpx.get(f"{c.base_url}/v1/providers/attestation", timeout=10).json()["providers"])
 
 
+def _crossed(c: Coordinator) -> dict[str, float]:
+    """darkbloom's cluster_requests_total on one coordinator, by direction."""
+    text = httpx.get(f"{c.base_url}/metrics", timeout=10).text
+    return {family_sample.labels["direction"]: family_sample.value
+            for family in text_string_to_metric_families(text) if family.name == "cluster_requests"
+            for family_sample in family.samples if family_sample.name == "cluster_requests_total"}
+
+
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[Cluster]:
-    cluster = Cluster(tmp_path, 2)
+    cluster = Cluster(tmp_path, 2, metrics_public="true")
     yield cluster
     cluster.close()
 
@@ -80,6 +89,9 @@ def test_a_consumer_of_b_is_served_by_a_provider_of_a(pair: Cluster) -> None:
     assert any(c.choices and c.choices[0].delta.content for c in chunks)
     # A relayed ciphertext only: it never logged a request of its own.
     assert "attempt 1 on provider" not in a.log_text()
+    # Both crossed the bus, and the operators can see that they did.
+    assert _crossed(b) == {"sent": 2.0, "carried": 0.0}
+    assert _crossed(a) == {"sent": 0.0, "carried": 2.0}
     # B paid the provider's operator: the account its identity proved itself with (from the
     # database, not from what Redis says).
     operator_key = _cli(["keys", "create", "--account", OPERATOR], b.env)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -221,7 +221,11 @@ class LiveCollector(Collector):
         models.update(m.id for m in getattr(catalog, "models", ()))
         depth = getattr(scheduler, "queue_depth", None)
         queues = {m: int(depth(m)) for m in sorted(models)} if depth is not None else {}
-        return {"online": online, "in_flight": in_flight, "slots": slots, "queues": queues}
+        link = getattr(self.state, "link", None)
+        crossed = {"sent": int(getattr(link, "requests_sent", 0)),
+                   "carried": int(getattr(link, "requests_carried", 0))}
+        return {"online": online, "in_flight": in_flight, "slots": slots, "queues": queues,
+                "crossed": crossed}
 
     def _families(self, read: dict[str, Any]) -> Iterator[Metric]:
         online = GaugeMetricFamily("providers_online", "Connected providers by trust level and "
@@ -241,6 +245,12 @@ class LiveCollector(Collector):
         for model, depth in read.get("queues", {}).items():
             queue.add_metric([model], depth)
         yield queue
+        crossed = CounterMetricFamily(
+            "cluster_requests", "Requests that crossed to another coordinator (scale-out): sent to "
+            "a provider another one holds, or carried here for another one.", labels=["direction"])
+        for direction in ("sent", "carried"):
+            crossed.add_metric([direction], read.get("crossed", {}).get(direction, 0))
+        yield crossed
 
 
 class MetricsMiddleware:

@@ -15,8 +15,9 @@ B sealed the request to the provider's key and opens its chunks; A only forwards
 One writer task per node pipelines everything it sends, in call order, so a request's frames
 (and a request and its cancel) keep their order; each reply carries a per-request number, so a
 frame lost to trimming or an outage is noticed (RepliesLost) instead of skipped silently.
-Liveness: a Replies whose home stops beating fails with NodeLost; a forwarded request whose
-origin stops beating is cancelled through the home's own inbox (reason ``origin_lost``).
+Liveness: a Replies whose home stops beating (two checks in a row) fails with NodeLost; a
+forwarded request whose origin stops beating is cancelled through the home's own inbox (reason
+``origin_lost``).
 """
 
 from __future__ import annotations
@@ -277,6 +278,7 @@ class Bus:
         self._inbox: asyncio.Queue[InboxMessage] = asyncio.Queue(maxsize=INBOX_QUEUE_MAX)
         self._tasks: list[asyncio.Task[None]] = []
         self.dropped = 0  # frames for requests nobody waits for any more (late frames)
+        self._suspects: set[str] = set()  # nodes whose beat the last liveness check missed
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -614,6 +616,7 @@ class Bus:
         homes = {r.home for r in self._replies.values()}
         origins = {f.origin for f in self._forwarded.values()}
         if not homes and not origins:
+            self._suspects = set()
             return
         try:
             alive = await self.liveness.alive(homes | origins)
@@ -621,10 +624,14 @@ class Bus:
             if cancelling():
                 raise asyncio.CancelledError from exc
             return  # an outage is the readers' to judge
-        for replies in [r for r in self._replies.values() if r.home not in alive]:
+        # A node is lost only when two checks in a row miss its beat: one missed read (a beat
+        # delayed on a loaded machine) must not fail a healthy node's requests.
+        missing = (homes | origins) - alive
+        lost, self._suspects = missing & self._suspects, missing
+        for replies in [r for r in self._replies.values() if r.home in lost]:
             replies._fail(NodeLost(f"coordinator {replies.home} holding the provider of request "
                                    f"{replies.request_id} stopped"))
-        await self._cancel_orphans({o for o in origins if o not in alive})
+        await self._cancel_orphans(origins & lost)
 
     async def _cancel_orphans(self, lost: Iterable[str]) -> None:
         lost = set(lost)

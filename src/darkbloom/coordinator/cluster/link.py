@@ -64,6 +64,9 @@ from darkbloom.protocol.trust import InvalidAttestation, at_least, open_attestat
 log = logging.getLogger(__name__)
 ProviderFrame = InferenceAccepted | InferenceResponseChunk | InferenceComplete | InferenceError
 
+# How long the lease of a dispatch that ended waits for the next dispatch on this node before it
+# goes back to the cluster: the scheduler hands the slot on within the same loop iteration.
+HAND_OVER_S = 0.01
 SYNC_S = 1.0  # how often the mirror of other coordinators' providers is refreshed
 JOIN_RETRY_S = 2.0  # how often a coordinator that could not reach Redis at start tries again
 CLUSTER_ERRORS = (RedisError, BusError, OSError, TimeoutError)
@@ -163,6 +166,8 @@ class Link:
         self._replies: dict[str, tuple[RemoteProvider, Replies]] = {}  # B: requests we sent away
         self._forwarded: dict[str, _Carried] = {}  # A: requests we carry for others
         self._leases: dict[str, list[Lease]] = {}  # provider id -> leases this node holds
+        self._spare: dict[str, list[Lease]] = {}  # ...and those of dispatches just ended
+        self._synced_free: dict[str, int] = {}  # provider held elsewhere -> others' leases at the last sync
         # Provider id -> dispatches on it that hold no lease (taken while Redis was unreachable,
         # or before this node joined): their releases give back nothing. Leases are alike, so
         # whichever dispatch ends first, the count in Redis stays what is really in flight.
@@ -171,6 +176,10 @@ class Link:
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[object]] = set()
         self._sync_now = asyncio.Event()
+        # Requests sent to providers other coordinators hold, and carried here for other
+        # coordinators: how much crosses the bus (darkbloom_cluster_requests_total).
+        self.requests_sent = 0
+        self.requests_carried = 0
 
     async def start(self) -> None:
         """Join the cluster now, or keep trying in the background: until it has joined, this
@@ -233,6 +242,8 @@ class Link:
         """Take one of the provider's slots in Redis. False: another coordinator holds them all.
         Redis unreachable: this coordinator's own providers are still served on its own count;
         another's are not (nobody could carry the request to them)."""
+        if self._hand_over(provider):
+            return True
         try:
             lease = await self.cluster.slots.acquire(provider.id, provider.max_concurrency)
         except CLUSTER_ERRORS as exc:
@@ -250,6 +261,20 @@ class Link:
         self._leases.setdefault(provider.id, []).append(lease)
         return True
 
+    def _hand_over(self, provider: ProviderConn) -> bool:
+        """Take a lease a dispatch on the provider has just ended with, before it goes back:
+        the waiter the freed slot was handed to keeps it, instead of racing its own give-back
+        (and other coordinators woken by it) for the slot it was just given."""
+        spare = self._spare.get(provider.id)
+        while spare:
+            lease = spare.pop()
+            if not spare:
+                del self._spare[provider.id]
+            if lease.member in self.cluster.slots.held:  # not lapsed (a renewal drops those)
+                self._leases.setdefault(provider.id, []).append(lease)
+                return True
+        return False
+
     def released(self, provider: ProviderConn) -> None:
         """A dispatch on the provider ended: give its lease back and tell the others."""
         if unleased := self._unleased.get(provider.id):
@@ -263,9 +288,27 @@ class Link:
             lease = held.pop()
             if not held:
                 del self._leases[provider.id]
+            if provider.home is None:
+                # One of this node's own: kept for HAND_OVER_S first, since the scheduler hands
+                # the freed slot to this node's oldest waiter right after this call, and that
+                # waiter's lease() takes it over.
+                self._spare.setdefault(provider.id, []).append(lease)
+                self._spawn(self._give_back(lease, tuple(provider.models), spare=True))
+                return
+            # Held elsewhere: the lease goes back at once and the slot stays taken here until
+            # the home, whose waiters may take it first, says it is free (_notice).
+            provider.cluster_in_flight += 1
             self._spawn(self._give_back(lease, tuple(provider.models)))
 
-    async def _give_back(self, lease: Lease, models: tuple[str, ...]) -> None:
+    async def _give_back(self, lease: Lease, models: tuple[str, ...], spare: bool = False) -> None:
+        if spare:
+            await asyncio.sleep(HAND_OVER_S)
+            kept = self._spare.get(lease.provider_id)
+            if kept is None or lease not in kept:
+                return  # handed over to the next dispatch on this node
+            kept.remove(lease)
+            if not kept:
+                del self._spare[lease.provider_id]
         await self.cluster.slots.release(lease)
         await self.cluster.notices.slot_freed(models, lease.provider_id)
 
@@ -330,6 +373,9 @@ class Link:
         if final:
             del self._forwarded[request_id]
             conn.free_slot(held.demand.model, held.demand.max_tokens)
+            # The origin holds the slot's lease until its give-back, whose notice frees the slot
+            # here: this node's own waiters, the home's, then take it first (_notice).
+            conn.cluster_in_flight += 1
             if isinstance(frame, InferenceComplete):
                 self.scheduler.reputations.succeeded(conn, held.first_chunk_ms)
             elif isinstance(frame, InferenceError) and (
@@ -375,6 +421,7 @@ class Link:
             if (held := self._forwarded.pop(request_id, None)) is not None:  # a replayed id
                 held.conn.free_slot(held.demand.model, held.demand.max_tokens)
             conn.take_slot(demand.model, demand.max_tokens)
+            self.requests_carried += 1
             self._forwarded[request_id] = _Carried(conn, demand, frame.sealed_by)
             conn.outbox.put_nowait(frame_text)  # as the requesting coordinator sealed it
         elif kind == "control":
@@ -439,6 +486,7 @@ class Link:
             except ValueError:
                 return
             self._replies[frame.request_id] = (provider, replies)
+            self.requests_sent += 1
             self._spawn(self._pump(provider, frame.request_id, replies))
             self._outgoing.put_nowait(("request", provider, frame.request_id, encode(frame)))
         elif isinstance(frame, Cancel):
@@ -541,7 +589,20 @@ class Link:
         if kind == "presence":
             self._sync_now.set()
         elif (provider := self.scheduler.providers.get(provider_id)) is not None:
-            provider.cluster_in_flight = max(0, provider.cluster_in_flight - 1)
+            # A freed slot is its home's to hand out first: the home takes a slot another
+            # coordinator gave back for its own waiters, and only what none of them wants is
+            # announced again, by the home, for the others (who heed only the home's notices).
+            if provider.home is None:
+                self._slot_freed(provider)
+                if provider.free_slots > 0:
+                    self._spawn(self.cluster.notices.slot_freed(tuple(provider.models), provider.id))
+            elif node_id == provider.home:
+                self._slot_freed(provider)
+            return
+        self.scheduler.drain()
+
+    def _slot_freed(self, provider: ProviderConn) -> None:
+        provider.cluster_in_flight = max(0, provider.cluster_in_flight - 1)
         self.scheduler.drain()
 
     async def _sync_loop(self) -> None:
@@ -563,6 +624,18 @@ class Link:
 
     async def sync(self) -> None:
         """Mirror the providers other coordinators hold, and every provider's leased slots."""
+        try:
+            await self._sync()
+        except CLUSTER_ERRORS:
+            # Redis unreachable: this node's own providers are served on its own count
+            # (lease()), so slots it counted as held elsewhere are not kept from them.
+            for provider in self.scheduler.providers.values():
+                if provider.home is None:
+                    provider.cluster_in_flight = 0
+            self.scheduler.drain()
+            raise
+
+    async def _sync(self) -> None:
         # One live session per identity key (protocol.md §9): a session of it that proved itself
         # here supersedes another's copy (its home may be dead and not yet expired).
         proven_here = {p.identity_key for p in self.scheduler.providers.values()
@@ -606,8 +679,19 @@ class Link:
             if provider is not None:
                 # Other coordinators' leases: ours are in_flight already, and so are the requests
                 # this node carries for others (their leases are among the count).
-                mine = len(self._leases.get(provider_id, ())) + carried.get(provider_id, 0)
-                provider.cluster_in_flight = max(0, count - mine)
+                mine = len(self._leases.get(provider_id, ())) \
+                    + len(self._spare.get(provider_id, ())) + carried.get(provider_id, 0)
+                others = max(0, count - mine)
+                if provider.home is not None:
+                    # A slot free there at this instant is its home's to hand out first (it says
+                    # so when none of its waiters wants it); one still free at the next sync
+                    # (its notice was lost) is taken as free.
+                    seen, self._synced_free[provider_id] = self._synced_free.get(provider_id), others
+                    if others < provider.cluster_in_flight and seen is not None:
+                        others = max(others, min(seen, provider.cluster_in_flight))
+                provider.cluster_in_flight = others
+        for gone in [p for p in self._synced_free if p not in counts]:
+            del self._synced_free[gone]
         self.scheduler.drain()
 
     async def _account_of(self, remote: RemoteProvider, record: ProviderRecord) -> str | None:

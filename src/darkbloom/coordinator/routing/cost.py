@@ -33,6 +33,10 @@ class Weights:
     thermal_ms: tuple[tuple[str, float], ...] = (("fair", 2_000.0), ("serious", 8_000.0))
     gpu_memory_ms: float = 5_000.0
     reputation_ms: float = 5_000.0  # at reputation 0; nothing at 1
+    # A provider another coordinator holds: each chunk of its answer costs a second coordinator's
+    # CPU and a Redis round trip, so it must be about one request less loaded than this
+    # coordinator's own to win (docs/routing.md "Locality").
+    elsewhere_ms: float = 3_000.0
     near_tie_ms: float = 3_000.0
     # The memory gate: bytes of KV cache per token, and the token count it will consider at most.
     bytes_per_token: int = 400_000
@@ -105,9 +109,12 @@ def quote(provider: ProviderConn, demand: Demand, reputation: float,
     running = slot.num_running if slot else 0
     waiting = slot.num_waiting if slot else 0
     potential = slot.max_tokens_potential if slot else 0
-    pending_model = provider.pending_by_model.get(demand.model, 0)
+    # Requests other coordinators have in flight there (scale-out; 0 on one coordinator) load
+    # it as this coordinator's own do, and a heartbeat may not show them yet either.
+    others = provider.cluster_in_flight
+    pending_model = provider.pending_by_model.get(demand.model, 0) + others
     pending_max = provider.pending_tokens_by_model.get(demand.model, 0)
-    pending_total = provider.in_flight
+    pending_total = provider.in_flight + others
 
     eff_tps = max(1.0, provider.decode_tps / (1 + weights.running_slowdown * running))
     eff_queue = max(pending_model, running + waiting)
@@ -131,19 +138,22 @@ def quote(provider: ProviderConn, demand: Demand, reputation: float,
                  + dict(weights.thermal_ms).get(health.thermal_state, 0.0)
                  + gpu_share * weights.gpu_memory_ms)
     reputation_ms = (1 - min(1.0, max(0.0, reputation))) * weights.reputation_ms
+    elsewhere_ms = weights.elsewhere_ms if provider.home is not None else 0.0
     cost = (state_ms + eff_queue * weights.queue_ms + pending_total * weights.pending_ms
-            + backlog_ms + this_ms + health_ms + reputation_ms)
+            + backlog_ms + this_ms + health_ms + reputation_ms + elsewhere_ms)
     return Quote(provider, cost, eff_queue, pending_total)
 
 
 def choose(quotes: Sequence[Quote], weights: Weights = WEIGHTS,
            rng: random.Random | None = None) -> ProviderConn | None:
     """protocol.md §7 "Selection": the cheapest, where every quote within ``near_tie_ms`` of it
-    ties; among ties the shortest queue, then the fewest pending; then uniformly at random."""
+    ties; among ties one this coordinator holds, then the shortest queue, then the fewest
+    pending; then uniformly at random."""
     if not quotes:
         return None
     best = min(q.cost_ms for q in quotes)
     near = [q for q in quotes if q.cost_ms - best <= weights.near_tie_ms]
+    near = [q for q in near if q.provider.home is None] or near
     fewest = min((q.eff_queue, q.pending_total) for q in near)
     tied = [q for q in near if (q.eff_queue, q.pending_total) == fewest]
     return (rng or random).choice(tied).provider

@@ -247,8 +247,15 @@ class Scheduler:
                       only: frozenset[str] | None = None, route: Route = ANY) -> ProviderConn:
         """A provider for the request, its slot taken (and leased cluster-wide when clustered).
         ``only``: the providers a consumer sealed its request to (consumer-blind mode)."""
-        for _ in range(LEASE_TRIES):
-            provider = await self._acquire(demand, exclude, may_queue, min_trust, only, route)
+        deadline = asyncio.get_running_loop().time() + self.queue_timeout_s
+        tries = 0
+        while True:
+            # After LEASE_TRIES providers turned out full elsewhere, the model is at capacity
+            # across the cluster: wait in the queue for a freed slot, as on one coordinator,
+            # instead of answering 503 while every slot is merely busy.
+            remaining = deadline - asyncio.get_running_loop().time()
+            provider = await self._acquire(demand, exclude, may_queue, min_trust, only, route,
+                                           wait=tries >= LEASE_TRIES, timeout_s=remaining)
             if self.link is None:
                 return provider
             try:
@@ -259,12 +266,18 @@ class Scheduler:
             if leased:
                 return provider
             self._free(provider, demand)  # another coordinator filled it: choose again
-        raise NoProviderAvailable(f"no provider for model {demand.model!r} has a free slot; "
-                                  "retry shortly", headers={"Retry-After": "1"})
+            tries += 1
+            if tries >= LEASE_TRIES and (not may_queue
+                                         or asyncio.get_running_loop().time() >= deadline):
+                raise NoProviderAvailable(f"no provider for model {demand.model!r} has a free "
+                                          "slot; retry shortly", headers={"Retry-After": "1"})
 
     async def _acquire(self, demand: Demand, exclude: frozenset[str], may_queue: bool,
                        min_trust: str | None, only: frozenset[str] | None,
-                       route: Route) -> ProviderConn:
+                       route: Route, wait: bool = False, timeout_s: float | None = None
+                       ) -> ProviderConn:
+        """A provider with a free slot now, else a place in the model's queue. ``wait``: queue
+        without looking (every provider that looked free was full elsewhere)."""
         model = demand.model
         if not self.serving(model, exclude, min_trust, only, route):
             if only is not None:
@@ -277,7 +290,7 @@ class Scheduler:
         queue = self._queues.setdefault(model, deque())
         if queue:  # FIFO: the waiters first, each to a free slot it may take
             self.drain()
-        provider = self.try_acquire(demand, exclude, min_trust, only, route)
+        provider = None if wait else self.try_acquire(demand, exclude, min_trust, only, route)
         if provider is not None:
             return provider
         if not may_queue:
@@ -291,7 +304,8 @@ class Scheduler:
         try:
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that lands
             # right after the grant, and the consumer's departure would go unnoticed.
-            async with asyncio.timeout(self.queue_timeout_s):
+            async with asyncio.timeout(self.queue_timeout_s if timeout_s is None
+                                       else max(0.0, timeout_s)):
                 return await waiter.future
         except TimeoutError:
             fut = waiter.future

@@ -163,3 +163,37 @@ def test_reputation_moves_traffic(make_provider: MakeProvider) -> None:
         p = s.try_acquire(demand)
         assert p is good
         s.release(p, demand)
+
+
+def test_a_provider_held_elsewhere_must_be_a_request_less_loaded(make_provider: MakeProvider) -> None:
+    """Locality: a provider another coordinator holds costs ``elsewhere_ms`` more, and among
+    near ties this coordinator's own win before queue length is looked at."""
+    demand = Demand("m", prompt_tokens=1, max_tokens=100)
+    local, remote = idle(make_provider("local")), idle(make_provider("remote"))
+    remote.home = "coordinator-b"
+    assert quote(remote, demand, 1.0).cost_ms - quote(local, demand, 1.0).cost_ms \
+        == pytest.approx(WEIGHTS.elsewhere_ms)
+
+    rng = random.Random(3)
+    # One request more on the local provider: still a near tie, and local wins it.
+    quotes = [Quote(local, 1000 + WEIGHTS.queue_ms, 1, 1), Quote(remote, 1000 + WEIGHTS.elsewhere_ms, 0, 0)]
+    assert {choose(quotes, rng=rng).id for _ in range(20)} == {"local"}  # type: ignore[union-attr]
+    # Two requests more: the remote one is cheaper by more than a near tie and wins.
+    quotes = [Quote(local, 1000 + 2 * WEIGHTS.queue_ms + 1600, 2, 2),
+              Quote(remote, 1000 + WEIGHTS.elsewhere_ms, 0, 0)]
+    assert choose(quotes, rng=rng) is remote
+    # Only providers held elsewhere: the ordinary tie-breaks among them.
+    other = idle(make_provider("other"))
+    other.home = "coordinator-c"
+    quotes = [Quote(remote, 4000, 1, 0), Quote(other, 4100, 0, 0)]
+    assert choose(quotes, rng=rng) is other
+
+
+def test_requests_other_coordinators_have_there_load_it_too(make_provider: MakeProvider) -> None:
+    demand = Demand("m", prompt_tokens=1, max_tokens=100)
+    free, shared = idle(make_provider("free")), idle(make_provider("shared"))
+    shared.cluster_in_flight = 1  # another coordinator's request, before any heartbeat shows it
+    q = quote(shared, demand, 1.0)
+    assert q.cost_ms - quote(free, demand, 1.0).cost_ms \
+        == pytest.approx(WEIGHTS.queue_ms + WEIGHTS.pending_ms)
+    assert (q.eff_queue, q.pending_total) == (1, 1)

@@ -383,3 +383,60 @@ def test_sessions_of_an_identity(make_provider: MakeProvider) -> None:
     b.identity_key = a.identity_key
     s = scheduler(a, b, c)
     assert {p.id for p in s.sessions_of("identity-a")} == {"a", "b"}
+
+
+# --- several coordinators: a slot must also be leased cluster-wide -----------------------
+
+
+class _Leases:
+    """A cluster whose slots are all held by other coordinators until ``open``: every lease
+    fails, and this coordinator's view of the providers stays stale (as between two syncs)."""
+
+    def __init__(self) -> None:
+        self.open = False
+        self.tries = 0
+        self.released_n = 0
+
+    async def lease(self, provider: ProviderConn) -> bool:
+        self.tries += 1
+        return self.open
+
+    def released(self, provider: ProviderConn) -> None:
+        self.released_n += 1
+
+
+async def test_a_full_cluster_queues_the_request_instead_of_a_503(make_provider: MakeProvider) -> None:
+    p = make_provider(max_concurrency=4)
+    s = scheduler(p, queue_timeout_s=5)
+    leases = _Leases()
+    s.link = leases
+    task = asyncio.create_task(s.acquire(D("m")))
+    for _ in range(50):
+        await settle()
+    assert not task.done()  # every lease failed, yet it waits rather than failing
+    assert s.queue_depth("m") == 1
+    assert p.in_flight == 0  # each failed choice gave its local slot back
+    leases.open = True  # a slot freed elsewhere: the notice drains the queue
+    s.drain()
+    assert await asyncio.wait_for(task, 1) is p
+    assert p.in_flight == 1
+
+
+async def test_a_full_cluster_fails_at_once_when_it_may_not_queue(make_provider: MakeProvider) -> None:
+    p = make_provider(max_concurrency=4)
+    s = scheduler(p)
+    leases = _Leases()
+    s.link = leases
+    with pytest.raises(NoProviderAvailable):
+        await asyncio.wait_for(s.acquire(D("m"), may_queue=False), 1)
+    assert p.in_flight == 0
+
+
+async def test_a_full_cluster_times_out_like_the_queue(make_provider: MakeProvider) -> None:
+    p = make_provider(max_concurrency=4)
+    s = scheduler(p, queue_timeout_s=0.1)
+    s.link = _Leases()
+    with pytest.raises(NoProviderAvailable) as info:
+        await asyncio.wait_for(s.acquire(D("m")), 1)
+    assert info.value.headers.get("Retry-After") == "1"
+    assert s.queue_depth("m") == 0 and p.in_flight == 0
