@@ -39,6 +39,9 @@ class CoordinatorSettings(BaseSettings):
     metrics_public: bool = False
 
     allow_anonymous_providers: bool = False
+    # Provider sessions one provider token may hold on one coordinator at once (one per machine;
+    # a fleet shares a token). Each costs memory here (~95 kB) and a place in every routing walk.
+    max_sessions_per_token: int = Field(default=256, ge=1)
     # trust.md §9: self_signed by default (hardware needs an operator CA, not built yet).
     min_trust_level: Literal["none", "self_signed", "hardware"] = "self_signed"
     # trust.md §4: challenge every 5 minutes, 30 s to answer, 3 strikes and out.

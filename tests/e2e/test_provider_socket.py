@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 import os
+from pathlib import Path
 
 import pytest
 import websockets
@@ -134,3 +135,40 @@ def test_newer_protocol_version_closes_4400(stack: Coordinator) -> None:
         await ws.send(_register(v=PROTOCOL_VERSION + 1))
         assert (await _closed_with(ws))[0] == 4400
     run(go())
+
+
+def test_a_token_holds_at_most_max_sessions(tmp_path: Path) -> None:
+    """A leaked or hostile provider token cannot open sessions until the coordinator runs out of
+    memory: past DARKBLOOM_MAX_SESSIONS_PER_TOKEN it is closed 1008, and a freed place is reusable."""
+    coordinator = Coordinator(tmp_path, max_sessions_per_token="2").start()
+
+    async def session() -> ClientConnection:
+        ws = await _connect(coordinator, coordinator.provider_token)
+        await ws.send(_register())
+        return ws
+
+    async def go() -> None:
+        first, second = await session(), await session()
+        for ws in (first, second):
+            assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "registered"
+        code, reason = await _closed_with(await session())
+        assert code == 1008 and "already holds 2 sessions" in (reason or "")
+        await first.close()
+        for _ in range(50):  # the coordinator notices the close
+            await asyncio.sleep(0.1)
+            again = await session()
+            try:
+                if json.loads(await asyncio.wait_for(again.recv(), 10))["type"] == "registered":
+                    break
+            except websockets.ConnectionClosed:
+                continue  # still counted: try again
+        else:
+            raise AssertionError("a freed session place was never reusable")
+        await again.close()
+        await second.close()
+
+    try:
+        run(go())
+        assert "registered" in coordinator.log_text()  # and it kept serving
+    finally:
+        coordinator.stop()

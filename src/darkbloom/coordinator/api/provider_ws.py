@@ -47,6 +47,7 @@ from darkbloom.protocol import MalformedFrame, UnknownFrame, decode, encode
 from darkbloom.protocol.frames import (
     CLOSE_BAD_TOKEN,
     CLOSE_EVICTED,
+    CLOSE_POLICY,
     CLOSE_PROTOCOL_ORDER,
     CLOSE_REPLACED,
     CLOSE_VERSION_TOO_OLD,
@@ -206,6 +207,8 @@ class ProviderSession:
                 verdict = replace(verdict, level="hardware")
             else:
                 log.warning("provider certificate chain not accepted: %s", refused)
+        if token is not None:
+            self._check_sessions(token.token_id, verdict.identity_key)
         if self.settings.min_provider_version and semver.older(register.version[:64],
                                                                self.settings.min_provider_version):
             raise _Close(CLOSE_VERSION_TOO_OLD, f"provider version {register.version[:32]!r} is "
@@ -270,6 +273,17 @@ class ProviderSession:
         if (metrics := getattr(self.ws.app.state, "metrics", None)) is not None:
             metrics.registered(conn)  # provider_registrations/reconnects_total (coordinator/metrics.py)
         return conn
+
+    def _check_sessions(self, token_id: str, identity_key: str | None) -> None:
+        """One token may not hold more than ``max_sessions_per_token`` sessions here: a leaked or
+        hostile token could otherwise open sessions until memory runs out. A session of the same
+        identity key does not count: this one replaces it (4000)."""
+        held = sum(1 for p in self.scheduler.providers.values()
+                   if p.home is None and p.token_id == token_id
+                   and (identity_key is None or p.identity_key != identity_key))
+        if held >= self.settings.max_sessions_per_token:
+            raise _Close(CLOSE_POLICY, f"this provider token already holds {held} sessions on this "
+                         "coordinator (DARKBLOOM_MAX_SESSIONS_PER_TOKEN)")
 
     def _barred(self, conn: ProviderConn, blob_posture: dict[str, object]) -> str:
         """Why this session may never be routed from the start: its key (or serial) is in
