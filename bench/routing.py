@@ -104,7 +104,8 @@ async def _sessions(coordinator: Coordinator, n: int) -> int:
 def memory_per_provider(n: int = MEMORY_SESSIONS) -> float:
     """kB of coordinator RSS per connected provider session."""
     with tempfile.TemporaryDirectory() as tmp:
-        coordinator = Coordinator(Path(tmp), min_trust_level="none").start()
+        coordinator = Coordinator(Path(tmp), min_trust_level="none",
+                                  max_sessions_per_token=str(n + 10)).start()
         try:
             asyncio.run(_sessions(coordinator, 20))  # warm up: imports, pools, first allocations
             grown = asyncio.run(_sessions(coordinator, n))

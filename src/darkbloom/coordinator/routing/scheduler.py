@@ -72,6 +72,8 @@ class SlotLeases(Protocol):
 
 # How many times a request may find its chosen provider filled by another coordinator.
 LEASE_TRIES = 8
+# How long the estimate of this coordinator's own capacity for a model is reused (_stay).
+OWN_CAPACITY_S = 0.1
 
 
 @dataclass(eq=False)
@@ -83,6 +85,7 @@ class _Waiter:
     route: Route
     future: asyncio.Future[ProviderConn] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
+    since: float = field(default_factory=time.monotonic)
 
 
 class Scheduler:
@@ -98,6 +101,10 @@ class Scheduler:
         self.pass_window_s = pass_window_s
         self.queue_max = queue_max
         self.queue_timeout_s = queue_timeout_s
+        # (model, excluded, trust level, route) -> (when, slots, best tps) of this coordinator's
+        # own providers that may take such a request (_stay)
+        self._own_cache: dict[tuple[str, frozenset[str], str, Route], tuple[float, int, float]] = {}
+        self._recheck: asyncio.TimerHandle | None = None  # a drain once a waiter may cross
         self.providers: dict[str, ProviderConn] = {}
         self._queues: dict[str, deque[_Waiter]] = {}
         # Per model, the connected providers serving it, in a tuple rebuilt on membership change.
@@ -226,14 +233,69 @@ class Scheduler:
 
     def try_acquire(self, demand: Demand, exclude: frozenset[str] = frozenset(),
                     min_trust: str | None = None, only: frozenset[str] | None = None,
-                    route: Route = ANY) -> ProviderConn | None:
-        """The cheapest eligible provider with a free slot, its slot taken; None if none can."""
+                    route: Route = ANY, ahead: int | None = None,
+                    waited_s: float = 0.0) -> ProviderConn | None:
+        """The cheapest eligible provider with a free slot, its slot taken; None if none can.
+        ``ahead``: the request may wait in this coordinator's queue behind that many others
+        (None: it may not), so a provider held elsewhere is taken only if none of this
+        coordinator's own is expected to free sooner than crossing costs (``_stay``)."""
         quotes = [quote(p, demand, self._reputation(p), self.weights)
                   for p in self._candidates(demand, exclude, min_trust, only, route)]
         provider = choose(quotes, self.weights)
+        if (provider is not None and provider.home is not None and ahead is not None
+                and only is None
+                and self._stay(demand, ahead, waited_s, exclude, min_trust, route)):
+            return None
         if provider is not None:
             provider.take_slot(demand.model, demand.max_tokens)
         return provider
+
+    def _stay(self, demand: Demand, ahead: int, waited_s: float, exclude: frozenset[str],
+              min_trust: str | None, route: Route) -> bool:
+        """Whether to wait for one of this coordinator's own providers rather than cross to one
+        held elsewhere: the wait so far plus the expected rest, (the waiters ahead + 1) over
+        their slots times the time an answer of this size takes there, is still under what
+        crossing is priced at (``Weights.elsewhere_ms``). Where answers take seconds the
+        request crosses at once; where they take a tenth of a second it stays home."""
+        slots, tps = self._own_capacity(demand.model, exclude, self._level(min_trust), route)
+        if not slots:
+            return False
+        answer_ms = demand.max_tokens / max(1.0, tps) * 1000
+        # Never longer than crossing is priced at, nor than half the queue's patience.
+        limit_ms = min(self.weights.elsewhere_ms, self.queue_timeout_s * 500)
+        stay_ms = limit_ms - waited_s * 1000 - (ahead + 1) / slots * answer_ms
+        if stay_ms <= 0:
+            return False
+        # Nothing else may happen before crossing is due for it: look again then.
+        loop = asyncio.get_running_loop()
+        due = loop.time() + stay_ms / 1000
+        if self._recheck is None or due < self._recheck.when():
+            if self._recheck is not None:
+                self._recheck.cancel()
+            self._recheck = loop.call_at(due, self._rechecked)
+        return True
+
+    def _rechecked(self) -> None:
+        self._recheck = None
+        self.drain()
+
+    def _own_capacity(self, model: str, exclude: frozenset[str], level: str,
+                      route: Route) -> tuple[int, float]:
+        """Slots and best decode speed of this coordinator's own providers that may take such a
+        request: an estimate, so kept for OWN_CAPACITY_S rather than walked per waiter."""
+        key = (model, exclude, level, route)
+        now = time.monotonic()
+        cached = self._own_cache.get(key)
+        if cached is not None and now - cached[0] < OWN_CAPACITY_S:
+            return cached[1], cached[2]
+        own = [p for p in self._pool(model) if p.home is None and p.id not in exclude
+               and route.admits(p) and self.routable(p, level)]
+        slots = sum(p.max_concurrency for p in own)
+        tps = max((p.decode_tps for p in own), default=0.0)
+        if len(self._own_cache) > 4096:
+            self._own_cache.clear()
+        self._own_cache[key] = (now, slots, tps)
+        return slots, tps
 
     def _reputation(self, provider: ProviderConn) -> float:
         """The score of the coordinator that keeps the provider's record: this one's, or for a
@@ -290,7 +352,9 @@ class Scheduler:
         queue = self._queues.setdefault(model, deque())
         if queue:  # FIFO: the waiters first, each to a free slot it may take
             self.drain()
-        provider = None if wait else self.try_acquire(demand, exclude, min_trust, only, route)
+        patient = may_queue and self._queued(queue, route, only) < self.queue_max
+        provider = None if wait else self.try_acquire(demand, exclude, min_trust, only, route,
+                                                      ahead=len(queue) if patient else None)
         if provider is not None:
             return provider
         if not may_queue:
@@ -360,12 +424,14 @@ class Scheduler:
         for model, queue in self._queues.items():
             if not queue or not any(p.free_slots > 0 for p in self._pool(model)):
                 continue  # nothing to hand out: no walk per waiter
-            for waiter in list(queue):
+            now = time.monotonic()
+            for ahead, waiter in enumerate(list(queue)):
                 if waiter.future.done():
                     queue.remove(waiter)
                     continue
                 provider = self.try_acquire(waiter.demand, waiter.exclude, waiter.min_trust,
-                                            waiter.only, waiter.route)
+                                            waiter.only, waiter.route, ahead=ahead,
+                                            waited_s=now - waiter.since)
                 if provider is None:
                     continue
                 queue.remove(waiter)

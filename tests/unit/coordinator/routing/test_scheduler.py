@@ -9,6 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from darkbloom.coordinator.routing.cost import Demand as D
+from darkbloom.coordinator.routing.cost import Weights
 from darkbloom.coordinator.routing.registry import ProviderConn
 from darkbloom.coordinator.routing.scheduler import Scheduler
 from darkbloom.errors import NoProviderAvailable
@@ -440,3 +441,74 @@ async def test_a_full_cluster_times_out_like_the_queue(make_provider: MakeProvid
         await asyncio.wait_for(s.acquire(D("m")), 1)
     assert info.value.headers.get("Retry-After") == "1"
     assert s.queue_depth("m") == 0 and p.in_flight == 0
+
+
+# --- locality: wait for this coordinator's own provider, or cross to one held elsewhere ----
+
+
+def _own_and_remote(make: MakeProvider, own_tps: float) -> tuple[ProviderConn, ProviderConn]:
+    own, remote = make("own"), make("remote")
+    own.measured_decode_tps = own_tps
+    remote.home, remote.routable_until = "coordinator-b", time.time() + 60
+    return own, remote
+
+
+async def test_a_request_waits_for_its_own_provider_when_answers_are_quick(
+        make_provider: MakeProvider) -> None:
+    own, remote = _own_and_remote(make_provider, own_tps=500.0)  # 100 tokens: 0.2 s an answer
+    s = scheduler(own, remote)
+    assert await s.acquire(D("m", max_tokens=100)) is own
+    waiting = asyncio.create_task(s.acquire(D("m", max_tokens=100)))
+    await settle()
+    assert not waiting.done() and remote.in_flight == 0  # the idle remote one is left alone
+    s.release(own, D("m", max_tokens=100))
+    assert await asyncio.wait_for(waiting, 1) is own
+
+
+async def test_a_request_crosses_when_its_own_provider_is_slow(make_provider: MakeProvider) -> None:
+    own, remote = _own_and_remote(make_provider, own_tps=10.0)  # 100 tokens: 10 s an answer
+    s = scheduler(own, remote)
+    assert await s.acquire(D("m", max_tokens=100)) is own
+    assert await asyncio.wait_for(s.acquire(D("m", max_tokens=100)), 1) is remote
+
+
+async def test_a_request_that_may_not_wait_crosses(make_provider: MakeProvider) -> None:
+    own, remote = _own_and_remote(make_provider, own_tps=500.0)
+    s = scheduler(own, remote)
+    assert await s.acquire(D("m", max_tokens=100)) is own
+    assert await s.acquire(D("m", max_tokens=100), may_queue=False) is remote
+
+
+async def test_a_waiter_crosses_once_it_has_waited_what_crossing_costs(
+        make_provider: MakeProvider) -> None:
+    own, remote = _own_and_remote(make_provider, own_tps=500.0)
+    s = scheduler(own, remote)
+    assert await s.acquire(D("m", max_tokens=100)) is own
+    waiting = asyncio.create_task(s.acquire(D("m", max_tokens=100)))
+    await settle()
+    assert not waiting.done()
+    s._queues["m"][0].since -= s.weights.elsewhere_ms / 1000  # as if it had waited that long
+    s.drain()
+    assert await asyncio.wait_for(waiting, 1) is remote
+
+
+async def test_a_waiter_crosses_on_time_even_when_nothing_else_happens(
+        make_provider: MakeProvider) -> None:
+    own, remote = _own_and_remote(make_provider, own_tps=500.0)
+    s = Scheduler(queue_max=8, queue_timeout_s=5.0, weights=Weights(elsewhere_ms=300.0))
+    s.add(own)
+    s.add(remote)
+    assert await s.acquire(D("m", max_tokens=10)) is own  # and it never finishes
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await asyncio.wait_for(s.acquire(D("m", max_tokens=10)), 2) is remote
+    assert loop.time() - started >= 0.25
+
+
+async def test_own_providers_that_may_not_take_the_request_are_not_waited_for(
+        make_provider: MakeProvider) -> None:
+    own, remote = _own_and_remote(make_provider, own_tps=500.0)
+    remote.trust_level = "hardware"  # the request wants hardware; its own provider is not
+    s = scheduler(own, remote)
+    assert await asyncio.wait_for(s.acquire(D("m", max_tokens=100), min_trust="hardware"), 1) \
+        is remote
