@@ -7,83 +7,32 @@ without a TTL); the rest checks what the review found sound."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from darkbloom.coordinator.cluster import Bus, Cluster, Keys, Slots
+from darkbloom.coordinator.cluster import Bus, Keys, Slots
 from darkbloom.coordinator.cluster.link import Link
-from darkbloom.coordinator.dispatch import Attempt, Dispatcher
 from darkbloom.coordinator.routing.cost import Demand
-from darkbloom.coordinator.routing.scheduler import Scheduler
 from darkbloom.crypto import KeyPair
 from darkbloom.errors import NoProviderAvailable
 from darkbloom.protocol import encode
 from darkbloom.protocol.frames import InferenceComplete, InferenceRequest, Usage
-from tests.cluster.conftest import REDIS_URL, MakeClient
-from tests.cluster.test_hostile_review_link import MODEL, provider_conn, received
+from tests.cluster import test_hostile_review_link as link_review
+from tests.cluster.conftest import MakeClient
+from tests.cluster.test_hostile_review_link import (
+    MODEL,
+    MakeNode,
+    dispatch,
+    eventually,
+    home,
+    provider_conn,
+    received,
+)
 
 DEMAND = Demand(MODEL, max_tokens=16)
-
-
-@dataclass
-class Node:
-    name: str
-    link: Link
-    scheduler: Scheduler
-    dispatcher: Dispatcher
-
-
-MakeNode = Callable[..., Awaitable[Node]]
-
-
-@pytest.fixture
-async def nodes(make_client: object, prefix: str) -> AsyncIterator[MakeNode]:
-    made: list[Node] = []
-
-    async def make(name: str, queue_timeout_s: float = 2.0) -> Node:
-        scheduler = Scheduler(10, queue_timeout_s, "none")
-        dispatcher = Dispatcher(scheduler)
-        link = Link(Cluster.from_url(REDIS_URL, prefix, name), scheduler)
-        link.on_frame = dispatcher.handle
-        scheduler.link = link
-        await link.start()
-        node = Node(name, link, scheduler, dispatcher)
-        made.append(node)
-        return node
-
-    try:
-        yield make
-    finally:
-        for node in made:
-            await node.link.close()
-
-
-async def home(node: Node, conn: object, *seen_by: Node) -> None:
-    node.scheduler.add(conn)  # type: ignore[arg-type]
-    node.link.publish(conn, joined=True)  # type: ignore[arg-type]
-    async with asyncio.timeout(10):
-        for other in seen_by:
-            while conn.id not in other.scheduler.providers:  # type: ignore[attr-defined]
-                await other.link.sync()
-                await asyncio.sleep(0.02)
-
-
-async def dispatch(node: Node) -> Attempt:
-    provider = await node.scheduler.acquire(DEMAND)
-    return node.dispatcher.send(provider, b'{"messages": []}', demand=DEMAND, model=MODEL,
-                                endpoint="/v1/chat/completions", stream=True, max_tokens_cap=16)
-
-
-async def eventually(check: Callable[[], bool]) -> None:
-    for _ in range(250):
-        if check():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("not within 5 s")
+nodes = link_review.nodes  # the same coordinators-in-one-process fixture
 
 
 def unreachable_for(monkeypatch: pytest.MonkeyPatch, link: Link) -> None:

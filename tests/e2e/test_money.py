@@ -163,8 +163,10 @@ def test_a_stream_the_consumer_cuts_is_charged_for_what_it_got(money: Money) -> 
     money.audit()
 
 
-def test_a_full_queue_costs_nothing(money: Money) -> None:
-    before, rows_before = money.balance(), len(money.usage())
+def _queued_behind_a_held_slot(money: Money) -> openai.APIStatusError | None:
+    """Take the only slot with a long streamed answer, then ask again: the error the second
+    request got after the 2 s queue timeout, or None if it was served (the holder's answer
+    ended on its own within the timeout)."""
     http = httpx.Client(timeout=60)
     for _ in range(5):  # a slot still finishing an earlier test's answer: try again shortly
         holder = http.send(http.build_request(
@@ -177,25 +179,40 @@ def test_a_full_queue_costs_nothing(money: Money) -> None:
         holder.close()
         time.sleep(1)
     assert holder.status_code == 200
-    lines = holder.iter_lines()
+    lines = holder.iter_lines()  # kept: a dropped generator would close the stream
     next(lines)  # the only slot is taken
     try:
-        with pytest.raises(openai.APIStatusError) as waited:  # waits the 2 s queue timeout
-            money.coordinator.client().chat.completions.create(model=MODEL, messages=HI, max_tokens=4)
-        assert waited.value.status_code == 503
+        money.coordinator.client().chat.completions.create(model=MODEL, messages=HI, max_tokens=4)
+        return None
+    except openai.APIStatusError as waited:
+        return waited
     finally:
         holder.close()
         http.close()
-    # Only the holder, cut short, may be charged (what it was sent); the queued request not at all.
-    # The holder is settled after its response ends: wait until the books show it.
+
+
+def _settled(money: Money, before: int, rows_before: int) -> list[dict[str, Any]]:
+    """The usage rows since ``rows_before`` once the balance shows all of them (settlement
+    follows the end of a response), or after 10 s."""
     deadline = time.monotonic() + 10
     while True:
         rows = money.usage()
         new = rows[:len(rows) - rows_before]
-        charged = sum(row["cost_micro_usd"] for row in new)
-        if money.balance() == before - charged or time.monotonic() > deadline:
-            break
+        if money.balance() == before - sum(row["cost_micro_usd"] for row in new) \
+                or time.monotonic() > deadline:
+            return new
         time.sleep(0.05)
+
+
+def test_a_full_queue_costs_nothing(money: Money) -> None:
+    for _ in range(3):  # the holder's answer may end (EOS) within the queue timeout: again
+        before, rows_before = money.balance(), len(money.usage())
+        waited = _queued_behind_a_held_slot(money)
+        new = _settled(money, before, rows_before)
+        if waited is not None:
+            break
+    assert waited is not None and waited.status_code == 503
+    # Only the holder, cut short, may be charged (what it was sent); the queued request not at all.
     assert len(new) <= 1 and all(row["status"] == "partial" for row in new)
     assert money.balance() == before - sum(row["cost_micro_usd"] for row in new)
     money.audit()
