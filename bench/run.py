@@ -310,20 +310,21 @@ the network.
 
 {routing.table(routes)}
 
-Relay capacity (`bench/relay.py`), SIMULATED providers (the real provider agent replaying a
-recorded token stream, no model) so the load is the coordinators': {relay.STREAMS_PER_COORDINATOR}
-streaming clients per coordinator for {relay.DURATION_S:g} s, round-robin across coordinators;
-{relay.PROVIDERS_PER_COORDINATOR} providers of {relay.SLOTS} slots per coordinator (every slot
-busy, requests queueing: a saturated network), {relay.TOKENS} tokens per answer. Routing keeps a
-coordinator's consumers on its own providers where that costs them nothing real (docs/routing.md
-"Locality"); "requests crossing" is the share that reached a provider held by another coordinator
-and crossed Redis both ways (its `cluster_requests_total`). This machine has 2 cores shared by every process
-(clients, providers, coordinators, PostgreSQL, Redis), so absolute throughput cannot grow with N
-here; the comparable figure is relayed chunks per second of coordinator CPU, whose ratio to one
-coordinator's is the scale-out efficiency (target ≥ 0.8). Crowding N coordinators and their
-providers onto 2 cores costs CPU per chunk by itself (context switches, cold caches), so each
-cluster size is also run as the same N coordinators standing alone (no Redis, each serving its
-own providers, same load): "vs as many standing alone" is what the cluster itself costs.
+Relay capacity (`bench/relay.py`), SIMULATED providers (the real provider agent replaying a recorded
+token stream, no model) so the load is the coordinators': {relay.STREAMS_PER_COORDINATOR} streaming
+clients per coordinator for {relay.DURATION_S:g} s, round-robin across coordinators;
+{relay.PROVIDERS_PER_COORDINATOR} providers of {relay.SLOTS} slots per coordinator (every slot busy,
+requests queueing: a saturated network), {relay.TOKENS} tokens per answer. Routing keeps a
+coordinator's consumers on its own providers while waiting for them is expected to cost less than
+crossing (docs/routing.md "Locality"); "requests crossing" is the share that reached a provider held
+by another coordinator and crossed Redis both ways (its `cluster_requests_total`). This machine has
+2 cores shared by every process (clients, providers, coordinators, PostgreSQL, Redis), so absolute
+throughput cannot grow with N here; the comparable figure is relayed chunks per second of
+coordinator CPU, whose ratio to one coordinator's is the scale-out efficiency (target ≥ 0.8).
+Crowding N coordinators and their providers onto 2 cores costs CPU per chunk by itself (context
+switches, cold caches), so each cluster size is also run as the same N coordinators standing alone
+(no Redis, each serving its own providers, same load): "vs as many standing alone" is what the
+cluster itself costs.
 
 {relay.table(relays)}
 
