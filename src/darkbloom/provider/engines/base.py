@@ -1,7 +1,10 @@
-"""The engine contract: everything the provider agent needs from an inference runtime.
+"""The engine contracts: what the provider agent needs from an inference runtime.
 
-An engine turns a validated GenerationRequest into text deltas and exact token counts. It never
-sees the network or the sealing; the agent does that. Engines: llamacpp.py (default).
+Two levels. An ``EngineBackend`` is a runtime (llama.cpp, mlx-lm, vLLM): it says whether it can
+run on this machine and loads a ``LocalModel`` into a ``LoadedModel``, which has its own slots and
+turns a validated GenerationRequest into text deltas and exact token counts. The agent talks to
+an ``Engine``: the set of models this provider serves (provider/models.py), or a test double.
+None of them sees the network or the sealing; the agent does that.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, Protocol
 
 from darkbloom.inference.formatting import Logprobs
@@ -40,6 +44,73 @@ class Finished:
 
 
 GenerationEvent = Started | TextDelta | Finished
+
+# What a request may need beyond plain generation (inference/capabilities.py says which a request
+# needs). A provider advertises its models' flags; the coordinator refuses with 400 what no
+# provider of the model can do, rather than letting an engine ignore it.
+CAPABILITIES = frozenset({"tools", "json_schema", "logprobs", "seed", "stop_sequences", "completions"})
+
+ModelFormat = Literal["gguf", "mlx", "safetensors"]
+
+
+@dataclass(frozen=True, slots=True)
+class LocalModel:
+    """A model's files on this machine, in the form an engine loads."""
+
+    id: str
+    path: Path  # a GGUF file, or a directory (MLX, safetensors)
+    format: ModelFormat
+    size_bytes: int
+    weight_hash: str | None = None
+    quantization: str = ""
+    context_length: int = 4096
+    aliases: tuple[str, ...] = ()
+    model_type: str = "text"
+
+    def names(self) -> tuple[str, ...]:
+        return (self.id, *self.aliases)
+
+
+class LoadedModel(Protocol):
+    """One model resident in memory, with its own slots; ``close`` unloads it."""
+
+    model: LocalModel
+
+    @property
+    def capabilities(self) -> frozenset[str]: ...
+
+    @property
+    def slots(self) -> int: ...
+
+    @property
+    def busy_slots(self) -> int: ...
+
+    def count_tokens(self, request: GenerationRequest) -> int:
+        """Prompt tokens the request would use (its rendered prompt, tokenized)."""
+        ...
+
+    def generate(self, request: GenerationRequest, max_tokens_cap: int,
+                 cancel: threading.Event) -> AsyncIterator[GenerationEvent]:
+        """Stream one Started, deltas, then exactly one Finished; stops within a token of ``cancel``.
+
+        Raises InvalidRequest (e.g. context_length_exceeded) before the first event.
+        """
+        ...
+
+    def close(self) -> None: ...
+
+
+class EngineBackend(Protocol):
+    """An inference runtime; importing its library is deferred to ``load``."""
+
+    name: str
+    formats: frozenset[ModelFormat]  # the LocalModel formats it loads
+
+    def problem(self) -> str | None:
+        """Why it cannot run on this machine (library missing, no GPU...), or None."""
+        ...
+
+    def load(self, model: LocalModel, *, slots: int, threads: int | None) -> LoadedModel: ...
 
 
 class Engine(Protocol):
