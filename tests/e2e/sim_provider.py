@@ -22,7 +22,7 @@ from darkbloom.config import get_provider_settings
 from darkbloom.inference.catalog import DEFAULT_MODEL
 from darkbloom.inference.prompt import PromptBuilder
 from darkbloom.inference.request import GenerationRequest
-from darkbloom.protocol.frames import ModelInfo
+from darkbloom.protocol.frames import ModelInfo, Slot
 from darkbloom.provider.engines.base import Finished, FinishReason, GenerationEvent, Started, TextDelta
 from darkbloom.provider.runtime import serve
 
@@ -55,6 +55,12 @@ class ReplayEngine:
     def models(self) -> list[ModelInfo]:
         return [ModelInfo(id=DEFAULT_MODEL.id, weight_hash=DEFAULT_MODEL.weight_hash,
                           size_bytes=DEFAULT_MODEL.size_bytes)]
+
+    def warm_models(self) -> list[str]:
+        return [DEFAULT_MODEL.id]
+
+    def capacity(self) -> list[Slot]:
+        return [Slot(model=DEFAULT_MODEL.id, num_running=self._busy)]
 
     def serves(self, model: str) -> bool:
         return model == DEFAULT_MODEL.id

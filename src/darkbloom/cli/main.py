@@ -60,16 +60,25 @@ def serve(
     coordinator_url: Annotated[list[str] | None, typer.Option(
         "--coordinator", help="ws(s)://host/ws/provider; repeat (or comma-separate) for several "
                               "coordinators of one network, tried in order on failover")] = None,
-    model: Annotated[list[str] | None, typer.Option(help="Model id to serve.")] = None,
-    slots: Annotated[int | None, typer.Option(help="Concurrent requests (one context each).")] = None,
+    model: Annotated[list[str] | None, typer.Option(
+        help="Model id to serve; repeat for several (each gets its own slots).")] = None,
+    slots: Annotated[int | None, typer.Option(help="Concurrent requests per model.")] = None,
+    idle_timeout: Annotated[float | None, typer.Option(
+        "--idle-timeout", help="Unload a model after this many idle minutes (0: never); the "
+                               "next request reloads it.")] = None,
 ) -> None:
-    """Run a provider: load the model, dial out to the coordinator, serve until Ctrl-C."""
+    """Run a provider in the foreground: load the models, dial out to the coordinator, serve until
+    Ctrl-C.
+
+    Example: darkbloom serve --coordinator wss://coordinator.example/ws/provider --model smollm2-135m
+    """
     from pydantic import ValidationError
 
     from darkbloom.cli import logs
     from darkbloom.inference.catalog import Catalog
     from darkbloom.provider.agent import redact_url
-    from darkbloom.provider.runtime import disable_core_dumps, load_engine
+    from darkbloom.provider.models import ModelLoadError
+    from darkbloom.provider.runtime import disable_core_dumps, model_host
     from darkbloom.provider.runtime import serve as run_serve
 
     disable_core_dumps()
@@ -80,6 +89,8 @@ def serve(
         overrides["models"] = model
     if slots:
         overrides["slots"] = slots
+    if idle_timeout is not None:
+        overrides["idle_timeout_mins"] = idle_timeout
     try:
         settings = ProviderSettings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:  # only the messages: the input may hold a token or a URL secret
@@ -91,14 +102,15 @@ def serve(
     console.print("coordinator" + ("s, in failover order: " if len(settings.coordinators) > 1
                                    else ": ") + ", ".join(map(redact_url, settings.coordinators)),
                   markup=False, highlight=False, soft_wrap=True)
-    with console.status(f"Loading {', '.join(settings.models)} with llama.cpp..."):
-        try:
-            engine = load_engine(settings, Catalog())
-        except (ValueError, FileNotFoundError) as exc:
-            console.print(f"[red]{exc}[/red]")
-            raise typer.Exit(2) from None
     try:
-        asyncio.run(run_serve(settings, engine))
+        host = model_host(settings, Catalog())
+        with console.status(f"Loading {', '.join(settings.models)}..."):
+            host.load_all()
+    except (ValueError, FileNotFoundError, ModelLoadError) as exc:
+        console.print(str(exc), style="red", markup=False)
+        raise typer.Exit(2) from None
+    try:
+        asyncio.run(run_serve(settings, host))
     except Exception as exc:  # FatalRejection and friends: say why, exit non-zero
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None

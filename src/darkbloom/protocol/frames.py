@@ -79,6 +79,11 @@ class ModelInfo(BaseModel):
     quantization: str = ""
     weight_hash: str | None = None
     context_length: int | None = None
+    # Ours: this model's own slots on the provider (requests it runs at once), and what its
+    # engine can do (provider/engines/base.py CAPABILITIES); None: not said (an older provider,
+    # taken as every capability and the provider's max_concurrency).
+    slots: int | None = None
+    capabilities: list[str] | None = None
 
 
 class Register(Frame):

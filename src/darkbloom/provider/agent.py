@@ -42,7 +42,6 @@ from darkbloom.protocol.frames import (
     Register,
     Registered,
     RuntimeStatus,
-    Slot,
     Stats,
     coordinator_frame_adapter,
 )
@@ -145,6 +144,7 @@ class ProviderAgent:
         self._in_flight: dict[str, _InFlight] = {}
         self.server = RequestServer(engine, self.keys, self._send, self.identity)
         self.connected = asyncio.Event()
+        self._last_model: str | None = None  # the heartbeat's active_model
 
     async def _send(self, frame: BaseModel) -> None:
         ws = self._ws
@@ -174,18 +174,15 @@ class ProviderAgent:
         )
 
     def _heartbeat_frame(self) -> Heartbeat:
-        busy = self.engine.busy_slots
-        models = [m.id for m in self.engine.models()]
+        warm = self.engine.warm_models()
         return Heartbeat(
             status="serving" if self._in_flight else "idle",
-            active_model=models[0] if models else None,
-            warm_models=models,
+            active_model=self._last_model if self._last_model in warm else (warm[0] if warm else None),
+            warm_models=warm,
             stats=Stats(requests_served=self.server.requests_served,
                         tokens_generated=self.server.tokens_generated),
             system_metrics=hardware.metrics(),
-            backend_capacity=BackendCapacity(slots=[
-                Slot(model=m, num_running=busy,
-                     num_waiting=max(0, len(self._in_flight) - busy)) for m in models]),
+            backend_capacity=BackendCapacity(slots=self.engine.capacity()),
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -322,6 +319,7 @@ class ProviderAgent:
         context = contextvars.copy_context()  # the request's log lines carry its X-Request-ID
         context.run(REQUEST_ID.set, sanitize(frame.x_request_id))
         context.run(log.debug, "request %s: %s on %s", frame.request_id, frame.endpoint, frame.model)
+        self._last_model = frame.model
         task = asyncio.create_task(self.server.serve(frame, cancel), context=context)
         self._in_flight[frame.request_id] = _InFlight(task, cancel)
         task.add_done_callback(lambda _: self._in_flight.pop(frame.request_id, None))

