@@ -65,6 +65,9 @@ class ReplayEngine:
     def serves(self, model: str) -> bool:
         return model == DEFAULT_MODEL.id
 
+    def model_info(self, model: str) -> ModelInfo | None:
+        return self.models()[0] if self.serves(model) else None
+
     async def generate(self, request: GenerationRequest, max_tokens_cap: int,
                        cancel: threading.Event) -> AsyncIterator[GenerationEvent]:
         prompt = (len(self._builder.tokens(request)) if self._builder is not None

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from darkbloom.errors import DarkbloomError
+from darkbloom.inference.capabilities import required, unsupported
 from darkbloom.inference.request import GenerationRequest
 from darkbloom.protocol.frames import ModelInfo, Slot
 from darkbloom.provider import hardware
@@ -151,12 +152,18 @@ class ModelHost:
     def serves(self, model: str) -> bool:
         return self._find(model) is not None
 
+    def model_info(self, model: str) -> ModelInfo | None:
+        served = self._find(model)
+        return self._info(served) if served is not None else None
+
     def models(self) -> list[ModelInfo]:
-        return [ModelInfo(id=s.model.id, size_bytes=s.model.size_bytes, model_type=s.model.model_type,
-                          quantization=s.model.quantization, weight_hash=s.model.weight_hash,
-                          context_length=s.model.context_length, slots=self._slots,
-                          capabilities=sorted(s.capabilities))
-                for s in self._served if s.advertised]
+        return [self._info(s) for s in self._served if s.advertised]
+
+    def _info(self, s: _Served) -> ModelInfo:
+        return ModelInfo(id=s.model.id, size_bytes=s.model.size_bytes, model_type=s.model.model_type,
+                         quantization=s.model.quantization, weight_hash=s.model.weight_hash,
+                         context_length=s.model.context_length, slots=self._slots,
+                         capabilities=sorted(s.capabilities))
 
     @property
     def slots(self) -> int:
@@ -196,6 +203,8 @@ class ModelHost:
         if served is None:
             raise DarkbloomError(f"model {request.model!r} is not served by this provider",
                                  status_code=404)
+        if missing := required(request) - served.capabilities:
+            raise unsupported(served.model.id, missing)
         served.users += 1
         try:
             loaded = await self._ready(served)

@@ -151,7 +151,7 @@ class RequestServer:
             await self._refuse(rid, refused, None)
             return
         await self.send(InferenceAccepted(request_id=rid))
-        served = next((m for m in self.engine.models() if self.engine.serves(m.id)), None)
+        served = self.engine.model_info(request.model)
         receipts = ReceiptWriter(
             self.identity, request_id=rid, model=request.model, endpoint=frame.endpoint,
             encryption_key=self.keys.public_b64, weight_hash=served.weight_hash if served else None,

@@ -42,6 +42,7 @@ from darkbloom.coordinator.trust.quarantine import Quarantine
 from darkbloom.crypto import SealingError, public_key_from_b64
 from darkbloom.crypto.certificates import check_chain
 from darkbloom.crypto.challenge import TIMESTAMP_FORMAT, now_stamp
+from darkbloom.inference.capabilities import CAPABILITIES
 from darkbloom.inference.catalog import Catalog
 from darkbloom.protocol import MalformedFrame, UnknownFrame, decode, encode
 from darkbloom.protocol.frames import (
@@ -101,6 +102,24 @@ def filter_models(catalog: Catalog, offered: list[ModelInfo]
         else:
             accepted.add(entry.id)
     return frozenset(accepted), rejected
+
+
+def per_model(catalog: Catalog, offered: list[ModelInfo], accepted: frozenset[str], cap: int
+              ) -> tuple[dict[str, int], dict[str, frozenset[str]]]:
+    """Each accepted model's own slots (at most the provider's cap) and capabilities (names this
+    network knows; unknown ones are dropped). A model that says neither gets neither: the
+    provider's cap and every capability, as before providers said them."""
+    slots: dict[str, int] = {}
+    capable: dict[str, frozenset[str]] = {}
+    for info in offered:
+        entry = catalog.resolve(info.id)
+        if entry is None or entry.id not in accepted:
+            continue
+        if info.slots is not None:
+            slots[entry.id] = max(1, min(cap, info.slots))
+        if info.capabilities is not None:
+            capable[entry.id] = CAPABILITIES.intersection(info.capabilities[:64])
+    return slots, capable
 
 
 class ProviderSession:
@@ -231,6 +250,8 @@ class ProviderSession:
             reported_decode_tps=clamps.clamp(register.decode_tps or 0.0, clamps.MAX_DECODE_TPS),
             reported_prefill_tps=clamps.clamp(register.prefill_tps or 0.0, clamps.MAX_PREFILL_TPS),
         )
+        conn.model_slots, conn.model_capabilities = per_model(
+            self.catalog, register.models, models, conn.max_concurrency)
         conn.kick = lambda code, reason: self._kick(conn, code, reason)
         settings = self.settings
         barred = self._barred(conn, verdict.posture or {})

@@ -57,12 +57,14 @@ class Demand:
     prompt_tokens: int = 1
     max_tokens: int = WEIGHTS.default_max_tokens
     model_bytes: int = 0  # the catalog's size of the weights; 0: unknown
+    needs: frozenset[str] = frozenset()  # capabilities (inference/capabilities.py)
 
     @classmethod
     def of(cls, model: str, *, prompt_tokens: int | None, body_bytes: int, max_tokens: int | None,
-           model_bytes: int = 0) -> Demand:
+           model_bytes: int = 0, needs: frozenset[str] = frozenset()) -> Demand:
         estimate = prompt_tokens if prompt_tokens is not None else body_bytes // 4
-        return cls(model, max(1, estimate), max_tokens or WEIGHTS.default_max_tokens, model_bytes)
+        return cls(model, max(1, estimate), max_tokens or WEIGHTS.default_max_tokens, model_bytes,
+                   needs)
 
 
 def slot_of(provider: ProviderConn, model: str) -> Slot | None:

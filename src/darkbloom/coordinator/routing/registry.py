@@ -40,6 +40,10 @@ class ProviderConn:
     pending_by_model: dict[str, int] = field(default_factory=dict)
     pending_tokens_by_model: dict[str, int] = field(default_factory=dict)
     served: int = 0
+    # Per model (from register; a model absent here: the provider's max_concurrency, and every
+    # capability): its own slots on the provider, and what its engine can do.
+    model_slots: dict[str, int] = field(default_factory=dict)
+    model_capabilities: dict[str, frozenset[str]] = field(default_factory=dict)
     connected_at: float = field(default_factory=time.monotonic)
     last_heartbeat: float = field(default_factory=time.monotonic)
     closed: bool = False
@@ -96,6 +100,15 @@ class ProviderConn:
     @property
     def free_slots(self) -> int:
         return self.max_concurrency - self.in_flight - self.cluster_in_flight
+
+    def has_room(self, model: str) -> bool:
+        """A free slot on the machine, and one of the model's own."""
+        return self.free_slots > 0 and (
+            self.pending_by_model.get(model, 0) < self.model_slots.get(model, self.max_concurrency))
+
+    def can(self, model: str, needs: frozenset[str]) -> bool:
+        capable = self.model_capabilities.get(model)
+        return capable is None or needs <= capable
 
     def take_slot(self, model: str, max_tokens: int) -> None:
         self.in_flight += 1

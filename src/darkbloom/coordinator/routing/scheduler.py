@@ -30,6 +30,7 @@ from darkbloom.coordinator.routing.registry import ProviderConn
 from darkbloom.coordinator.routing.reputation import Reputations
 from darkbloom.coordinator.trust.attestation import at_least
 from darkbloom.errors import NoProviderAvailable
+from darkbloom.inference.capabilities import CAPABILITIES, unsupported
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +183,8 @@ class Scheduler:
         start = random.randrange(len(pool)) if len(pool) > SAMPLE else 0
         for i in range(len(pool)):
             p = pool[(start + i) % len(pool)]
-            if (p.free_slots > 0 and p.id not in exclude and (only is None or p.id in only)
+            if (p.has_room(demand.model) and p.can(demand.model, demand.needs)
+                    and p.id not in exclude and (only is None or p.id in only)
                     and route.admits(p) and self.routable(p, level)
                     and unfit(p, demand, self.weights) is None):
                 found.append(p)
@@ -341,7 +343,8 @@ class Scheduler:
         """A provider with a free slot now, else a place in the model's queue. ``wait``: queue
         without looking (every provider that looked free was full elsewhere)."""
         model = demand.model
-        if not self.serving(model, exclude, min_trust, only, route):
+        serving = self.serving(model, exclude, min_trust, only, route)
+        if not serving:
             if only is not None:
                 raise NoProviderAvailable(f"none of the providers the request is sealed to is "
                                           f"serving model {model!r} now; seal to others")
@@ -349,6 +352,10 @@ class Scheduler:
                 raise NoProviderAvailable(f"none of your own providers is serving model {model!r} "
                                           "now (X-Darkbloom-Route: self)", code="no_own_provider")
             raise self._nobody_serves(model, min_trust)
+        if demand.needs and not any(p.can(model, demand.needs) for p in serving):
+            offered = frozenset[str]().union(
+                *(p.model_capabilities.get(model, CAPABILITIES) for p in serving))
+            raise unsupported(model, demand.needs - offered or demand.needs)
         queue = self._queues.setdefault(model, deque())
         if queue:  # FIFO: the waiters first, each to a free slot it may take
             self.drain()
@@ -422,7 +429,7 @@ class Scheduler:
         its place without holding up the waiters behind it: a self-routed request waiting for its
         owner's busy machine must not stop paid work reaching idle providers (billing.md §5)."""
         for model, queue in self._queues.items():
-            if not queue or not any(p.free_slots > 0 for p in self._pool(model)):
+            if not queue or not any(p.has_room(model) for p in self._pool(model)):
                 continue  # nothing to hand out: no walk per waiter
             now = time.monotonic()
             for ahead, waiter in enumerate(list(queue)):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
+from darkbloom.inference.capabilities import CAPABILITIES as CAPABILITIES
 from darkbloom.inference.formatting import Logprobs
 from darkbloom.inference.request import GenerationRequest
 from darkbloom.protocol.frames import ModelInfo, Slot
@@ -44,11 +45,6 @@ class Finished:
 
 
 GenerationEvent = Started | TextDelta | Finished
-
-# What a request may need beyond plain generation (inference/capabilities.py says which a request
-# needs). A provider advertises its models' flags; the coordinator refuses with 400 what no
-# provider of the model can do, rather than letting an engine ignore it.
-CAPABILITIES = frozenset({"tools", "json_schema", "logprobs", "seed", "stop_sequences", "completions"})
 
 ModelFormat = Literal["gguf", "mlx", "safetensors"]
 
@@ -140,11 +136,16 @@ class Engine(Protocol):
 
     def serves(self, model: str) -> bool: ...
 
+    def model_info(self, model: str) -> ModelInfo | None:
+        """The offered model a name (id or alias) means, for the receipt's weight hash."""
+        ...
+
     def generate(self, request: GenerationRequest, max_tokens_cap: int,
                  cancel: threading.Event) -> AsyncIterator[GenerationEvent]:
         """Stream one Started, deltas, then exactly one Finished; stops within a token of ``cancel``.
 
-        Raises InvalidRequest (e.g. context_length_exceeded) before the first event.
+        Raises InvalidRequest (e.g. context_length_exceeded, a capability its engine lacks)
+        before the first event.
         """
         ...
 

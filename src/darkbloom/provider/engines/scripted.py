@@ -42,6 +42,9 @@ class ScriptedEngine:
     def serves(self, model: str) -> bool:
         return model == self.model
 
+    def model_info(self, model: str) -> ModelInfo | None:
+        return self.models()[0] if self.serves(model) else None
+
     async def generate(self, request: GenerationRequest, max_tokens_cap: int,
                        cancel: threading.Event) -> AsyncIterator[GenerationEvent]:
         yield Started(self.prompt_tokens)

@@ -12,7 +12,7 @@ from darkbloom.coordinator.routing.cost import Demand as D
 from darkbloom.coordinator.routing.cost import Weights
 from darkbloom.coordinator.routing.registry import ProviderConn
 from darkbloom.coordinator.routing.scheduler import Scheduler
-from darkbloom.errors import NoProviderAvailable
+from darkbloom.errors import InvalidRequest, NoProviderAvailable
 
 pytestmark = pytest.mark.timeout(5)
 
@@ -257,7 +257,7 @@ async def test_removing_provider_only_fails_waiters_of_unserved_models(make_prov
     with pytest.raises(NoProviderAvailable):
         await asyncio.wait_for(wait_m, 0.5)
     assert not wait_n.done()
-    s.release(b, D("m"))
+    s.release(b, D("n"))
     assert await asyncio.wait_for(wait_n, 0.5) is b
 
 
@@ -512,3 +512,41 @@ async def test_own_providers_that_may_not_take_the_request_are_not_waited_for(
     s = scheduler(own, remote)
     assert await asyncio.wait_for(s.acquire(D("m", max_tokens=100), min_trust="hardware"), 1) \
         is remote
+
+
+# --- per-model slots and capabilities (issue 11) ----------------------------------------
+
+
+def test_each_model_has_its_own_slots_on_a_provider(make_provider: MakeProvider) -> None:
+    """Two models with one slot each: a second request for the same model does not take the
+    other model's slot (the provider would only queue it), but a request for the other does."""
+    p = make_provider(models=("m", "n"), max_concurrency=2)
+    p.model_slots = {"m": 1, "n": 1}
+    s = scheduler(p)
+    assert s.try_acquire(D("m")) is p
+    assert s.try_acquire(D("m")) is None
+    assert s.try_acquire(D("n")) is p
+    assert p.in_flight == 2
+
+
+async def test_a_request_goes_only_to_providers_whose_engine_can_do_it(make_provider: MakeProvider) -> None:
+    plain = make_provider("plain")
+    plain.model_capabilities = {"m": frozenset({"stop_sequences"})}
+    full = make_provider("full")  # says nothing: every capability, as older providers
+    s = scheduler(plain, full)
+    assert await s.acquire(D("m", needs=frozenset({"logprobs"}))) is full
+    assert s.try_acquire(D("m", needs=frozenset({"logprobs"}))) is None  # full is busy: not plain
+    assert s.try_acquire(D("m", needs=frozenset({"stop_sequences"}))) is plain
+
+
+async def test_when_no_provider_of_the_model_can_do_it_the_request_is_a_400_not_a_wait(
+        make_provider: MakeProvider) -> None:
+    a, b = make_provider("a"), make_provider("b")
+    a.model_capabilities = {"m": frozenset({"stop_sequences"})}
+    b.model_capabilities = {"m": frozenset({"tools"})}
+    s = scheduler(a, b)
+    with pytest.raises(InvalidRequest) as refused:
+        await s.acquire(D("m", needs=frozenset({"logprobs", "tools"})))
+    assert refused.value.status_code == 400 and refused.value.code == "unsupported_capability"
+    assert refused.value.param == "logprobs" and "tools" not in refused.value.message
+    assert a.in_flight == b.in_flight == 0
