@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import pytest
+from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from darkbloom.coordinator.cluster import BadName, Keys, Presence, ProviderRecord, RecordTooLarge
@@ -156,3 +157,17 @@ def test_prefixes_and_ids_are_checked() -> None:
         Keys("has space")
     with pytest.raises(BadName):
         Presence(Redis(), "p:", "bad id")
+
+
+def test_per_model_slots_and_capabilities_travel_bounded() -> None:
+    """A provider's per-model slots and capabilities reach the other coordinators; a record with
+    a zero slot count, an endless capability name or too many models is refused."""
+    r = record("p", "n", ("m1", "m2"), model_slots={"m1": 1, "m2": 2},
+               model_capabilities={"m1": ("stop_sequences",), "m2": ("logprobs", "tools")})
+    again = ProviderRecord.model_validate_json(r.encode())
+    assert again.model_slots == {"m1": 1, "m2": 2}
+    assert again.model_capabilities["m2"] == ("logprobs", "tools")
+    for bad in ({"model_slots": {"m1": 0}}, {"model_capabilities": {"m1": ("x" * 33,)}},
+                {"model_slots": {f"m{i}": 1 for i in range(65)}}):
+        with pytest.raises(ValidationError):
+            record("p", "n", **bad)

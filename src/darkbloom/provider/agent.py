@@ -127,6 +127,8 @@ class CoordinatorRotation:
 class _InFlight:
     task: asyncio.Task[None]
     cancel: threading.Event = field(default_factory=threading.Event)
+    model: str = ""  # the served model's id
+    budget: int = 0  # its output cap: the heartbeat's max_tokens_potential
 
 
 class ProviderAgent:
@@ -175,6 +177,10 @@ class ProviderAgent:
 
     def _heartbeat_frame(self) -> Heartbeat:
         warm = self.engine.warm_models()
+        slots = self.engine.capacity()
+        for slot in slots:
+            slot.max_tokens_potential = sum(e.budget for e in self._in_flight.values()
+                                            if e.model == slot.model)
         return Heartbeat(
             status="serving" if self._in_flight else "idle",
             active_model=self._last_model if self._last_model in warm else (warm[0] if warm else None),
@@ -182,7 +188,7 @@ class ProviderAgent:
             stats=Stats(requests_served=self.server.requests_served,
                         tokens_generated=self.server.tokens_generated),
             system_metrics=hardware.metrics(),
-            backend_capacity=BackendCapacity(slots=self.engine.capacity()),
+            backend_capacity=BackendCapacity(slots=slots),
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -321,7 +327,9 @@ class ProviderAgent:
         context.run(log.debug, "request %s: %s on %s", frame.request_id, frame.endpoint, frame.model)
         self._last_model = frame.model
         task = asyncio.create_task(self.server.serve(frame, cancel), context=context)
-        self._in_flight[frame.request_id] = _InFlight(task, cancel)
+        served = self.engine.model_info(frame.model)
+        self._in_flight[frame.request_id] = _InFlight(task, cancel, served.id if served else "",
+                                                      frame.max_tokens_cap)
         task.add_done_callback(lambda _: self._in_flight.pop(frame.request_id, None))
 
     def _abort_all(self) -> None:

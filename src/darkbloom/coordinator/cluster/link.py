@@ -44,6 +44,7 @@ from darkbloom.coordinator.routing.registry import ProviderConn
 from darkbloom.coordinator.routing.scheduler import Scheduler
 from darkbloom.crypto import SealingError, public_key_from_b64
 from darkbloom.crypto.certificates import check_chain
+from darkbloom.inference.capabilities import CAPABILITIES
 from darkbloom.protocol import MalformedFrame, decode, encode
 from darkbloom.protocol.frames import (
     CLOSE_EVICTED,
@@ -132,7 +133,9 @@ def _record_of(conn: ProviderConn, scheduler: Scheduler, node_id: str,
         measured_decode_tps=min(conn.measured_decode_tps, 100_000.0),
         reputation=scheduler.reputations.score(conn), served=conn.served,
         attestation_raw=conn.attestation_raw, attestation_signature=conn.attestation_signature,
-        certificate_chain=tuple(conn.certificate_chain) if conn.certificate_chain else None)
+        certificate_chain=tuple(conn.certificate_chain) if conn.certificate_chain else None,
+        model_slots=conn.model_slots,
+        model_capabilities={m: tuple(sorted(c)) for m, c in conn.model_capabilities.items()})
 
 
 def _printable(text: str) -> str:
@@ -727,6 +730,10 @@ class Link:
             # where this coordinator has no roots to check it against itself.
             certificate_chain=list(record.certificate_chain)
             if identity_key and record.certificate_chain else None)
+        remote.model_slots = {m: min(n, record.max_concurrency)
+                              for m, n in record.model_slots.items() if m in remote.models}
+        remote.model_capabilities = {m: CAPABILITIES.intersection(c[:64])
+                                     for m, c in record.model_capabilities.items() if m in remote.models}
         remote.link = self
         remote.proven, remote.attested = level, record.attestation_raw
         self._update(remote, record)

@@ -132,6 +132,11 @@ class ProviderRecord(BaseModel):
     certificate_chain: tuple[Annotated[str, Field(max_length=_MAX_B64_CERT)], ...] | None = Field(
         default=None, max_length=MAX_CHAIN)
     extra: dict[str, float | int | str | bool] = Field(default_factory=dict, max_length=MAX_EXTRA)
+    # Per model, as the provider registered them (routing.registry.ProviderConn).
+    model_slots: dict[str, Annotated[int, Field(ge=1, le=1024)]] = Field(
+        default_factory=dict, max_length=MAX_MODELS)
+    model_capabilities: dict[str, tuple[Annotated[str, Field(max_length=32)], ...]] = Field(
+        default_factory=dict, max_length=MAX_MODELS)
     updated_at: float = Field(default_factory=time.time)
 
     def is_routable(self, now: float | None = None) -> bool:
