@@ -4,6 +4,7 @@ config file) and passed down explicitly."""
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from functools import lru_cache
 from pathlib import Path
@@ -343,7 +344,7 @@ def read_provider_file(path: Path) -> dict[str, Any]:
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ProviderConfigError(f"{path}: not valid TOML: {exc}") from None
+        raise ProviderConfigError(f"{path}: not valid TOML: {exc}{_toml_hint(text, str(exc))}") from None
     sections = [*FILE_KEYS, SCHEDULE_SECTION]
     values: dict[str, Any] = {}
     for section, body in document.items():
@@ -372,6 +373,16 @@ def read_provider_file(path: Path) -> dict[str, Any]:
     # The checked values, not the TOML tables: a Schedule, not a dict, so that a schedule from the
     # environment replaces the file's whole rather than being merged into it key by key.
     return {name: getattr(probe, name) for name in values}
+
+
+def _toml_hint(text: str, error: str) -> str:
+    """The one slip TOML's own message does not explain: a schedule time left unquoted."""
+    where = re.search(r"at line (\d+)", error)
+    lines = text.splitlines()
+    if where and 0 < int(where[1]) <= len(lines) and \
+            re.search(r"=\s*\d{1,2}:\d{2}\s*(#.*)?$", lines[int(where[1]) - 1]):
+        return '; quote times: start = "22:00"'
+    return ""
 
 
 _TOML_TYPES = {str: "text", bool: "true/false", int: "a whole number", float: "a number",

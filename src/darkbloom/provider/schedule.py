@@ -90,8 +90,8 @@ class Schedule(BaseModel):
     def _windows_when_enabled(self) -> Schedule:
         # Enabled with no window would keep the provider offline for good, silently.
         if self.enabled and not self.windows:
-            raise ValueError("schedule is enabled but has no windows: add [[schedule.windows]] "
-                             "or set enabled = false")
+            raise ValueError("enabled, but there are no windows: add [[schedule.windows]] or set "
+                             "enabled = false")
         return self
 
     def _open_spans(self) -> list[tuple[int, int]]:
