@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -406,6 +407,19 @@ def _file_error(name: str, exc: ValidationError) -> str:
     return f"{key}: {message}"
 
 
+COORDINATOR_FIELDS = ("coordinator_url", "coordinator_urls")
+
+
+def without_outranked_coordinators(file_values: dict[str, Any],
+                                   stronger: Mapping[str, Any]) -> dict[str, Any]:
+    """The file's values less its coordinator URLs when a stronger source names a coordinator:
+    `url` and `urls` are one setting, or the file's `urls` (which wins over `url`) would beat
+    DARKBLOOM_PROVIDER_COORDINATOR_URL and send a provider to a coordinator nobody asked for."""
+    if any(name in stronger for name in COORDINATOR_FIELDS):
+        return {name: value for name, value in file_values.items() if name not in COORDINATOR_FIELDS}
+    return file_values
+
+
 class _ProviderFileSource(PydanticBaseSettingsSource):
     """<config_dir>/provider.toml, below the environment and above the defaults."""
 
@@ -417,7 +431,7 @@ class _ProviderFileSource(PydanticBaseSettingsSource):
         return None, field_name, False  # __call__ reads the whole file at once
 
     def __call__(self) -> dict[str, Any]:
-        return read_provider_file(self.path)
+        return without_outranked_coordinators(read_provider_file(self.path), self.current_state)
 
 
 class _TokenFileSource(PydanticBaseSettingsSource):

@@ -14,7 +14,14 @@ from typing import Any
 
 from pydantic import AliasChoices, ValidationError
 
-from darkbloom.config import ProviderSettings, env_value, file_key, read_provider_file, resolve_config_dir
+from darkbloom.config import (
+    COORDINATOR_FIELDS,
+    ProviderSettings,
+    env_value,
+    file_key,
+    read_provider_file,
+    resolve_config_dir,
+)
 from darkbloom.provider.config_files import CONFIG_FILE, TOKEN_FILE, read_token
 
 # The flags `darkbloom serve`/`start` and `config show` share, by the field each sets.
@@ -42,19 +49,28 @@ def env_names(name: str) -> list[str]:
     return [f"{ENV_PREFIX}{name.upper()}"]
 
 
-def source_of(name: str, flags: Mapping[str, Any], file_values: Mapping[str, Any] | None = None,
-              config_dir: Any = None) -> str:
-    """Where the field's value comes from, given the flags a command passes ({field: value}).
-    `file_values` (read_provider_file's answer) is read here when not given."""
+def _flag_or_env(name: str, flags: Mapping[str, Any]) -> str | None:
     if name in flags:
         return f"flag {FLAG_NAMES.get(name, '--' + name.replace('_', '-'))}"
     for variable in env_names(name):
         found = env_value(variable)
         if found is not None:
             return f"env {found[0]}"
-    directory = resolve_config_dir(config_dir if config_dir is not None else flags.get("config_dir"))
+    return None
+
+
+def source_of(name: str, flags: Mapping[str, Any], file_values: Mapping[str, Any] | None = None,
+              config_dir: Any = None) -> str:
+    """Where the field's value comes from, given the flags a command passes ({field: value}).
+    `file_values` (read_provider_file's answer) is read here when not given."""
+    stronger = _flag_or_env(name, flags)
+    if stronger is not None:
+        return stronger
     if name == "config_dir":
         return "default"
+    if name in COORDINATOR_FIELDS and any(_flag_or_env(other, flags) for other in COORDINATOR_FIELDS):
+        return "default"  # the file's coordinators are outranked (without_outranked_coordinators)
+    directory = resolve_config_dir(config_dir if config_dir is not None else flags.get("config_dir"))
     if file_values is None:
         file_values = read_provider_file(directory / CONFIG_FILE)
     if name in file_values:

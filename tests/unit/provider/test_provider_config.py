@@ -127,6 +127,26 @@ def test_precedence_defaults_file_env_flags(config_dir: Path, monkeypatch: pytes
     assert (settings.slots, settings.models, settings.idle_timeout_mins) == (4, ["from-env"], 0)
 
 
+@pytest.mark.parametrize("stronger", ["env url", "env urls", "flag"])
+def test_coordinators_from_env_or_flags_outrank_the_files_url_and_urls(
+        config_dir: Path, monkeypatch: pytest.MonkeyPatch, stronger: str) -> None:
+    """`url` and `urls` are one setting: the file's `urls` (which would win over any `url`) must
+    not beat DARKBLOOM_PROVIDER_COORDINATOR_URL."""
+    write(config_dir, '[coordinator]\nurl = "ws://file-one/ws/provider"\n'
+                      'urls = ["ws://file-a/ws/provider", "ws://file-b/ws/provider"]\n')
+    assert ProviderSettings().coordinators == ["ws://file-a/ws/provider", "ws://file-b/ws/provider"]
+    flags: dict[str, object] = {}
+    if stronger == "env url":
+        monkeypatch.setenv("DARKBLOOM_PROVIDER_COORDINATOR_URL", "ws://env/ws/provider")
+    elif stronger == "env urls":
+        monkeypatch.setenv("DARKBLOOM_PROVIDER_COORDINATOR_URLS", "ws://env/ws/provider")
+    else:
+        flags = {"coordinator_urls": ["ws://env/ws/provider"]}
+    assert ProviderSettings(**flags).coordinators == ["ws://env/ws/provider"]  # type: ignore[arg-type]
+    shown = sources(flags)
+    assert "file" not in shown["coordinator_url"][1] and "file" not in shown["coordinator_urls"][1]
+
+
 def test_the_shared_log_format_variable_is_named(config_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DARKBLOOM_LOG_FORMAT", "json")
     assert sources()["log_format"] == ("json", "env DARKBLOOM_LOG_FORMAT")
