@@ -22,15 +22,20 @@ err_console = Console(stderr=True)
 
 
 class SettingsAwareTyper(typer.Typer):
-    """The `darkbloom` app: a provider config file (or token file) that cannot be used is one red
-    line and exit 2 from any command that builds ProviderSettings, not a traceback, without each
-    command catching it."""
+    """The `darkbloom` app: a provider config file (or token file) that cannot be used, or a
+    variable that is not the JSON it should be, is one red line and exit 2 from any command that
+    builds ProviderSettings, not a traceback, without each command catching it."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from pydantic_settings import SettingsError
+
+        from darkbloom.provider.provenance import env_parse_error
+
         try:
             return super().__call__(*args, **kwargs)
-        except ProviderConfigError as exc:
-            err_console.print(str(exc), style="red", markup=False, highlight=False, soft_wrap=True)
+        except (ProviderConfigError, SettingsError) as exc:
+            line = env_parse_error(exc) if isinstance(exc, SettingsError) else str(exc)
+            err_console.print(line, style="red", markup=False, highlight=False, soft_wrap=True)
             sys.exit(2)
 
 
@@ -38,16 +43,19 @@ def provider_settings(flags: dict[str, Any]) -> ProviderSettings:
     """ProviderSettings as a command with these flags ({field: value}, unset flags left out) runs
     with; a bad file, variable or flag is one red line on stderr and exit 2, never a traceback."""
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
 
-    from darkbloom.provider.provenance import settings_error
+    from darkbloom.provider.provenance import env_parse_error, settings_error
 
     try:
         return ProviderSettings(**flags)
     except ProviderConfigError as exc:
-        err_console.print(str(exc), style="red", markup=False, highlight=False, soft_wrap=True)
+        line = str(exc)
+    except SettingsError as exc:
+        line = env_parse_error(exc)
     except ValidationError as exc:
-        err_console.print(settings_error(exc, flags), style="red", markup=False, highlight=False,
-                          soft_wrap=True)
+        line = settings_error(exc, flags)
+    err_console.print(line, style="red", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 

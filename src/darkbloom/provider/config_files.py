@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -43,18 +44,27 @@ def default_config_dir() -> Path:
 
 
 def read_bounded_text(path: Path, limit: int, what: str) -> str | None:
-    """The file's text, or None when there is no file. Refuses (ProviderConfigError) a file over
-    `limit` bytes, one that is not UTF-8 text, or one that cannot be read, reading at most
-    limit + 1 bytes whatever the file is (a FIFO or /dev/zero included)."""
+    """The file's text, or None when there is no file. Refuses (ProviderConfigError) anything but
+    a regular file (a FIFO, /dev/zero), a file over `limit` bytes (reading at most limit + 1), one
+    that is not UTF-8 text, or one that cannot be read."""
     try:
-        with path.open("rb") as handle:
-            data = handle.read(limit + 1)
+        # Non-blocking, so that a FIFO in its place cannot hold the command forever; only a
+        # regular file is read at all.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
-    except IsADirectoryError:
-        raise ProviderConfigError(f"{path}: is a directory, not a {what}") from None
     except OSError as exc:
         raise ProviderConfigError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise ProviderConfigError(f"{path}: is a directory, not a {what}" if stat.S_ISDIR(mode)
+                                  else f"{path}: not a regular file, so not a {what}")
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            data = handle.read(limit + 1)
+        except OSError as exc:
+            raise ProviderConfigError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
     if len(data) > limit:
         raise ProviderConfigError(f"{path}: too large for a {what} (at most {limit} bytes)")
     try:

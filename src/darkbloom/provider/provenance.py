@@ -8,11 +8,13 @@ query (where a careless operator might have put a secret).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import AliasChoices, ValidationError
+from pydantic_settings import SettingsError
 
 from darkbloom.config import (
     COORDINATOR_FIELDS,
@@ -113,3 +115,15 @@ def settings_error(exc: ValidationError, flags: Mapping[str, Any]) -> str:
     except ValueError:
         where = "settings"
     return f"{name} ({where}): {error['msg'].removeprefix('Value error, ')}"
+
+
+def env_parse_error(exc: SettingsError) -> str:
+    """One line for a variable pydantic-settings could not parse: the list and table settings
+    (models, schedule, ...) take JSON in the environment."""
+    field = re.search(r'field "(\w+)"', str(exc))
+    name = field[1] if field else ""
+    if name not in ProviderSettings.model_fields:
+        return str(exc)
+    variable = env_names(name)[0]
+    example = """, e.g. '["smollm2-135m"]'""" if name == "models" else " (docs/provider-config.md)"
+    return f"{name} (env {variable}): not JSON; this variable takes JSON{example}"

@@ -90,3 +90,11 @@ def test_a_bad_variable_is_one_line_naming_it(tmp_path: Path) -> None:
 def test_path_prints_where_the_file_is_looked_for(tmp_path: Path) -> None:
     done = darkbloom_cli("config", "path", config_dir=tmp_path / "nowhere")
     assert (done.returncode, done.stdout) == (0, f"{tmp_path / 'nowhere' / 'provider.toml'}\n")
+
+
+@pytest.mark.parametrize("command", [["config", "show"], ["identity", "csr"]])
+def test_a_variable_that_is_not_json_is_one_line(tmp_path: Path, command: list[str]) -> None:
+    done = darkbloom_cli(*command, config_dir=tmp_path, DARKBLOOM_PROVIDER_MODELS="a,b")
+    assert done.returncode == 2
+    assert done.stderr == "models (env DARKBLOOM_PROVIDER_MODELS): not JSON; this variable takes " \
+                          """JSON, e.g. '["smollm2-135m"]'\n"""

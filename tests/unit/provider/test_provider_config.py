@@ -263,11 +263,16 @@ def test_huge_binary_and_odd_files_are_refused(config_dir: Path) -> None:
 
 
 @pytest.mark.timeout(20)
-def test_an_endless_file_is_read_only_up_to_the_bound(config_dir: Path) -> None:
+def test_devices_and_fifos_are_refused_without_blocking(config_dir: Path) -> None:
     config_dir.mkdir(parents=True)
-    (config_dir / "provider.toml").symlink_to("/dev/zero")
-    with pytest.raises(ProviderConfigError, match="too large"):
-        read_provider_file(config_dir / "provider.toml")
+    path = config_dir / "provider.toml"
+    path.symlink_to("/dev/zero")
+    with pytest.raises(ProviderConfigError, match="not a regular file"):
+        read_provider_file(path)
+    path.unlink()
+    os.mkfifo(path)  # nobody writes: a blocking open would wait forever
+    with pytest.raises(ProviderConfigError, match="not a regular file"):
+        ProviderSettings()
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
