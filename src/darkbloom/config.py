@@ -402,7 +402,7 @@ def _file_error(name: str, exc: ValidationError) -> str:
         return f"unknown key {key}"
     message = error["msg"].removeprefix("Value error, ")
     given = _TOML_TYPES.get(type(error["input"]), type(error["input"]).__name__)
-    if error["type"].endswith("_type") or error["type"] == "literal_error":
+    if error["type"].endswith("_type"):
         message += f" (got {given})"
     return f"{key}: {message}"
 
@@ -445,6 +445,8 @@ class _TokenFileSource(PydanticBaseSettingsSource):
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
+        if "token" in self.current_state:  # a flag or variable gave one: the file is not even read
+            return {}
         token = read_token(self.config_dir)
         return {} if token is None else {"token": token}
 

@@ -336,11 +336,15 @@ def test_the_token_comes_from_flag_then_env_then_file(
     assert ProviderSettings().token is None and sources()["token"] == (None, "default")
 
 
-def test_a_damaged_token_file_is_one_line_without_its_content(config_dir: Path) -> None:
+def test_a_damaged_token_file_is_one_line_without_its_content(
+        config_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config_dir.mkdir(parents=True)
     (config_dir / "token").write_text("darkbloom-pt-half written\n")
     with pytest.raises(ProviderConfigError, match="does not hold a provider token") as caught:
         ProviderSettings()
     assert "half" not in str(caught.value)
+    monkeypatch.setenv("DARKBLOOM_PROVIDER_TOKEN", TOKEN)  # given elsewhere: the file is not read
+    assert ProviderSettings().token is not None
+    monkeypatch.delenv("DARKBLOOM_PROVIDER_TOKEN")
     (config_dir / "token").write_text("\n")  # empty: no token, not an error
     assert ProviderSettings().token is None
