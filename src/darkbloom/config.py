@@ -1,16 +1,38 @@
-"""Settings, read once from DARKBLOOM_* environment variables and passed down explicitly."""
+"""Settings, read once (from DARKBLOOM_* environment variables, and for the provider also its
+config file) and passed down explicitly."""
 
 from __future__ import annotations
 
+import os
+import re
+import tomllib
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, computed_field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, computed_field, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from darkbloom.coordinator.trust.manifest import RuntimeManifest
+from darkbloom.provider.config_files import (
+    CONFIG_DIR_ENV,
+    CONFIG_FILE,
+    MAX_CONFIG_BYTES,
+    ProviderConfigError,
+    default_config_dir,
+    read_bounded_text,
+    read_token,
+)
+from darkbloom.provider.schedule import Schedule
 
 
 class CoordinatorSettings(BaseSettings):
@@ -178,7 +200,36 @@ class CoordinatorSettings(BaseSettings):
         return f"sqlite+aiosqlite:///{(self.state_dir / 'coordinator.db').resolve()}"
 
 
+Engine = Literal["llama.cpp", "mlx-lm", "vllm"]
+
+# provider.toml (docs/provider-config.md): each [section] key and the ProviderSettings field it sets.
+# [schedule] (enabled and [[schedule.windows]]) is the `schedule` field as a whole.
+FILE_KEYS: dict[str, dict[str, str]] = {
+    "coordinator": {"url": "coordinator_url", "urls": "coordinator_urls",
+                    "heartbeat_interval_secs": "heartbeat_interval_s"},
+    "backend": {"models": "models", "idle_timeout_mins": "idle_timeout_mins", "slots": "slots",
+                "threads": "threads", "engine": "engine"},
+}
+SCHEDULE_SECTION = "schedule"
+
+
+def file_key(field_name: str) -> str | None:
+    """The provider.toml key that sets a field ("backend.slots"), or None when the file cannot."""
+    if field_name == "schedule":
+        return SCHEDULE_SECTION
+    for section, keys in FILE_KEYS.items():
+        for key, name in keys.items():
+            if name == field_name:
+                return f"{section}.{key}"
+    return None
+
+
 class ProviderSettings(BaseSettings):
+    """The provider's settings. Precedence: constructor arguments (CLI flags) > DARKBLOOM_PROVIDER_*
+    environment variables > <config_dir>/provider.toml > defaults; the token, when neither a flag
+    nor the environment gives one, comes from <config_dir>/token (written by `darkbloom login`).
+    A file that cannot be used raises ProviderConfigError (one line naming the file and key)."""
+
     model_config = SettingsConfigDict(env_prefix="DARKBLOOM_PROVIDER_", extra="ignore")
 
     coordinator_url: str = "ws://127.0.0.1:8000/ws/provider"
@@ -187,13 +238,21 @@ class ProviderSettings(BaseSettings):
     # coordinator_url. The agent holds one session at a time (docs/provider-failover.md).
     coordinator_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
     token: SecretStr | None = None
-    # Holds identity.pem (the persistent P-256 identity key, mode 0600).
-    config_dir: Path = Field(default_factory=lambda: Path.home() / ".config" / "darkbloom")
-    models: list[str] = Field(default_factory=lambda: ["smollm2-135m"])
+    # Holds provider.toml, the token and identity.pem (the persistent P-256 identity key, 0600).
+    # Where provider.toml is read from, so it cannot itself be set there.
+    config_dir: Path = Field(default_factory=default_config_dir)
+    models: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        default_factory=lambda: ["smollm2-135m"], min_length=1, max_length=32)
+    # Unload models after this many minutes without a request (0: never); the next one reloads.
+    idle_timeout_mins: int = Field(default=60, ge=0, le=525_600)
     # One llama.cpp context per slot; the provider advertises exactly this many.
-    slots: int = 1
-    threads: int | None = None
-    heartbeat_interval_s: float = 5.0
+    slots: int = Field(default=1, ge=1, le=256)
+    threads: int | None = Field(default=None, ge=1, le=1024)
+    # None: chosen by machine (mlx-lm on Apple Silicon, vLLM with an NVIDIA GPU, else llama.cpp).
+    engine: Engine | None = None
+    # When the provider serves (local time); disabled: always.
+    schedule: Schedule = Field(default_factory=Schedule)
+    heartbeat_interval_s: float = Field(default=5.0, gt=0, le=60)
     reconnect_initial_s: float = 1.0
     # protocol.md §9 says 5 s; issue 10 wants providers back within 5 s of a coordinator restart,
     # and a 5 s wait plus registering and the first challenge would overrun it.
@@ -204,6 +263,18 @@ class ProviderSettings(BaseSettings):
     # The coordinator's setting (DARKBLOOM_LOG_FORMAT) serves both processes of one machine.
     log_format: Literal["text", "json"] = Field(default="text", validation_alias=AliasChoices(
         "DARKBLOOM_PROVIDER_LOG_FORMAT", "DARKBLOOM_LOG_FORMAT", "log_format"))
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        explicit = init_settings.init_kwargs.get("config_dir") \
+            if isinstance(init_settings, InitSettingsSource) else None
+        config_dir = resolve_config_dir(explicit)
+        return (init_settings, env_settings, _ProviderFileSource(settings_cls, config_dir),
+                _TokenFileSource(settings_cls, config_dir))
 
     @field_validator("coordinator_urls", mode="before")
     @classmethod
@@ -238,6 +309,146 @@ class ProviderSettings(BaseSettings):
     def coordinators(self) -> list[str]:
         """The URLs to dial, in failover order (at least one)."""
         return list(self.coordinator_urls) or [self.coordinator_url]
+
+    @property
+    def config_file(self) -> Path:
+        return self.config_dir / CONFIG_FILE
+
+
+def env_value(name: str) -> tuple[str, str] | None:
+    """(the variable's name as set, its value), matching `name` regardless of case as
+    pydantic-settings does; None when unset."""
+    if name in os.environ:
+        return name, os.environ[name]
+    for key, value in os.environ.items():
+        if key.upper() == name.upper():
+            return key, value
+    return None
+
+
+def resolve_config_dir(explicit: object = None) -> Path:
+    """The config dir a ProviderSettings built now would use: the constructor's config_dir, else
+    DARKBLOOM_PROVIDER_CONFIG_DIR, else the platform's (default_config_dir)."""
+    if isinstance(explicit, (str, Path)):
+        return Path(explicit)
+    from_env = env_value(CONFIG_DIR_ENV)
+    return Path(from_env[1]) if from_env is not None else default_config_dir()
+
+
+def read_provider_file(path: Path) -> dict[str, Any]:
+    """provider.toml's settings as {field name: value}, each checked against its field (strictly:
+    TOML has real types, so "5" is not a number); {} when there is no file. Anything
+    wrong raises ProviderConfigError: one line with the file, the key and what is allowed."""
+    text = read_bounded_text(path, MAX_CONFIG_BYTES, "config file")
+    if text is None:
+        return {}
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ProviderConfigError(f"{path}: not valid TOML: {exc}{_toml_hint(text, str(exc))}") from None
+    sections = [*FILE_KEYS, SCHEDULE_SECTION]
+    values: dict[str, Any] = {}
+    for section, body in document.items():
+        if section not in sections:
+            what = f"section [{section}]" if isinstance(body, dict) else f"key {section} at the top"
+            raise ProviderConfigError(f"{path}: unknown {what} (allowed: "
+                                      f"{', '.join(f'[{name}]' for name in sections)})")
+        if not isinstance(body, dict):
+            raise ProviderConfigError(f"{path}: {section} must be a table: write [{section}] and "
+                                      "its keys below it")
+        if section == SCHEDULE_SECTION:
+            values["schedule"] = body
+            continue
+        allowed = FILE_KEYS[section]
+        for key, value in body.items():
+            if key not in allowed:
+                raise ProviderConfigError(f"{path}: unknown key {section}.{key} (allowed in "
+                                          f"[{section}]: {', '.join(allowed)})")
+            values[allowed[key]] = value
+    probe = ProviderSettings.model_construct()
+    for name, value in values.items():
+        try:
+            ProviderSettings.__pydantic_validator__.validate_assignment(probe, name, value, strict=True)
+        except ValidationError as exc:
+            raise ProviderConfigError(f"{path}: {_file_error(name, exc)}") from None
+    # The checked values, not the TOML tables: a Schedule, not a dict, so that a schedule from the
+    # environment replaces the file's whole rather than being merged into it key by key.
+    return {name: getattr(probe, name) for name in values}
+
+
+def _toml_hint(text: str, error: str) -> str:
+    """The one slip TOML's own message does not explain: a schedule time left unquoted."""
+    where = re.search(r"at line (\d+)", error)
+    lines = text.splitlines()
+    if where and 0 < int(where[1]) <= len(lines) and \
+            re.search(r"=\s*\d{1,2}:\d{2}\s*(#.*)?$", lines[int(where[1]) - 1]):
+        return '; quote times: start = "22:00"'
+    return ""
+
+
+_TOML_TYPES = {str: "text", bool: "true/false", int: "a whole number", float: "a number",
+               list: "an array", dict: "a table"}
+
+
+def _file_error(name: str, exc: ValidationError) -> str:
+    """`key: what is wrong`, for the first error, an unknown key before what it displaced. Never
+    the value itself (it may be a URL with a secret in it)."""
+    errors = sorted(exc.errors(), key=lambda error: error["type"] != "extra_forbidden")
+    error = errors[0]
+    key = file_key(name) or name
+    for part in error["loc"][1:]:
+        key += f" #{part + 1}" if isinstance(part, int) else f".{part}"
+    if error["type"] == "extra_forbidden":
+        return f"unknown key {key}"
+    message = error["msg"].removeprefix("Value error, ")
+    given = _TOML_TYPES.get(type(error["input"]), type(error["input"]).__name__)
+    if error["type"].endswith("_type"):
+        message += f" (got {given})"
+    return f"{key}: {message}"
+
+
+COORDINATOR_FIELDS = ("coordinator_url", "coordinator_urls")
+
+
+def without_outranked_coordinators(file_values: dict[str, Any],
+                                   stronger: Mapping[str, Any]) -> dict[str, Any]:
+    """The file's values less its coordinator URLs when a stronger source names a coordinator:
+    `url` and `urls` are one setting, or the file's `urls` (which wins over `url`) would beat
+    DARKBLOOM_PROVIDER_COORDINATOR_URL and send a provider to a coordinator nobody asked for."""
+    if any(name in stronger for name in COORDINATOR_FIELDS):
+        return {name: value for name, value in file_values.items() if name not in COORDINATOR_FIELDS}
+    return file_values
+
+
+class _ProviderFileSource(PydanticBaseSettingsSource):
+    """<config_dir>/provider.toml, below the environment and above the defaults."""
+
+    def __init__(self, settings_cls: type[BaseSettings], config_dir: Path) -> None:
+        super().__init__(settings_cls)
+        self.path = config_dir / CONFIG_FILE
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # __call__ reads the whole file at once
+
+    def __call__(self) -> dict[str, Any]:
+        return without_outranked_coordinators(read_provider_file(self.path), self.current_state)
+
+
+class _TokenFileSource(PydanticBaseSettingsSource):
+    """<config_dir>/token (from `darkbloom login`), used when no flag or variable gives a token."""
+
+    def __init__(self, settings_cls: type[BaseSettings], config_dir: Path) -> None:
+        super().__init__(settings_cls)
+        self.config_dir = config_dir
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        if "token" in self.current_state:  # a flag or variable gave one: the file is not even read
+            return {}
+        token = read_token(self.config_dir)
+        return {} if token is None else {"token": token}
 
 
 @lru_cache(maxsize=1)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -45,3 +45,12 @@ def make_provider() -> MakeProvider:
         return _provider_with_key(pid, models, max_concurrency)[0]
 
     return make
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_operator_provider_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """ProviderSettings reads <config_dir>/provider.toml and the saved token: unit tests use an
+    empty config dir, not the provider config of whoever runs them."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DARKBLOOM_PROVIDER_CONFIG_DIR", str(tmp_path_factory.mktemp("provider-config")))
+        yield

@@ -11,14 +11,15 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 import typer
 from rich.console import Console
 
+from darkbloom.cli.config_cmd import SettingsAwareTyper, config_app
 from darkbloom.config import CoordinatorSettings, ProviderSettings
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 
-app = typer.Typer(help="darkbloom: private AI inference on machines people already own.",
-                  no_args_is_help=True, add_completion=False)
+app = SettingsAwareTyper(help="darkbloom: private AI inference on machines people already own.",
+                         no_args_is_help=True, add_completion=False)
 keys_app = typer.Typer(help="Consumer API keys.", no_args_is_help=True)
 admin_app = typer.Typer(help="Operator commands (work directly on the coordinator database).",
                         no_args_is_help=True)
@@ -27,6 +28,7 @@ app.add_typer(admin_app, name="admin")
 identity_app = typer.Typer(help="The provider's identity key and its certificate.",
                            no_args_is_help=True)
 app.add_typer(identity_app, name="identity")
+app.add_typer(config_app, name="config")
 provider_token_app = typer.Typer(help="Provider tokens: mint (no subcommand), list, revoke.")
 admin_app.add_typer(provider_token_app, name="provider-token")
 console = Console()

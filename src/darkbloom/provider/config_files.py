@@ -1,0 +1,121 @@
+"""The provider's files in its one config dir (provider.md "Config"): where the dir is, the bounded
+reads of provider.toml and the token, and the token's writes (shared with `darkbloom login`).
+
+The token file holds the provider token and a newline, mode 0600 in a 0700 dir: written whole or
+not at all (a crash mid-write must not leave half a token that then fails every registration).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import stat
+import sys
+import tempfile
+from pathlib import Path
+
+CONFIG_FILE = "provider.toml"
+TOKEN_FILE = "token"
+CONFIG_DIR_ENV = "DARKBLOOM_PROVIDER_CONFIG_DIR"
+# A config file is a few hundred bytes; anything near this is not one (a log, a binary, /dev/zero).
+MAX_CONFIG_BYTES = 1024 * 1024
+MAX_TOKEN_BYTES = 4096
+# Printable ASCII without spaces: what a bearer token can be (darkbloom-pt-<hex> in practice).
+_TOKEN = re.compile(r"[\x21-\x7e]{1,1024}")
+
+
+class ProviderConfigError(ValueError):
+    """A config file (or the token file) that cannot be used, said in one line naming the file, the
+    key and what is allowed (never a value: it may be a secret). The `darkbloom` command prints it
+    as that one line and exits 2, whichever command built ProviderSettings (cli/config_cmd.py)."""
+
+
+def default_config_dir() -> Path:
+    """The one config dir per platform: ~/Library/Application Support/darkbloom on macOS,
+    $XDG_CONFIG_HOME/darkbloom (when absolute, as the XDG spec requires) or ~/.config/darkbloom
+    elsewhere. DARKBLOOM_PROVIDER_CONFIG_DIR overrides it (read by ProviderSettings)."""
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "darkbloom"
+    xdg = os.environ.get("XDG_CONFIG_HOME", "")
+    if xdg and Path(xdg).is_absolute():
+        return Path(xdg) / "darkbloom"
+    return Path.home() / ".config" / "darkbloom"
+
+
+def read_bounded_text(path: Path, limit: int, what: str) -> str | None:
+    """The file's text, or None when there is no file. Refuses (ProviderConfigError) anything but
+    a regular file (a FIFO, /dev/zero), a file over `limit` bytes (reading at most limit + 1), one
+    that is not UTF-8 text, or one that cannot be read."""
+    try:
+        # Non-blocking, so that a FIFO in its place cannot hold the command forever; only a
+        # regular file is read at all.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ProviderConfigError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise ProviderConfigError(f"{path}: is a directory, not a {what}" if stat.S_ISDIR(mode)
+                                  else f"{path}: not a regular file, so not a {what}")
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            data = handle.read(limit + 1)
+        except OSError as exc:
+            raise ProviderConfigError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+    if len(data) > limit:
+        raise ProviderConfigError(f"{path}: too large for a {what} (at most {limit} bytes)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProviderConfigError(f"{path}: not a {what} (not UTF-8 text)") from None
+    if "\x00" in text:
+        raise ProviderConfigError(f"{path}: not a {what} (binary data)")
+    return text
+
+
+def read_token(config_dir: Path) -> str | None:
+    """The token saved by `darkbloom login`, or None when there is none (or the file is empty)."""
+    path = config_dir / TOKEN_FILE
+    text = read_bounded_text(path, MAX_TOKEN_BYTES, "provider token file")
+    if text is None or not text.strip():
+        return None
+    token = text.strip()
+    if _TOKEN.fullmatch(token) is None:  # never echo the content: it may be a secret anyway
+        raise ProviderConfigError(f"{path}: does not hold a provider token (one line, no spaces); "
+                                  "run `darkbloom login` again or delete the file")
+    return token
+
+
+def save_token(config_dir: Path, token: str) -> Path:
+    """Write the token (and a newline) to <config_dir>/token, mode 0600 from creation, replacing
+    any earlier one atomically; the dir is created 0700. Returns the file's path."""
+    if _TOKEN.fullmatch(token) is None:
+        raise ValueError("a provider token is one line of printable characters without spaces")
+    config_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = config_dir / TOKEN_FILE
+    # mkstemp creates the file 0600 in the same dir, so the rename is atomic and no other user can
+    # open it in between.
+    fd, temp = tempfile.mkstemp(prefix=".token-", dir=config_dir)
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(token + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise
+    return path
+
+
+def forget_token(config_dir: Path) -> bool:
+    """Delete the saved token; True when there was one."""
+    try:
+        (config_dir / TOKEN_FILE).unlink()
+    except FileNotFoundError:
+        return False
+    return True
