@@ -22,6 +22,7 @@ from darkbloom.config import ProviderSettings
 from darkbloom.inference.catalog import Catalog
 from darkbloom.provider.models import ModelHost
 from darkbloom.provider.runtime import model_host, serve
+from darkbloom.provider.schedule import Schedule, Window
 from tests.e2e.harness import MODEL, Coordinator
 
 pytestmark = pytest.mark.timeout(240)
@@ -62,20 +63,6 @@ class MovableClock:
         self.mono = end
 
 
-class Window:
-    """Open from 09:00 to 17:00 every day (provider/schedule.py builds these from the config)."""
-
-    def is_open(self, now: datetime) -> bool:
-        return 9 <= now.hour < 17
-
-    def next_change(self, now: datetime) -> datetime:
-        day = now.replace(hour=0, minute=0, second=0, microsecond=0)
-        for edge in (day + timedelta(hours=9), day + timedelta(hours=17), day + timedelta(hours=33)):
-            if edge > now:
-                return edge
-        raise AssertionError("unreachable")
-
-
 @pytest.fixture(scope="module")
 def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coordinator]:
     c = Coordinator(tmp_path_factory.mktemp("lifecycle"), heartbeat_interval_s=1).start()
@@ -83,8 +70,8 @@ def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coordinato
     c.stop()
 
 
-async def until(check: object, what: str, timeout: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def until(check: object, what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + 30
     while not await asyncio.to_thread(check):  # type: ignore[arg-type]
         assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.1)
@@ -94,11 +81,13 @@ async def until(check: object, what: str, timeout: float = 30.0) -> None:
 async def day(coordinator: Coordinator, tmp_path: Path) -> AsyncIterator[tuple[MovableClock, ModelHost]]:
     clock = MovableClock(datetime(2026, 11, 30, 8, 0))  # a Monday, before the window
     settings = ProviderSettings(coordinator_url=coordinator.ws_url, token=coordinator.provider_token,
-                                config_dir=tmp_path / "config", models=[MODEL])
+                                config_dir=tmp_path / "config", models=[MODEL],
+                                schedule=Schedule(enabled=True, windows=[Window(
+                                    days=["mon", "tue"], start="09:00", end="17:00")]))
     host = model_host(settings, Catalog(), clock)
     host.idle_timeout_s = 600.0
     stop = asyncio.Event()
-    task = asyncio.create_task(serve(settings, host, schedule=Window(), clock=clock, stop=stop))
+    task = asyncio.create_task(serve(settings, host, clock=clock, stop=stop))
     yield clock, host
     stop.set()
     await asyncio.wait_for(task, 30)

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from darkbloom.cli import provider_flags
 from darkbloom.config import ProviderSettings
 from darkbloom.provider.config_files import ProviderConfigError
 
@@ -62,14 +63,12 @@ def provider_settings(flags: dict[str, Any]) -> ProviderSettings:
 @config_app.command("show")
 def show(
     json_output: Annotated[bool, typer.Option("--json", help="One JSON object, for scripts.")] = False,
-    coordinator: Annotated[list[str] | None, typer.Option(
-        "--coordinator", help="As `serve --coordinator`: show what serve would use with it.")] = None,
-    model: Annotated[list[str] | None, typer.Option(help="As `serve --model`.")] = None,
-    slots: Annotated[int | None, typer.Option(help="As `serve --slots`.")] = None,
-    threads: Annotated[int | None, typer.Option(help="As `serve --threads`.")] = None,
-    idle_timeout: Annotated[int | None, typer.Option(
-        help="As `serve --idle-timeout` (minutes, 0 = never).")] = None,
-    engine: Annotated[str | None, typer.Option(help="As `serve --engine`.")] = None,
+    coordinator: provider_flags.Coordinators = None,
+    model: provider_flags.Models = None,
+    slots: provider_flags.Slots = None,
+    threads: provider_flags.Threads = None,
+    idle_timeout: provider_flags.IdleTimeout = None,
+    engine: provider_flags.Engine = None,
 ) -> None:
     """Print the provider's settings in effect and where each came from: flag, environment
     variable (DARKBLOOM_PROVIDER_*), config file, or default. The token is never printed, only
@@ -79,9 +78,7 @@ def show(
     """
     from darkbloom.provider.provenance import effective_config
 
-    given = {"coordinator_urls": coordinator, "models": model, "slots": slots, "threads": threads,
-             "idle_timeout_mins": idle_timeout, "engine": engine}
-    flags = {name: value for name, value in given.items() if value is not None}
+    flags = provider_flags.flags(coordinator, model, slots, threads, idle_timeout, engine)
     provider_settings(flags)  # a bad file, variable or flag: one line, exit 2
     settings, rows = effective_config(flags)
     if json_output:

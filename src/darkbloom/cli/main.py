@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.console import Console
 
+from darkbloom.cli import provider_flags
 from darkbloom.cli.config_cmd import SettingsAwareTyper, config_app
 from darkbloom.config import CoordinatorSettings, ProviderSettings
 
@@ -59,24 +61,21 @@ def coordinator(
 
 @app.command()
 def serve(
-    coordinator_url: Annotated[list[str] | None, typer.Option(
-        "--coordinator", help="ws(s)://host/ws/provider; repeat (or comma-separate) for several "
-                              "coordinators of one network, tried in order on failover")] = None,
-    model: Annotated[list[str] | None, typer.Option(
-        help="Model id to serve; repeat for several (each gets its own slots).")] = None,
-    slots: Annotated[int | None, typer.Option(help="Concurrent requests per model.")] = None,
-    idle_timeout: Annotated[float | None, typer.Option(
-        "--idle-timeout", help="Unload a model after this many idle minutes (0: never); the "
-                               "next request reloads it.")] = None,
+    coordinator: provider_flags.Coordinators = None,
+    model: provider_flags.Models = None,
+    slots: provider_flags.Slots = None,
+    threads: provider_flags.Threads = None,
+    idle_timeout: provider_flags.IdleTimeout = None,
+    engine: provider_flags.Engine = None,
 ) -> None:
     """Run a provider in the foreground: load the models, dial out to the coordinator, serve until
-    Ctrl-C.
+    Ctrl-C. Settings come from provider.toml (`darkbloom config show`), then the environment, then
+    these flags.
 
     Example: darkbloom serve --coordinator wss://coordinator.example/ws/provider --model smollm2-135m
     """
-    from pydantic import ValidationError
-
     from darkbloom.cli import logs
+    from darkbloom.cli.config_cmd import provider_settings
     from darkbloom.inference.catalog import Catalog
     from darkbloom.provider.agent import redact_url
     from darkbloom.provider.models import ModelLoadError
@@ -84,30 +83,17 @@ def serve(
     from darkbloom.provider.runtime import serve as run_serve
 
     disable_core_dumps()
-    overrides: dict[str, object] = {}
-    if coordinator_url:
-        overrides["coordinator_urls"] = coordinator_url
-    if model:
-        overrides["models"] = model
-    if slots:
-        overrides["slots"] = slots
-    if idle_timeout is not None:
-        overrides["idle_timeout_mins"] = idle_timeout
-    try:
-        settings = ProviderSettings(**overrides)  # type: ignore[arg-type]
-    except ValidationError as exc:  # only the messages: the input may hold a token or a URL secret
-        for error in exc.errors():
-            field_name = ".".join(str(part) for part in error["loc"])
-            console.print(f"{field_name}: {error['msg']}", style="red", markup=False)
-        raise typer.Exit(2) from None
+    settings = provider_settings(provider_flags.flags(coordinator, model, slots, threads,
+                                                      idle_timeout, engine))
     logs.setup(settings.log_level, settings.log_format)
     console.print("coordinator" + ("s, in failover order: " if len(settings.coordinators) > 1
                                    else ": ") + ", ".join(map(redact_url, settings.coordinators)),
                   markup=False, highlight=False, soft_wrap=True)
     try:
         host = model_host(settings, Catalog())
-        with console.status(f"Loading {', '.join(settings.models)}..."):
-            host.load_all()
+        if not settings.schedule.enabled or settings.schedule.is_open(datetime.now()):
+            with console.status(f"Loading {', '.join(settings.models)}..."):
+                host.load_all()  # here, to show progress; outside a window, when one opens
     except (ValueError, FileNotFoundError, ModelLoadError) as exc:
         console.print(str(exc), style="red", markup=False)
         raise typer.Exit(2) from None

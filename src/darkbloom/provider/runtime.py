@@ -54,7 +54,9 @@ class Window(Protocol):
 
     def is_open(self, now: datetime) -> bool: ...
 
-    def next_change(self, now: datetime) -> datetime: ...
+    def next_change(self, now: datetime) -> datetime | None:
+        """When ``is_open`` flips next; None: never."""
+        ...
 
 
 def disable_core_dumps() -> None:
@@ -82,18 +84,19 @@ def model_host(settings: ProviderSettings, catalog: Catalog, clock: Clock | None
     models: list[tuple[LocalModel, EngineBackend]] = []
     for name in dict.fromkeys(settings.models):
         models.append((local_model(name, catalog), LlamaCppBackend()))
-    idle_mins = getattr(settings, "idle_timeout_mins", 0) or 0
     return ModelHost(models, slots=settings.slots, threads=settings.threads,
-                     idle_timeout_s=idle_mins * 60.0 or None,
+                     idle_timeout_s=settings.idle_timeout_mins * 60.0 or None,
                      clock=(clock or SystemClock()).monotonic)
 
 
 async def serve(settings: ProviderSettings, engine: Engine, *, schedule: Window | None = None,
                 clock: Clock | None = None, stop: asyncio.Event | None = None) -> None:
     """Serve until ``stop`` (SIGINT/SIGTERM when not given). A ``ModelHost`` engine is loaded
-    before each session and unloaded outside the schedule; other engines (test doubles) serve
-    as they are."""
+    before each session and unloaded outside the schedule (``settings.schedule`` unless given);
+    other engines (test doubles) serve as they are."""
     clock = clock or SystemClock()
+    if schedule is None and settings.schedule.enabled:
+        schedule = settings.schedule
     if stop is None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -108,8 +111,8 @@ async def serve(settings: ProviderSettings, engine: Engine, *, schedule: Window 
                     host.unload_all()
                 opens = schedule.next_change(clock.now())
                 log.info("outside the schedule: disconnected, models unloaded until %s",
-                         opens.strftime("%a %H:%M"))
-                await _sleep_or_stop(clock, stop, (opens - clock.now()).total_seconds())
+                         opens.strftime("%a %H:%M") if opens else "the schedule changes")
+                await _sleep_or_stop(clock, stop, _seconds_until(clock, opens))
                 continue
             if host is not None:
                 await asyncio.to_thread(host.load_all)
@@ -142,9 +145,14 @@ async def _relay(source: asyncio.Event, target: asyncio.Event) -> None:
 
 async def _window_close(schedule: Window, clock: Clock, ended: asyncio.Event) -> None:
     while schedule.is_open(clock.now()):
-        await clock.sleep(max(0.0, (schedule.next_change(clock.now()) - clock.now()).total_seconds()))
+        await clock.sleep(_seconds_until(clock, schedule.next_change(clock.now())))
     log.info("the schedule window closed")
     ended.set()
+
+
+def _seconds_until(clock: Clock, when: datetime | None) -> float:
+    """A never-changing schedule is looked at again daily rather than waited on forever."""
+    return 86_400.0 if when is None else max(0.0, (when - clock.now()).total_seconds())
 
 
 async def _unload_idle(host: ModelHost, clock: Clock) -> None:
@@ -155,7 +163,7 @@ async def _unload_idle(host: ModelHost, clock: Clock) -> None:
 
 
 async def _sleep_or_stop(clock: Clock, stop: asyncio.Event, seconds: float) -> None:
-    sleeper = asyncio.create_task(clock.sleep(max(0.0, seconds)))
+    sleeper = asyncio.create_task(clock.sleep(seconds))
     stopper = asyncio.create_task(stop.wait())
     try:
         await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)

@@ -1,0 +1,30 @@
+"""The flags every provider command that runs or describes `serve` takes (serve, start,
+config show), declared once so their names, help and meaning cannot drift apart."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+Coordinators = Annotated[list[str] | None, typer.Option(
+    "--coordinator", help="ws(s)://host/ws/provider; repeat (or comma-separate) for several "
+                          "coordinators of one network, tried in order on failover.")]
+Models = Annotated[list[str] | None, typer.Option(
+    "--model", help="Model id to serve; repeat for several (each gets its own slots).")]
+Slots = Annotated[int | None, typer.Option(help="Concurrent requests per model.")]
+Threads = Annotated[int | None, typer.Option(help="CPU threads per slot (default: cores ÷ slots).")]
+IdleTimeout = Annotated[int | None, typer.Option(
+    "--idle-timeout", help="Unload a model after this many idle minutes (0: never); the next "
+                           "request reloads it.")]
+Engine = Annotated[str | None, typer.Option(
+    help="llama.cpp, mlx-lm or vllm (default: chosen by the machine and the model's format).")]
+
+
+def flags(coordinator: list[str] | None = None, model: list[str] | None = None,
+          slots: int | None = None, threads: int | None = None, idle_timeout: int | None = None,
+          engine: str | None = None) -> dict[str, Any]:
+    """The given flags as ProviderSettings fields (flags not given left out: they do not override)."""
+    given = {"coordinator_urls": coordinator, "models": model, "slots": slots, "threads": threads,
+             "idle_timeout_mins": idle_timeout, "engine": engine}
+    return {name: value for name, value in given.items() if value is not None}
