@@ -26,7 +26,8 @@ import queue
 import random
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing
 
 from darkbloom.inference.budget import output_budget
 from darkbloom.inference.capabilities import require
@@ -123,13 +124,15 @@ class MlxModel:
         async with self._free:
             self._busy += 1
             try:
-                async for event in self._stream(request, max_tokens_cap, cancel):
-                    yield event
+                # aclosing: a consumer that leaves early closes the inner stream now, not at GC.
+                async with aclosing(self._stream(request, max_tokens_cap, cancel)) as events:
+                    async for event in events:
+                        yield event
             finally:
                 self._busy -= 1
 
     async def _stream(self, request: GenerationRequest, max_tokens_cap: int,
-                      cancel: threading.Event) -> AsyncIterator[GenerationEvent]:
+                      cancel: threading.Event) -> AsyncGenerator[GenerationEvent]:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[GenerationEvent | BaseException] = asyncio.Queue()
 

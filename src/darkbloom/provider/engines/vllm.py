@@ -26,7 +26,8 @@ import shutil
 import sys
 import threading
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -170,13 +171,15 @@ class VllmModel:
         async with self._free:
             self._busy += 1
             try:
-                async for event in self._stream(request, max_tokens_cap, cancel):
-                    yield event
+                # aclosing: a consumer that leaves early closes the inner stream now, not at GC.
+                async with aclosing(self._stream(request, max_tokens_cap, cancel)) as events:
+                    async for event in events:
+                        yield event
             finally:
                 self._busy -= 1
 
     async def _stream(self, request: GenerationRequest, max_tokens_cap: int,
-                      cancel: threading.Event) -> AsyncIterator[GenerationEvent]:
+                      cancel: threading.Event) -> AsyncGenerator[GenerationEvent]:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[GenerationEvent | BaseException] = asyncio.Queue()
 
