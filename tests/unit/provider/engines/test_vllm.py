@@ -272,3 +272,32 @@ def test_problem(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert VllmBackend().problem() == "vLLM is not installed: pip install 'darkbloom[vllm]'"
     vllm_standin.install(monkeypatch, HELLO)
     assert VllmBackend().problem() is None
+
+
+async def test_the_gpu_check_script_runs_the_adapter(monkeypatch: pytest.MonkeyPatch,
+                                                     tmp_path: Path) -> None:
+    """bench/vllm_check.py, against the stand-in here, so it works when a GPU machine runs it."""
+    from bench import vllm_check
+
+    calls = vllm_standin.install(monkeypatch, [*ids("the sea " * 40), EOS])
+    monkeypatch.setattr(VllmBackend, "problem", lambda self: None)
+    (tmp_path / "model.safetensors").write_bytes(b"x" * 10)
+    result = await vllm_check.check(vllm_check.local_model(tmp_path), VllmBackend(), max_tokens=16)
+    assert result["ok"] and result["engine"] == "vllm"
+    assert (result["completion_tokens"], result["finish_reason"]) == (16, "length")
+    assert [params.max_tokens for _, params, _ in calls.generate] == [8, 16]  # warm-up, then it
+    assert calls.shutdown
+    doc = tmp_path / "BENCHMARKS.md"
+    doc.write_text(f"# Benchmarks\n\n{vllm_check.MARK_START}\nnot run\n{vllm_check.MARK_END}\n\ntail\n")
+    vllm_check.record(result, doc)
+    text = doc.read_text()
+    assert "not run" not in text and "| decode_tps |" in text and text.endswith("\n\ntail\n")
+
+
+def test_the_gpu_check_script_says_what_is_missing(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from bench import vllm_check
+
+    assert vllm_check.main(["--model", str(tmp_path / "none")]) == 1
+    assert json.loads(capsys.readouterr().out) == {
+        "ok": False, "error": f"no model directory at {tmp_path / 'none'}: pass --model DIR"}
