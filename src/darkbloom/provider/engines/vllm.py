@@ -264,6 +264,9 @@ class VllmModel:
                     sent = text
                 if out.finished:
                     emit(self._finished(result, len(out.prompt_token_ids)))
+                    # Let generate() end on its own: closed while suspended, it would send vLLM
+                    # an abort for a request that is already over.
+                    await anext(outputs, None)
                     return
         finally:
             await outputs.aclose()

@@ -125,10 +125,11 @@ async def test_defaults(serve: Serve) -> None:
 
 
 async def test_deltas_are_the_new_text_and_eos_is_not_counted(serve: Serve) -> None:
-    model, _ = serve(HELLO)
+    model, calls = serve(HELLO)
     events = await run(model, chat())
     assert deltas(events) == list("hello world")
     assert finished(events) == Finished("stop", len(PROMPT), 11)
+    assert calls.aborted == []  # a request that ended on its own is not aborted afterwards
 
 
 async def test_max_tokens_is_a_length_finish(serve: Serve) -> None:
