@@ -78,6 +78,7 @@ def serve(
     from darkbloom.cli.config_cmd import provider_settings
     from darkbloom.inference.catalog import Catalog
     from darkbloom.provider.agent import redact_url
+    from darkbloom.provider.engines.select import EngineUnavailable
     from darkbloom.provider.models import ModelLoadError
     from darkbloom.provider.runtime import disable_core_dumps, model_host
     from darkbloom.provider.runtime import serve as run_serve
@@ -94,7 +95,7 @@ def serve(
         if not settings.schedule.enabled or settings.schedule.is_open(datetime.now()):
             with console.status(f"Loading {', '.join(settings.models)}..."):
                 host.load_all()  # here, to show progress; outside a window, when one opens
-    except (ValueError, FileNotFoundError, ModelLoadError) as exc:
+    except (ValueError, FileNotFoundError, ModelLoadError, EngineUnavailable) as exc:
         console.print(str(exc), style="red", markup=False)
         raise typer.Exit(2) from None
     try:

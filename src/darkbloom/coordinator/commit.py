@@ -28,7 +28,7 @@ from darkbloom.errors import (
     ProviderReported,
     UpstreamTimeout,
 )
-from darkbloom.inference.capabilities import required
+from darkbloom.inference.capabilities import needed
 from darkbloom.logcontext import REQUEST_ID
 from darkbloom.protocol.frames import Sealed, Usage
 from darkbloom.protocol.trust import SignedReceipt
@@ -111,7 +111,7 @@ class Committer:
         demand = Demand.of(prepared.model.id, prompt_tokens=prepared.prompt_tokens,
                            body_bytes=len(prepared.body), max_tokens=prepared.request.max_tokens,
                            model_bytes=prepared.model.size_bytes,
-                           needs=required(prepared.request))
+                           needs=needed(prepared.request))
         for n in range(1, self.settings.max_attempts + 1):
             try:
                 provider = await self.scheduler.acquire(

@@ -19,7 +19,7 @@ from darkbloom.inference.request import GenerationRequest
 from darkbloom.inference.tools import allowed, system_prompt
 
 # ChatML, for GGUF files that carry no template of their own.
-_FALLBACK_TEMPLATE = (
+FALLBACK_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
     "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
@@ -27,6 +27,20 @@ _FALLBACK_TEMPLATE = (
 
 def _raise(message: str) -> None:
     raise TemplateError(message)
+
+
+def chat_messages(request: GenerationRequest) -> list[dict[str, str]]:
+    """The conversation as a chat template takes it, the offered tools listed in the (first) system
+    message; every engine renders this same list, so a model sees the same prompt on each."""
+    messages = [{"role": m.role, "content": m.content} for m in request.messages]
+    offered = allowed(request.tools, request.tool_choice)
+    if offered:
+        listing = system_prompt(offered)
+        if messages and messages[0]["role"] == "system":
+            messages[0] = {"role": "system", "content": f"{messages[0]['content']}\n\n{listing}"}
+        else:
+            messages.insert(0, {"role": "system", "content": listing})
+    return messages
 
 
 class PromptBuilder:
@@ -38,7 +52,7 @@ class PromptBuilder:
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         env.globals["raise_exception"] = _raise
         # The template's text, as the runtime manifest hashes it (provider/fingerprint.py).
-        self.template_source = metadata.get("tokenizer.chat_template") or _FALLBACK_TEMPLATE
+        self.template_source = metadata.get("tokenizer.chat_template") or FALLBACK_TEMPLATE
         self._template = env.from_string(self.template_source)
         self._bos = self._token_text(llama.token_bos())
         self._eos = self._token_text(llama.token_eos())
@@ -56,16 +70,8 @@ class PromptBuilder:
         return bytes(self._llama.detokenize([token], special=True)).decode("utf-8", "replace")
 
     def render_chat(self, request: GenerationRequest) -> str:
-        messages = [{"role": m.role, "content": m.content} for m in request.messages]
-        offered = allowed(request.tools, request.tool_choice)
-        if offered:  # the tools go into the (first) system message
-            listing = system_prompt(offered)
-            if messages and messages[0]["role"] == "system":
-                messages[0] = {"role": "system", "content": f"{messages[0]['content']}\n\n{listing}"}
-            else:
-                messages.insert(0, {"role": "system", "content": listing})
         try:
-            return self._template.render(messages=messages, add_generation_prompt=True,
+            return self._template.render(messages=chat_messages(request), add_generation_prompt=True,
                                          bos_token=self._bos, eos_token=self._eos)
         except TemplateError as exc:
             # Template errors describe the conversation's shape (e.g. role order), never its text.

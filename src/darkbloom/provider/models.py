@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from darkbloom.errors import DarkbloomError
-from darkbloom.inference.capabilities import required, unsupported
+from darkbloom.inference.capabilities import require
 from darkbloom.inference.request import GenerationRequest
 from darkbloom.protocol.frames import ModelInfo, Slot
 from darkbloom.provider import hardware
@@ -203,8 +203,7 @@ class ModelHost:
         if served is None:
             raise DarkbloomError(f"model {request.model!r} is not served by this provider",
                                  status_code=404)
-        if missing := required(request) - served.capabilities:
-            raise unsupported(served.model.id, missing)
+        require(request, served.capabilities)
         served.users += 1
         try:
             loaded = await self._ready(served)

@@ -20,7 +20,7 @@ from darkbloom.config import ProviderSettings
 from darkbloom.inference.catalog import Catalog, file_sha256
 from darkbloom.provider.agent import ProviderAgent
 from darkbloom.provider.engines.base import Engine, EngineBackend, LocalModel
-from darkbloom.provider.engines.llamacpp import LlamaCppBackend
+from darkbloom.provider.engines.select import choose
 from darkbloom.provider.models import ModelHost
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,8 @@ def model_host(settings: ProviderSettings, catalog: Catalog, clock: Clock | None
     """The provider's models, each with its engine, not loaded yet."""
     models: list[tuple[LocalModel, EngineBackend]] = []
     for name in dict.fromkeys(settings.models):
-        models.append((local_model(name, catalog), LlamaCppBackend()))
+        model = local_model(name, catalog)
+        models.append((model, choose(model, settings.engine)))
     return ModelHost(models, slots=settings.slots, threads=settings.threads,
                      idle_timeout_s=settings.idle_timeout_mins * 60.0 or None,
                      clock=(clock or SystemClock()).monotonic)

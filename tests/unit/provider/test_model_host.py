@@ -185,7 +185,7 @@ async def test_a_request_its_engine_cannot_do_is_refused_with_400_before_anythin
     host.load_all()
     with pytest.raises(InvalidRequest) as refused:
         await drain(host, chat("a", logprobs=True))
-    assert refused.value.status_code == 400 and refused.value.code == "unsupported_capability"
+    assert refused.value.status_code == 400 and refused.value.code == "unsupported_parameter"
     assert refused.value.param == "logprobs" and "logprobs" in refused.value.message
     assert backend.loads[0].running == 0
     assert await drain(host, chat("a", stop=["x"]))  # what it can do is served

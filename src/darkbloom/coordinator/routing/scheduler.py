@@ -30,7 +30,7 @@ from darkbloom.coordinator.routing.registry import ProviderConn
 from darkbloom.coordinator.routing.reputation import Reputations
 from darkbloom.coordinator.trust.attestation import at_least
 from darkbloom.errors import NoProviderAvailable
-from darkbloom.inference.capabilities import CAPABILITIES, unsupported
+from darkbloom.inference.capabilities import CAPABILITIES, refusal
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,7 +355,7 @@ class Scheduler:
         if demand.needs and not any(p.can(model, demand.needs) for p in serving):
             offered = frozenset[str]().union(
                 *(p.model_capabilities.get(model, CAPABILITIES) for p in serving))
-            raise unsupported(model, demand.needs - offered or demand.needs)
+            raise refusal(demand.needs - offered or demand.needs)
         queue = self._queues.setdefault(model, deque())
         if queue:  # FIFO: the waiters first, each to a free slot it may take
             self.drain()

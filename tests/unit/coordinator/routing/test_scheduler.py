@@ -547,6 +547,6 @@ async def test_when_no_provider_of_the_model_can_do_it_the_request_is_a_400_not_
     s = scheduler(a, b)
     with pytest.raises(InvalidRequest) as refused:
         await s.acquire(D("m", needs=frozenset({"logprobs", "tools"})))
-    assert refused.value.status_code == 400 and refused.value.code == "unsupported_capability"
+    assert refused.value.status_code == 400 and refused.value.code == "unsupported_parameter"
     assert refused.value.param == "logprobs" and "tools" not in refused.value.message
     assert a.in_flight == b.in_flight == 0
