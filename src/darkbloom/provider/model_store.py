@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 import httpx
 import psutil
 
-from darkbloom.inference.catalog import Catalog, CatalogModel
+from darkbloom.inference.catalog import GGUF_FILENAME, Catalog, CatalogModel
 from darkbloom.provider.engines.base import LocalModel
 
 # provider.md: memory estimate = file size × 1.2, against total RAM − 4 GB (or GPU memory).
@@ -42,7 +42,6 @@ MAX_MODEL_BYTES = 2**40
 DISK_MARGIN_BYTES = 512 * 2**20
 _CHUNK = 1 << 20
 _SIDECAR_MAX = 64 * 1024
-_FILENAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}\.gguf$")
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/+-]{0,127}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -94,15 +93,15 @@ class DownloadSpec:
     def __post_init__(self) -> None:
         """The coordinator is trusted for what it names, not for where we write: the filename is
         a plain name in the models directory, the URL plain HTTP(S), the size bounded."""
-        if not _MODEL_ID.match(self.id):
+        if not _MODEL_ID.fullmatch(self.id):
             raise StoreError(f"the catalog gives a model id this store cannot use: {self.id[:80]!r}")
-        if not _FILENAME.match(self.filename):
+        if not GGUF_FILENAME.fullmatch(self.filename):
             raise StoreError(f"the catalog's file name for {self.id} is not a plain .gguf name")
         parts = urlsplit(self.download_url)
         if parts.scheme not in ("http", "https") or not parts.hostname or len(self.download_url) > 2048:
             raise StoreError(f"{self.id} has no download URL in the catalog (it ships in a package, "
                              "or the operator has not published one)")
-        if not _SHA256.match(self.sha256):
+        if not _SHA256.fullmatch(self.sha256):
             raise StoreError(f"the catalog's sha256 for {self.id} is not 64 hex digits")
         if not 0 < self.size_bytes <= MAX_MODEL_BYTES:
             raise StoreError(f"the catalog's size for {self.id} is out of range")
@@ -196,7 +195,7 @@ class ModelStore:
         cache = self._hash_cache(path)
         cached = _read_json(cache)
         if (cached is not None and {k: cached.get(k) for k in key} == key
-                and isinstance(cached.get("sha256"), str) and _SHA256.match(cached["sha256"])):
+                and isinstance(cached.get("sha256"), str) and _SHA256.fullmatch(cached["sha256"])):
             return str(cached["sha256"])
         with path.open("rb") as f:
             digest = _sha256_of(f).hexdigest()
@@ -230,7 +229,7 @@ class ModelStore:
             entry = next((m for m in self.catalog.models
                           if m.filename == path.name or m.weight_hash == digest), None)
             model_id = entry.id if entry is not None else path.name.removesuffix(".gguf")
-        if not _MODEL_ID.match(model_id):
+        if not _MODEL_ID.fullmatch(model_id):
             return None
         return self._local(model_id, path, entry, meta)
 
