@@ -378,3 +378,12 @@ async def _with_sessions(
         return await action(make_sessionmaker(engine))
     finally:
         await engine.dispose()
+
+
+# Provider operator commands (provider.md "Commands"), one module each.
+from darkbloom.cli import benchmark_cmd, doctor_cmd, models_cmd, status_cmd  # noqa: E402
+
+app.add_typer(models_cmd.app, name="models")
+app.command("status")(status_cmd.status)
+app.command("doctor")(doctor_cmd.doctor)
+app.command("benchmark")(benchmark_cmd.benchmark)
