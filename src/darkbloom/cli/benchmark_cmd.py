@@ -17,13 +17,17 @@ def benchmark(
         min=2, max=4096, help="Tokens generated per run.")] = 128,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Load a model, warm up, then time 3 runs of a fixed prompt: decode tok/s, time to first
-    token, prefill tok/s. Saved to <config dir>/benchmark.json; `darkbloom serve` reports the
-    figures to the coordinator, which routes by them.
+    """Measure decode tok/s, time to first token and prefill tok/s of a model here.
+
+    Loads the model, warms up, then times 3 runs of a fixed prompt.
+
+    The medians go to <config dir>/benchmark.json; `serve` reports them, routing uses them.
 
     Example: darkbloom benchmark --model smollm2-135m --max-tokens 64
     """
     import asyncio
+
+    from rich.markup import escape
 
     from darkbloom.provider.benchmark import Run, load_model, measure, save_benchmark
 
@@ -60,6 +64,6 @@ def benchmark(
              "ttft_ms": round(r.ttft_s * 1000, 1), "decode_tps": round(r.decode_tps, 2),
              "prefill_tps": round(r.prefill_tps, 2)} for r in result.runs]}, indent=2))
         return
-    console.print(f"[bold]{result.model}[/bold]: {figures['decode_tps']} tok/s decode, "
+    console.print(f"[bold]{escape(result.model)}[/bold]: {figures['decode_tps']} tok/s decode, "
                   f"{figures['prefill_tps']} tok/s prefill, TTFT {figures['ttft_ms']:.0f} ms "
                   f"(median of {len(result.runs)}; saved to {path})", highlight=False)

@@ -177,8 +177,11 @@ def doctor(
         "--coordinator", help="ws(s)://host/ws/provider to check (default: the configured one).")
     ] = None,
 ) -> None:
-    """Check that this machine can serve: hardware, engine, models, identity key, coordinator,
-    account, clock and disk. Exits 1 when a check fails, with a fix for each.
+    """Check that this machine can serve, with a fix for each failed check.
+
+    Checks hardware, engine, models, identity key, coordinator, account, clock, disk.
+
+    Exits 1 when any check fails.
 
     Example: darkbloom doctor --coordinator wss://coordinator.example.com/ws/provider
     """

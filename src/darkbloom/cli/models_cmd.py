@@ -100,8 +100,11 @@ def list_models(
     coordinator: CoordinatorOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """The coordinator's catalog, each model marked downloaded / available (fits in this
-    machine's memory) / too large; offline, the models on this machine.
+    """The catalog, each model marked downloaded / available (fits) / too large.
+
+    Available: it fits in memory (file size x 1.2 against RAM - 4 GB, or GPU memory).
+
+    Without the coordinator, lists the models on this machine.
 
     Example: darkbloom models list --json
     """
@@ -125,6 +128,7 @@ def list_models(
                           "models": [asdict(row) for row in table_rows]}, indent=2))
         return
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(show_edge=False, pad_edge=False)
     for column in ("model", "size", "quant", "status", ""):
@@ -134,7 +138,8 @@ def list_models(
         note = ("not in the catalog" if row.in_catalog is False
                 else "weights differ from the catalog's" if row.hash_matches_catalog is False
                 else "" if row.downloadable or row.status == "downloaded" else "no download URL")
-        table.add_row(row.id, _gb(row.size_bytes), row.quantization, row.status, note, style=style)
+        table.add_row(*(Text(cell) for cell in (row.id, _gb(row.size_bytes), row.quantization,
+                                                 row.status, note)), style=style)
     console.print(table)
     console.print(f"memory for models here: {budget / 1e9:.1f} GB (a model needs its size x 1.2)",
                   style="dim")
@@ -146,11 +151,16 @@ def download(
     coordinator: CoordinatorOption = None,
     force: Annotated[bool, typer.Option(help="Download even if it does not fit in memory.")] = False,
 ) -> None:
-    """Download a model from the catalog (resumable; checked against the catalog's SHA-256).
+    """Download a model from the catalog: resumable, checked against its SHA-256.
+
     Without --model, in a terminal: pick from the models that fit and are not here yet.
+
+    An interrupted download continues where it stopped when run again.
 
     Example: darkbloom models download --model smollm2-135m
     """
+    from rich.markup import escape
+
     from darkbloom.provider.agent import redact_url
     from darkbloom.provider.model_store import DownloadSpec, StoreError, fits, memory_budget
 
@@ -194,9 +204,13 @@ def download(
             local = store.download(spec, report)
     except StoreError as exc:
         fail(str(exc))
+    except OSError as exc:  # the disk filled up, the directory is read-only...
+        fail(f"cannot write {spec.filename} in {store.models_dir}: {exc.strerror}; fix that and run "
+             "the same command again to resume")
     except KeyboardInterrupt:
         fail("interrupted; run the same command again to resume the download", 130)
-    console.print(f"[green]✓[/green] {local.id} downloaded to {local.path} (SHA-256 verified)")
+    console.print(f"[green]✓[/green] {escape(local.id)} downloaded to {escape(str(local.path))} "
+                  "(SHA-256 verified)")
 
 
 def _progress() -> Any:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,13 +29,16 @@ def pick_model(choices: Sequence[Choice], *, title: str, console: Console,
     chosen ids (empty when there was nothing to choose). Ctrl-C / Ctrl-D raise typer.Abort."""
     if not choices:
         return []
-    table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
+    console.print(title, style="bold", markup=False)
+    table = Table(show_edge=False, pad_edge=False)
     for column in ("#", "model", "size", ""):
         table.add_column(column, justify="right" if column in ("#", "size") else "left")
     for number, choice in enumerate(choices, start=1):
         size = f"{choice.size_bytes / 1e9:.2f} GB" if choice.size_bytes else ""
-        name = f"{choice.id}  [dim]{choice.label}[/dim]" if choice.label else choice.id
-        table.add_row(str(number), name, size, choice.note)
+        name = Text(choice.id)
+        if choice.label and choice.label != choice.id:
+            name.append(f"  {choice.label}", style="dim")
+        table.add_row(str(number), name, size, Text(choice.note))
     console.print(table)
     hint = "numbers, e.g. 1 3" if allow_many else "a number"
     while True:

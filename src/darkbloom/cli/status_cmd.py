@@ -82,8 +82,7 @@ def snapshot() -> dict[str, Any]:
 
 def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
            ) -> None:
-    """Running or stopped, served models, hardware, security posture, account, and the models
-    this machine can serve.
+    """Running or stopped, hardware, security, account, and the models servable here.
 
     Example: darkbloom status --json
     """
@@ -91,13 +90,17 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
     if as_json:
         print(json.dumps(state, indent=2))
         return
-    hw, sec = state["hardware"], state["security"]
+    from rich.markup import escape
+
+    hw = {key: escape(value) if isinstance(value, str) else value
+          for key, value in state["hardware"].items()}
+    sec = state["security"]
     running = (f"[green]running[/green] (pid {state['pid']}), serving "
-               f"{', '.join(state['served_models']) or 'nothing yet'}" if state["running"]
+               f"{escape(', '.join(state['served_models'])) or 'nothing yet'}" if state["running"]
                else "[yellow]stopped[/yellow] (start it with `darkbloom start`)")
     lines = [
         f"provider     {running}",
-        f"coordinator  {', '.join(state['coordinators'])}",
+        f"coordinator  {escape(', '.join(state['coordinators']))}",
         "account      " + ("[green]linked[/green]" if state["account_linked"]
                            else "[yellow]not linked[/yellow] (`darkbloom login`)"),
         f"machine      {hw['chip']} ({hw['cpu_cores']} cores), {hw['machine']}",
@@ -107,12 +110,13 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
                            else "unknown (`darkbloom benchmark` measures real speed)"),
         "security     core dumps "
         f"{ {True: 'off', False: 'ON', None: 'n/a (not running)'}[sec['coreDumpsDisabled']]}, ptrace scope "
-        f"{sec['ptraceScope']}, kernel lockdown {sec['kernelLockdown']}",
+        f"{sec['ptraceScope']}, kernel lockdown {escape(str(sec['kernelLockdown']))}",
     ]
     servable = [m for m in state["models"] if m["fits"]]
     too_big = [m for m in state["models"] if not m["fits"]]
-    lines.append("models       " + (", ".join(m["id"] for m in servable) or
+    lines.append("models       " + (escape(", ".join(m["id"] for m in servable)) or
                                     "none (`darkbloom models download`)")
-                 + (f"; too large here: {', '.join(m['id'] for m in too_big)}" if too_big else ""))
+                 + (f"; too large here: {escape(', '.join(m['id'] for m in too_big))}"
+                    if too_big else ""))
     for line in lines:
         console.print(line, soft_wrap=True)

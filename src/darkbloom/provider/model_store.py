@@ -170,9 +170,13 @@ class ModelStore:
         for entry in self.catalog.models:
             path = entry.weights_path() if entry.package else None
             if path is not None and entry.id not in found:
-                found[entry.id] = self._local(entry.id, path, entry)
+                with contextlib.suppress(OSError):  # unreadable: not a model this machine has
+                    found[entry.id] = self._local(entry.id, path, entry)
         for path in self._gguf_files():
-            model = self._from_dir(path)
+            try:
+                model = self._from_dir(path)
+            except OSError:
+                continue
             if model is not None and model.id not in found:
                 found[model.id] = model
         return list(found.values())
