@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import re
@@ -45,15 +46,17 @@ class Gpu:
     memory_bytes: int
 
 
-def gpus() -> list[Gpu]:
-    """NVIDIA GPUs (nvidia-smi); empty where there are none or the driver does not answer."""
+@functools.lru_cache(maxsize=1)
+def gpus() -> tuple[Gpu, ...]:
+    """NVIDIA GPUs (nvidia-smi); empty where there are none or the driver does not answer.
+    Asked once per process: the cards do not change while it runs, and each ask is a subprocess."""
     out = _run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"])
     found: list[Gpu] = []
     for line in (out or "").splitlines()[:64]:
         name, _, mib = line.rpartition(",")
         if name.strip() and mib.strip().isdigit():
             found.append(Gpu(name.strip(), int(mib.strip()) * 2**20))
-    return found
+    return tuple(found)
 
 
 # Peak memory bandwidth in GB/s of chips whose number is public: decode speed is bounded by it
