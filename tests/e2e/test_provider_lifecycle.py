@@ -19,7 +19,7 @@ import openai
 import pytest
 
 from darkbloom.config import ProviderSettings
-from darkbloom.inference.catalog import Catalog
+from darkbloom.provider.model_store import ModelStore
 from darkbloom.provider.models import ModelHost
 from darkbloom.provider.runtime import model_host, serve
 from darkbloom.provider.schedule import Schedule, Window
@@ -84,7 +84,7 @@ async def day(coordinator: Coordinator, tmp_path: Path) -> AsyncIterator[tuple[M
                                 config_dir=tmp_path / "config", models=[MODEL],
                                 schedule=Schedule(enabled=True, windows=[Window(
                                     days=["mon", "tue"], start="09:00", end="17:00")]))
-    host = model_host(settings, Catalog(), clock)
+    host = model_host(settings, ModelStore(tmp_path / "models"), clock)
     host.idle_timeout_s = 600.0
     stop = asyncio.Event()
     task = asyncio.create_task(serve(settings, host, clock=clock, stop=stop))

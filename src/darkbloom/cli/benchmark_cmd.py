@@ -30,6 +30,7 @@ def benchmark(
     from rich.markup import escape
 
     from darkbloom.provider.benchmark import Run, load_model, measure, save_benchmark
+    from darkbloom.provider.runtime import SETUP_ERRORS
 
     settings = provider_settings()
     chosen = model or settings.models[0]
@@ -43,8 +44,8 @@ def benchmark(
     try:
         with out.status(f"loading {chosen}..."):
             engine = load_model(settings, chosen)
-    except (ValueError, FileNotFoundError) as exc:
-        fail(f"{exc} (see `darkbloom models list`)")
+    except SETUP_ERRORS as exc:
+        fail(str(exc))
     except KeyboardInterrupt:
         fail("interrupted; nothing was saved", 130)
     try:

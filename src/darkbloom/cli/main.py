@@ -82,11 +82,9 @@ def serve(
     """
     from darkbloom.cli import logs
     from darkbloom.cli.config_cmd import provider_settings
-    from darkbloom.inference.catalog import Catalog
+    from darkbloom.cli.provider_common import model_store
     from darkbloom.provider.agent import redact_url
-    from darkbloom.provider.engines.select import EngineUnavailable
-    from darkbloom.provider.models import ModelLoadError
-    from darkbloom.provider.runtime import disable_core_dumps, model_host
+    from darkbloom.provider.runtime import SETUP_ERRORS, disable_core_dumps, model_host
     from darkbloom.provider.runtime import serve as run_serve
 
     disable_core_dumps()
@@ -97,11 +95,11 @@ def serve(
                                    else ": ") + ", ".join(map(redact_url, settings.coordinators)),
                   markup=False, highlight=False, soft_wrap=True)
     try:
-        host = model_host(settings, Catalog())
+        host = model_host(settings, model_store(settings))
         if not settings.schedule.enabled or settings.schedule.is_open(datetime.now()):
             with console.status(f"Loading {', '.join(settings.models)}..."):
                 host.load_all()  # here, to show progress; outside a window, when one opens
-    except (ValueError, FileNotFoundError, ModelLoadError, EngineUnavailable) as exc:
+    except SETUP_ERRORS as exc:
         console.print(str(exc), style="red", markup=False)
         raise typer.Exit(2) from None
     try:

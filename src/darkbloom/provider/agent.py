@@ -46,6 +46,7 @@ from darkbloom.protocol.frames import (
     coordinator_frame_adapter,
 )
 from darkbloom.provider import attestation, hardware
+from darkbloom.provider.benchmark import load_benchmark
 from darkbloom.provider.engines.base import Engine
 from darkbloom.provider.fingerprint import fingerprint
 from darkbloom.provider.serving import RequestServer
@@ -170,10 +171,20 @@ class ProviderAgent:
             public_key=self.keys.public_b64,
             encrypted_response_chunks=True,
             max_concurrency=self.engine.slots,
+            **self._speeds(),
             python_hash=self.fingerprint.python_hash,
             runtime_hash=self.fingerprint.runtime_hash,
             template_hashes=getattr(self.engine, "template_hashes", None),
         )
+
+    def _speeds(self) -> dict[str, float]:
+        """`darkbloom benchmark`'s figures for a served model, which routing starts from (the
+        coordinator caps figures it has not measured itself)."""
+        saved = load_benchmark(self.settings.config_dir)
+        for model in self.engine.models():
+            if saved and (figures := saved["models"].get(model.id)):
+                return {"decode_tps": figures["decode_tps"], "prefill_tps": figures["prefill_tps"]}
+        return {}
 
     def _heartbeat_frame(self) -> Heartbeat:
         warm = self.engine.warm_models()

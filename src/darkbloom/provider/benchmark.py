@@ -75,10 +75,13 @@ class Result:
 
 def load_model(settings: ProviderSettings, model_id: str) -> Engine:
     """The one place the benchmark loads a model (the provider runtime's loader)."""
-    from darkbloom.inference.catalog import Catalog
-    from darkbloom.provider.runtime import load_engine
+    from darkbloom.cli.provider_common import model_store
+    from darkbloom.provider.runtime import model_host
 
-    return load_engine(settings.model_copy(update={"models": [model_id], "slots": 1}), Catalog())
+    host = model_host(settings.model_copy(update={"models": [model_id], "slots": 1}),
+                      model_store(settings))
+    host.load_all()
+    return host
 
 
 async def run_once(engine: Engine, model: str, max_tokens: int,

@@ -106,17 +106,3 @@ def detect() -> Hardware:
 def metrics() -> SystemMetrics:
     return SystemMetrics(memory_pressure=psutil.virtual_memory().percent / 100,
                          cpu_usage=psutil.cpu_percent(interval=None) / 100)
-
-
-MEMORY_RESERVE_BYTES = 4 * 2**30  # provider.md: left to the operating system and the user
-
-
-def model_memory_bytes(size_bytes: int) -> int:
-    """provider.md: a model takes about its weights' size × 1.2 once loaded."""
-    return size_bytes * 6 // 5
-
-
-def model_budget_bytes() -> int:
-    """Memory models may take on this machine: total RAM − 4 GB (0 if less)."""
-    return max(0, int(psutil.virtual_memory().total) - MEMORY_RESERVE_BYTES)
-

@@ -21,8 +21,8 @@ from darkbloom.errors import DarkbloomError
 from darkbloom.inference.capabilities import require
 from darkbloom.inference.request import GenerationRequest
 from darkbloom.protocol.frames import ModelInfo, Slot
-from darkbloom.provider import hardware
 from darkbloom.provider.engines.base import EngineBackend, GenerationEvent, LoadedModel, LocalModel
+from darkbloom.provider.model_store import memory_budget, memory_estimate
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class ModelHost:
         self._threads = threads
         self.idle_timeout_s = idle_timeout_s if idle_timeout_s and idle_timeout_s > 0 else None
         self._clock = clock
-        self._budget = hardware.model_budget_bytes() if budget_bytes is None else budget_bytes
+        self._budget = memory_budget() if budget_bytes is None else budget_bytes
         self.name = ",".join(dict.fromkeys(backend.name for _, backend in models))
 
     # --- loading ----------------------------------------------------------------------------
@@ -72,13 +72,14 @@ class ModelHost:
                 self._load(served)
 
     def _load(self, served: _Served) -> None:
-        need = hardware.model_memory_bytes(served.model.size_bytes)
-        used = sum(hardware.model_memory_bytes(s.model.size_bytes)
+        need = memory_estimate(served.model.size_bytes)
+        used = sum(memory_estimate(s.model.size_bytes)
                    for s in self._served if s.loaded is not None)
         if used + need > self._budget:
             raise ModelLoadError(
                 f"{served.model.id} needs about {need / 2**30:.1f} GB (weights × 1.2) and "
-                f"{max(0, self._budget - used) / 2**30:.1f} GB of the memory budget (RAM − 4 GB) "
+                f"{max(0, self._budget - used) / 2**30:.1f} GB of the memory budget (RAM − 4 GB, or "
+                "the GPUs' memory) "
                 "is left: serve fewer or smaller models")
         log.info("loading %s with %s", served.model.id, served.backend.name)
         try:

