@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 import typer
 from rich.console import Console
 
+from darkbloom.cli.provider_cmds import register as register_provider_commands
 from darkbloom.config import CoordinatorSettings, ProviderSettings
 
 if TYPE_CHECKING:
@@ -372,3 +373,6 @@ async def _with_sessions(
         return await action(make_sessionmaker(engine))
     finally:
         await engine.dispose()
+
+
+register_provider_commands(app)  # start, stop, logs, login, logout, earnings
