@@ -15,7 +15,7 @@ from logging.handlers import RotatingFileHandler
 from pathlib import Path
 
 from darkbloom.cli.daemon import LOG_BACKUPS, LOG_MAX_BYTES
-from darkbloom.logcontext import FORMAT
+from darkbloom.logcontext import FORMAT, RequestIdFilter, WithholdExceptionMessages
 
 
 class _DaemonLogHandler(RotatingFileHandler):
@@ -34,7 +34,9 @@ def install_log(path: Path, max_bytes: int = LOG_MAX_BYTES, backups: int = LOG_B
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     handler = _DaemonLogHandler(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
     handler.setFormatter(logging.Formatter(FORMAT))
-    logging.getLogger().addHandler(handler)  # logs.setup() then adds its filters to it
+    for kind in (RequestIdFilter, WithholdExceptionMessages):  # as logs.setup() would add
+        handler.addFilter(kind())
+    logging.getLogger().addHandler(handler)
     return handler
 
 

@@ -157,7 +157,8 @@ def poll_token(client: httpx.Client, base: str, code: DeviceCode,
             raise LoginError("the link request was denied: run `darkbloom login` again to retry")
         if answer.status >= 500:
             continue  # the coordinator's trouble, perhaps passing; the code has a deadline
-        raise LoginError(f"the coordinator refused the code: {_error_message(answer)}")
+        raise LoginError(f"the coordinator refused the code ({_error_message(answer)}): run "
+                         "`darkbloom login` again")
 
 
 # --- the provider token on disk ---------------------------------------------------------------

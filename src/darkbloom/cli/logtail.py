@@ -32,9 +32,15 @@ def tail_lines(path: Path, n: int) -> list[str]:
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()  # the newline ending the file ends the last line, it does not start another
-    if pos > 0 and lines:
-        lines.pop(0)  # read from mid-line: that first piece is not a whole line
-    return [_text(line) for line in lines[-n:]]
+    shown = [_text(line) for line in lines]
+    if pos > 0 and shown:
+        # Read from mid-line: the first piece is the end of a line. Shown only when the byte
+        # budget stopped the reading before n lines (a huge line), marked as cut.
+        first = lines[0][-MAX_LINE_BYTES:].decode("utf-8", "replace")
+        shown[0] = "[…] " + first
+        if len(shown) > n:
+            shown.pop(0)
+    return shown[-n:]
 
 
 def _text(line: bytes) -> str:
