@@ -225,7 +225,7 @@ def login(
             body = Text.assemble(
                 ("Open  ", "bold"), (code.verification_uri, "bold cyan underline"),
                 ("\nand enter the code\n\n", "bold"), (f"  {code.user_code}  ", "bold black on yellow"),
-                (f"\n\nThe code expires in {code.expires_in // 60} min {code.expires_in % 60} s.", "dim"))
+                (f"\n\nThe code expires in {_duration(code.expires_in)}.", "dim"))
             console.print(Panel(body, title="Link this machine to your darkbloom account",
                                 expand=False, padding=(1, 4)))
             with console.status("Waiting for the code to be approved... (Ctrl-C to cancel)"):
@@ -239,11 +239,19 @@ def login(
         _fail(f"could not store the token in {settings.config_dir}: {exc.strerror}")
     console.print(f"[green]✓[/green] linked to account [bold]{linked.account_id}[/bold]; this "
                   "machine's earnings go there.", soft_wrap=True)
+    console.print(f"token stored in {settings.config_dir / 'token'} (mode 0600)", markup=False,
+                  soft_wrap=True)
     from darkbloom.cli.daemon import running_pid
 
     if running_pid(settings.config_dir) is not None:
         console.print("The running provider still uses its old credentials: `darkbloom start` "
                       "restarts it.")
+
+
+def _duration(seconds: int) -> str:
+    minutes, rest = divmod(seconds, 60)
+    return " ".join(part for part in (f"{minutes} min" if minutes else "",
+                                      f"{rest} s" if rest else "") if part) or "0 s"
 
 
 def logout() -> None:
