@@ -249,8 +249,10 @@ def install_unit(config_dir: Path, serve_args: Sequence[str]) -> None:
                                f"{(done.stderr or done.stdout).strip()[:300]}")
 
 
-def unit_active() -> bool:
-    return _systemctl("is-active", UNIT_NAME).stdout.strip() in ("active", "activating")
+def unit_state() -> str:
+    """`systemctl --user is-active`: "active" when running; "activating" also covers a unit that
+    failed and waits to be restarted."""
+    return _systemctl("is-active", UNIT_NAME).stdout.strip()
 
 
 def stop_unit() -> bool:
@@ -258,6 +260,6 @@ def stop_unit() -> bool:
     whether it was running."""
     if not unit_path().is_file():
         return False
-    was_active = unit_active()
+    was_active = unit_state() in ("active", "activating")
     _systemctl("disable", "--now", UNIT_NAME, timeout=STOP_GRACE_S + 10)
     return was_active

@@ -100,14 +100,17 @@ def start(coordinator_url: CoordinatorOpt = None, model: ModelOpt = None, slots:
         except (RuntimeError, OSError) as exc:
             _fail(f"could not start the systemd user unit: {exc}")
         time.sleep(START_CHECK_S)
-        if not daemon.unit_active():
+        if daemon.unit_state() != "active":  # a unit that died is "activating" (restart pending)
             err_console.print(f"the provider stopped at once; the end of {log}:", style="red")
             show_log_tail()
             _fail(f"see `journalctl --user -u {daemon.UNIT_NAME}` and `darkbloom logs`")
         console.print(f"[green]✓[/green] provider started as the systemd user unit "
                       f"{daemon.UNIT_NAME} (models: {shown_models})")
     else:
-        proc = daemon.spawn_detached(config_dir, args)
+        try:
+            proc = daemon.spawn_detached(config_dir, args)
+        except OSError as exc:
+            _fail(f"could not start the provider in {config_dir}: {exc.strerror or exc}")
         if not daemon.survives(proc, START_CHECK_S):
             daemon.pidfile_path(config_dir).unlink(missing_ok=True)
             err_console.print(f"the provider exited at once (status {proc.returncode}); the end of "
@@ -128,7 +131,12 @@ def _stop(settings: ProviderSettings, announce_nothing: bool = True) -> bool:
     if daemon.systemd_user_available() and daemon.stop_unit():
         console.print(f"stopped the systemd user unit {daemon.UNIT_NAME}")
         stopped = True
-    result = daemon.stop_pidfile_daemon(settings.config_dir)
+    try:
+        result = daemon.stop_pidfile_daemon(settings.config_dir)
+    except PermissionError:
+        _fail("the running provider belongs to another user: stop it as that user")
+    except OSError as exc:
+        _fail(f"could not stop the provider ({settings.config_dir}): {exc.strerror or exc}")
     if result.pid is not None:
         how = "killed after 10 s without exiting on SIGTERM" if result.killed else "stopped"
         console.print(f"{how}: provider pid {result.pid}")
