@@ -2,7 +2,7 @@
 config), keys sent as a person types them, the screen read back with capture-pane.
 
     with Terminal(env) as term:
-        term.run("darkbloom login")
+        term.run("login")
         term.wait_for(r"[A-Z2-9]{4}-[A-Z2-9]{4}")
         term.keys("C-c")
         assert term.wait_exit() == 130
@@ -12,25 +12,34 @@ The server is always killed at the end, whatever the test did.
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from types import TracebackType
 
 TMUX = shutil.which("tmux") or "/usr/bin/tmux"
-# One command of `run`: its echoed line, what it printed, its exit status.
-_RUN = re.compile(r"echo __exit=\$\?__\n(.*?)__exit=(\d+)__", re.DOTALL)
+# One command of `run`: what it printed between two markers that only its output holds (the
+# typed line spells them in pieces), and its exit status.
+_RUN = re.compile(r"__begin__\n(.*?)__exit=(\d+)__", re.DOTALL)
 
 
 class Terminal:
     def __init__(self, env: Mapping[str, str], width: int = 140, height: int = 45) -> None:
         self.socket = f"darkbloom-test-{secrets.token_hex(6)}"
-        self.env = dict(env)
+        # `darkbloom` on the PATH runs this interpreter: short command lines, as an operator types
+        self._bin = Path(tempfile.mkdtemp(prefix="darkbloom-term-"))
+        wrapper = self._bin / "darkbloom"
+        wrapper.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m darkbloom "$@"\n')
+        wrapper.chmod(0o755)
+        self.env = {**env, "PATH": f"{self._bin}{os.pathsep}{env.get('PATH', os.defpath)}"}
         self.width, self.height = width, height
         self._runs_seen = 0
 
@@ -53,8 +62,11 @@ class Terminal:
         self.close()
 
     def close(self) -> None:
-        subprocess.run([TMUX, "-L", self.socket, "kill-server"], capture_output=True, timeout=20,
-                       check=False)
+        try:
+            subprocess.run([TMUX, "-L", self.socket, "kill-server"], capture_output=True, timeout=20,
+                           check=False)
+        finally:
+            shutil.rmtree(self._bin, ignore_errors=True)
 
     def type(self, text: str, enter: bool = True) -> None:
         self._tmux("send-keys", "-t", "t", "-l", text)
@@ -66,9 +78,8 @@ class Terminal:
         self._tmux("send-keys", "-t", "t", *names)
 
     def run(self, darkbloom_args: str) -> None:
-        """`darkbloom ARGS` with this interpreter, then its exit status on the screen."""
-        self.type(f"{shlex.quote(sys.executable)} -m darkbloom {darkbloom_args}; "
-                  "echo __exit=$?__")
+        """`darkbloom ARGS` (this interpreter), its output and exit status marked on the screen."""
+        self.type(f"echo __be''gin__; darkbloom {darkbloom_args}; echo __ex''it=$?__")
 
     def screen(self) -> str:
         """What the pane shows, with its scrollback, wrapped lines joined."""

@@ -102,6 +102,9 @@ def _bounded_int(value: object, default: int, low: int, high: int) -> int:
 
 def request_code(client: httpx.Client, base: str) -> DeviceCode:
     answer = call(client, "POST", f"{base}/v1/device/code", json_body={})
+    if answer.status == 404:
+        raise LoginError(f"{base} has no device-code login (POST /v1/device/code: 404): is it a "
+                         "darkbloom coordinator, and up to date?")
     if answer.status != 200:
         raise LoginError(f"the coordinator at {base} refused a device code: {_error_message(answer)}")
     body = answer.body
