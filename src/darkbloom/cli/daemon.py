@@ -14,7 +14,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,21 @@ START_MARK = "=== darkbloom start"
 # Environment the background provider needs from the shell that started it (systemd starts units
 # with a bare environment): its settings, and the Python path when running from a checkout.
 _PASSED_ENV_PREFIXES = ("DARKBLOOM_PROVIDER_", "DARKBLOOM_LOG_FORMAT", "PYTHONPATH", "HF_", "LLAMA_")
+
+
+@contextmanager
+def control_lock(config_dir: Path) -> Iterator[None]:
+    """Held by `start` and `stop` while they work: two `start`s at once would otherwise both stop
+    nothing and leave two providers, one of them out of the pidfile's sight. A second one waits."""
+    import fcntl
+
+    config_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(config_dir / "provider.lock", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def pidfile_path(config_dir: Path) -> Path:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -74,17 +75,30 @@ def start(coordinator_url: CoordinatorOpt = None, model: ModelOpt = None, slots:
 
     Example: darkbloom start --model smollm2-135m
     """
-    import time
-
     from darkbloom.cli import daemon
-    from darkbloom.cli.logtail import tail_lines
 
     settings = _settings(coordinator_urls=coordinator_url, models=model, slots=slots)
     models = list(model) if model else _pick_models(settings)
     args = _serve_args(coordinator_url, models, slots)
     shown_models = ", ".join(models or settings.models)
-    _stop(settings, announce_nothing=False)
     config_dir, log = settings.config_dir, daemon.log_path(settings.config_dir)
+    try:
+        with daemon.control_lock(config_dir):
+            _stop(settings, announce_nothing=False)
+            _start_locked(config_dir, args, shown_models)
+    except OSError as exc:
+        _fail(f"could not start the provider in {config_dir}: {exc.strerror or exc}")
+    console.print(f"log: {log}   follow it: darkbloom logs -f   stop it: darkbloom stop",
+                  markup=False, soft_wrap=True)
+
+
+def _start_locked(config_dir: Path, args: list[str], shown_models: str) -> None:
+    import time
+
+    from darkbloom.cli import daemon
+    from darkbloom.cli.logtail import tail_lines
+
+    log = daemon.log_path(config_dir)
 
     def show_log_tail() -> None:
         try:
@@ -107,10 +121,7 @@ def start(coordinator_url: CoordinatorOpt = None, model: ModelOpt = None, slots:
         console.print(f"[green]✓[/green] provider started as the systemd user unit "
                       f"{daemon.UNIT_NAME} (models: {shown_models})")
     else:
-        try:
-            proc = daemon.spawn_detached(config_dir, args)
-        except OSError as exc:
-            _fail(f"could not start the provider in {config_dir}: {exc.strerror or exc}")
+        proc = daemon.spawn_detached(config_dir, args)
         if not daemon.survives(proc, START_CHECK_S):
             daemon.pidfile_path(config_dir).unlink(missing_ok=True)
             err_console.print(f"the provider exited at once (status {proc.returncode}); the end of "
@@ -119,8 +130,6 @@ def start(coordinator_url: CoordinatorOpt = None, model: ModelOpt = None, slots:
             _fail("fix what the log says, then run `darkbloom start` again")
         console.print(f"[green]✓[/green] provider started in the background, pid {proc.pid} "
                       f"(models: {shown_models})", soft_wrap=True)
-    console.print(f"log: {log}   follow it: darkbloom logs -f   stop it: darkbloom stop",
-                  markup=False, soft_wrap=True)
 
 
 def _stop(settings: ProviderSettings, announce_nothing: bool = True) -> bool:
@@ -155,7 +164,14 @@ def stop() -> None:
 
     Example: darkbloom stop
     """
-    _stop(_settings())
+    from darkbloom.cli import daemon
+
+    settings = _settings()
+    try:
+        with daemon.control_lock(settings.config_dir):
+            _stop(settings)
+    except OSError as exc:
+        _fail(f"could not stop the provider ({settings.config_dir}): {exc.strerror or exc}")
 
 
 def logs(

@@ -174,3 +174,23 @@ def test_background_log_rotates_and_takes_stdout_along(tmp_path: Path) -> None:
     current = log.read_text()
     assert "record 199" in current
     assert current.endswith("raw stdout after rotation\nraw stderr after rotation\n")
+
+
+def test_control_lock_excludes_a_second_holder(tmp_path: Path) -> None:
+    probe = textwrap.dedent(f"""
+        import fcntl, os
+        fd = os.open({str(tmp_path / "provider.lock")!r}, os.O_WRONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            print("free")
+        except BlockingIOError:
+            print("held")
+    """)
+
+    def probe_lock() -> str:
+        return subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                              check=True, timeout=30).stdout.strip()
+
+    with daemon.control_lock(tmp_path):
+        assert probe_lock() == "held"
+    assert probe_lock() == "free"
