@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from darkbloom.cli import provider_flags
-from darkbloom.config import ProviderSettings
+from darkbloom.cli.provider_common import provider_settings
 from darkbloom.provider.config_files import ProviderConfigError
 
 config_app = typer.Typer(
@@ -38,26 +38,6 @@ class SettingsAwareTyper(typer.Typer):
             line = env_parse_error(exc) if isinstance(exc, SettingsError) else str(exc)
             err_console.print(line, style="red", markup=False, highlight=False, soft_wrap=True)
             sys.exit(2)
-
-
-def provider_settings(flags: dict[str, Any]) -> ProviderSettings:
-    """ProviderSettings as a command with these flags ({field: value}, unset flags left out) runs
-    with; a bad file, variable or flag is one red line on stderr and exit 2, never a traceback."""
-    from pydantic import ValidationError
-    from pydantic_settings import SettingsError
-
-    from darkbloom.provider.provenance import env_parse_error, settings_error
-
-    try:
-        return ProviderSettings(**flags)
-    except ProviderConfigError as exc:
-        line = str(exc)
-    except SettingsError as exc:
-        line = env_parse_error(exc)
-    except ValidationError as exc:
-        line = settings_error(exc, flags)
-    err_console.print(line, style="red", markup=False, highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
 
 
 @config_app.command("show")

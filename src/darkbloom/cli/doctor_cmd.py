@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from darkbloom.cli import provider_flags
 from darkbloom.cli.provider_common import (
     account_linked,
     console,
@@ -185,7 +186,7 @@ def doctor(
 
     Example: darkbloom doctor --coordinator wss://coordinator.example.com/ws/provider
     """
-    checks = run_checks(provider_settings(coordinator))
+    checks = run_checks(provider_settings(provider_flags.flags(coordinator)))
     for number, check in enumerate(checks, start=1):
         mark = "[green]✓[/green]" if check.ok else "[red]✗[/red]"
         console.print(f"{number:>2}. {mark} {check.name}: ", end="")

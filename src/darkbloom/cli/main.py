@@ -14,6 +14,7 @@ from rich.console import Console
 
 from darkbloom.cli import provider_flags
 from darkbloom.cli.config_cmd import SettingsAwareTyper, config_app
+from darkbloom.cli.provider_cmds import register as register_provider_commands
 from darkbloom.config import CoordinatorSettings, ProviderSettings
 
 if TYPE_CHECKING:
@@ -81,8 +82,7 @@ def serve(
     Example: darkbloom serve --coordinator wss://coordinator.example/ws/provider --model smollm2-135m
     """
     from darkbloom.cli import logs
-    from darkbloom.cli.config_cmd import provider_settings
-    from darkbloom.cli.provider_common import model_store
+    from darkbloom.cli.provider_common import model_store, provider_settings
     from darkbloom.provider.agent import redact_url
     from darkbloom.provider.runtime import SETUP_ERRORS, disable_core_dumps, model_host
     from darkbloom.provider.runtime import serve as run_serve
@@ -386,3 +386,4 @@ app.add_typer(models_cmd.app, name="models")
 app.command("status")(status_cmd.status)
 app.command("doctor")(doctor_cmd.doctor)
 app.command("benchmark")(benchmark_cmd.benchmark)
+register_provider_commands(app)  # start, stop, logs, login, logout, earnings

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from darkbloom.cli import provider_flags
 from darkbloom.cli.provider_common import (
     console,
     err_console,
@@ -111,7 +112,7 @@ def list_models(
     from darkbloom.provider.agent import redact_url
     from darkbloom.provider.model_store import memory_budget
 
-    settings = provider_settings(coordinator)
+    settings = provider_settings(provider_flags.flags(coordinator))
     where = redact_url(settings.coordinators[0])
     catalog: list[dict[str, Any]] | None
     try:
@@ -164,7 +165,7 @@ def download(
     from darkbloom.provider.agent import redact_url
     from darkbloom.provider.model_store import DownloadSpec, StoreError, fits, memory_budget
 
-    settings = provider_settings(coordinator)
+    settings = provider_settings(provider_flags.flags(coordinator))
     try:
         catalog = fetch_catalog(settings)
     except OSError as exc:

@@ -4,7 +4,6 @@ HTTP address, the local model store, and one-line errors."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
@@ -21,8 +20,6 @@ console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 # The most of a catalog answer read (a coordinator is trusted for content, not for size).
 MAX_CATALOG_BYTES = 4 * 2**20
-PID_FILE = "provider.pid"
-TOKEN_FILE = "token"
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -31,37 +28,52 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
-def provider_settings(coordinator: list[str] | None = None, **overrides: Any) -> ProviderSettings:
-    """The provider's settings (config file, DARKBLOOM_PROVIDER_*), with flags on top."""
+def provider_settings(flags: dict[str, Any] | None = None) -> ProviderSettings:
+    """ProviderSettings as a command with these flags ({field: value}, unset flags left out) runs
+    with; a bad file, variable or flag is one red line on stderr and exit 2, never a traceback
+    (only the messages: the input may hold a token or a URL secret)."""
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
 
-    values = {key: value for key, value in overrides.items() if value is not None}
-    if coordinator:
-        values["coordinator_urls"] = coordinator
+    from darkbloom.provider.config_files import ProviderConfigError
+    from darkbloom.provider.provenance import env_parse_error, settings_error
+
+    flags = flags or {}
     try:
-        return ProviderSettings(**values)
-    except ValidationError as exc:  # only the messages: the input may hold a token or a URL secret
-        error = exc.errors()[0]
-        fail(f"{'.'.join(str(part) for part in error['loc']) or 'settings'}: {error['msg']}", 2)
+        return ProviderSettings(**flags)
+    except ProviderConfigError as exc:
+        fail(str(exc), 2)
+    except SettingsError as exc:
+        fail(env_parse_error(exc), 2)
+    except ValidationError as exc:
+        fail(settings_error(exc, flags), 2)
 
 
-def http_base(ws_url: str) -> str:
-    """The coordinator's HTTP(S) origin from its provider WebSocket URL (ws→http, wss→https)."""
-    parts = urlsplit(ws_url)
-    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+def http_base(url: str) -> str:
+    """The coordinator's HTTP address from its provider URL: ws→http, wss→https, a trailing
+    `/ws/provider` dropped (a coordinator may live under a path), as are any user:password and
+    query; an http(s) URL is taken as it is. ValueError if it is not a coordinator URL."""
+    try:
+        parts = urlsplit(url.strip())
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        raise ValueError(f"{url!r} is not a coordinator URL") from None
+    scheme = {"ws": "http", "wss": "https", "http": "http", "https": "https"}.get(parts.scheme.lower())
     host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((scheme, netloc, "", "", ""))
+    if scheme is None or not host:
+        raise ValueError(f"{url!r} is not a coordinator URL: give ws(s)://host/ws/provider or "
+                         "http(s)://host")
+    path = parts.path.rstrip("/")
+    if path.endswith("/ws/provider"):
+        path = path[: -len("/ws/provider")]
+    return urlunsplit((scheme, f"[{host}]{port}" if ":" in host else f"{host}{port}", path, "", ""))
 
 
 def models_dir(settings: ProviderSettings) -> Path:
-    """Where downloaded models live: the configured directory, else <config_dir>/models."""
+    """Where downloaded models live: <config_dir>/models."""
     from darkbloom.provider.model_store import default_models_dir
 
-    configured = getattr(settings, "models_dir", None)
-    return Path(configured) if configured else default_models_dir(settings.config_dir)
+    return default_models_dir(settings.config_dir)
 
 
 def model_store(settings: ProviderSettings) -> ModelStore:
@@ -71,8 +83,8 @@ def model_store(settings: ProviderSettings) -> ModelStore:
 
 
 def account_linked(settings: ProviderSettings) -> bool:
-    """A provider token is set (DARKBLOOM_PROVIDER_TOKEN, config) or saved by `darkbloom login`."""
-    return settings.token is not None or (settings.config_dir / TOKEN_FILE).is_file()
+    """A provider token is configured (`darkbloom login` saved one, or the environment gives one)."""
+    return settings.token is not None
 
 
 def fetch_catalog(settings: ProviderSettings, timeout_s: float = 5.0) -> list[dict[str, Any]]:
@@ -100,35 +112,3 @@ def fetch_catalog(settings: ProviderSettings, timeout_s: float = 5.0) -> list[di
     if not isinstance(models, list):
         raise OSError("the answer is not a model catalog")
     return [row for row in models if isinstance(row, dict) and isinstance(row.get("id"), str)]
-
-
-def daemon_pid(config_dir: Path) -> int | None:
-    """The running provider daemon's pid from <config_dir>/provider.pid; None when there is no
-    pidfile, or it names a process that is gone or is not darkbloom (a stale pid, reused)."""
-    import psutil
-
-    try:
-        with (config_dir / PID_FILE).open("rb") as f:
-            text = f.read(4096).decode("utf-8", "replace").strip()
-    except OSError:
-        return None
-    pid: object = None
-    if text.split() and text.split()[0].isdigit():
-        pid = int(text.split()[0])
-    else:
-        try:
-            data = json.loads(text)
-        except ValueError:
-            data = None
-        pid = data.get("pid") if isinstance(data, dict) else None
-    if not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid < 2**22 or pid == os.getpid():
-        return None
-    try:
-        process = psutil.Process(pid)
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return None
-        return pid if "darkbloom" in " ".join(process.cmdline()) else None
-    except psutil.AccessDenied:  # another user's process: alive, cannot say more
-        return pid
-    except psutil.Error:
-        return None

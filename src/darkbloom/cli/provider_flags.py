@@ -21,10 +21,22 @@ Engine = Annotated[str | None, typer.Option(
     help="llama.cpp, mlx-lm or vllm (default: chosen by the machine and the model's format).")]
 
 
+_FLAG = {"coordinator_urls": "--coordinator", "models": "--model", "slots": "--slots",
+         "threads": "--threads", "idle_timeout_mins": "--idle-timeout", "engine": "--engine"}
+
+
 def flags(coordinator: list[str] | None = None, model: list[str] | None = None,
           slots: int | None = None, threads: int | None = None, idle_timeout: int | None = None,
           engine: str | None = None) -> dict[str, Any]:
     """The given flags as ProviderSettings fields (flags not given left out: they do not override)."""
-    given = {"coordinator_urls": coordinator, "models": model, "slots": slots, "threads": threads,
-             "idle_timeout_mins": idle_timeout, "engine": engine}
+    given = dict(zip(_FLAG, (coordinator, model, slots, threads, idle_timeout, engine), strict=True))
     return {name: value for name, value in given.items() if value is not None}
+
+
+def as_args(given: dict[str, Any]) -> list[str]:
+    """``flags()``'s result back as a command line (what `start` hands the daemon's `serve`)."""
+    args: list[str] = []
+    for field_name, value in given.items():
+        for item in value if isinstance(value, list) else [value]:
+            args += [_FLAG[field_name], str(item)]
+    return args

@@ -8,10 +8,10 @@ from typing import Annotated, Any
 
 import typer
 
+from darkbloom.cli import daemon
 from darkbloom.cli.provider_common import (
     account_linked,
     console,
-    daemon_pid,
     model_store,
     provider_settings,
 )
@@ -54,7 +54,7 @@ def snapshot() -> dict[str, Any]:
     from darkbloom.provider.model_store import fits, memory_budget
 
     settings = provider_settings()
-    pid = daemon_pid(settings.config_dir)
+    pid = daemon.running_pid(settings.config_dir)
     hardware = detect()
     budget = memory_budget()
     installed = model_store(settings).installed()

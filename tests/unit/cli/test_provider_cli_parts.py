@@ -3,9 +3,6 @@ the clock check (with a clock the test controls), benchmark.json."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from datetime import UTC, datetime
 from email.utils import formatdate
 from pathlib import Path
@@ -15,7 +12,7 @@ import pytest
 from darkbloom.cli.doctor_cmd import Health, check_clock
 from darkbloom.cli.models_cmd import rows
 from darkbloom.cli.picker import _parse
-from darkbloom.cli.provider_common import daemon_pid, http_base
+from darkbloom.cli.provider_common import http_base
 from darkbloom.provider.benchmark import Result, Run, load_benchmark, save_benchmark
 from darkbloom.provider.engines.base import LocalModel
 
@@ -23,7 +20,7 @@ from darkbloom.provider.engines.base import LocalModel
 @pytest.mark.parametrize(("ws", "http"), [
     ("ws://127.0.0.1:8000/ws/provider", "http://127.0.0.1:8000"),
     ("wss://coord.example.com/ws/provider?x=1", "https://coord.example.com"),
-    ("wss://user:secret@coord.example.com:444/ws", "https://coord.example.com:444"),
+    ("wss://user:secret@coord.example.com:444/ws/provider", "https://coord.example.com:444"),
     ("ws://[::1]:9000/ws/provider", "http://[::1]:9000"),
 ])
 def test_http_base_from_the_websocket_url(ws: str, http: str) -> None:
@@ -61,28 +58,6 @@ def test_rows_mark_each_catalog_model() -> None:
     assert got["stale"].downloadable is False and got["odd"].size_bytes == 0
     offline = rows(None, installed, budget=1200)
     assert [row.in_catalog for row in offline] == [None, None, None]
-
-
-def test_daemon_pid_reads_only_a_live_darkbloom_process(tmp_path: Path) -> None:
-    assert daemon_pid(tmp_path) is None  # no pidfile
-    pidfile = tmp_path / "provider.pid"
-    for garbage in ("", "nonsense", '{"pid": "12"}', "-5", "0", str(2**40), '{"pid": true}'):
-        pidfile.write_text(garbage)
-        assert daemon_pid(tmp_path) is None, garbage
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    ours = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "darkbloom"])
-    try:
-        pidfile.write_text(str(other.pid))
-        assert daemon_pid(tmp_path) is None  # alive, but not darkbloom: a reused pid
-        pidfile.write_text(f"{ours.pid}\n")
-        assert daemon_pid(tmp_path) == ours.pid
-        pidfile.write_text(json.dumps({"pid": ours.pid}))
-        assert daemon_pid(tmp_path) == ours.pid
-    finally:
-        for proc in (other, ours):
-            proc.kill()
-            proc.wait()
-    assert daemon_pid(tmp_path) is None  # it ended: stale
 
 
 NOW = 1_800_000_000.0
