@@ -263,12 +263,12 @@ def test_status_json_stopped_then_running(tmp_path: Path) -> None:
     gone.wait()
     (tmp_path / "provider.pid").write_text(f"{gone.pid}\n")  # a process that ended: stale
     assert status(tmp_path)["running"] is False
-    (tmp_path / "token").write_text("darkbloom-pt-x")
+    (tmp_path / "token").write_text("darkbloom-pt-" + "ab" * 32 + "\n")
     # A live process that is darkbloom (by its command line) serving a model given by flag.
     # (It turns core dumps off as `serve` does; status reads the daemon's limit, not its own.)
     daemon = subprocess.Popen([sys.executable, "-c", "import resource, time; resource.setrlimit("
                                "resource.RLIMIT_CORE, (0, 0)); print('ready', flush=True); "
-                               "time.sleep(120)", "darkbloom", "serve", "--model", "tiny-dl"],
+                               "time.sleep(120)", "darkbloom.cli.background", "serve", "--model", "tiny-dl"],
                               stdout=subprocess.PIPE, text=True)
     try:
         assert daemon.stdout is not None and daemon.stdout.readline() == "ready\n"

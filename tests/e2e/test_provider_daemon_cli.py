@@ -110,6 +110,6 @@ def test_start_that_dies_at_once_shows_why(tmp_path: Path) -> None:
                      "--coordinator", "ws://127.0.0.1:9/ws/provider")
     assert done.returncode == 1
     assert "exited at once" in done.stderr
-    assert "no-such-model" in done.stderr and "not in the catalog" in done.stderr
+    assert "no-such-model" in done.stderr and "not installed here" in done.stderr
     assert "Traceback" not in done.stdout + done.stderr
     assert not daemon.pidfile_path(tmp_path / "cfg").exists()

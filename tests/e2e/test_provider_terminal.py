@@ -22,7 +22,7 @@ import pytest
 from darkbloom.cli import daemon
 from tests.e2e.harness import MODEL, Coordinator
 from tests.e2e.terminal import Terminal
-from tests.e2e.test_provider_cli import cli_env, darkbloom
+from tests.e2e.test_provider_daemon_cli import cli_env, darkbloom
 
 USER_CODE = r"\b([ABCDEFGHJKMNPQRSTUVWXYZ23456789]{4}-[ABCDEFGHJKMNPQRSTUVWXYZ23456789]{4})\b"
 
