@@ -200,6 +200,17 @@ async def listing(request: Request, account_id: str) -> _Listing:
         entry["se_public_key"] = key if entry["attested"] else None
         _stored(entry, machine, None, earned.get(key))
         result.providers.append(entry)
+    # Records this process holds and has not written yet (a machine that came and went within
+    # reputation_flush_s): the listing does not wait for the flush.
+    for record in list(scheduler.reputations.records()):
+        if record.account_id != account_id or record.key in keys_live or record.key in stored \
+                or record.key.startswith("session:"):
+            continue
+        entry = _blank(record.key, account_id, "offline")
+        entry["attested"] = not record.key.startswith("token:")
+        entry["se_public_key"] = record.key if entry["attested"] else None
+        _stored(entry, None, record, earned.get(record.key))
+        result.providers.append(entry)
     for token in tokens:
         key = f"token:{token.id}"
         if token.last_used_at is None and token.id not in tokens_live and key not in stored:
