@@ -330,11 +330,14 @@ def test_provider_tokens_are_the_accounts_own(stack: Stack) -> None:
 
 
 def test_codes_are_limited_per_client_address(tmp_path: Path) -> None:
-    coordinator = Coordinator(tmp_path).start()  # the default: 10 a minute
+    coordinator = Coordinator(tmp_path, admin_key="adm-" + uuid.uuid4().hex).start()  # 10 a minute
     try:
         answers = [httpx.post(f"{coordinator.base_url}/v1/device/code", timeout=30) for _ in range(11)]
         assert [a.status_code for a in answers[:10]] == [200] * 10
         error = _error(answers[10], 429, "rate_limit_exceeded")
         assert "device" in error["message"] and int(answers[10].headers["retry-after"]) >= 1
+        metrics = httpx.get(f"{coordinator.base_url}/v1/admin/metrics?format=prom", timeout=30,
+                            headers={"authorization": f"Bearer {coordinator.env['DARKBLOOM_ADMIN_KEY']}"})
+        assert 'rate_limit_rejections_total{tier="device"} 1.0' in metrics.text
     finally:
         coordinator.stop()
