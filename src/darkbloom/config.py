@@ -146,6 +146,11 @@ class CoordinatorSettings(BaseSettings):
     inference_burst: int = Field(default=10, ge=1)
     # Accounts no tier limits (a JSON list): `darkbloom up` puts its dev consumer here.
     rate_limit_exempt_accounts: list[str] = Field(default_factory=list)
+    # Device-code login (api.md §6, docs/device-login.md): how long a code pair lives, how often
+    # the machine may poll, and how many pairs one client address may ask for per minute (0: off).
+    device_code_lifetime_s: int = Field(default=900, ge=10, le=86_400)
+    device_poll_interval_s: int = Field(default=5, ge=1, le=600)
+    device_codes_per_minute: int = Field(default=10, ge=0, le=100_000)
 
     # Public network data (api.md §9): how long each answer is cached in each process.
     stats_cache_s: float = Field(default=10.0, ge=0, le=3600)

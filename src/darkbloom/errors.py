@@ -9,6 +9,7 @@
      │    ├── NotFound                  404 not_found
      │    │    └── ModelNotFound        404 model_not_found
      │    ├── Conflict                  409 conflict
+     │    ├── Gone                      410 gone (a device code used up or expired)
      │    ├── RequestTooLarge           413 request_too_large
      │    └── TooManyRequests           429 rate_limit_exceeded
      ├── UpstreamError (5xx caused by a provider or capacity)
@@ -91,6 +92,11 @@ class ModelNotFound(NotFound):
 class Conflict(ClientError):
     status_code = 409
     type = "conflict"
+
+
+class Gone(ClientError):
+    status_code = 410
+    type = "gone"
 
 
 class RequestTooLarge(ClientError):

@@ -110,8 +110,9 @@ class FakeProvider:
                  public_key: str | None = None, answer: Answer | None = good_answer,
                  on_request: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
                  behaviour: Behaviour | None = None, heartbeat_s: float | None = None,
-                 register: bool = True, **blob_posture: object) -> None:
+                 register: bool = True, token: str | None = None, **blob_posture: object) -> None:
         self.coordinator = coordinator
+        self.token = token or coordinator.provider_token  # another account's, say
         self.identity = identity or IdentityKey.generate()
         self.keys = keys or KeyPair.generate()
         self.blob = blob if blob is not None else signed_blob(self.identity, self.keys, **blob_posture)
@@ -132,7 +133,7 @@ class FakeProvider:
 
     async def __aenter__(self) -> FakeProvider:
         self._ws = await websockets.connect(self.coordinator.ws_url, additional_headers={
-            "Authorization": f"Bearer {self.coordinator.provider_token}"})
+            "Authorization": f"Bearer {self.token}"})
         if not self.register:  # a socket that never registers (the register timer)
             self._task = asyncio.create_task(self._serve(self._ws))
             return self

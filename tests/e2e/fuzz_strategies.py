@@ -51,7 +51,11 @@ ACCOUNT_ROUTES = (("POST", "/v1/auth/signup"), ("POST", "/v1/auth/login"), ("POS
                   ("DELETE", "/v1/admin/invite-codes"), ("POST", "/v1/admin/credit"),
                   ("POST", "/v1/admin/reward"), ("POST", "/v1/admin/debit"), ("GET", "/v1/admin/actions"),
                   # operations (issue 10)
-                  ("GET", "/v1/admin/metrics"))
+                  ("GET", "/v1/admin/metrics"),
+                  # provider operators (issue 11): device-code login, tokens, machines
+                  ("POST", "/v1/device/code"), ("POST", "/v1/device/token"), ("POST", "/v1/device/approve"),
+                  ("GET", "/v1/me/provider-tokens"), ("DELETE", "/v1/me/provider-tokens"),
+                  ("GET", "/v1/me/summary"), ("GET", "/v1/me/providers"))
 # Query strings the GET money routes take, well-formed and not.
 ACCOUNT_QUERIES = ("", "?limit=1", "?limit=0", "?limit=99999999999999999999", "?limit=-1", "?limit=abc",
                    "?before=2026-01-01T00:00:00Z", "?before=garbage", "?before=9999-99-99",
@@ -631,12 +635,13 @@ ACCOUNT_AUTH = st.sampled_from([
     (("stripe-signature", b"t=1,v1=00"),), (("authorization", b"Bearer darkbloom-pt-" + b"0" * 64),),
 ])
 _ACCOUNT_FIELD = st.one_of(HOSTILE, st.emails().map(str.upper), st.text(min_size=10, max_size=40),
-                           st.just("sk-db-" + "0" * 64))
+                           st.just("sk-db-" + "0" * 64), st.just("0" * 64), st.just("abcd-efgh"))
 ACCOUNT_BODY = st.one_of(
     JSON, HOSTILE,
     st.dictionaries(st.sampled_from(["email", "password", "label", "key", "id", "extra", "amount_usd",
                                      "code", "model", "input_price", "output_price", "method", "note",
-                                     "max_uses", "expires_at", "return_url", "referral_code", "type"]),
+                                     "max_uses", "expires_at", "return_url", "referral_code", "type",
+                                     "device_code", "user_code"]),
                     st.one_of(_ACCOUNT_FIELD, st.integers(), st.floats(allow_nan=True), st.booleans(),
                               st.sampled_from(["5.00", "0.0005", "1e3", "-1", "10000.01", "std", MODEL])),
                     max_size=4),

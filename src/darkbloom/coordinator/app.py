@@ -16,10 +16,12 @@ from darkbloom.coordinator.api.accounts import router as accounts_router
 from darkbloom.coordinator.api.admin import router as admin_router
 from darkbloom.coordinator.api.auth import KeyCache, watch_revoked_keys
 from darkbloom.coordinator.api.billing import router as billing_router
+from darkbloom.coordinator.api.device import router as device_router
 from darkbloom.coordinator.api.inference import router as inference_router
 from darkbloom.coordinator.api.invites import router as invites_router
 from darkbloom.coordinator.api.metrics import router as metrics_router
 from darkbloom.coordinator.api.models import router as models_router
+from darkbloom.coordinator.api.operators import router as operators_router
 from darkbloom.coordinator.api.payments import router as payments_router
 from darkbloom.coordinator.api.provider_ws import provider_watch
 from darkbloom.coordinator.api.provider_ws import router as provider_router
@@ -131,6 +133,8 @@ def create_app(settings: CoordinatorSettings, catalog: Catalog | None = None) ->
     app.include_router(invites_router)
     app.include_router(referral_router)
     app.include_router(billing_router)
+    app.include_router(device_router)
+    app.include_router(operators_router)
     app.include_router(stats_router)
     app.include_router(metrics_router)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # inside RequestIdMiddleware

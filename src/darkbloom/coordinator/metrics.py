@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # Prometheus text 0.0.4 (api.md §10)
 TRUST_LEVELS = ("none", "self_signed", "hardware")
-RATE_LIMIT_TIERS = ("financial", "inference")
+RATE_LIMIT_TIERS = ("financial", "inference", "device")
 _TIER_IN_MESSAGE = re.compile(r"too many (\w+) requests")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED = "(unmatched)"  # no route: a 404 or a redirect; never the raw path

@@ -27,7 +27,9 @@ from darkbloom.coordinator.store.accounts import (
 )
 from darkbloom.coordinator.store.credentials import (
     API_KEY_PREFIX,
+    PROVIDER_TOKEN_PREFIX,
     KeyIdentity,
+    find_provider_token,
     hash_secret,
     lookup_api_key,
     revoked_key_hashes,
@@ -123,6 +125,23 @@ async def require_key(request: Request) -> KeyIdentity:
 
 
 ApiKeyDep = Annotated[KeyIdentity, Depends(require_key)]
+
+
+async def require_key_or_provider_token(request: Request) -> KeyIdentity:
+    """``require_key``, or a provider token as the bearer: `darkbloom earnings` reads its
+    account's earnings with the machine's own token (provider.md). Only for reads of the
+    account's own provider money: a provider token is no consumer credential."""
+    bearer = presented_bearer(request)
+    if bearer and bearer.startswith(PROVIDER_TOKEN_PREFIX) and request.headers.get("x-api-key") is None:
+        found = await find_provider_token(request.app.state.sessions, bearer)
+        if found is None:
+            raise AuthenticationFailed("invalid or revoked provider token; run `darkbloom login` "
+                                       "again", code="invalid_provider_token")
+        return KeyIdentity(None, found.account_id)
+    return await require_key(request)
+
+
+KeyOrProviderTokenDep = Annotated[KeyIdentity, Depends(require_key_or_provider_token)]
 
 
 def csrf_required(method: str, via_cookie: bool) -> bool:

@@ -9,13 +9,20 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from darkbloom.coordinator.api.auth import AdminDep, ApiKeyDep, presented_bearer, require_session
+from darkbloom.coordinator.api.auth import (
+    AdminDep,
+    ApiKeyDep,
+    KeyOrProviderTokenDep,
+    presented_bearer,
+    require_session,
+)
 from darkbloom.coordinator.api.bodies import read_body
 from darkbloom.coordinator.money import MIN_CHARGE_MICRO_USD, format_usd
 from darkbloom.coordinator.pricing import MAX_PRICE, Price, PriceBook
 from darkbloom.coordinator.store import ledger
 from darkbloom.coordinator.store.admin_actions import record_action
 from darkbloom.coordinator.store.credentials import lookup_provider_token
+from darkbloom.coordinator.store.stripe import list_withdrawals
 from darkbloom.coordinator.store.usage import Earnings, earnings, usage_page, utc
 from darkbloom.crypto.challenge import TIMESTAMP_FORMAT
 from darkbloom.errors import AuthenticationFailed, InvalidRequest, ModelNotFound, NotFound
@@ -103,11 +110,28 @@ async def _earnings_body(request: Request, account_id: str, found: Earnings, lim
     }
 
 
+# Recent payouts in the account-earnings answer (newest first): `darkbloom earnings` shows them.
+MAX_PAYOUTS = 20
+
+
+async def _payouts(request: Request, account_id: str) -> list[dict[str, Any]]:
+    """The account's newest Stripe withdrawals, as the operator sees them (no Stripe ids)."""
+    rows = await list_withdrawals(request.app.state.sessions, account_id, MAX_PAYOUTS)
+    return [{"id": row.id, "amount_micro_usd": row.amount_micro_usd,
+             "amount_usd": format_usd(row.amount_micro_usd), "fee_micro_usd": row.fee_micro_usd,
+             "net_micro_usd": row.net_micro_usd, "net_usd": format_usd(row.net_micro_usd),
+             "method": row.method, "status": row.status, "created_at": _stamp(row.created_at),
+             "arrival_unix": row.arrival_unix} for row in rows]
+
+
 @router.get("/v1/provider/account-earnings")
-async def account_earnings(request: Request, identity: ApiKeyDep) -> dict[str, Any]:
+async def account_earnings(request: Request, identity: KeyOrProviderTokenDep) -> dict[str, Any]:
+    """The account's provider earnings, balances and recent payouts: an API key, a session, or
+    one of the account's provider tokens (`darkbloom earnings` on a linked machine)."""
     limit = _limit(request.query_params.get("limit"), 50, 1000)
     found = await earnings(request.app.state.sessions, identity.account_id, limit)
-    return await _earnings_body(request, identity.account_id, found, limit)
+    return {**await _earnings_body(request, identity.account_id, found, limit),
+            "payouts": await _payouts(request, identity.account_id)}
 
 
 @router.get("/v1/provider/node-earnings")

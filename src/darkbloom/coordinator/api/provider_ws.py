@@ -35,6 +35,7 @@ from darkbloom.coordinator.store.credentials import (
     TokenIdentity,
     find_provider_token,
     revoked_provider_tokens,
+    touch_provider_token,
 )
 from darkbloom.coordinator.trust.attestation import at_least, verify_blob
 from darkbloom.coordinator.trust.challenges import Challenger, mark_untrusted, posture_violation
@@ -155,6 +156,10 @@ class ProviderSession:
             found = await find_provider_token(self.ws.app.state.sessions, token)
             if found is None:
                 raise _Close(CLOSE_BAD_TOKEN, "provider token invalid or revoked")
+            try:  # for GET /v1/me/providers' "never_seen"; registering does not depend on it
+                await touch_provider_token(self.ws.app.state.sessions, found.token_id)
+            except (SQLAlchemyError, OSError) as exc:
+                log.warning("could not note a provider token's use (%s)", type(exc).__name__)
             return found
         if not self.settings.allow_anonymous_providers:
             raise _Close(CLOSE_BAD_TOKEN, "provider token required")

@@ -13,6 +13,7 @@ before that, so a malformed request spends the allowance like any other::
     FinancialAdminDep    admin routes (admin key: no limit)                    -> SessionIdentity | None
     InferenceKeyDep      inference routes (1/s, burst 10 by default)           -> KeyIdentity
     SignupLimit          no account yet: the financial tier per client IP      -> None
+    DeviceCodeLimit      POST /v1/device/code: the device tier per client IP   -> None
 
     @router.post("/v1/invite/redeem")
     async def redeem(request: Request, identity: FinancialKeyDep) -> ...
@@ -72,6 +73,7 @@ log = logging.getLogger(__name__)
 
 FINANCIAL = "financial"
 INFERENCE = "inference"
+DEVICE = "device"  # POST /v1/device/code per client address (api.md §6: 10 per minute)
 MEMORY_STORAGE = "async+memory://"
 # A Redis that does not answer within this long counts as down (each request waits at most this).
 REDIS_TIMEOUT_S = 0.5
@@ -186,8 +188,10 @@ class RateLimits:
 
     @classmethod
     def from_settings(cls, settings: Any) -> RateLimits:
+        per_minute = getattr(settings, "device_codes_per_minute", 10)
         return cls([Tier(FINANCIAL, settings.financial_rate_per_s, settings.financial_burst),
-                    Tier(INFERENCE, settings.inference_rate_per_s, settings.inference_burst)],
+                    Tier(INFERENCE, settings.inference_rate_per_s, settings.inference_burst),
+                    Tier(DEVICE, per_minute / 60, max(1, per_minute))],
                    getattr(settings, "redis_url", None),
                    key_prefix=getattr(settings, "redis_prefix", "darkbloom"),
                    exempt=frozenset(getattr(settings, "rate_limit_exempt_accounts", ())))
@@ -316,8 +320,15 @@ async def signup_limit(request: Request) -> None:
                   client_key(request.client.host) if request.client else "unknown")
 
 
+async def device_code_limit(request: Request) -> None:
+    """The device tier per client, as ``signup_limit`` counts clients: a code pair costs a row
+    and a draw of the user-code space, and nobody is signed in yet to count against."""
+    await enforce(request, DEVICE, "ip", client_key(request.client.host) if request.client else "unknown")
+
+
 FinancialKeyDep = Annotated[KeyIdentity, Depends(financial_key)]
 FinancialSessionDep = Annotated[SessionIdentity, Depends(financial_session)]
 FinancialAdminDep = Annotated[SessionIdentity | None, Depends(financial_admin)]
 InferenceKeyDep = Annotated[KeyIdentity, Depends(inference_key)]
 SignupLimit = Annotated[None, Depends(signup_limit)]
+DeviceCodeLimit = Annotated[None, Depends(device_code_limit)]

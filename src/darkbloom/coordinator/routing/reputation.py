@@ -265,6 +265,13 @@ class Reputations:
             record = self._records[key] = Record(key, account_id=provider.account_id)
         return record
 
+    def peek(self, provider: ProviderConn) -> Record | None:
+        """The stored record a session counts toward, if this process holds it (no side effects:
+        GET /v1/me/providers reads it)."""
+        if provider.identity_key is not None and provider.last_pass is None:
+            return None  # unproven: its events count toward a record of its own, never stored
+        return self._records.get(key_of(provider))
+
     def score(self, provider: ProviderConn) -> float:
         record = self._records.get(key_of(provider))
         return record.score() if record is not None else 0.5

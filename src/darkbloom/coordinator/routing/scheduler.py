@@ -211,6 +211,11 @@ class Scheduler:
         return (provider.last_pass is not None
                 and time.monotonic() - provider.last_pass <= self.pass_window_s)
 
+    def owned_by(self, account_id: str) -> list[ProviderConn]:
+        """The live sessions earning for ``account_id``: this coordinator's own and those it
+        mirrors from others (GET /v1/me/providers)."""
+        return list(self._owned.get(account_id, {}).values())
+
     def sessions_of(self, identity_key: str) -> list[ProviderConn]:
         return [p for p in self.providers.values() if p.identity_key == identity_key]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from darkbloom.coordinator.store.tables import Account, ApiKey, ProviderToken
@@ -96,13 +96,69 @@ async def create_api_key(
 async def create_provider_token(
     sessions: async_sessionmaker[AsyncSession], account_id: str = LOCAL_ACCOUNT_ID, label: str = ""
 ) -> IssuedSecret:
-    secret = PROVIDER_TOKEN_PREFIX + secrets.token_hex(32)
     async with sessions.begin() as session:
-        await ensure_account(session, account_id)
-        row = ProviderToken(id=_new_id(), account_id=account_id, prefix=secret[:20],
-                            token_hash=hash_secret(secret), label=label, created_at=now())
-        session.add(row)
-    return IssuedSecret(row.id, secret, row.prefix, account_id)
+        return await mint_provider_token(session, account_id, label, now())
+
+
+async def mint_provider_token(session: AsyncSession, account_id: str, label: str,
+                              created_at: datetime) -> IssuedSecret:
+    """A new provider token for ``account_id``, inside the caller's transaction (a device-code
+    login mints it in the transaction that consumes the code)."""
+    secret = PROVIDER_TOKEN_PREFIX + secrets.token_hex(32)
+    await ensure_account(session, account_id)
+    row = ProviderToken(id=_new_id(), account_id=account_id, prefix=secret[:20],
+                        token_hash=hash_secret(secret), label=label, created_at=created_at)
+    session.add(row)
+    await session.flush()
+    return IssuedSecret(row.id, secret, row.prefix, account_id, created_at)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenListing:
+    id: str
+    prefix: str
+    label: str
+    created_at: datetime
+    last_used_at: datetime | None
+
+
+# An account's listing holds at most this many tokens (the newest): a device login mints one each.
+MAX_LISTED_TOKENS = 1000
+# A registering provider marks its token used at most this often (one write per hour per token).
+TOKEN_TOUCH_EVERY = timedelta(hours=1)
+
+
+async def list_account_provider_tokens(sessions: async_sessionmaker[AsyncSession],
+                                       account_id: str) -> list[TokenListing]:
+    """An account's unrevoked provider tokens, newest first (prefixes only, never secrets)."""
+    async with sessions() as session:
+        rows = (await session.execute(select(ProviderToken).where(
+            ProviderToken.account_id == account_id, ProviderToken.revoked_at.is_(None))
+            .order_by(ProviderToken.created_at.desc(), ProviderToken.id)
+            .limit(MAX_LISTED_TOKENS))).scalars().all()
+    return [TokenListing(r.id, r.prefix, r.label, aware(r.created_at),
+                         aware(r.last_used_at) if r.last_used_at else None) for r in rows]
+
+
+async def revoke_own_provider_token(sessions: async_sessionmaker[AsyncSession], account_id: str,
+                                    token_id: str) -> bool:
+    """Revoke ``token_id`` if it is ``account_id``'s and not revoked yet (someone else's token
+    reads as not found: its existence is not the caller's business)."""
+    async with sessions.begin() as session:
+        result = await session.execute(update(ProviderToken).where(
+            ProviderToken.id == token_id, ProviderToken.account_id == account_id,
+            ProviderToken.revoked_at.is_(None)).values(revoked_at=now()))
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def touch_provider_token(sessions: async_sessionmaker[AsyncSession], token_id: str) -> None:
+    """A provider registered with ``token_id``: note when (at most once per TOKEN_TOUCH_EVERY)."""
+    stamp = now()
+    async with sessions.begin() as session:
+        await session.execute(update(ProviderToken).where(
+            ProviderToken.id == token_id,
+            or_(ProviderToken.last_used_at.is_(None),
+                ProviderToken.last_used_at < stamp - TOKEN_TOUCH_EVERY)).values(last_used_at=stamp))
 
 
 async def lookup_api_key(sessions: async_sessionmaker[AsyncSession], secret: str) -> KeyIdentity | None:

@@ -76,6 +76,28 @@ class ProviderToken(Base):
     label: Mapped[str] = mapped_column(String(128), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # When a provider last registered with it (at most hourly): NULL is a machine linked and
+    # never started (GET /v1/me/providers' "never_seen").
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class DeviceCode(Base):
+    """One device-code login (api.md §6, RFC 8628 shape): ``pending`` until a signed-in account
+    approves ``user_code``, ``approved`` until the device's poll takes its provider token
+    (``consumed``: the token is issued once). Only the device code's hash is stored; the user code
+    is short-lived and typed by a person, so it is kept as it is (upper case, no dash)."""
+
+    __tablename__ = "device_codes"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    device_code_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_code: Mapped[str] = mapped_column(String(8), unique=True)
+    status: Mapped[str] = mapped_column(String(16))  # pending | approved | consumed
+    account_id: Mapped[str | None] = mapped_column(ForeignKey("accounts.id"), nullable=True)
+    token_id: Mapped[str | None] = mapped_column(String(32), nullable=True)  # minted on consumption
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    approved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_poll_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class ProviderQuarantine(Base):
