@@ -110,7 +110,8 @@ class FakeProvider:
                  public_key: str | None = None, answer: Answer | None = good_answer,
                  on_request: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
                  behaviour: Behaviour | None = None, heartbeat_s: float | None = None,
-                 register: bool = True, token: str | None = None, **blob_posture: object) -> None:
+                 register: bool = True, token: str | None = None,
+                 model: dict[str, Any] | None = None, **blob_posture: object) -> None:
         self.coordinator = coordinator
         self.token = token or coordinator.provider_token  # another account's, say
         self.identity = identity or IdentityKey.generate()
@@ -126,6 +127,7 @@ class FakeProvider:
         self._ws: ClientConnection | None = None
         self._task: asyncio.Task[None] | None = None
         self.behaviour, self.heartbeat_s, self.register = behaviour, heartbeat_s, register
+        self.model = model or {}  # more fields of its one model (slots, capabilities)
         self.heartbeating = True
         self.cancels: list[str] = []
         self.jobs: list[Job] = []
@@ -139,7 +141,7 @@ class FakeProvider:
             return self
         await self._ws.send(json.dumps({
             "type": "register", "public_key": self.public_key, "backend": "llama.cpp",
-            "models": [{"id": MODEL, "weight_hash": DEFAULT_MODEL.weight_hash}],
+            "models": [{"id": MODEL, "weight_hash": DEFAULT_MODEL.weight_hash, **self.model}],
             "attestation": self.blob}))
         self.registered = json.loads(await asyncio.wait_for(self._ws.recv(), 10))
         assert self.registered["type"] == "registered"
