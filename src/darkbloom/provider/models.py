@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from darkbloom.errors import DarkbloomError
-from darkbloom.inference.capabilities import require
 from darkbloom.inference.request import GenerationRequest
 from darkbloom.protocol.frames import ModelInfo, Slot
 from darkbloom.provider.engines.base import EngineBackend, GenerationEvent, LoadedModel, LocalModel
@@ -204,7 +203,6 @@ class ModelHost:
         if served is None:
             raise DarkbloomError(f"model {request.model!r} is not served by this provider",
                                  status_code=404)
-        require(request, served.capabilities)
         served.users += 1
         try:
             loaded = await self._ready(served)

@@ -39,6 +39,7 @@ from darkbloom.provider.engines.base import (
     Started,
     TextDelta,
 )
+from darkbloom.provider.engines.relay import EventRelay
 from darkbloom.provider.engines.stops import StopMatcher
 from darkbloom.provider.fingerprint import template_hash
 
@@ -184,29 +185,21 @@ class LlamaCppModel:
                        cancel: threading.Event) -> AsyncIterator[GenerationEvent]:
         slot = await self._free.get()
         loop = asyncio.get_running_loop()
-        events: asyncio.Queue[GenerationEvent | BaseException] = asyncio.Queue()
+        relay = EventRelay()
         job_done = loop.create_future()
-
-        def emit(item: GenerationEvent | BaseException) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, item)
 
         def job() -> None:
             try:
-                self._run(slot, request, max_tokens_cap, cancel, emit)
+                self._run(slot, request, max_tokens_cap, cancel, relay.emit)
             except BaseException as exc:  # handed to the awaiting coroutine, re-raised there
-                emit(exc)
+                relay.emit(exc)
             finally:
                 loop.call_soon_threadsafe(job_done.set_result, None)
 
         slot.submit(job)
         try:
-            while True:
-                item = await events.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if isinstance(item, Finished):
-                    return
+            async for event in relay.events():
+                yield event
         finally:
             cancel.set()  # consumer of this iterator left early: stop the thread at the next token
             # The slot is free again once its thread is idle, however this coroutine ends.

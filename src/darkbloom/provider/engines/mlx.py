@@ -42,6 +42,7 @@ from darkbloom.provider.engines.base import (
     TextDelta,
 )
 from darkbloom.provider.engines.hf_prompt import HfPrompts
+from darkbloom.provider.engines.relay import EventRelay
 from darkbloom.provider.engines.stops import StopMatcher
 from darkbloom.provider.fingerprint import template_hash
 
@@ -133,29 +134,20 @@ class MlxModel:
 
     async def _stream(self, request: GenerationRequest, max_tokens_cap: int,
                       cancel: threading.Event) -> AsyncGenerator[GenerationEvent]:
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[GenerationEvent | BaseException] = asyncio.Queue()
-
-        def emit(item: GenerationEvent | BaseException) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, item)
+        relay = EventRelay()
 
         def job() -> None:
             try:
-                self._run(request, max_tokens_cap, cancel, emit)
+                self._run(request, max_tokens_cap, cancel, relay.emit)
             except BaseException as exc:  # handed to the awaiting coroutine, re-raised there
-                emit(exc)
+                relay.emit(exc)
 
         # Jobs run in order on the one thread: a next request queued behind one that is being
         # cancelled starts once that one has stopped, at most a token later.
         self._jobs.put(job)
         try:
-            while True:
-                item = await events.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if isinstance(item, Finished):
-                    return
+            async for event in relay.events():
+                yield event
         finally:
             cancel.set()  # the consumer left early: stop the thread at the next token
 

@@ -45,6 +45,7 @@ from darkbloom.provider.engines.base import (
     TextDelta,
 )
 from darkbloom.provider.engines.hf_prompt import HfPrompts
+from darkbloom.provider.engines.relay import EventRelay
 from darkbloom.provider.fingerprint import template_hash
 
 # vLLM's structured outputs give JSON schemas and forced tool calls; it samples with a per-request
@@ -180,29 +181,20 @@ class VllmModel:
 
     async def _stream(self, request: GenerationRequest, max_tokens_cap: int,
                       cancel: threading.Event) -> AsyncGenerator[GenerationEvent]:
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[GenerationEvent | BaseException] = asyncio.Queue()
-
-        def emit(item: GenerationEvent | BaseException) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, item)
+        relay = EventRelay()
 
         async def drive() -> None:
             try:
-                await self._run(request, max_tokens_cap, cancel, emit)
+                await self._run(request, max_tokens_cap, cancel, relay.emit)
             except asyncio.CancelledError:
                 raise  # the consumer left; vLLM's generate aborts the request on its way out
             except BaseException as exc:  # handed to the awaiting coroutine, re-raised there
-                emit(exc)
+                relay.emit(exc)
 
         running = self._on_engine_loop(drive())
         try:
-            while True:
-                item = await events.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if isinstance(item, Finished):
-                    return
+            async for event in relay.events():
+                yield event
         finally:
             cancel.set()
             running.cancel()  # no-op once finished; otherwise stops (and aborts) it now
