@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
 from darkbloom.inference.catalog import GGUF_FILENAME, Catalog, CatalogModel
+from darkbloom.textfile import UnreadableFile, read_small
 
 MAX_FILE_BYTES = 1 << 20
 MAX_ENTRIES = 256
@@ -87,16 +88,14 @@ class CatalogEntry(BaseModel):
 
 def _parse(path: Path) -> list[Any]:
     try:
-        with path.open("rb") as f:
-            raw = f.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise CatalogFileError(f"catalog file {path}: {exc.strerror}") from None
-    if len(raw) > MAX_FILE_BYTES:
-        raise CatalogFileError(f"catalog file {path}: larger than {MAX_FILE_BYTES} bytes")
+        text = read_small(path, MAX_FILE_BYTES, "catalog file")
+    except UnreadableFile as exc:
+        raise CatalogFileError(str(exc)) from None
+    if text is None:
+        raise CatalogFileError(f"catalog file {path}: no such file")
     try:
-        text = raw.decode("utf-8")
         data: Any = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
         reason = str(exc).splitlines()[0][:200]
         raise CatalogFileError(f"catalog file {path}: not valid "
                                f"{'TOML' if path.suffix == '.toml' else 'JSON'} ({reason})") from None

@@ -10,10 +10,11 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import stat
 import sys
 import tempfile
 from pathlib import Path
+
+from darkbloom.textfile import UnreadableFile, read_small
 
 CONFIG_FILE = "provider.toml"
 TOKEN_FILE = "token"
@@ -44,36 +45,11 @@ def default_config_dir() -> Path:
 
 
 def read_bounded_text(path: Path, limit: int, what: str) -> str | None:
-    """The file's text, or None when there is no file. Refuses (ProviderConfigError) anything but
-    a regular file (a FIFO, /dev/zero), a file over `limit` bytes (reading at most limit + 1), one
-    that is not UTF-8 text, or one that cannot be read."""
+    """textfile.read_small, with its refusals as ProviderConfigError."""
     try:
-        # Non-blocking, so that a FIFO in its place cannot hold the command forever; only a
-        # regular file is read at all.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise ProviderConfigError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        raise ProviderConfigError(f"{path}: is a directory, not a {what}" if stat.S_ISDIR(mode)
-                                  else f"{path}: not a regular file, so not a {what}")
-    with os.fdopen(fd, "rb") as handle:
-        try:
-            data = handle.read(limit + 1)
-        except OSError as exc:
-            raise ProviderConfigError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
-    if len(data) > limit:
-        raise ProviderConfigError(f"{path}: too large for a {what} (at most {limit} bytes)")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ProviderConfigError(f"{path}: not a {what} (not UTF-8 text)") from None
-    if "\x00" in text:
-        raise ProviderConfigError(f"{path}: not a {what} (binary data)")
-    return text
+        return read_small(path, limit, what)
+    except UnreadableFile as exc:
+        raise ProviderConfigError(str(exc)) from None
 
 
 def read_token(config_dir: Path) -> str | None:

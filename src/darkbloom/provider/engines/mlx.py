@@ -18,7 +18,6 @@ here on the streamed text (stops.py); a seed seeds MLX's global generator (``mx.
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import logging
 import platform
@@ -26,11 +25,9 @@ import queue
 import random
 import sys
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, Callable
 
 from darkbloom.inference.budget import output_budget
-from darkbloom.inference.capabilities import require
 from darkbloom.inference.request import GenerationRequest
 from darkbloom.provider.engines.base import (
     Finished,
@@ -41,10 +38,10 @@ from darkbloom.provider.engines.base import (
     Started,
     TextDelta,
 )
+from darkbloom.provider.engines.hf_model import HfModel
 from darkbloom.provider.engines.hf_prompt import HfPrompts
 from darkbloom.provider.engines.relay import EventRelay
 from darkbloom.provider.engines.stops import StopMatcher
-from darkbloom.provider.fingerprint import template_hash
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +77,7 @@ class MlxBackend:
         return MlxModel(model)
 
 
-class MlxModel:
+class MlxModel(HfModel):
     """One MLX model resident in memory, one slot."""
 
     capabilities = CAPABILITIES
@@ -93,8 +90,7 @@ class MlxModel:
         self.model = model
         self._model, self._tokenizer = mlx_lm.load(str(model.path))
         self._prompts = HfPrompts(self._tokenizer)
-        self._free = asyncio.Semaphore(1)
-        self._busy = 0
+        self._init_slots(1)
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._work, name=f"mlx-{model.id}", daemon=True)
         self._thread.start()
@@ -102,35 +98,6 @@ class MlxModel:
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
             job()
-
-    @property
-    def slots(self) -> int:
-        return 1
-
-    @property
-    def busy_slots(self) -> int:
-        return self._busy
-
-    @property
-    def template_hash(self) -> str:
-        """The chat template this model renders with, hashed for the runtime manifest."""
-        return template_hash(self._prompts.template_source)
-
-    def count_tokens(self, request: GenerationRequest) -> int:
-        return len(self._prompts.tokens(request))
-
-    async def generate(self, request: GenerationRequest, max_tokens_cap: int,
-                       cancel: threading.Event) -> AsyncIterator[GenerationEvent]:
-        require(request, self.capabilities)
-        async with self._free:
-            self._busy += 1
-            try:
-                # aclosing: a consumer that leaves early closes the inner stream now, not at GC.
-                async with aclosing(self._stream(request, max_tokens_cap, cancel)) as events:
-                    async for event in events:
-                        yield event
-            finally:
-                self._busy -= 1
 
     async def _stream(self, request: GenerationRequest, max_tokens_cap: int,
                       cancel: threading.Event) -> AsyncGenerator[GenerationEvent]:

@@ -26,14 +26,12 @@ import shutil
 import sys
 import threading
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
 from darkbloom.errors import InvalidRequest
 from darkbloom.inference.budget import output_budget
-from darkbloom.inference.capabilities import require
 from darkbloom.inference.request import GenerationRequest
 from darkbloom.inference.tools import allowed, call_schema
 from darkbloom.provider.engines.base import (
@@ -44,9 +42,9 @@ from darkbloom.provider.engines.base import (
     Started,
     TextDelta,
 )
+from darkbloom.provider.engines.hf_model import HfModel
 from darkbloom.provider.engines.hf_prompt import HfPrompts
 from darkbloom.provider.engines.relay import EventRelay
-from darkbloom.provider.fingerprint import template_hash
 
 # vLLM's structured outputs give JSON schemas and forced tool calls; it samples with a per-request
 # seed and matches stop strings itself. Its logprobs carry each token's text but not its bytes,
@@ -107,7 +105,7 @@ def _refused(exc: BaseException) -> bool:
                                               for c in type(exc).__mro__)
 
 
-class VllmModel:
+class VllmModel(HfModel):
     """One model resident in a vLLM engine, serving up to ``slots`` requests in one batch."""
 
     capabilities = CAPABILITIES
@@ -118,9 +116,7 @@ class VllmModel:
         if not model.path.is_dir():  # vLLM would take a missing path for a Hub repo name
             raise FileNotFoundError(f"safetensors model directory not found: {model.path}")
         self.model = model
-        self._slots = slots
-        self._busy = 0
-        self._free = asyncio.Semaphore(slots)
+        self._init_slots(slots)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"vllm-{model.id}",
                                         daemon=True)
@@ -149,35 +145,6 @@ class VllmModel:
 
     def _on_engine_loop(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         return asyncio.run_coroutine_threadsafe(coro, self._loop)
-
-    @property
-    def slots(self) -> int:
-        return self._slots
-
-    @property
-    def busy_slots(self) -> int:
-        return self._busy
-
-    @property
-    def template_hash(self) -> str:
-        """The chat template this model renders with, hashed for the runtime manifest."""
-        return template_hash(self._prompts.template_source)
-
-    def count_tokens(self, request: GenerationRequest) -> int:
-        return len(self._prompts.tokens(request))
-
-    async def generate(self, request: GenerationRequest, max_tokens_cap: int,
-                       cancel: threading.Event) -> AsyncIterator[GenerationEvent]:
-        require(request, self.capabilities)
-        async with self._free:
-            self._busy += 1
-            try:
-                # aclosing: a consumer that leaves early closes the inner stream now, not at GC.
-                async with aclosing(self._stream(request, max_tokens_cap, cancel)) as events:
-                    async for event in events:
-                        yield event
-            finally:
-                self._busy -= 1
 
     async def _stream(self, request: GenerationRequest, max_tokens_cap: int,
                       cancel: threading.Event) -> AsyncGenerator[GenerationEvent]:
