@@ -25,6 +25,7 @@ import pytest
 from darkbloom.inference.catalog import DEFAULT_MODEL
 from darkbloom.provider.benchmark import load_benchmark
 from tests.e2e.harness import ROOT, Coordinator, free_port
+from tests.e2e.terminal import Terminal
 from tests.range_server import RangeServer, serving
 
 BLOB = os.urandom(4 * 2**20 + 4321)
@@ -308,3 +309,37 @@ def test_benchmark_json_on_the_default_model(tmp_path: Path) -> None:
 def test_every_command_has_help_with_an_example(command: list[str], tmp_path: Path) -> None:
     done = darkbloom(env_for(tmp_path, closed_port_url()), *command, "--help")
     assert done.returncode == 0 and "Example: darkbloom " in done.stdout
+
+
+def test_the_picker_and_the_progress_bar_in_a_terminal(cli_stack: CliStack, tmp_path: Path) -> None:
+    """`models download` without --model, in a real terminal (tmux): the picker offers what fits
+    and is not downloaded yet (never the 1 TB model), a wrong answer is asked again, and the
+    download shows bytes, rate and ETA while it runs (held midway so the screen can be read); the
+    connection then drops, and the same command resumes it."""
+    files = cli_stack.files
+    env = env_for(tmp_path, cli_stack.coordinator.ws_url)
+    files.cut_after = CUT
+    files.release.clear()
+    try:
+        with Terminal(env) as term:
+            term.run("models download")
+            term.wait_for(r"Pick a number \[1-2\]")
+            offered = term.screen()
+            assert "tiny-dl" in offered and "tiny-bad" in offered and "huge-1t" not in offered
+            assert "4.2 MB" in offered
+            term.type("7")
+            term.wait_for("type a number between 1 and 2")
+            term.type(re.search(r"(\d) . tiny-dl", offered).group(1))  # type: ignore[union-attr]
+            bar = term.wait_for(r"tiny-dl ━+.* (\d+\.\d)/4\.2 MB .*B/s ETA").group(1)
+            assert 0 < float(bar) < 4.2
+            files.cut_after = None
+            files.release.set()  # the held connection now ends: interrupted, resumable
+            assert term.wait_exit(60) == 1
+            assert "run the same command again to resume it" in term.screen()
+            term.run("models download --model tiny-dl")
+            assert term.wait_exit(60) == 0, term.screen()
+            assert "resuming tiny-dl" in term.screen() and "SHA-256 verified" in term.screen()
+    finally:
+        files.release.set()
+        files.cut_after = None
+    assert hashlib.sha256((tmp_path / "models" / "tiny.gguf").read_bytes()).hexdigest() == SHA

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import typer
+from rich import filesize
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -34,7 +35,7 @@ def pick_model(choices: Sequence[Choice], *, title: str, console: Console,
     for column in ("#", "model", "size", ""):
         table.add_column(column, justify="right" if column in ("#", "size") else "left")
     for number, choice in enumerate(choices, start=1):
-        size = f"{choice.size_bytes / 1e9:.2f} GB" if choice.size_bytes else ""
+        size = filesize.decimal(choice.size_bytes) if choice.size_bytes else ""
         name = Text(choice.id)
         if choice.label and choice.label != choice.id:
             name.append(f"  {choice.label}", style="dim")
