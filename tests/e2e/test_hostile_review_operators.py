@@ -283,8 +283,8 @@ async def test_a_failed_capable_provider_is_not_reported_as_an_unsupported_param
 
 
 @pytest.mark.xfail(strict=True, reason="capabilities.refusal names the Chat Completions parameter on "
-                   "every route: /v1/messages is told to remove 'stop' (it sent stop_sequences) and "
-                   "/v1/responses 'response_format' (it sent text.format)")
+                   "every route: /v1/responses is told param 'response_format' although it sent "
+                   "text.format (Responses has no response_format)")
 async def test_a_refusal_names_the_parameter_the_client_sent(ops: Stack) -> None:
     c = ops.coordinator
     headers = {"authorization": f"Bearer {c.api_key}", "anthropic-version": "2023-06-01"}
@@ -298,8 +298,9 @@ async def test_a_refusal_names_the_parameter_the_client_sent(ops: Stack) -> None
                 "text": {"format": {"type": "json_object"}}})
         assert fake.requests == 0
     assert messages.status_code == 400 and responses.status_code == 400, (messages.text, responses.text)
-    assert "stop_sequences" in messages.text, messages.text
-    assert "text.format" in responses.text, responses.text
+    assert "stop" in messages.json()["error"]["message"]  # Anthropic's shape: no param, words
+    error = responses.json()["error"]
+    assert error["param"] == "text.format", error
 
 
 # --- device-code login ------------------------------------------------------------------------
