@@ -147,8 +147,12 @@ def run_up(settings: CoordinatorSettings) -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     try:
+        # Its own config dir: the dev stack serves the default model whatever this machine's
+        # provider.toml says (other models, a schedule window that is closed now).
         provider_env = {**env, "DARKBLOOM_PROVIDER_TOKEN": dev.provider_token,
-                        "DARKBLOOM_PROVIDER_COORDINATOR_URL": f"ws://{host}:{port}/ws/provider"}
+                        "DARKBLOOM_PROVIDER_COORDINATOR_URL": f"ws://{host}:{port}/ws/provider",
+                        "DARKBLOOM_PROVIDER_CONFIG_DIR": str((settings.state_dir / "provider").resolve()),
+                        "DARKBLOOM_PROVIDER_MODELS": json.dumps([DEFAULT_MODEL.id])}
         with console.status(f"Starting coordinator and provider ({DEFAULT_MODEL.id})..."):
             procs.append(_spawn(["coordinator"], env))
             ready = _wait_for(f"{base}/health", lambda r: r.status_code == 200, procs,
