@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import httpx
 import pytest
 from sqlalchemy import select, update
 
-from darkbloom.coordinator.store.credentials import hash_secret
+from darkbloom.coordinator.store.credentials import hash_secret, mint_provider_token
 from darkbloom.coordinator.store.db import make_engine, make_sessionmaker
 from darkbloom.coordinator.store.tables import DeviceCode
 from tests.conftest import drop_postgres_database, fresh_postgres_database
@@ -327,6 +327,43 @@ def test_provider_tokens_are_the_accounts_own(stack: Stack) -> None:
     with stack.http(mine) as http:
         assert [t["id"] for t in http.get("/v1/me/provider-tokens").json()["tokens"]] == [own["id"]]
     _error(httpx.get(f"{stack.coordinator.base_url}/v1/me/provider-tokens"), 401)
+
+
+def test_provider_tokens_page_with_a_cursor(stack: Stack) -> None:
+    """Pages follow newest first, tokens minted in the same instant included, each token once;
+    a revoked token is still a place to continue from."""
+    person = stack.signup()
+    stack.linked(person["session_token"])
+
+    async def mint() -> None:
+        engine = make_engine(stack.database_url)
+        try:
+            async with make_sessionmaker(engine).begin() as session:
+                same = datetime.now(UTC) + timedelta(minutes=1)
+                for _ in range(4):
+                    await mint_provider_token(session, person["account_id"], "device login", same)
+        finally:
+            await engine.dispose()
+    asyncio.run(mint())
+    with stack.http(person["session_token"]) as http:
+        everything = http.get("/v1/me/provider-tokens").json()
+        assert everything["truncated"] is False and everything["next_before"] is None
+        expected = [t["id"] for t in everything["tokens"]]
+        assert len(expected) == 5
+        first = http.get("/v1/me/provider-tokens", params={"limit": 2}).json()
+        assert first["truncated"] and first["next_before"] == first["tokens"][-1]["id"]
+        # The cursor's own token revoked between pages: the walk goes on from its place.
+        assert http.request("DELETE", "/v1/me/provider-tokens",
+                            json={"id": first["next_before"]}).status_code == 200
+        pages, seen = [first], [t["id"] for t in first["tokens"]]
+        while pages[-1]["truncated"]:
+            pages.append(http.get("/v1/me/provider-tokens",
+                                  params={"limit": 2, "before": pages[-1]["next_before"]}).json())
+            seen += [t["id"] for t in pages[-1]["tokens"]]
+        assert seen == expected and len(pages) == 3
+        for bad in ({"limit": 0}, {"limit": 1001}, {"limit": "x"}, {"before": ""},
+                    {"before": "x" * 65}, {"before": "no-such-token"}):
+            _error(http.get("/v1/me/provider-tokens", params=bad), 400)
 
 
 def test_codes_are_limited_per_client_address(tmp_path: Path) -> None:

@@ -69,6 +69,11 @@ class CatalogEntry(BaseModel):
             raise ValueError("must be an http(s) URL") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an http(s) URL")
+        if "@" in parts.netloc:
+            # GET /v1/models/catalog publishes it to anyone: a mirror needing credentials would
+            # hand them out. Providers download anonymously.
+            raise ValueError("must not carry a user name or password (user:pass@); it is published "
+                             "on GET /v1/models/catalog")
         return value
 
     def model(self) -> CatalogModel:
@@ -86,6 +91,12 @@ class CatalogEntry(BaseModel):
             download_url=self.download_url, **extra)
 
 
+def _printable(text: str) -> str:
+    """``text`` as it may reach the operator's terminal in a one-line error: a newline or an
+    escape sequence from the file is written as its escape (as ascii() would), not sent."""
+    return text if text.isprintable() and text.isascii() else ascii(text)[1:-1]
+
+
 def _parse(path: Path) -> list[Any]:
     try:
         text = read_small(path, MAX_FILE_BYTES, "catalog file")
@@ -96,9 +107,11 @@ def _parse(path: Path) -> list[Any]:
     try:
         data: Any = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-        reason = str(exc).splitlines()[0][:200]
+        reason = _printable(str(exc).splitlines()[0][:200])
         raise CatalogFileError(f"catalog file {path}: not valid "
                                f"{'TOML' if path.suffix == '.toml' else 'JSON'} ({reason})") from None
+    except RecursionError:  # both parsers recurse per level: a file of nested brackets
+        raise CatalogFileError(f"catalog file {path}: nested too deeply to be a catalog") from None
     if isinstance(data, dict) and set(data) <= {"models"}:
         data = data.get("models", [])
     if not isinstance(data, list):
@@ -119,21 +132,29 @@ def load_catalog_file(path: Path) -> tuple[CatalogModel, ...]:
             where = ".".join(str(part) for part in first["loc"]) or "entry"
             label = item.get("id") if isinstance(item, dict) and isinstance(item.get("id"), str) else ""
             raise CatalogFileError(f"catalog file {path}: model {index + 1}"
-                                   f"{f' ({label[:64]})' if label else ''}: {where}: "
-                                   f"{first['msg']}") from None
+                                   f"{f' ({_printable(label[:64])})' if label else ''}: "
+                                   f"{_printable(where[:200])}: {_printable(first['msg'][:300])}"
+                                   ) from None
         models.append(entry.model())
     return tuple(models)
 
 
 def build_catalog(path: Path | None) -> Catalog:
-    """The built-in models plus the file's; an id or alias claimed twice is refused."""
+    """The built-in models plus the file's; an id or alias claimed twice, or a download file name
+    two models share (one's download would overwrite the other's weights), is refused."""
     models = Catalog().models + (load_catalog_file(path) if path is not None else ())
     seen: dict[str, str] = {}
+    files: dict[str, str] = {}
     for model in models:
         for name in (model.id, *model.aliases):
             if name in seen:
                 raise CatalogFileError(f"catalog file {path}: the name {name!r} of {model.id} is "
                                        f"already taken by {seen[name]}")
             seen[name] = model.id
+        # Case folded: a Mac's file system takes Model.gguf and model.gguf for one file.
+        if (file := model.filename.lower()) in files:
+            raise CatalogFileError(f"catalog file {path}: the file name {model.filename!r} of "
+                                   f"{model.id} is already that of {files[file]}")
+        files[file] = model.id
     return Catalog(models)
 

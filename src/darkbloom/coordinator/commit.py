@@ -28,7 +28,7 @@ from darkbloom.errors import (
     ProviderReported,
     UpstreamTimeout,
 )
-from darkbloom.inference.capabilities import needed
+from darkbloom.inference.capabilities import Unsupported, needed, refusal
 from darkbloom.logcontext import REQUEST_ID
 from darkbloom.protocol.frames import Sealed, Usage
 from darkbloom.protocol.trust import SignedReceipt
@@ -118,6 +118,12 @@ class Committer:
                     demand, exclude=frozenset(tried), may_queue=n == 1,
                     min_trust=prepared.min_trust,
                     only=frozenset(prepared.sealed_for) if prepared.sealed_for else None, route=route)
+            except Unsupported as refused:
+                # Only the first attempt may blame the request: after the one provider that could
+                # honour it failed, "none left can" is that failure, not the consumer's error.
+                if last is None:
+                    raise refusal(refused.missing, prepared.endpoint) from None
+                break
             except NoProviderAvailable:
                 if last is None:
                     raise

@@ -16,7 +16,9 @@ from darkbloom.inference.tools import allowed
 
 CAPABILITIES = frozenset({"tools", "json_schema", "logprobs", "seed", "stop_sequences", "completions"})
 
-# The request parameter each capability answers, as errors name it.
+# The request parameter each capability answers, as errors name it: Chat Completions' names,
+# and where another dialect spells the field differently, that dialect's (the client is told the
+# field it sent; Anthropic's error shape has no ``param``, so the message names it too).
 _PARAM = {
     "tools": "tools",
     "json_schema": "response_format",
@@ -25,14 +27,33 @@ _PARAM = {
     "stop_sequences": "stop",
     "completions": "prompt",
 }
+_DIALECT: dict[str, dict[str, str]] = {
+    "/v1/responses": {"json_schema": "text.format", "logprobs": "top_logprobs"},
+    "/v1/messages": {"stop_sequences": "stop_sequences"},
+}
 _WHAT = {
     "tools": "tool calls",
-    "json_schema": "response_format (JSON mode and JSON schemas)",
+    "json_schema": "JSON mode and JSON schemas",
     "logprobs": "logprobs",
     "seed": "seed",
     "stop_sequences": "stop sequences",
     "completions": "text completions (/v1/completions)",
 }
+
+
+class Unsupported(InvalidRequest):
+    """The 400 for a request no engine in reach can honour; ``missing`` keeps the capability
+    names, so the coordinator can name the field in the client's own dialect once it knows the
+    endpoint (the scheduler, which finds out, does not)."""
+
+    def __init__(self, missing: frozenset[str], endpoint: str) -> None:
+        first = sorted(missing)[0]
+        param = _DIALECT.get(endpoint, {}).get(first, _PARAM[first])
+        what = _WHAT[first]
+        described = param if what == param else f"{param} ({what})"
+        plain = unsupported(param, described)
+        super().__init__(plain.message, param=plain.param, code=plain.code)
+        self.missing = missing
 
 
 def needed(request: GenerationRequest) -> frozenset[str]:
@@ -52,13 +73,14 @@ def needed(request: GenerationRequest) -> frozenset[str]:
     return frozenset(wants)
 
 
-def refusal(missing: frozenset[str]) -> InvalidRequest:
-    """The 400 naming the first parameter of ``missing`` (capability names)."""
-    first = sorted(missing)[0]
-    return unsupported(_PARAM[first], _WHAT[first])
+def refusal(missing: frozenset[str], endpoint: str = "/v1/chat/completions") -> Unsupported:
+    """The 400 naming the first parameter of ``missing`` (capability names) as ``endpoint``'s
+    dialect spells it."""
+    return Unsupported(missing, endpoint)
 
 
 def require(request: GenerationRequest, capabilities: frozenset[str]) -> None:
-    """A 400 naming the first parameter an engine with ``capabilities`` cannot honour, if any."""
+    """A 400 naming the first parameter an engine with ``capabilities`` cannot honour, if any,
+    in the request's own dialect."""
     if missing := needed(request) - capabilities:
-        raise refusal(missing)
+        raise refusal(missing, request.endpoint)

@@ -50,3 +50,26 @@ def test_require_names_the_parameter() -> None:
     assert (caught.value.param, caught.value.code, caught.value.status_code) == (
         "logprobs", "unsupported_parameter", 400)
     assert "logprobs is not supported by this model's engine" in caught.value.message
+
+
+def test_the_refusal_names_the_field_as_each_dialect_spells_it() -> None:
+    from darkbloom.inference.anthropic_request import parse_messages
+    from darkbloom.inference.responses_request import parse_responses
+
+    hi = [{"role": "user", "content": "hi"}]
+    cases = [
+        (parse_responses({"model": "m", "input": "hi", "text": {"format": {"type": "json_object"}}}),
+         "text.format"),
+        (chat(response_format={"type": "json_object"}), "response_format"),
+        (parse_messages({"model": "m", "max_tokens": 4, "messages": hi, "stop_sequences": ["x"]}),
+         "stop_sequences"),
+        (chat(stop=["x"]), "stop"),
+        (parse_completion({"model": "m", "prompt": "a", "logprobs": 2}), "logprobs"),
+        (parse_messages({"model": "m", "max_tokens": 4, "messages": hi, "tools": [
+            {"name": "f", "input_schema": {"type": "object"}}]}), "tools"),
+    ]
+    for request, param in cases:
+        with pytest.raises(InvalidRequest) as caught:
+            require(request, frozenset({"completions"}))
+        assert caught.value.param == param, (request.endpoint, caught.value.param)
+        assert caught.value.message.startswith(param), caught.value.message

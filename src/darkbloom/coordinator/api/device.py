@@ -12,9 +12,9 @@ machine linked this way earns into the approving account like any other.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
 from darkbloom.coordinator.api.auth import SessionDep
@@ -23,6 +23,7 @@ from darkbloom.coordinator.api.ratelimit import DeviceCodeLimit, FinancialSessio
 from darkbloom.coordinator.routing.scheduler import Scheduler
 from darkbloom.coordinator.store import device_codes as store
 from darkbloom.coordinator.store.credentials import (
+    MAX_LISTED_TOKENS,
     list_account_provider_tokens,
     revoke_own_provider_token,
 )
@@ -101,11 +102,22 @@ async def device_approve(request: Request, identity: FinancialSessionDep) -> dic
 
 
 @router.get("/v1/me/provider-tokens")
-async def provider_tokens(request: Request, identity: SessionDep) -> dict[str, Any]:
-    tokens = await list_account_provider_tokens(request.app.state.sessions, identity.account_id)
+async def provider_tokens(
+    request: Request, identity: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_LISTED_TOKENS)] = MAX_LISTED_TOKENS,
+    before: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+) -> dict[str, Any]:
+    """Newest first, ``limit`` a page; while ``truncated``, pass ``next_before`` as ``before``."""
+    page = await list_account_provider_tokens(request.app.state.sessions, identity.account_id,
+                                              limit, before)
+    if page is None:
+        raise InvalidRequest("before must be the id of one of your provider tokens (the "
+                             "next_before of the previous page)", param="before")
     return {"tokens": [{"id": t.id, "prefix": t.prefix, "label": t.label,
                         "created_at": rfc3339(t.created_at), "last_used_at": rfc3339(t.last_used_at)}
-                       for t in tokens]}
+                       for t in page.tokens],
+            "truncated": page.truncated,
+            "next_before": page.tokens[-1].id if page.truncated else None}
 
 
 @router.delete("/v1/me/provider-tokens", openapi_extra=openapi_body(("id",), id="string"))

@@ -167,7 +167,8 @@ async def listing(request: Request, account_id: str) -> _Listing:
     sessions = state.sessions
     stored = {m.key: m for m in await operators.machines(sessions, account_id)}
     earned = await operators.earned_by_machine(sessions, account_id)
-    tokens = await list_account_provider_tokens(sessions, account_id)
+    page = await list_account_provider_tokens(sessions, account_id)
+    tokens = page.tokens if page is not None else []
     result = _Listing()
     live = sorted(scheduler.owned_by(account_id), key=lambda c: (c.home is not None, c.id))
     keys_live: set[str] = set()
@@ -219,6 +220,7 @@ async def listing(request: Request, account_id: str) -> _Listing:
             result.providers.append(entry)
     if len(result.providers) > MAX_LISTED:
         result.providers, result.truncated = result.providers[:MAX_LISTED], True
+    result.truncated = result.truncated or (page is not None and page.truncated)
     return result
 
 

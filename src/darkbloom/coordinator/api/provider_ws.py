@@ -55,6 +55,7 @@ from darkbloom.protocol.frames import (
     CLOSE_VERSION_TOO_OLD,
     PROVIDER_FRAME_TYPES,
     AttestationResponse,
+    Hardware,
     Heartbeat,
     ModelInfo,
     Register,
@@ -87,6 +88,12 @@ def concurrency_cap(register: Register) -> int:
 def _header_safe(text: str) -> str:
     """Provider-reported text ends up in response headers: printable ASCII, bounded length."""
     return "".join(c for c in text if " " <= c <= "~")[:128]
+
+
+def _hardware_text(hardware: Hardware) -> dict[str, str]:
+    """Every text field of ``hardware`` through ``_header_safe``: all of it is the provider's to
+    choose, kept for the session and shown in headers and listings (/v1/me/providers)."""
+    return {name: _header_safe(value) for name, value in hardware if isinstance(value, str)}
 
 
 def filter_models(catalog: Catalog, offered: list[ModelInfo]
@@ -239,8 +246,7 @@ class ProviderSession:
                          f"below this network's minimum {self.settings.min_provider_version}; "
                          "upgrade darkbloom")
         hardware = register.hardware.model_copy(update={
-            "chip_name": _header_safe(register.hardware.chip_name),
-            "machine_model": _header_safe(register.hardware.machine_model),
+            **_hardware_text(register.hardware),
             "memory_gb": int(clamps.clamp(register.hardware.memory_gb, clamps.MAX_MEMORY_GB)),
             "memory_bandwidth_gbs": clamps.clamp(register.hardware.memory_bandwidth_gbs, 2_000.0)})
         conn = ProviderConn(

@@ -34,7 +34,7 @@ def _count(value: int, high: int) -> int:
 def heartbeat(frame: Heartbeat, served: frozenset[str], resolve: Callable[[str], str | None]
               ) -> Heartbeat:
     """The heartbeat as routing may use it: figures clamped, slots and warm models only for models
-    this session was accepted for (named by catalog id), at most ``MAX_SLOTS`` of them."""
+    this session was accepted for (named by catalog id), each once, at most ``MAX_SLOTS`` of them."""
     metrics = frame.system_metrics
     capacity = frame.backend_capacity
     clamped_capacity = None
@@ -42,8 +42,8 @@ def heartbeat(frame: Heartbeat, served: frozenset[str], resolve: Callable[[str],
         slots: list[Slot] = []
         for slot in capacity.slots[:MAX_SLOTS]:
             model = resolve(slot.model)
-            if model is None or model not in served:
-                continue
+            if model is None or model not in served or any(s.model == model for s in slots):
+                continue  # not ours, or said already: a model's first entry stands
             slots.append(slot.model_copy(update={
                 "model": model,
                 "num_running": _count(slot.num_running, MAX_COUNT),
@@ -56,7 +56,9 @@ def heartbeat(frame: Heartbeat, served: frozenset[str], resolve: Callable[[str],
             gpu_memory_peak_gb=clamp(capacity.gpu_memory_peak_gb, MAX_MEMORY_GB),
             gpu_memory_cache_gb=clamp(capacity.gpu_memory_cache_gb, MAX_MEMORY_GB),
             total_memory_gb=clamp(capacity.total_memory_gb, MAX_MEMORY_GB))
-    warm = [m for m in (resolve(w) for w in frame.warm_models[:MAX_SLOTS]) if m in served]
+    # In order, each once: a repeat would list the same warm model many times.
+    warm = list(dict.fromkeys(m for m in (resolve(w) for w in frame.warm_models[:MAX_SLOTS])
+                              if m in served))
     active = resolve(frame.active_model) if frame.active_model else None
     return Heartbeat(
         status=frame.status,

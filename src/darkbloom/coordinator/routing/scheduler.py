@@ -29,8 +29,8 @@ from darkbloom.coordinator.routing.cost import WEIGHTS, Demand, Weights, choose,
 from darkbloom.coordinator.routing.registry import ProviderConn
 from darkbloom.coordinator.routing.reputation import Reputations
 from darkbloom.coordinator.trust.attestation import at_least
-from darkbloom.errors import NoProviderAvailable
-from darkbloom.inference.capabilities import CAPABILITIES, refusal
+from darkbloom.errors import DarkbloomError, NoProviderAvailable
+from darkbloom.inference.capabilities import CAPABILITIES, Unsupported, refusal
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,13 +147,42 @@ class Scheduler:
             for model in provider.models:
                 self._serving.get(model, {}).pop(provider.id, None)
                 self._pools.pop(model, None)
-        # Waiters for a model nobody serves any more would otherwise sit out the full timeout.
-        for model, queue in self._queues.items():
-            while queue and not self.serving(model, min_trust=queue[0].min_trust, route=queue[0].route,
-                                             only=queue[0].only):
-                waiter = queue.popleft()
-                if not waiter.future.done():
-                    waiter.future.set_exception(self._nobody_serves(model, waiter.min_trust))
+        # Waiters for a model nobody serves any more, or that none of those left can do, would
+        # otherwise sit out the full timeout: each gets the answer it would get if it came now.
+        for model in provider.models:
+            queue = self._queues.get(model)
+            if queue:
+                self._unservable(model, queue)
+
+    def _unservable(self, model: str, queue: deque[_Waiter]) -> None:
+        """Fail the waiters of ``model`` no provider left may take (looked up once per kind)."""
+        answers: dict[tuple[frozenset[str], frozenset[str], str, frozenset[str] | None, Route],
+                      DarkbloomError | None] = {}
+        for waiter in list(queue):
+            key = (waiter.demand.needs, waiter.exclude, waiter.min_trust, waiter.only, waiter.route)
+            if key not in answers:
+                answers[key] = self._why_not(model, waiter)
+            error = answers[key]
+            if error is None:
+                continue
+            queue.remove(waiter)
+            if not waiter.future.done():
+                waiter.future.set_exception(error)
+
+    def _why_not(self, model: str, waiter: _Waiter) -> DarkbloomError | None:
+        serving = self.serving(model, waiter.exclude, waiter.min_trust, waiter.only, waiter.route)
+        if not serving:
+            return self._nobody_serves(model, waiter.min_trust)
+        needs = waiter.demand.needs
+        if needs and not any(p.can(model, needs) for p in serving):
+            return self._incapable(model, needs, serving)
+        return None
+
+    @staticmethod
+    def _incapable(model: str, needs: frozenset[str], serving: list[ProviderConn]) -> Unsupported:
+        offered = frozenset[str]().union(
+            *(p.model_capabilities.get(model, CAPABILITIES) for p in serving))
+        return refusal(needs - offered or needs)
 
     def serving(self, model: str, exclude: frozenset[str] = frozenset(),
                 min_trust: str | None = None, only: frozenset[str] | None = None,
@@ -358,9 +387,9 @@ class Scheduler:
                                           "now (X-Darkbloom-Route: self)", code="no_own_provider")
             raise self._nobody_serves(model, min_trust)
         if demand.needs and not any(p.can(model, demand.needs) for p in serving):
-            offered = frozenset[str]().union(
-                *(p.model_capabilities.get(model, CAPABILITIES) for p in serving))
-            raise refusal(demand.needs - offered or demand.needs)
+            # Unsupported: the caller names the field in the client's dialect, and on a retry
+            # (the capable one failed) reports that failure instead (commit.py).
+            raise self._incapable(model, demand.needs, serving)
         queue = self._queues.setdefault(model, deque())
         if queue:  # FIFO: the waiters first, each to a free slot it may take
             self.drain()

@@ -122,22 +122,42 @@ class TokenListing:
     last_used_at: datetime | None
 
 
-# An account's listing holds at most this many tokens (the newest): a device login mints one each.
+# A page of an account's listing holds at most this many tokens: a device login mints one each,
+# so an account may hold many; the rest are reached with the ``before`` cursor.
 MAX_LISTED_TOKENS = 1000
 # A registering provider marks its token used at most this often (one write per hour per token).
 TOKEN_TOUCH_EVERY = timedelta(hours=1)
 
 
-async def list_account_provider_tokens(sessions: async_sessionmaker[AsyncSession],
-                                       account_id: str) -> list[TokenListing]:
-    """An account's unrevoked provider tokens, newest first (prefixes only, never secrets)."""
+@dataclass(frozen=True, slots=True)
+class TokenPage:
+    tokens: list[TokenListing]
+    truncated: bool  # more tokens follow: pass the last one's id as ``before``
+
+
+async def list_account_provider_tokens(sessions: async_sessionmaker[AsyncSession], account_id: str,
+                                       limit: int = MAX_LISTED_TOKENS, before: str | None = None
+                                       ) -> TokenPage | None:
+    """A page of an account's unrevoked provider tokens, newest first (prefixes only, never
+    secrets), after the token ``before`` (the last one of the previous page) if given. None:
+    ``before`` is not one of this account's tokens (revoked ones still count as a place)."""
+    limit = max(1, min(limit, MAX_LISTED_TOKENS))
     async with sessions() as session:
-        rows = (await session.execute(select(ProviderToken).where(
-            ProviderToken.account_id == account_id, ProviderToken.revoked_at.is_(None))
-            .order_by(ProviderToken.created_at.desc(), ProviderToken.id)
-            .limit(MAX_LISTED_TOKENS))).scalars().all()
-    return [TokenListing(r.id, r.prefix, r.label, aware(r.created_at),
-                         aware(r.last_used_at) if r.last_used_at else None) for r in rows]
+        where = [ProviderToken.account_id == account_id, ProviderToken.revoked_at.is_(None)]
+        if before is not None:
+            mark = (await session.execute(select(ProviderToken.created_at).where(
+                ProviderToken.id == before, ProviderToken.account_id == account_id))).scalar()
+            if mark is None:
+                return None
+            # The order is (created_at descending, id ascending): what comes after ``before``.
+            where.append(or_(ProviderToken.created_at < mark,
+                             (ProviderToken.created_at == mark) & (ProviderToken.id > before)))
+        rows = (await session.execute(select(ProviderToken).where(*where)
+                                      .order_by(ProviderToken.created_at.desc(), ProviderToken.id)
+                                      .limit(limit + 1))).scalars().all()
+    return TokenPage([TokenListing(r.id, r.prefix, r.label, aware(r.created_at),
+                                   aware(r.last_used_at) if r.last_used_at else None)
+                      for r in rows[:limit]], truncated=len(rows) > limit)
 
 
 async def revoke_own_provider_token(sessions: async_sessionmaker[AsyncSession], account_id: str,

@@ -43,3 +43,14 @@ def test_only_served_models_survive_named_by_catalog_id() -> None:
     assert out.backend_capacity is not None
     assert {s.model for s in out.backend_capacity.slots} == {"m"}
     assert len(out.backend_capacity.slots) <= clamps.MAX_SLOTS
+
+
+def test_repeated_models_are_kept_once_in_order_the_first_slot_standing() -> None:
+    frame = Heartbeat(warm_models=["n", "alias-of-m", "m", "n"] * 10,
+                      backend_capacity=BackendCapacity(slots=[
+                          Slot(model="alias-of-m", num_waiting=1), Slot(model="n"),
+                          Slot(model="m", num_waiting=9), Slot(model="n", num_waiting=5)]))
+    out = clamps.heartbeat(frame, frozenset({"m", "n"}), resolve)
+    assert out.warm_models == ["n", "m"]
+    assert out.backend_capacity is not None
+    assert [(s.model, s.num_waiting) for s in out.backend_capacity.slots] == [("m", 1), ("n", 0)]

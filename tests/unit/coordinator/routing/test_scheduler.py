@@ -550,3 +550,26 @@ async def test_when_no_provider_of_the_model_can_do_it_the_request_is_a_400_not_
     assert refused.value.status_code == 400 and refused.value.code == "unsupported_parameter"
     assert refused.value.param == "logprobs" and "tools" not in refused.value.message
     assert a.in_flight == b.in_flight == 0
+
+
+async def test_a_waiter_whose_only_capable_provider_leaves_is_refused_at_once(
+        make_provider: MakeProvider) -> None:
+    """The queued request would otherwise wait out the queue for a provider that cannot come:
+    it gets what a new request would (the 400), while a plain waiter keeps its place."""
+    capable, plain = make_provider("capable", max_concurrency=1), make_provider("plain", max_concurrency=1)
+    plain.model_capabilities = {"m": frozenset()}
+    s = scheduler(capable, plain, queue_timeout_s=60)
+    assert s.try_acquire(D("m", needs=frozenset({"seed"}))) is capable
+    assert s.try_acquire(D("m")) is plain
+    seeded = asyncio.create_task(s.acquire(D("m", needs=frozenset({"seed"}))))
+    simple = asyncio.create_task(s.acquire(D("m")))
+    await settle()
+    assert s.queue_depth("m") == 2
+    s.remove(capable)
+    await settle()
+    assert seeded.done() and not simple.done() and s.queue_depth("m") == 1
+    with pytest.raises(InvalidRequest) as refused:
+        seeded.result()
+    assert refused.value.code == "unsupported_parameter" and refused.value.param == "seed"
+    s.release(plain, D("m"))
+    assert await simple is plain
