@@ -23,6 +23,7 @@ from pydantic_settings import (
 )
 
 from darkbloom.coordinator.trust.manifest import RuntimeManifest
+from darkbloom.inference.catalog import MODEL_ID
 from darkbloom.provider.config_files import (
     CONFIG_DIR_ENV,
     CONFIG_FILE,
@@ -250,7 +251,8 @@ class ProviderSettings(BaseSettings):
     # Holds provider.toml, the token and identity.pem (the persistent P-256 identity key, 0600).
     # Where provider.toml is read from, so it cannot itself be set there.
     config_dir: Path = Field(default_factory=default_config_dir)
-    models: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+    # Ids or aliases (MODEL_ID): they reach command lines and the systemd unit as they are.
+    models: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
         default_factory=lambda: ["smollm2-135m"], min_length=1, max_length=32)
     # Unload models after this many minutes without a request (0: never); the next one reloads.
     idle_timeout_mins: int = Field(default=60, ge=0, le=525_600)
@@ -304,15 +306,24 @@ class ProviderSettings(BaseSettings):
         if len(urls) > 16:
             raise ValueError("at most 16 coordinator URLs")
         for url in urls:
-            try:
-                parts = urlsplit(url)
-                parts.port  # noqa: B018 - raises ValueError on a bad port
-            except ValueError:
-                raise ValueError("a coordinator URL is not a valid URL") from None
-            if len(url) > 2048 or parts.scheme not in ("ws", "wss") or not parts.hostname:
-                raise ValueError("each coordinator URL must be ws:// or wss://host[:port]/path, "
-                                 "at most 2048 characters")
+            _check_coordinator_url(url)
         return urls
+
+    @field_validator("models")
+    @classmethod
+    def _model_ids(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not MODEL_ID.fullmatch(name):
+                raise ValueError("a model id is letters, digits and . _ : / + - (starting with a "
+                                 "letter or digit), as `darkbloom models list` shows it")
+        return value
+
+    @field_validator("coordinator_url")
+    @classmethod
+    def _one_url(cls, value: str) -> str:
+        """The single URL is checked as each of coordinator_urls is (every command uses it)."""
+        _check_coordinator_url(value.strip())
+        return value.strip()
 
     @property
     def coordinators(self) -> list[str]:
@@ -322,6 +333,18 @@ class ProviderSettings(BaseSettings):
     @property
     def config_file(self) -> Path:
         return self.config_dir / CONFIG_FILE
+
+
+def _check_coordinator_url(url: str) -> None:
+    """A provider URL: ws:// or wss://host[:port]/path, at most 2048 characters (ValueError)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ValueError("a coordinator URL is not a valid URL") from None
+    if len(url) > 2048 or parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError("each coordinator URL must be ws:// or wss://host[:port]/path, "
+                         "at most 2048 characters")
 
 
 def env_value(name: str) -> tuple[str, str] | None:
@@ -355,6 +378,8 @@ def read_provider_file(path: Path) -> dict[str, Any]:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ProviderConfigError(f"{path}: not valid TOML: {exc}{_toml_hint(text, str(exc))}") from None
+    except RecursionError:  # tomllib recurses per nesting level
+        raise ProviderConfigError(f"{path}: not valid TOML: nested too deeply") from None
     sections = [*FILE_KEYS, SCHEDULE_SECTION]
     values: dict[str, Any] = {}
     for section, body in document.items():

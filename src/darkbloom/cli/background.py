@@ -16,6 +16,7 @@ from pathlib import Path
 
 from darkbloom.cli.daemon import LOG_BACKUPS, LOG_MAX_BYTES
 from darkbloom.logcontext import FORMAT, RequestIdFilter, WithholdExceptionMessages
+from darkbloom.provider.config_files import make_private_dir
 
 
 class _DaemonLogHandler(RotatingFileHandler):
@@ -31,7 +32,7 @@ class _DaemonLogHandler(RotatingFileHandler):
 
 
 def install_log(path: Path, max_bytes: int = LOG_MAX_BYTES, backups: int = LOG_BACKUPS) -> logging.Handler:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_private_dir(path.parent)
     handler = _DaemonLogHandler(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
     handler.setFormatter(logging.Formatter(FORMAT))
     for kind in (RequestIdFilter, WithholdExceptionMessages):  # as logs.setup() would add

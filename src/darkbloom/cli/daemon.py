@@ -21,6 +21,8 @@ from pathlib import Path
 
 import psutil
 
+from darkbloom.provider.config_files import make_private_dir
+
 PIDFILE = "provider.pid"
 LOGFILE = "provider.log"
 UNIT_NAME = "darkbloom-provider.service"
@@ -42,7 +44,7 @@ def control_lock(config_dir: Path) -> Iterator[None]:
     nothing and leave two providers, one of them out of the pidfile's sight. A second one waits."""
     import fcntl
 
-    config_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_private_dir(config_dir)
     fd = os.open(config_dir / "provider.lock", os.O_WRONLY | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -77,12 +79,14 @@ def is_our_daemon(pid: int) -> bool:
 
 
 def read_pid(pidfile: Path) -> int | None:
-    """The pid written there, or None for a missing or unreadable file."""
+    """The pid written there, or None for a missing, unreadable or garbled file (bytes, not text:
+    a pidfile that is not UTF-8 is as stale as one naming a dead process)."""
     try:
-        text = pidfile.read_text()[:32].strip()
+        with pidfile.open("rb") as f:
+            raw = f.read(32).strip()
     except OSError:
         return None
-    return int(text) if text.isdigit() and 0 < int(text) < 2**31 else None
+    return int(raw) if raw.isdigit() and 0 < int(raw) < 2**31 else None
 
 
 def write_pid(pidfile: Path, pid: int) -> None:
@@ -153,7 +157,7 @@ def since_last_start(lines: Sequence[str]) -> list[str]:
 def spawn_detached(config_dir: Path, serve_args: Sequence[str]) -> subprocess.Popen[bytes]:
     """Start the provider in its own session (a closed terminal or Ctrl-C in it leaves it be),
     output to the rotating log, pid in the pidfile."""
-    config_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_private_dir(config_dir)
     mark_start(log_path(config_dir))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(child_command(config_dir, serve_args), stdin=subprocess.DEVNULL,
@@ -203,17 +207,44 @@ def unit_path() -> Path:
     return base / "systemd" / "user" / UNIT_NAME
 
 
+class UnitError(ValueError):
+    """The unit cannot say this command line or path (one line for the operator)."""
+
+
+def _unit_safe(text: str, what: str) -> str:
+    """A unit file is line-based and knows no escape for a line break in every setting: an
+    argument holding a newline (or any control character) could add directives, so it is refused
+    rather than quoted."""
+    if not text.isprintable():
+        raise UnitError(f"the {what} holds a control character; a systemd unit cannot carry it")
+    return text
+
+
 def _systemd_quote(arg: str) -> str:
     """One ExecStart word: double-quoted with C escapes, and `%` doubled (systemd specifiers)."""
+    _unit_safe(arg, "command line")
     escaped = arg.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%").replace("$", "$$")
     return f'"{escaped}"'
 
 
+def _environment_file(path: Path) -> str:
+    """EnvironmentFile='s value: systemd takes the rest of the line verbatim as the path (quotes
+    would be part of it, and a quoted path "is not absolute" and is ignored), expanding only `%`
+    specifiers; so no quotes and `%` doubled. Spaces inside are fine, control characters are
+    refused, and so is a relative path (the unit would look for it from / )."""
+    text = _unit_safe(str(path), "config dir path")
+    if not path.is_absolute():
+        raise UnitError(f"the config dir {text!r} must be an absolute path for the systemd unit: "
+                        "set DARKBLOOM_PROVIDER_CONFIG_DIR to one")
+    return text.replace("%", "%%")
+
+
 def unit_text(config_dir: Path, serve_args: Sequence[str]) -> str:
     """The user unit: restarts on failure, starts at login once enabled; its settings come from an
-    environment file beside the token (mode 0600: it may hold DARKBLOOM_PROVIDER_TOKEN)."""
+    environment file beside the token (mode 0600: it may hold DARKBLOOM_PROVIDER_TOKEN). UnitError
+    when an argument or the config dir cannot be written into a unit."""
     command = " ".join(_systemd_quote(arg) for arg in child_command(config_dir, serve_args))
-    env_file = _systemd_quote(str(config_dir / ENV_FILE))
+    env_file = _environment_file(config_dir / ENV_FILE)
     return ("[Unit]\n"
             "Description=darkbloom provider (private AI inference)\n"
             "After=network-online.target\n"
@@ -236,7 +267,7 @@ def env_file_text(environ: Mapping[str, str]) -> str:
     lines = []
     for name in sorted(environ):
         value = environ[name]
-        if name.startswith(_PASSED_ENV_PREFIXES) and "\n" not in value:
+        if name.startswith(_PASSED_ENV_PREFIXES) and value.isprintable():
             escaped = value.replace("\\", "\\\\").replace('"', '\\"')
             lines.append(f'{name}="{escaped}"')
     return "".join(f"{line}\n" for line in lines)
@@ -251,13 +282,15 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def install_unit(config_dir: Path, serve_args: Sequence[str]) -> None:
-    """Write the unit and its environment file, then (re)start it and enable it for next login."""
-    config_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """Write the unit and its environment file, then (re)start it and enable it for next login.
+    UnitError (before anything is written) when the unit cannot say the command line."""
+    text = unit_text(config_dir, serve_args)
+    make_private_dir(config_dir)
     mark_start(log_path(config_dir))
     _write_private(config_dir / ENV_FILE, env_file_text(os.environ))
     path = unit_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(unit_text(config_dir, serve_args))
+    path.write_text(text)
     for args in (("daemon-reload",), ("enable", UNIT_NAME), ("restart", UNIT_NAME)):
         done = _systemctl(*args)
         if done.returncode != 0:

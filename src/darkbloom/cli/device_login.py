@@ -16,11 +16,15 @@ from typing import Any
 import httpx
 
 from darkbloom.cli.provider_common import http_base as common_http_base
+from darkbloom.provider.config_files import is_token
 
 TOKEN_PREFIX = "darkbloom-pt-"
 MAX_ANSWER_BYTES = 1024 * 1024
 SLOW_DOWN_STEP_S = 5  # RFC 8628 §3.5: each slow_down adds 5 s to the polling interval
 TIMEOUT = httpx.Timeout(10.0)
+# The most one exchange may take in all: the per-read timeout alone lets a server that trickles a
+# byte every few seconds hold `login` (or `earnings`) forever.
+DEADLINE_S = 30.0
 
 
 class LoginError(Exception):
@@ -56,11 +60,13 @@ class Answer:
 
 
 def call(client: httpx.Client, method: str, url: str, *, json_body: object = None,
-         token: str | None = None) -> Answer:
-    """One request; the answer read up to MAX_ANSWER_BYTES and parsed as a JSON object (an
-    answer that is not one becomes an empty body, so callers go by the status)."""
+         token: str | None = None, deadline_s: float = DEADLINE_S) -> Answer:
+    """One request; the answer read up to MAX_ANSWER_BYTES within ``deadline_s`` (give or take
+    one read timeout) and parsed as a JSON object (an answer that is not one becomes an empty
+    body, so callers go by the status)."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     base = url.split("/v1/", 1)[0]
+    deadline = time.monotonic() + deadline_s
     try:
         with client.stream(method, url, json=json_body, headers=headers, timeout=TIMEOUT) as response:
             data = b""
@@ -69,13 +75,16 @@ def call(client: httpx.Client, method: str, url: str, *, json_body: object = Non
                 if len(data) > MAX_ANSWER_BYTES:
                     raise LoginError(f"{base} sent an answer over {MAX_ANSWER_BYTES} bytes: is it "
                                      "a darkbloom coordinator?")
+                if time.monotonic() > deadline:
+                    raise LoginError(f"{base} took over {deadline_s:g} s to answer: is it a "
+                                     "darkbloom coordinator, and is the network up?")
             status = response.status_code
     except httpx.HTTPError as exc:
         raise LoginError(f"cannot reach the coordinator at {base} ({type(exc).__name__}): is it "
                          "running, and is the URL right (--coordinator)?") from None
     try:
         body = json.loads(data) if data else {}
-    except ValueError:
+    except (ValueError, RecursionError):  # deep nesting is a RecursionError, not a ValueError
         body = {}
     return Answer(status, body if isinstance(body, dict) else {})
 
@@ -133,7 +142,7 @@ def poll_token(client: httpx.Client, base: str, code: DeviceCode,
         if answer.status == 200 and status == "authorized":
             token, account = answer.body.get("token"), answer.body.get("account_id")
             if not (isinstance(token, str) and token.startswith(TOKEN_PREFIX) and len(token) <= 256
-                    and token.isprintable() and isinstance(account, str) and account.isprintable()):
+                    and is_token(token) and isinstance(account, str) and account.isprintable()):
                 raise LoginError("the coordinator approved the code but sent no usable token: run "
                                  "`darkbloom login` again")
             return Linked(token, account[:200])

@@ -17,6 +17,7 @@ from darkbloom.cli.provider_common import (
     fetch_catalog,
     http_base,
     model_store,
+    printable,
     provider_settings,
 )
 
@@ -139,8 +140,11 @@ def list_models(
         note = ("not in the catalog" if row.in_catalog is False
                 else "weights differ from the catalog's" if row.hash_matches_catalog is False
                 else "" if row.downloadable or row.status == "downloaded" else "no download URL")
-        table.add_row(*(Text(cell) for cell in (row.id, _gb(row.size_bytes), row.quantization,
-                                                 row.status, note)), style=style)
+        # The catalog's text is shown without its control characters (an escape sequence from
+        # the coordinator must not reach the terminal); --json keeps it, escaped by JSON.
+        table.add_row(*(Text(printable(cell)) for cell in (row.id, _gb(row.size_bytes),
+                                                            row.quantization, row.status, note)),
+                      style=style)
     console.print(table)
     console.print(f"memory for models here: {budget / 1e9:.1f} GB (a model needs its size x 1.2)",
                   style="dim")
@@ -175,7 +179,8 @@ def download(
     budget = memory_budget()
     if model is None:
         model = _pick(rows(catalog, store.installed(), budget))
-    entry = next((e for e in catalog if model == e["id"] or model in (e.get("aliases") or [])), None)
+    entry = next((e for e in catalog if model == e["id"]), None) or \
+        next((e for e in catalog if model in _aliases(e)), None)
     if entry is None:
         fail(f"no model {model!r} in the coordinator's catalog (see `darkbloom models list`)")
     present = store.find(entry["id"])
@@ -214,6 +219,13 @@ def download(
                   "(SHA-256 verified)")
 
 
+def _aliases(entry: dict[str, Any]) -> list[str]:
+    """A catalog entry's aliases when they are a list of strings (else none: a string would match
+    its substrings, a number would not compare)."""
+    aliases = entry.get("aliases")
+    return [a for a in aliases if isinstance(a, str)] if isinstance(aliases, list) else []
+
+
 def _progress() -> Any:
     from rich.progress import (
         BarColumn,
@@ -231,11 +243,12 @@ def _progress() -> Any:
 
 def _pick(table_rows: list[Row]) -> str:
     from darkbloom.cli.picker import Choice, pick_model
+    from darkbloom.inference.catalog import MODEL_ID
 
     if not sys.stdin.isatty():
         fail("pass --model ID (see `darkbloom models list`)", 2)
-    offer = [Choice(row.id, row.display_name, row.size_bytes) for row in table_rows
-             if row.status == "available" and row.downloadable]
+    offer = [Choice(row.id, printable(row.display_name), row.size_bytes) for row in table_rows
+             if row.status == "available" and row.downloadable and MODEL_ID.fullmatch(row.id)]
     if not offer:
         fail("nothing to download: every model that fits here is downloaded already "
              "(see `darkbloom models list`)")

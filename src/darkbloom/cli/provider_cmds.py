@@ -18,6 +18,7 @@ from darkbloom.cli.provider_common import (
     fail,
     http_base,
     model_store,
+    printable,
     provider_settings,
 )
 from darkbloom.config import ProviderSettings
@@ -97,7 +98,7 @@ def _start_locked(config_dir: Path, args: list[str], shown_models: str) -> None:
     if daemon.systemd_user_available():
         try:
             daemon.install_unit(config_dir, args)
-        except (RuntimeError, OSError) as exc:
+        except (RuntimeError, OSError, daemon.UnitError) as exc:
             fail(f"could not start the systemd user unit: {exc}")
         time.sleep(START_CHECK_S)
         if daemon.unit_state() != "active":  # a unit that died is "activating" (restart pending)
@@ -239,8 +240,9 @@ def login(
         fail("login cancelled: nothing was stored", 130)
     except OSError as exc:
         fail(f"could not store the token in {settings.config_dir}: {exc.strerror}")
-    console.print(f"[green]✓[/green] linked to account [bold]{linked.account_id}[/bold]; this "
-                  "machine's earnings go there.", soft_wrap=True)
+    # The account id is the coordinator's text: shown as text, never read as Rich markup.
+    console.print(Text.assemble(("✓", "green"), " linked to account ", (linked.account_id, "bold"),
+                                "; this machine's earnings go there."), soft_wrap=True)
     console.print(f"token stored in {settings.config_dir / 'token'} (mode 0600)", markup=False,
                   soft_wrap=True)
     from darkbloom.cli.daemon import running_pid
@@ -286,7 +288,12 @@ def _usd(value: object) -> str:
 
 def _cell(value: object, width: int = 40) -> str:
     text = value if isinstance(value, str) else ("" if value is None else str(value))
-    return "".join(ch for ch in text[:width] if ch.isprintable())
+    return printable(text, width)
+
+
+def _dicts(value: object, limit: int) -> list[dict[str, Any]]:
+    """The dicts of a list the coordinator sent ([] when it sent something else)."""
+    return [item for item in value if isinstance(item, dict)][:limit] if isinstance(value, list) else []
 
 
 def _fetch_earnings(settings: ProviderSettings, base: str, limit: int) -> dict[str, Any]:
@@ -310,6 +317,9 @@ def _fetch_earnings(settings: ProviderSettings, base: str, limit: int) -> dict[s
         error = answer.body.get("error")
         message = error.get("message") if isinstance(error, dict) else None
         fail(f"the coordinator could not report earnings: {_cell(message, 200) or answer.status}")
+    if not answer.body:  # not JSON, not an object, or nested past parsing
+        fail(f"{base} did not answer with an earnings report: is it a darkbloom coordinator "
+             "(--coordinator)?")
     return answer.body
 
 
@@ -326,6 +336,7 @@ def earnings(
     Example: darkbloom earnings --json
     """
     from rich.table import Table
+    from rich.text import Text
 
     settings = provider_settings()
     body = _fetch_earnings(settings, _coordinator_base(settings, coordinator), limit)
@@ -336,29 +347,30 @@ def earnings(
                   f"   (withdrawable {_usd(body.get('withdrawable_balance_micro_usd'))})")
     console.print(f"[bold]Total earned[/bold]  {_usd(body.get('total_micro_usd'))}")
     console.print(f"[bold]Jobs[/bold]          {_micro(body.get('count')) or 0}")
-    rows = [r for r in body.get("earnings") or [] if isinstance(r, dict)][:limit]
+    rows = _dicts(body.get("earnings"), limit)
     if rows:
         table = Table(title="Recent earnings", title_justify="left")
         for head, justify in (("when", "left"), ("model", "left"), ("tokens in/out", "right"),
                               ("amount", "right")):
             table.add_column(head, justify=justify)  # type: ignore[arg-type]
         for row in rows:
-            table.add_row(_cell(row.get("created_at"), 20), _cell(row.get("model")),
+            # Cells are Text: a model name like "[/x]" is the coordinator's text, not markup.
+            table.add_row(Text(_cell(row.get("created_at"), 20)), Text(_cell(row.get("model"))),
                           f"{_micro(row.get('prompt_tokens')) or 0}/"
                           f"{_micro(row.get('completion_tokens')) or 0}",
                           _usd(row.get("amount_micro_usd")))
         console.print(table)
     else:
         console.print("No earnings yet: keep the provider running (`darkbloom start`).")
-    payouts = [p for p in body.get("payouts") or [] if isinstance(p, dict)][:limit]
+    payouts = _dicts(body.get("payouts"), limit)
     if payouts:
         table = Table(title="Payouts", title_justify="left")
         for head in ("when", "amount", "status", "method"):
             table.add_column(head, justify="right" if head == "amount" else "left")
         for payout in payouts:
             amount = payout.get("net_micro_usd", payout.get("amount_micro_usd"))
-            table.add_row(_cell(payout.get("created_at"), 20), _usd(amount),
-                          _cell(payout.get("status")), _cell(payout.get("method")))
+            table.add_row(Text(_cell(payout.get("created_at"), 20)), _usd(amount),
+                          Text(_cell(payout.get("status"))), Text(_cell(payout.get("method"))))
         console.print(table)
     else:
         console.print("No payouts yet.")

@@ -28,6 +28,12 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+def printable(text: str, width: int | None = None) -> str:
+    """``text`` (its first ``width`` characters) without control characters: what the coordinator
+    or a catalog sends is shown, never interpreted by the terminal (escape sequences)."""
+    return "".join(ch for ch in text[:width] if ch.isprintable())
+
+
 def provider_settings(flags: dict[str, Any] | None = None) -> ProviderSettings:
     """ProviderSettings as a command with these flags ({field: value}, unset flags left out) runs
     with; a bad file, variable or flag is one red line on stderr and exit 2, never a traceback
@@ -87,11 +93,17 @@ def account_linked(settings: ProviderSettings) -> bool:
     return settings.token is not None
 
 
-def fetch_catalog(settings: ProviderSettings, timeout_s: float = 5.0) -> list[dict[str, Any]]:
-    """GET /v1/models/catalog from the first coordinator; raises OSError with a short reason."""
+def fetch_catalog(settings: ProviderSettings, timeout_s: float = 5.0,
+                  deadline_s: float = 30.0) -> list[dict[str, Any]]:
+    """GET /v1/models/catalog from the first coordinator, within ``deadline_s`` in all (give or
+    take one read timeout: a server trickling bytes never trips the per-read one); raises OSError
+    with a short reason."""
+    import time
+
     import httpx
 
     url = f"{http_base(settings.coordinators[0])}/v1/models/catalog"
+    deadline = time.monotonic() + deadline_s
     try:
         with httpx.stream("GET", url, timeout=timeout_s) as response:
             if response.status_code != 200:
@@ -101,13 +113,15 @@ def fetch_catalog(settings: ProviderSettings, timeout_s: float = 5.0) -> list[di
                 body += chunk
                 if len(body) > MAX_CATALOG_BYTES:
                     raise OSError("the catalog is too large")
+                if time.monotonic() > deadline:
+                    raise OSError(f"no whole catalog within {deadline_s:g} s")
     except httpx.HTTPError as exc:
         raise OSError("cannot connect" if isinstance(exc, httpx.ConnectError)
                       else "timed out" if isinstance(exc, httpx.TimeoutException)
                       else type(exc).__name__) from None
     try:
         models = json.loads(body).get("models")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):  # RecursionError: deeply nested JSON
         models = None
     if not isinstance(models, list):
         raise OSError("the answer is not a model catalog")

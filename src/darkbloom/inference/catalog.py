@@ -16,6 +16,9 @@ from pathlib import Path
 
 # A weights file name a provider may write in its models directory: a plain name, no path.
 GGUF_FILENAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}\.gguf$")
+# A model id or alias a provider stores, serves and puts on command lines (the systemd unit's too):
+# printable ASCII only, so a name can carry no line break, escape sequence or path trick.
+MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/+-]{0,127}$")
 
 
 @dataclass(frozen=True, slots=True)

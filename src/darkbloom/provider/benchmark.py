@@ -22,6 +22,7 @@ from typing import Any
 
 from darkbloom.config import ProviderSettings
 from darkbloom.inference.request import GenerationRequest, Message, Sampling
+from darkbloom.provider.config_files import make_private_dir
 from darkbloom.provider.engines.base import Engine, Finished, Started, TextDelta
 
 BENCHMARK_FILE = "benchmark.json"
@@ -124,7 +125,7 @@ def save_benchmark(config_dir: Path, result: Result, now: datetime | None = None
     models[result.model] = result.figures()
     stamp = (now or datetime.now(UTC)).isoformat(timespec="seconds").replace("+00:00", "Z")
     path = config_dir / BENCHMARK_FILE
-    config_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_private_dir(config_dir)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps({"measured_at": stamp, "models": models}, indent=2, sort_keys=True))
     os.replace(tmp, path)

@@ -44,12 +44,32 @@ def default_config_dir() -> Path:
     return Path.home() / ".config" / "darkbloom"
 
 
+def make_private_dir(path: Path) -> Path:
+    """Create ``path`` and every missing parent mode 0700 (mkdir(parents=True) gives parents the
+    default mode: `models download` making <config>/models first would leave the config dir, and
+    later the token beside it, open to other users). An existing dir is left as it is."""
+    missing: list[Path] = []
+    here = path
+    while not here.is_dir() and here != here.parent:
+        missing.append(here)
+        here = here.parent
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # made meanwhile (a concurrent command)
+            directory.mkdir(mode=0o700)
+    return path
+
+
 def read_bounded_text(path: Path, limit: int, what: str) -> str | None:
     """textfile.read_small, with its refusals as ProviderConfigError."""
     try:
         return read_small(path, limit, what)
     except UnreadableFile as exc:
         raise ProviderConfigError(str(exc)) from None
+
+
+def is_token(text: str) -> bool:
+    """Whether ``text`` can be a provider token (what save_token accepts)."""
+    return _TOKEN.fullmatch(text) is not None
 
 
 def read_token(config_dir: Path) -> str | None:
@@ -70,7 +90,7 @@ def save_token(config_dir: Path, token: str) -> Path:
     any earlier one atomically; the dir is created 0700. Returns the file's path."""
     if _TOKEN.fullmatch(token) is None:
         raise ValueError("a provider token is one line of printable characters without spaces")
-    config_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_private_dir(config_dir)
     path = config_dir / TOKEN_FILE
     # mkstemp creates the file 0600 in the same dir, so the rename is atomic and no other user can
     # open it in between.

@@ -21,6 +21,8 @@ import json
 import os
 import re
 import shutil
+import stat
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +32,8 @@ from urllib.parse import urlsplit
 import httpx
 import psutil
 
-from darkbloom.inference.catalog import GGUF_FILENAME, Catalog, CatalogModel
+from darkbloom.inference.catalog import GGUF_FILENAME, MODEL_ID, Catalog, CatalogModel
+from darkbloom.provider.config_files import make_private_dir
 from darkbloom.provider.engines.base import LocalModel
 
 # provider.md: memory estimate = file size × 1.2, against total RAM − 4 GB (or GPU memory).
@@ -42,7 +45,6 @@ MAX_MODEL_BYTES = 2**40
 DISK_MARGIN_BYTES = 512 * 2**20
 _CHUNK = 1 << 20
 _SIDECAR_MAX = 64 * 1024
-_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/+-]{0,127}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 Progress = Callable[[int, int], None]  # (bytes on disk, total bytes)
@@ -50,6 +52,43 @@ Progress = Callable[[int, int], None]  # (bytes on disk, total bytes)
 
 class StoreError(Exception):
     """A one-line message that says what to do; the CLI prints it as is."""
+
+
+@dataclass(frozen=True, slots=True)
+class MinRate:
+    """The slowest a download may go: at least ``bytes`` in every ``window_s`` seconds."""
+
+    bytes: int
+    window_s: float
+
+
+# 64 kB a minute: any real link does far better; a server trickling bytes to hold the command does not.
+MIN_RATE = MinRate(64 * 1024, 60.0)
+
+
+@contextlib.contextmanager
+def _open_part(part: Path) -> Iterator[BinaryIO]:
+    """The partial download, opened for appending without following a symlink (a link planted
+    at X.gguf.part would get the download written, then truncated, wherever it points) and only
+    when it is a regular file; created 0600."""
+    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | \
+        getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(part, flags, 0o600)
+    except OSError as exc:
+        raise StoreError(f"cannot open {part} ({exc.strerror}): if it is a link or not a file, "
+                         "remove it and run the same command again") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise StoreError(f"{part} is not a regular file: remove it and run the same command "
+                             "again")
+        os.set_blocking(fd, True)
+        f = os.fdopen(fd, "r+b")
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
+        yield f
 
 
 def default_models_dir(config_dir: Path) -> Path:
@@ -93,7 +132,7 @@ class DownloadSpec:
     def __post_init__(self) -> None:
         """The coordinator is trusted for what it names, not for where we write: the filename is
         a plain name in the models directory, the URL plain HTTP(S), the size bounded."""
-        if not _MODEL_ID.fullmatch(self.id):
+        if not MODEL_ID.fullmatch(self.id):
             raise StoreError(f"the catalog gives a model id this store cannot use: {self.id[:80]!r}")
         if not GGUF_FILENAME.fullmatch(self.filename):
             raise StoreError(f"the catalog's file name for {self.id} is not a plain .gguf name")
@@ -182,11 +221,11 @@ class ModelStore:
         return list(found.values())
 
     def find(self, name: str) -> LocalModel | None:
-        """An installed model by id or alias."""
-        for model in self.installed():
-            if name in model.names():
-                return model
-        return None
+        """An installed model by id, else by alias: ids first, so an alias (a sidecar's, or a
+        catalog's) never shadows another model's id and `remove`/`serve` hit the model named."""
+        models = self.installed()
+        return next((m for m in models if m.id == name), None) or \
+            next((m for m in models if name in m.names()), None)
 
     def is_packaged(self, model: LocalModel) -> bool:
         """Shipped in a wheel (pip owns it), rather than downloaded into the models directory."""
@@ -194,8 +233,8 @@ class ModelStore:
 
     def weight_hash(self, path: Path) -> str:
         """The file's SHA-256, read from the cache next to it while size and mtime still match."""
-        stat = path.stat()
-        key = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        info = path.stat()
+        key = {"size": info.st_size, "mtime_ns": info.st_mtime_ns}
         cache = self._hash_cache(path)
         cached = _read_json(cache)
         if (cached is not None and {k: cached.get(k) for k in key} == key
@@ -204,7 +243,7 @@ class ModelStore:
         with path.open("rb") as f:
             digest = _sha256_of(f).hexdigest()
         with contextlib.suppress(OSError):
-            cache.parent.mkdir(parents=True, exist_ok=True)
+            make_private_dir(cache.parent)
         _write_json(cache, {**key, "sha256": digest})
         return digest
 
@@ -233,7 +272,7 @@ class ModelStore:
             entry = next((m for m in self.catalog.models
                           if m.filename == path.name or m.weight_hash == digest), None)
             model_id = entry.id if entry is not None else path.name.removesuffix(".gguf")
-        if not _MODEL_ID.fullmatch(model_id):
+        if not MODEL_ID.fullmatch(model_id):
             return None
         return self._local(model_id, path, entry, meta)
 
@@ -256,9 +295,11 @@ class ModelStore:
     # --- download ----------------------------------------------------------------------------
 
     def download(self, spec: DownloadSpec, progress: Progress | None = None, *,
-                 timeout_s: float = 60.0) -> LocalModel:
+                 timeout_s: float = 60.0, min_rate: MinRate | None = None) -> LocalModel:
         """Fetch a model into the models directory: resumable, bounded by the catalog's size and
-        checked against its SHA-256 before the file takes its final name."""
+        checked against its SHA-256 before the file takes its final name. ``timeout_s`` bounds
+        each read; ``min_rate`` (default MIN_RATE) the whole: a server trickling a byte now and
+        then would otherwise hold the download forever."""
         present = self.find(spec.id)
         if present is not None:
             if present.weight_hash == spec.sha256:
@@ -270,13 +311,13 @@ class ModelStore:
             raise StoreError(f"{final} exists and is not {spec.id} (its hash differs); "
                              f"move it away or run `darkbloom models remove --model {spec.id}`")
         try:
-            self.models_dir.mkdir(parents=True, exist_ok=True)
+            make_private_dir(self.models_dir)
         except OSError as exc:
             raise StoreError(f"cannot create the models directory {self.models_dir}: "
                              f"{exc.strerror}") from None
         part = final.with_name(final.name + ".part")
         meta = final.with_name(final.name + ".json")
-        with part.open("ab") as f:
+        with _open_part(part) as f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -286,7 +327,7 @@ class ModelStore:
                 "context_length": spec.context_length, "model_type": spec.model_type,
                 "sha256": spec.sha256, "size_bytes": spec.size_bytes})
             try:
-                self._fetch_into(f, part, spec, progress, timeout_s)
+                self._fetch_into(f, part, spec, progress, timeout_s, min_rate)
             except StoreError:
                 if not part.exists():  # nothing left to resume: nothing to describe either
                     meta.unlink(missing_ok=True)
@@ -298,7 +339,7 @@ class ModelStore:
         return model
 
     def _fetch_into(self, f: BinaryIO, part: Path, spec: DownloadSpec, progress: Progress | None,
-                    timeout_s: float) -> None:
+                    timeout_s: float, min_rate: MinRate | None) -> None:
         offset = f.seek(0, os.SEEK_END)
         if offset > spec.size_bytes:  # not the file the catalog describes: start over
             f.truncate(0)
@@ -308,13 +349,14 @@ class ModelStore:
             raise StoreError(f"not enough disk space for {spec.id}: it needs "
                              f"{_gb(spec.size_bytes - offset + DISK_MARGIN_BYTES)} free in "
                              f"{self.models_dir}, there is {_gb(free)}")
-        with part.open("rb") as reread:  # the bytes already here count towards the hash
-            digest = _sha256_of(reread)
+        f.seek(0)  # the bytes already here count towards the hash
+        digest = _sha256_of(f)
         if progress is not None:
             progress(offset, spec.size_bytes)
         if offset < spec.size_bytes:
             try:
-                offset, digest = self._stream(f, spec, offset, digest, progress, timeout_s)
+                offset, digest = self._stream(f, part, spec, offset, digest, progress, timeout_s,
+                                              min_rate or MIN_RATE)
             except httpx.HTTPError as exc:
                 raise StoreError(f"the download of {spec.id} was interrupted ({_reason(exc)}); "
                                  "run the same command again to resume it") from None
@@ -327,8 +369,9 @@ class ModelStore:
             raise StoreError(f"{spec.id}: the downloaded file's SHA-256 is not the catalog's "
                              "(a corrupt or substituted file); it was deleted, nothing was installed")
 
-    def _stream(self, f: BinaryIO, spec: DownloadSpec, offset: int, digest: hashlib._Hash,
-                progress: Progress | None, timeout_s: float) -> tuple[int, hashlib._Hash]:
+    def _stream(self, f: BinaryIO, part: Path, spec: DownloadSpec, offset: int,
+                digest: hashlib._Hash, progress: Progress | None, timeout_s: float,
+                min_rate: MinRate) -> tuple[int, hashlib._Hash]:
         headers = {"Accept-Encoding": "identity"}
         if offset:
             headers["Range"] = f"bytes={offset}-"
@@ -338,7 +381,7 @@ class ModelStore:
             if offset and response.status_code == 206:
                 if not response.headers.get("content-range", "").startswith(f"bytes {offset}-"):
                     raise StoreError(f"the download server resumed {spec.id} at the wrong place; "
-                                     f"remove {f.name} and try again")
+                                     f"remove {part} and try again")
             elif response.status_code == 200:  # no Range support: from the start
                 f.truncate(0)
                 f.seek(0)
@@ -348,10 +391,11 @@ class ModelStore:
             else:
                 raise StoreError(f"the download server answered HTTP {response.status_code} for "
                                  f"{spec.id}")
+            window_start, window_bytes = time.monotonic(), 0
             for chunk in response.iter_bytes():  # as received: a break loses nothing
                 if offset + len(chunk) > spec.size_bytes:
                     f.truncate(0)
-                    Path(f.name).unlink(missing_ok=True)
+                    part.unlink(missing_ok=True)
                     raise StoreError(f"the download server sent more than the catalog's "
                                      f"{spec.size_bytes} bytes for {spec.id}; nothing was installed")
                 f.write(chunk)
@@ -360,6 +404,13 @@ class ModelStore:
                 offset += len(chunk)
                 if progress is not None:
                     progress(offset, spec.size_bytes)
+                window_bytes += len(chunk)
+                if time.monotonic() - window_start >= min_rate.window_s:
+                    if window_bytes < min_rate.bytes:
+                        raise StoreError(f"the download of {spec.id} slowed to under "
+                                         f"{min_rate.bytes} bytes in {min_rate.window_s:g} s; run "
+                                         "the same command again to resume it")
+                    window_start, window_bytes = time.monotonic(), 0
         return offset, digest
 
     def partial_bytes(self, spec: DownloadSpec) -> int:

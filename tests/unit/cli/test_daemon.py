@@ -129,7 +129,8 @@ def test_unit_text(tmp_path: Path) -> None:
     assert shlex.split(exec_start.replace("%%", "%")) == daemon.child_command(config_dir, args)
     assert "100%%" in exec_start
     assert daemon.CHILD_MODULE in exec_start and str(daemon.log_path(config_dir)) in exec_start
-    assert fields["EnvironmentFile"] == f'-"{config_dir / daemon.ENV_FILE}"'
+    # systemd takes the rest of the line as the path: unquoted (a quoted one "is not absolute")
+    assert fields["EnvironmentFile"] == f"-{config_dir / daemon.ENV_FILE}"
     assert fields["Restart"] == "on-failure"
     assert fields["WantedBy"] == "default.target"
     assert fields["TimeoutStopSec"] == "10"

@@ -1,6 +1,6 @@
 """Hostile review of the provider side of issue 11: a hostile coordinator and download server, a
-careless operator, a local attacker. Each xfail(strict) test proves a problem; the plain tests are
-attacks the code survives."""
+careless operator, a local attacker. Each test is an attack the code must survive (those that once
+proved a problem were strict xfails until it was fixed)."""
 
 from __future__ import annotations
 
@@ -120,29 +120,53 @@ def catalog_entry(**changes: object) -> dict[str, object]:
 # --- systemd unit text ---------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="EnvironmentFile= path is written quoted; systemd ignores it "
-                   "(not absolute), so no DARKBLOOM_PROVIDER_* setting or token reaches the unit")
 def test_unit_environment_file_is_a_path_systemd_accepts(tmp_path: Path) -> None:
     text = daemon.unit_text(tmp_path / "cfg", ["--model", "smollm2-135m"])
     line = next(line for line in text.splitlines() if line.startswith("EnvironmentFile="))
     path = line.removeprefix("EnvironmentFile=").removeprefix("-")
     assert path.startswith("/"), line  # systemd: `EnvironmentFile= path is not absolute, ignoring`
+    assert path == f"{tmp_path / 'cfg' / daemon.ENV_FILE}"
     if shutil.which("systemd-analyze"):
-        unit = tmp_path / "darkbloom-provider.service"
-        unit.write_text(text)
-        checked = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)],
-                                 capture_output=True, text=True, timeout=30, check=False)
-        assert "not absolute" not in checked.stderr, checked.stderr
+        for config_dir in (tmp_path / "cfg", tmp_path / "odd dir 100%"):
+            unit = tmp_path / "darkbloom-provider.service"
+            unit.write_text(daemon.unit_text(config_dir, ["--model", "smollm2-135m"]))
+            checked = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)],
+                                     capture_output=True, text=True, timeout=30, check=False)
+            assert "EnvironmentFile" not in checked.stderr, checked.stderr
+            assert "not absolute" not in checked.stderr, checked.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="a newline in a serve argument (a --model name, the config "
-                   "dir) ends the quoted ExecStart word and adds directives to the systemd unit")
-def test_unit_text_newline_in_an_argument_cannot_add_directives(tmp_path: Path) -> None:
+@pytest.mark.parametrize("config_dir", ["cfg", "cfg\nExecStartPre=/bin/true", "cfg\rx", "c\x1bfg"])
+def test_unit_text_newline_in_an_argument_cannot_add_directives(tmp_path: Path, config_dir: str) -> None:
+    """No unit with an added directive is ever written: a control character in any argument (a
+    --model name, the config dir in the log path and EnvironmentFile=) is refused."""
     evil = "x\nExecStartPre=/bin/touch /tmp/darkbloom-pwned\nExecStart=/bin/true\nDescription=a"
-    text = daemon.unit_text(tmp_path / "cfg", ["--model", evil])
-    keys = [line.split("=", 1)[0] for line in text.splitlines() if "=" in line]
-    assert "ExecStartPre" not in keys
-    assert keys.count("ExecStart") == 1
+    with pytest.raises(daemon.UnitError, match="control character"):
+        daemon.unit_text(tmp_path / config_dir, ["--model", evil])
+    if config_dir != "cfg":
+        with pytest.raises(daemon.UnitError, match="control character"):
+            daemon.unit_text(tmp_path / config_dir, ["--model", "smollm2-135m"])
+
+
+@pytest.mark.parametrize("model", ["x\nExecStartPre=/bin/touch /tmp/darkbloom-pwned", "a b", "x\x1b[2J",
+                                   "../../etc", "-rf", "m" * 200])
+def test_start_refuses_a_model_name_that_is_not_a_model_id(tmp_path: Path, model: str) -> None:
+    """ProviderSettings.models holds ids (MODEL_ID): refused before any unit or daemon exists."""
+    done = darkbloom(tmp_path, "start", "--model", model)
+    assert_one_line_error(done)
+    assert done.returncode == 2
+    assert "\x1b" not in done.stderr
+    assert not (tmp_path / "cfg" / "provider.pid").exists()
+    assert not (tmp_path / ".config" / "systemd").exists()
+
+
+def test_unit_environment_file_escapes_specifiers_and_keeps_spaces(tmp_path: Path) -> None:
+    config_dir = tmp_path / "odd dir 100%h"
+    text = daemon.unit_text(config_dir, ["--model", "smollm2-135m"])
+    line = next(line for line in text.splitlines() if line.startswith("EnvironmentFile="))
+    assert line == f"EnvironmentFile=-{str(config_dir).replace('%', '%%')}/{daemon.ENV_FILE}"
+    with pytest.raises(daemon.UnitError, match="absolute"):
+        daemon.unit_text(Path("relative-cfg"), ["--model", "smollm2-135m"])
 
 
 def test_unit_text_quotes_specifiers_and_dollars(tmp_path: Path) -> None:
@@ -160,8 +184,6 @@ def test_env_file_keeps_only_provider_settings_and_skips_multiline_values() -> N
 # --- an operator's odd settings: one line, never a traceback ---------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="DARKBLOOM_PROVIDER_COORDINATOR_URL / coordinator.url is never "
-                   "validated (only coordinator_urls is): http_base's ValueError escapes as a traceback")
 @pytest.mark.parametrize("command", [["models", "list"], ["doctor"], ["models", "download", "--model", "x"]])
 def test_a_coordinator_url_that_is_not_ws_is_one_line(tmp_path: Path, command: list[str]) -> None:
     done = darkbloom(tmp_path, *command, DARKBLOOM_PROVIDER_COORDINATOR_URL="ftp://coordinator.example")
@@ -169,8 +191,6 @@ def test_a_coordinator_url_that_is_not_ws_is_one_line(tmp_path: Path, command: l
     assert done.returncode != 0
 
 
-@pytest.mark.xfail(strict=True, reason="tomllib raises RecursionError on a deeply nested array; "
-                   "read_provider_file catches only TOMLDecodeError: every command prints a traceback")
 def test_deeply_nested_toml_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "cfg").mkdir()
     (tmp_path / "cfg" / "provider.toml").write_text("a = " + "[" * 5000 + "]" * 5000 + "\n")
@@ -226,8 +246,6 @@ def test_a_bad_token_variable_is_one_line_without_its_value(tmp_path: Path) -> N
     assert "secretpart" not in done.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="`models download` (or anything making <config>/models) "
-                   "creates the config dir 0755 first; login then keeps the token in a non-0700 dir")
 def test_the_config_dir_is_0700_whichever_command_made_it(tmp_path: Path) -> None:
     cfg = tmp_path / "cfg"
     blob = os.urandom(1000)
@@ -238,13 +256,24 @@ def test_the_config_dir_is_0700_whichever_command_made_it(tmp_path: Path) -> Non
     save_token(cfg, TOKEN)
     assert stat.S_IMODE((cfg / "token").stat().st_mode) == 0o600
     assert stat.S_IMODE(cfg.stat().st_mode) == 0o700
+    assert stat.S_IMODE((cfg / "models").stat().st_mode) == 0o700
+
+
+def test_a_coordinator_url_setting_that_is_not_ws_is_refused() -> None:
+    from pydantic import ValidationError
+
+    from darkbloom.config import ProviderSettings
+
+    for url in ("ftp://coordinator.example", "http://c.example", "ws://", "ws://h:99999/x"):
+        with pytest.raises(ValidationError, match="coordinator URL"):
+            ProviderSettings(coordinator_url=url)
+    assert ProviderSettings(coordinator_url=" wss://c.example/ws/provider ").coordinators == [
+        "wss://c.example/ws/provider"]
 
 
 # --- a hostile coordinator -----------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="json.loads of a deeply nested answer raises RecursionError, "
-                   "which fetch_catalog / device_login.call do not catch: a traceback")
 @pytest.mark.parametrize("command", ["models", "earnings", "login"])
 def test_a_deeply_nested_answer_is_one_line(tmp_path: Path, coordinator: Scripted, command: str) -> None:
     for path in ("/v1/models/catalog", "/v1/provider/account-earnings", "/v1/device/code"):
@@ -255,8 +284,6 @@ def test_a_deeply_nested_answer_is_one_line(tmp_path: Path, coordinator: Scripte
     assert_one_line_error(darkbloom(tmp_path, *args, "--coordinator", coordinator.ws))
 
 
-@pytest.mark.xfail(strict=True, reason="`models download` does `model in e.get('aliases')`: a "
-                   "catalog entry whose aliases is a number is a TypeError traceback")
 def test_catalog_aliases_of_the_wrong_type_are_one_line(tmp_path: Path, coordinator: Scripted) -> None:
     coordinator.set("/v1/models/catalog", 200, {"models": [catalog_entry(id="other", aliases=5),
                                                            catalog_entry()]})
@@ -265,8 +292,14 @@ def test_catalog_aliases_of_the_wrong_type_are_one_line(tmp_path: Path, coordina
     assert_one_line_error(done)
 
 
-@pytest.mark.xfail(strict=True, reason="`models list` prints catalog ids/names with Rich Text, which "
-                   "passes ESC through: a coordinator can send terminal escape sequences (OSC 52 ...)")
+def test_catalog_aliases_that_are_a_string_do_not_match_substrings(tmp_path: Path,
+                                                                   coordinator: Scripted) -> None:
+    coordinator.set("/v1/models/catalog", 200, {"models": [catalog_entry(id="other", aliases="abc")]})
+    done = darkbloom(tmp_path, "models", "download", "--model", "b", "--coordinator", coordinator.ws)
+    assert_one_line_error(done)
+    assert "no model 'b'" in done.stderr
+
+
 def test_models_list_does_not_pass_terminal_escapes_through(tmp_path: Path, coordinator: Scripted) -> None:
     coordinator.set("/v1/models/catalog", 200, {"models": [
         catalog_entry(id="x\x1b]52;c;ZWNobyBwd25lZA==\x07y", quantization="\x1b[2J")]})
@@ -319,8 +352,6 @@ def test_catalog_download_urls_must_be_http(url: str) -> None:
         DownloadSpec.from_catalog(catalog_entry(download_url=url))
 
 
-@pytest.mark.xfail(strict=True, reason="earnings iterates body['earnings'] / ['payouts'] without a "
-                   "type check: a number there is a TypeError traceback")
 def test_earnings_of_the_wrong_shape_is_one_line_or_works(tmp_path: Path, coordinator: Scripted) -> None:
     coordinator.set("/v1/provider/account-earnings", 200, {"earnings": 5, "payouts": 7, "count": "x"})
     save_token(tmp_path / "cfg", TOKEN)
@@ -328,8 +359,6 @@ def test_earnings_of_the_wrong_shape_is_one_line_or_works(tmp_path: Path, coordi
     assert "Traceback" not in done.stdout + done.stderr, done.stderr[-300:]
 
 
-@pytest.mark.xfail(strict=True, reason="earnings puts the coordinator's model/status strings into a "
-                   "Rich Table as markup: '[/x]' crashes (MarkupError), '[link=...]' injects a link")
 def test_earnings_rows_are_not_rich_markup(tmp_path: Path, coordinator: Scripted) -> None:
     coordinator.set("/v1/provider/account-earnings", 200, {
         "available_balance_micro_usd": 1, "total_micro_usd": 1, "count": 1,
@@ -357,8 +386,6 @@ def _device(coordinator: Scripted, **token_answer: object) -> None:
     coordinator.set("/v1/device/token", 200, {"status": "authorized", **token_answer})
 
 
-@pytest.mark.xfail(strict=True, reason="login prints the coordinator's account_id inside Rich markup "
-                   "([bold]...): '[/x]' is a MarkupError traceback after the token was saved")
 def test_login_account_id_is_not_markup(tmp_path: Path, coordinator: Scripted) -> None:
     _device(coordinator, token=TOKEN, account_id="acct[/x]")
     done = darkbloom(tmp_path, "login", "--coordinator", coordinator.ws)
@@ -366,8 +393,6 @@ def test_login_account_id_is_not_markup(tmp_path: Path, coordinator: Scripted) -
     assert "acct[/x]" in done.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="poll_token accepts any printable token (spaces, non-ASCII); "
-                   "save_token then raises ValueError, which login does not catch: a traceback")
 @pytest.mark.parametrize("token", ["darkbloom-pt-ab cd", "darkbloom-pt-\u00e9t\u00e9"])
 def test_login_with_a_token_of_the_wrong_shape_is_one_line(tmp_path: Path, coordinator: Scripted,
                                                            token: str) -> None:
@@ -453,8 +478,6 @@ def test_a_part_file_of_another_model_is_not_installed_as_this_one(tmp_path: Pat
     assert model.weight_hash == SHA and model.path.read_bytes() == BLOB
 
 
-@pytest.mark.xfail(strict=True, reason="the .part file is opened with open('ab') (symlinks followed): "
-                   "a planted X.gguf.part symlink gets the download appended, then truncated to 0")
 def test_a_symlinked_part_file_is_never_written_through(tmp_path: Path) -> None:
     """A local attacker who can plant a .part symlink must not get the download written elsewhere."""
     store = ModelStore(tmp_path / "models")
@@ -462,13 +485,30 @@ def test_a_symlinked_part_file_is_never_written_through(tmp_path: Path) -> None:
     victim = tmp_path / "victim.txt"
     victim.write_bytes(b"precious")
     (store.models_dir / "tiny.gguf.part").symlink_to(victim)
-    with serving({"tiny.gguf": BLOB}) as server, pytest.raises(StoreError):
+    with serving({"tiny.gguf": BLOB}) as server, pytest.raises(StoreError, match="link or not a file"):
         store.download(_spec(server.url("tiny.gguf")))
-    assert victim.read_bytes().startswith(b"precious")
+    assert victim.read_bytes() == b"precious"
 
 
-@pytest.mark.xfail(strict=True, reason="ModelStore.find matches ids and aliases in file-name order: a "
-                   "catalog alias equal to another model's id shadows it (serve/remove hit the wrong file)")
+def test_a_fifo_part_file_is_refused_and_a_real_one_is_private(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "models")
+    store.models_dir.mkdir(parents=True)
+    os.mkfifo(store.models_dir / "tiny.gguf.part")
+    with serving({"tiny.gguf": BLOB}) as server:
+        with pytest.raises(StoreError, match="not a regular file"):
+            store.download(_spec(server.url("tiny.gguf")))
+        (store.models_dir / "tiny.gguf.part").unlink()
+        server.cut_after = len(BLOB) // 3
+        server.release.set()  # the cut transfer ends at once
+        with pytest.raises(StoreError):
+            store.download(_spec(server.url("tiny.gguf")))
+        part = store.models_dir / "tiny.gguf.part"
+        assert stat.S_IMODE(part.stat().st_mode) == 0o600
+        server.cut_after = None
+        model = store.download(_spec(server.url("tiny.gguf")))  # resumed through the same open
+    assert model.path.read_bytes() == BLOB
+
+
 def test_an_alias_never_shadows_another_models_id(tmp_path: Path) -> None:
     models = tmp_path / "models"
     models.mkdir()
@@ -538,8 +578,6 @@ def test_a_symlinked_pidfile_is_removed_not_its_target(tmp_path: Path) -> None:
     assert target.read_text() == f"{os.getpid()}\n"
 
 
-@pytest.mark.xfail(strict=True, reason="read_pid uses read_text(): a pidfile that is not UTF-8 raises "
-                   "UnicodeDecodeError (not OSError), a traceback from `stop` and `status`")
 @pytest.mark.parametrize("command", [["stop"], ["status", "--json"]])
 def test_a_binary_pidfile_is_stale_not_a_traceback(tmp_path: Path, command: list[str]) -> None:
     cfg = tmp_path / "cfg"
@@ -586,3 +624,77 @@ def test_doctor_against_a_hostile_health_answer(tmp_path: Path, coordinator: Scr
     done = darkbloom(tmp_path, "doctor", "--coordinator", coordinator.ws)
     assert "Traceback" not in done.stdout + done.stderr
     assert "Result:" in done.stdout
+
+
+# --- a server that trickles: a total deadline, not only a per-read timeout --------------------------
+
+
+@pytest.fixture
+def trickler() -> Iterator[str]:
+    """http://127.0.0.1:<port>: every GET or POST answers 200 with a large Content-Length, then one
+    byte every 20 ms (far inside any per-read timeout) until the client goes away."""
+    done = threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _trickle(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length:
+                self.rfile.read(length)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(10**9))
+            self.end_headers()
+            try:
+                while not done.wait(0.02):
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+            except OSError:
+                pass
+
+        do_GET = do_POST = _trickle
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        done.set()
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_a_trickled_catalog_hits_the_total_deadline(tmp_path: Path, trickler: str) -> None:
+    from darkbloom.cli.provider_common import fetch_catalog
+    from darkbloom.config import ProviderSettings
+
+    settings = ProviderSettings(coordinator_urls=[trickler.replace("http", "ws") + "/ws/provider"],
+                                config_dir=tmp_path)
+    with pytest.raises(OSError, match=r"no whole catalog within 0\.3 s"):
+        fetch_catalog(settings, deadline_s=0.3)
+
+
+def test_a_trickled_login_answer_hits_the_total_deadline(trickler: str) -> None:
+    import httpx
+
+    from darkbloom.cli.device_login import LoginError, call
+
+    with httpx.Client() as client, pytest.raises(LoginError, match=r"took over 0\.3 s"):
+        call(client, "POST", f"{trickler}/v1/device/code", json_body={}, deadline_s=0.3)
+
+
+def test_a_trickled_download_falls_under_the_minimum_rate(tmp_path: Path, trickler: str) -> None:
+    from darkbloom.provider.model_store import MinRate
+
+    store = ModelStore(tmp_path / "models")
+    spec = _spec(f"{trickler}/tiny.gguf", size_bytes=10**7)
+    with pytest.raises(StoreError, match=r"slowed to under 1000000 bytes in 0\.3 s"):
+        store.download(spec, min_rate=MinRate(1_000_000, 0.3))
+    assert store.find("tiny") is None
+    assert 0 < store.partial_bytes(spec) < 1_000_000  # what came is kept, to resume from
