@@ -107,7 +107,8 @@ def _daemon_gone(pid: int) -> bool:
 
 
 def test_start_logs_stop_in_a_terminal(tmp_path: Path, coordinator: Coordinator) -> None:
-    """A real provider in the background (the pidfile path: no systemd here) registers with the
+    """`start` without --model asks which installed models to serve (those that fit); the real
+    provider it starts in the background (the pidfile path: no systemd here) registers with the
     coordinator; `logs -n 5` shows its last 5 log lines; `stop` ends it and it leaves."""
     env = cli_env(tmp_path, DARKBLOOM_PROVIDER_COORDINATOR_URL=coordinator.ws_url,
                   DARKBLOOM_PROVIDER_TOKEN=coordinator.provider_token)
@@ -115,11 +116,15 @@ def test_start_logs_stop_in_a_terminal(tmp_path: Path, coordinator: Coordinator)
     pid = None
     try:
         with Terminal(env) as term:
-            term.run(f"start --model {MODEL}")
+            term.run("start")
+            term.wait_for(r"Pick numbers, e\.g\. 1 3 \[1-1\]")
+            assert MODEL in term.screen()
+            term.type("1")
             assert term.wait_exit(120) == 0, term.screen()
             pid = int(term.wait_for(r"started in the background, pid (\d+)").group(1))
             assert daemon.read_pid(daemon.pidfile_path(config_dir)) == pid
-            assert daemon.CHILD_MODULE in psutil.Process(pid).cmdline()
+            command = psutil.Process(pid).cmdline()
+            assert daemon.CHILD_MODULE in command and command[-2:] == ["--model", MODEL]
             coordinator.wait_providers(1, timeout=120)  # it registered
             log = daemon.log_path(config_dir)
             assert "registered as" in log.read_text()
