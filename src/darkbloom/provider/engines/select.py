@@ -1,8 +1,9 @@
 """Which engine runs a model here: the one the operator named, else the one for its format.
 
 GGUF files run on llama.cpp (any OS; CPU, Metal or CUDA), MLX directories on mlx-lm (Apple
-Silicon), safetensors directories on vLLM (NVIDIA). Nothing here imports an engine's library:
-``problem()`` only looks for it.
+Silicon), safetensors directories on vLLM (NVIDIA), or on mlx-lm where vLLM cannot run (mlx-lm
+loads a plain Hugging Face safetensors checkpoint too, converting as it loads). Nothing here
+imports an engine's library: ``problem()`` only looks for it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from darkbloom.provider.engines.vllm import VllmBackend
 BACKENDS: tuple[EngineBackend, ...] = (LlamaCppBackend(), MlxBackend(), VllmBackend())
 DEFAULT_FOR: dict[ModelFormat, str] = {"gguf": "llama.cpp", "mlx": "mlx-lm", "safetensors": "vllm"}
 # Other spellings an operator may write in the config or on the command line.
+# Engines that also load a format, when its own engine cannot run here.
+ALSO_FOR: dict[ModelFormat, tuple[str, ...]] = {"safetensors": ("mlx-lm",)}
 ALIASES = {"llamacpp": "llama.cpp", "llama-cpp": "llama.cpp", "mlx": "mlx-lm", "mlx_lm": "mlx-lm"}
 
 
@@ -42,7 +45,7 @@ def choose(model: LocalModel, preferred: str | None = None,
     """The engine to load ``model`` with; EngineUnavailable when none can run it here."""
     if preferred:
         backend = by_name(preferred, backends)
-        if model.format not in backend.formats:
+        if model.format not in backend.formats and backend.name not in ALSO_FOR.get(model.format, ()):
             loads = " or ".join(sorted(backend.formats))
             raise EngineUnavailable(
                 f"engine {backend.name} cannot load {model.id}: it is a {model.format} model and "
@@ -52,7 +55,19 @@ def choose(model: LocalModel, preferred: str | None = None,
             raise EngineUnavailable(f"engine {backend.name} cannot run here: {problem}")
         return backend
     backend = by_name(DEFAULT_FOR[model.format], backends)
-    if (problem := backend.problem()) is not None:
+    if (problem := backend.problem()) is None:
+        return backend
+    others = [by_name(name, backends) for name in ALSO_FOR.get(model.format, ())
+              if name in names(backends)]
+    reasons = [f"{backend.name}: {problem}"]
+    for other in others:
+        if (other_problem := other.problem()) is None:
+            return other
+        reasons.append(f"{other.name}: {other_problem}")
+    if others:
+        alternatives = " or ".join(o.name for o in others)
         raise EngineUnavailable(f"{model.id} is a {model.format} model, which runs on "
-                                f"{backend.name}, and {backend.name} cannot run here: {problem}")
-    return backend
+                                f"{backend.name} or {alternatives}, and none of them can run here "
+                                f"({'; '.join(reasons)})")
+    raise EngineUnavailable(f"{model.id} is a {model.format} model, which runs on "
+                            f"{backend.name}, and {backend.name} cannot run here: {problem}")

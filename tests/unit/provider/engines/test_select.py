@@ -59,13 +59,25 @@ def test_each_format_goes_to_its_engine(fmt: ModelFormat, mac: bool, nvidia: boo
 @pytest.mark.parametrize(("fmt", "words"), [
     ("mlx", "m-mlx is a mlx model, which runs on mlx-lm, and mlx-lm cannot run here: "
             "mlx-lm needs a Mac with Apple Silicon"),
-    ("safetensors", "m-safetensors is a safetensors model, which runs on vllm, and vllm cannot "
-                    "run here: vLLM needs an NVIDIA GPU"),
+    ("safetensors", "m-safetensors is a safetensors model, which runs on vllm or mlx-lm, and none "
+                    "of them can run here (vllm: vLLM needs an NVIDIA GPU; mlx-lm: mlx-lm needs a "
+                    "Mac with Apple Silicon)"),
 ])
 def test_a_format_whose_engine_cannot_run_here(fmt: ModelFormat, words: str) -> None:
     with pytest.raises(EngineUnavailable) as caught:
         choose(model(fmt), None, machine())
     assert str(caught.value) == words
+
+
+def test_safetensors_runs_on_mlx_lm_where_vllm_cannot() -> None:
+    """mlx-lm loads a plain Hugging Face safetensors checkpoint: on a Mac it serves one."""
+    mac = machine(mac=True)
+    assert choose(model("safetensors"), None, mac) is mac[1]
+    assert choose(model("safetensors"), "mlx-lm", mac) is mac[1]
+    both = machine(mac=True, nvidia=True)  # vLLM first where it runs
+    assert choose(model("safetensors"), None, both) is both[2]
+    with pytest.raises(EngineUnavailable, match="mlx-lm needs a Mac"):
+        choose(model("safetensors"), "mlx-lm", machine(nvidia=True))
 
 
 def test_the_preferred_engine_wins_when_it_can() -> None:
