@@ -291,6 +291,7 @@ def test_benchmark_json_on_the_default_model(tmp_path: Path) -> None:
     env = env_for(tmp_path, closed_port_url())
     done = darkbloom(env, "benchmark", "--json", "--max-tokens", "8", timeout=300)
     assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr  # not even from the engine's thread winding down
     result = json.loads(done.stdout)
     assert result["model"] == DEFAULT_MODEL.id and len(result["runs"]) == 3
     assert all(run["completion_tokens"] >= 2 and run["prompt_tokens"] > 0 for run in result["runs"])

@@ -194,7 +194,7 @@ class LlamaCppModel:
             except BaseException as exc:  # handed to the awaiting coroutine, re-raised there
                 relay.emit(exc)
             finally:
-                loop.call_soon_threadsafe(job_done.set_result, None)
+                relay.call(job_done.set_result, None)
 
         slot.submit(job)
         try:

@@ -4,9 +4,13 @@ agent's event loop, in order. Every engine needs this hand-over; it lives here o
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
 
 from darkbloom.provider.engines.base import Finished, GenerationEvent
+
+T = TypeVar("T")
 
 
 class EventRelay:
@@ -18,7 +22,14 @@ class EventRelay:
         self._events: asyncio.Queue[GenerationEvent | BaseException] = asyncio.Queue()
 
     def emit(self, item: GenerationEvent | BaseException) -> None:
-        self._loop.call_soon_threadsafe(self._events.put_nowait, item)
+        self.call(self._events.put_nowait, item)
+
+    def call(self, action: Callable[[T], object], argument: T) -> None:
+        """Run ``action(argument)`` on the agent's loop, from any thread. Once that loop has closed
+        (its owner finished while the worker was still winding down) there is nobody left to
+        tell: nothing happens, rather than a traceback from the worker thread."""
+        with contextlib.suppress(RuntimeError):  # call_soon_threadsafe on a closed loop
+            self._loop.call_soon_threadsafe(action, argument)
 
     async def events(self) -> AsyncIterator[GenerationEvent]:
         """Each event until (and with) the Finished one."""
