@@ -64,7 +64,12 @@ def test_up_serves_stops_cleanly_and_keeps_its_key(tmp_path: Path) -> None:
         # Charged to the dev consumer, earned by the provider's separate operator account.
         headers = {"Authorization": f"Bearer {key}"}
         base = f"http://127.0.0.1:{port}"
-        [row] = httpx.get(f"{base}/v1/payments/usage", headers=headers).json()["usage"]
+        # Settling is written just after the answer's last byte: wait for the row (it raced).
+        deadline = time.monotonic() + 30
+        while not (rows := httpx.get(f"{base}/v1/payments/usage", headers=headers).json()["usage"]):
+            assert time.monotonic() < deadline, "the request was never settled"
+            time.sleep(0.1)
+        [row] = rows
         assert row["cost_micro_usd"] >= 100 and not row["self_routed"]
         balance = httpx.get(f"{base}/v1/payments/balance", headers=headers).json()
         assert balance["balance_micro_usd"] == 100_000_000 - row["cost_micro_usd"]
