@@ -138,6 +138,9 @@ class CoordinatorSettings(BaseSettings):
     # Where Checkout and Connect onboarding send the browser back (the console); redirect URLs a
     # client passes must share this origin (or be localhost).
     public_url: str = "http://127.0.0.1:8000"
+    # The one origin whose pages may call the API with credentials (api.md §1 CORS); by default
+    # public_url's origin, where the console is.
+    cors_origin: str | None = None
     stripe_max_checkout_micro_usd: int = Field(default=10_000 * 1_000_000, gt=0)
     # Rate limits per account (api.md §1, docs/rate-limits.md): financial routes (key creation,
     # checkout, referral, invites, withdrawals) and inference routes; 0 turns a tier off.

@@ -135,6 +135,8 @@ def run_up(settings: CoordinatorSettings) -> int:
     env = {**os.environ, "DARKBLOOM_STATE_DIR": str(settings.state_dir.resolve()),
            "DARKBLOOM_HOST": host, "DARKBLOOM_PORT": str(port), "DARKBLOOM_ADMIN_KEY": dev.admin_key,
            "DARKBLOOM_RATE_LIMIT_EXEMPT_ACCOUNTS": exempt,
+           # The console is served here: Checkout returns to it and `darkbloom login` links to it.
+           "DARKBLOOM_PUBLIC_URL": os.environ.get("DARKBLOOM_PUBLIC_URL", base),
            # A local scraper (or a curious developer) reads GET /metrics without the admin key.
            "DARKBLOOM_METRICS_PUBLIC": os.environ.get("DARKBLOOM_METRICS_PUBLIC", "true")}
     procs: list[subprocess.Popen[bytes]] = []
@@ -170,7 +172,9 @@ def run_up(settings: CoordinatorSettings) -> int:
                        f"DARKBLOOM_BASE_URL={base}/v1\nDARKBLOOM_API_KEY={key}\n"
                        f"DARKBLOOM_ADMIN_KEY={dev.admin_key}\n")
         console.print(f"\n[bold green]darkbloom is up[/bold green]: model [bold]{DEFAULT_MODEL.id}"
-                      f"[/bold] is routable\n  base URL: {base}/v1\n  API key:  {key}\n"
+                      f"[/bold] is routable\n  console:  {base}/  (sign up there; an admin credits new "
+                      f"accounts with `darkbloom admin credit`)\n"
+                      f"  base URL: {base}/v1\n  API key:  {key}\n"
                       f"  balance:  {_dev_balance(base, key)} (requests are charged to it and "
                       f"earned by the local provider's operator account)\n"
                       f"  admin key: in {settings.state_dir / 'dev.env'}\n"

@@ -9,13 +9,15 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from darkbloom import __version__
+from darkbloom import __version__, console
 from darkbloom.config import CoordinatorSettings
+from darkbloom.console.headers import SecurityHeadersMiddleware
 from darkbloom.coordinator.api import errors
 from darkbloom.coordinator.api.accounts import router as accounts_router
 from darkbloom.coordinator.api.admin import router as admin_router
 from darkbloom.coordinator.api.auth import KeyCache, watch_revoked_keys
 from darkbloom.coordinator.api.billing import router as billing_router
+from darkbloom.coordinator.api.cors import CorsMiddleware, origin_of
 from darkbloom.coordinator.api.device import router as device_router
 from darkbloom.coordinator.api.inference import router as inference_router
 from darkbloom.coordinator.api.invites import router as invites_router
@@ -137,6 +139,9 @@ def create_app(settings: CoordinatorSettings, catalog: Catalog | None = None) ->
     app.include_router(operators_router)
     app.include_router(stats_router)
     app.include_router(metrics_router)
+    console.install(app)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # inside RequestIdMiddleware
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(CorsMiddleware, origin=origin_of(settings.cors_origin or settings.public_url))
+    app.add_middleware(SecurityHeadersMiddleware)
     return app

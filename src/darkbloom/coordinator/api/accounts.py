@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from darkbloom.coordinator.api.auth import SESSION_COOKIE, SessionDep, is_admin
+from darkbloom.coordinator.api.auth import CSRF_COOKIE, SESSION_COOKIE, SessionDep, is_admin
 from darkbloom.coordinator.api.bodies import json_object, openapi_body, rfc3339, string_field
 from darkbloom.coordinator.api.ratelimit import (
     FINANCIAL,
@@ -82,8 +82,13 @@ async def _signed_in(request: Request, account_id: str, email: str, status: int)
     response = JSONResponse({"account_id": account_id, "email": email,
                              "session_token": issued.token, "csrf_token": issued.csrf_token},
                             status_code=status)
-    response.set_cookie(SESSION_COOKIE, issued.token, max_age=int(_idle(request).total_seconds()),
-                        httponly=True, samesite="lax", secure=request.url.scheme == "https")
+    max_age, secure = int(_idle(request).total_seconds()), request.url.scheme == "https"
+    response.set_cookie(SESSION_COOKIE, issued.token, max_age=max_age, httponly=True, samesite="lax",
+                        secure=secure)
+    # The console's scripts send this back as X-CSRF-Token (double submit, checked against the
+    # session's stored hash); readable by this origin's scripts only, useless without the session.
+    response.set_cookie(CSRF_COOKIE, issued.csrf_token, max_age=max_age, samesite="strict",
+                        secure=secure)
     return response
 
 
@@ -124,6 +129,7 @@ async def logout(request: Request, identity: SessionDep) -> Response:
     response = JSONResponse({"status": "signed_out"})
     response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="lax",
                            secure=request.url.scheme == "https")
+    response.delete_cookie(CSRF_COOKIE, samesite="strict", secure=request.url.scheme == "https")
     return response
 
 

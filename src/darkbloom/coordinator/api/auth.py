@@ -38,6 +38,7 @@ from darkbloom.errors import AuthenticationFailed, Forbidden
 
 log = logging.getLogger(__name__)
 SESSION_COOKIE = "darkbloom_session"
+CSRF_COOKIE = "darkbloom_csrf"
 _LOOK_BACK = timedelta(seconds=10)  # clock skew between processes and lookups racing a revocation
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 

@@ -1,0 +1,15 @@
+"""Models page (console.md)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from darkbloom.console.render import page, signed_in
+
+router = APIRouter()
+
+
+@router.get("/models")
+async def models_page(request: Request) -> Response:
+    return page(request, "models.html", await signed_in(request), "Models")
