@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.e2e.harness import Coordinator, Provider  # noqa: E402
 
-from bench import cluster_bus, money, relay, routing, vllm_check  # noqa: E402
+from bench import cluster_bus, console_pages, money, relay, routing, vllm_check  # noqa: E402
 from bench.plot import scale_plot  # noqa: E402
 from darkbloom.inference.catalog import DEFAULT_MODEL  # noqa: E402
 from darkbloom.inference.prompt import PromptBuilder  # noqa: E402
@@ -277,7 +277,7 @@ def main() -> None:
     print("money path: reserve + settle, 1 and 64 concurrent requests...", flush=True)
     money_results = money.run_all()
     write_report({k: summarize(v) for k, v in samples.items()}, micro_costs(), money_results,
-                 scale_section())
+                 scale_section() + "\n\n" + console_section())
 
 
 SCALE_START, SCALE_END = "<!-- scale: bench/run.py --scale -->", "<!-- /scale -->"
@@ -335,14 +335,35 @@ requesting one through Redis on loopback, both ends in one process.
 {SCALE_END}"""
 
 
-def scale_only() -> None:
-    """Re-run the scale section alone and splice it into docs/BENCHMARKS.md."""
+CONSOLE_START, CONSOLE_END = "<!-- console: bench/run.py --console -->", "<!-- /console -->"
+
+
+def console_section() -> str:
+    """Issue 12: every console page rendered with 1,000 usage rows and 100 providers."""
+    print("console pages with 1,000 usage rows and 100 providers...", flush=True)
+    pages = console_pages.run_all()
+    return f"""{CONSOLE_START}
+## Console pages (issue 12)
+
+Produced by `make bench` (or only this section: `.venv/bin/python bench/run.py --console`) on
+{time.strftime('%Y-%m-%d')}, same machine. `bench/console_pages.py`: a coordinator process
+(SQLite) with {console_pages.PROVIDERS} real WebSocket provider sessions and
+{console_pages.USAGE_ROWS:,} usage rows over 14 days, all for the signed-in account; each page
+fetched {console_pages.ROUNDS} times, interleaved, by an HTTP client on loopback, so the time
+includes the HTTP exchange on top of the server's render. Target: under 200 ms.
+
+{console_pages.table(pages)}
+{CONSOLE_END}"""
+
+
+def splice_only(start: str, end: str, make: Callable[[], str]) -> None:
+    """Re-run one section alone and splice it into docs/BENCHMARKS.md."""
     out = ROOT / "docs" / "BENCHMARKS.md"
-    section = scale_section()
+    section = make()
     text = out.read_text()
-    if SCALE_START in text and SCALE_END in text:
-        head, rest = text.split(SCALE_START, 1)
-        text = head + section + rest.split(SCALE_END, 1)[1]
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + section + rest.split(end, 1)[1]
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
     out.write_text(text)
@@ -454,4 +475,9 @@ Reading the numbers (2-core machine, everything co-located):
 
 
 if __name__ == "__main__":
-    scale_only() if "--scale" in sys.argv[1:] else main()
+    if "--scale" in sys.argv[1:]:
+        splice_only(SCALE_START, SCALE_END, scale_section)
+    elif "--console" in sys.argv[1:]:
+        splice_only(CONSOLE_START, CONSOLE_END, console_section)
+    else:
+        main()
