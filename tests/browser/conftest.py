@@ -13,6 +13,7 @@ import re
 import shutil
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,14 +46,17 @@ class ConsoleStack:
         return self.coordinator.base_url
 
     def db(self, work: Any) -> Any:
-        """Run ``work(sessions)`` against the coordinator's database from this process."""
+        """Run ``work(sessions)`` against the coordinator's database from this process, on a
+        thread of its own: Playwright's sync API keeps an event loop on this one, where
+        ``asyncio.run`` refuses to start."""
         async def run() -> Any:
             engine = make_engine(self.database_url)
             try:
                 return await work(make_sessionmaker(engine))
             finally:
                 await engine.dispose()
-        return asyncio.run(run())
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(asyncio.run, run()).result()
 
     def credit(self, account_id: str, micro_usd: int) -> None:
         self.db(lambda sessions: ledger.credit(sessions, account_id, micro_usd, "admin_credit",

@@ -33,7 +33,8 @@ AUDIT = """
     const box = el.getBoundingClientRect();
     return style.visibility !== "hidden" && style.display !== "none" && box.width > 0 && box.height > 0;
   };
-  const describe = (el) => `${el.tagName.toLowerCase()}${el.id ? "#" + el.id : ""} "${(el.textContent || "").trim().slice(0, 40)}"`;
+  const describe = (el) =>
+    `${el.tagName.toLowerCase()}${el.id ? "#" + el.id : ""} "${(el.textContent || "").trim().slice(0, 40)}"`;
   for (const el of document.body.querySelectorAll("*")) {
     if (el.closest("svg") || !visible(el) || el.closest("[disabled]")) continue;
     const own = [...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
@@ -52,8 +53,9 @@ AUDIT = """
   }
   for (const el of document.querySelectorAll("button, a[href], summary")) {
     if (!visible(el)) continue;
-    if (!(el.textContent || "").trim() && !el.getAttribute("aria-label") && !el.getAttribute("aria-labelledby"))
-      problems.push(`no name: ${describe(el)}`);
+    const named = (el.textContent || "").trim() || el.getAttribute("aria-label")
+      || el.getAttribute("aria-labelledby");
+    if (!named) problems.push(`no name: ${describe(el)}`);
   }
   return problems;
 }
@@ -75,7 +77,8 @@ FOCUSED = """
   if (!el || el === document.body) return null;
   const style = getComputedStyle(el);
   const ring = style.outlineStyle !== "none" && parseFloat(style.outlineWidth) >= 2;
-  return {id: el.getAttribute("data-a11y"), ring, tag: el.tagName, text: (el.textContent || "").trim().slice(0, 30)};
+  return {id: el.getAttribute("data-a11y"), ring, tag: el.tagName,
+          text: (el.textContent || "").trim().slice(0, 30)};
 }
 """
 

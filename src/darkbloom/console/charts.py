@@ -51,9 +51,12 @@ def _frame(title: str, summary: str, top: float, body: list[str], labels: Sequen
         parts.append(f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">'
                      f"{escape(_number(top * (4 - i) / 4))}</text>")
     parts.extend(body)
+    last = len(labels) - 1
     for i, (label, x) in enumerate(zip(labels, xs, strict=True)):
-        if i % every == 0 or i == len(labels) - 1:
-            parts.append(f'<text x="{x:.1f}" y="{HEIGHT - 8}" text-anchor="middle">{escape(label)}</text>')
+        if i % every == 0 or i == last:
+            # The outermost labels hang inwards, so none is cut at the chart's edge.
+            anchor = "end" if i == last and i else "start" if i == 0 and last else "middle"
+            parts.append(f'<text x="{x:.1f}" y="{HEIGHT - 8}" text-anchor="{anchor}">{escape(label)}</text>')
     parts.append("</svg>")
     return Markup("".join(parts))
 
