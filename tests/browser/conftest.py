@@ -60,7 +60,8 @@ class ConsoleStack:
 
     def credit(self, account_id: str, micro_usd: int) -> None:
         self.db(lambda sessions: ledger.credit(sessions, account_id, micro_usd, "admin_credit",
-                                               f"browser-{uuid.uuid4().hex}", actor="browser-test"))
+                                               f"browser-{uuid.uuid4().hex}", withdrawable=False,
+                                               actor="browser-test"))
 
     def balance(self, account_id: str) -> ledger.Balances:
         found: ledger.Balances = self.db(lambda sessions: ledger.balance(sessions, account_id))

@@ -21,7 +21,7 @@ from starlette.datastructures import State
 from darkbloom.console.charts import line_chart
 from darkbloom.console.pages.models import TRUST_WORDS
 from darkbloom.console.render import page, signed_in, templates
-from darkbloom.coordinator.api.stats import _cache, _now_rfc3339, compute_leaderboard, compute_stats
+from darkbloom.coordinator.api.stats import cached_leaderboard, cached_stats
 from darkbloom.protocol.trust import LEVELS
 
 router = APIRouter()
@@ -43,18 +43,13 @@ class Figures:
 
 async def stats_document(state: State) -> dict[str, Any]:
     """``/v1/stats``'s cached answer (computed here on a miss, into the same cache)."""
-    body = await _cache(state).get("stats", state.settings.stats_cache_s, lambda: compute_stats(state))
-    document: dict[str, Any] = json.loads(body)
+    document: dict[str, Any] = json.loads(await cached_stats(state))
     return document
 
 
 async def leaderboard(state: State) -> list[dict[str, Any]]:
     """``/v1/leaderboard``'s default board (earnings, all time), from the same cache entry."""
-    async def compute() -> tuple[list[dict[str, Any]], str]:
-        return await compute_leaderboard(state, "earnings", "all"), _now_rfc3339()
-
-    entries, _ = await _cache(state).get(("leaderboard", "earnings", "all"),
-                                         state.settings.leaderboard_cache_s, compute)
+    entries, _ = await cached_leaderboard(state, "earnings", "all")
     return entries[:LEADERS]
 
 

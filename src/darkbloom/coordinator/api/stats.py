@@ -181,12 +181,15 @@ async def compute_stats(state: State) -> bytes:
     })
 
 
+async def cached_stats(state: State) -> bytes:
+    """The /v1/stats document from the shared cache (the console's network page reads it too)."""
+    return await _cache(state).get("stats", state.settings.stats_cache_s, lambda: compute_stats(state))
+
+
 @router.get("/v1/stats")
 async def stats(request: Request) -> Response:
     state = request.app.state
-    ttl = state.settings.stats_cache_s
-    body = await _cache(state).get("stats", ttl, lambda: compute_stats(state))
-    return _json_bytes(body, ttl)
+    return _json_bytes(await cached_stats(state), state.settings.stats_cache_s)
 
 
 # --- /v1/leaderboard, /v1/network/totals ----------------------------------------------------
@@ -239,16 +242,22 @@ async def compute_leaderboard(state: State, metric: network_stats.Metric, window
             for rank, row in enumerate(rows, start=1)]
 
 
+async def cached_leaderboard(state: State, metric: network_stats.Metric, window: str
+                             ) -> tuple[list[dict[str, Any]], str]:
+    """A board and when it was computed, from the shared cache."""
+    async def compute() -> tuple[list[dict[str, Any]], str]:
+        return await compute_leaderboard(state, metric, window), _now_rfc3339()
+
+    return await _cache(state).get(("leaderboard", metric, window), state.settings.leaderboard_cache_s,
+                                   compute)
+
+
 @router.get("/v1/leaderboard")
 async def leaderboard(request: Request) -> Response:
     metric, window, limit = _metric(request), _window(request), _limit(request)
     state = request.app.state
     ttl = state.settings.leaderboard_cache_s
-
-    async def compute() -> tuple[list[dict[str, Any]], str]:
-        return await compute_leaderboard(state, metric, window), _now_rfc3339()
-
-    entries, updated_at = await _cache(state).get(("leaderboard", metric, window), ttl, compute)
+    entries, updated_at = await cached_leaderboard(state, metric, window)
     return _json_bytes(_encode({"metric": metric, "window": window, "entries": entries[:limit],
                                 "updated_at": updated_at}), ttl)
 
