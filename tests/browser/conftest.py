@@ -88,8 +88,11 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleStack]:
         fake.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    """Per module, not per session: while Playwright's sync API is started it holds an event
+    loop on the main thread, and every asyncio test after it (tests/e2e, tests/storage) would
+    find that loop running."""
     assert Path(CHROMIUM).exists(), "Debian's chromium is missing (.ci/run: apt-get install chromium)"
     with sync_playwright() as playwright:
         # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start.
