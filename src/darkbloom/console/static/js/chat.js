@@ -29,6 +29,7 @@
   const STORE = `darkbloom.chat.${root.dataset.account}`;
   const MAX_STORED_TURNS = 100;
   const MAX_STORED_CHARS = 500000;
+  const MIN_DECODE_S = 0.05;
   const hasModels = modelSelect.options.length > 0;
 
   // {role, content, reasoning, model, view}: view is the answer's DOM (never stored).
@@ -71,7 +72,7 @@
   function userView(turn) {
     empty.classList.add("hidden");
     turn.view = {
-      article: el("article", { class: "turn user", "aria-label": "Your message" },
+      article: el("article", { class: "turn user", "aria-label": "You asked" },
         el("h2", { class: "turn-who", text: "You" }),
         el("p", { class: "user-text", text: turn.content })),
     };
@@ -266,10 +267,11 @@
     const tokens = usage && Number.isInteger(usage.completion_tokens) ? usage.completion_tokens : timing.count;
     view.tokens.textContent = String(tokens);
     // Decode speed: the tokens after the first over the time since the first; live while
-    // streaming, from the final usage count once the answer is complete.
+    // streaming, from the final usage count once the answer is complete. An answer that
+    // arrived in one burst (buffered on the way) has no speed to show.
     const end = usage ? timing.last : performance.now();
     const seconds = (end - timing.first) / 1000;
-    if (tokens > 1 && seconds > 0) view.tps.textContent = ((tokens - 1) / seconds).toFixed(1);
+    view.tps.textContent = tokens > 1 && seconds >= MIN_DECODE_S ? ((tokens - 1) / seconds).toFixed(1) : "–";
   }
 
   // --- verifying ---------------------------------------------------------------------------
