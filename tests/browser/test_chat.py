@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 import re
 
-from playwright.sync_api import Locator, Page, Route, expect
+from playwright.sync_api import Dialog, Locator, Page, Route, expect
 
 from tests.browser.conftest import Ui
-from tests.e2e.harness import _cli
+from tests.browser.test_accessibility import AUDIT
 
 LONG = 120_000  # ms: a CPU provider shares two cores with the browser and the coordinator
 STEPS = ["stream holds only events the receipt covers", "receipt is a well-formed v2 receipt",
@@ -23,9 +23,7 @@ STEPS = ["stream holds only events the receipt covers", "receipt is a well-forme
 def open_chat(ui: Ui) -> Page:
     """A new, funded account on the chat page."""
     ui.sign_up()
-    # `darkbloom admin credit`, as an operator would (console.credit runs asyncio.run, which
-    # refuses to start inside Playwright's sync loop).
-    _cli(["admin", "credit", "--account", ui.account_id(), "--amount", "5"], ui.stack.coordinator.env)
+    ui.stack.credit(ui.account_id(), 5_000_000)
     ui.goto("/chat")
     return ui.page
 
@@ -67,6 +65,7 @@ def test_streamed_answer_shows_speed_and_trust_and_its_receipt_verifies(ui: Ui) 
     answer.get_by_role("button", name="Verify").click()
     expect(answer.locator(".verify-verdict")).to_have_text("Verified: every check passed.", timeout=LONG)
     assert step_results(answer) == {name: "passed" for name in STEPS}
+    assert page.evaluate(AUDIT) == []  # contrast, labels and names with an answer on the page
     ui.shot("chat")
 
     # Only the conversation is kept, in this tab: no key, no receipt, nothing in localStorage.
@@ -113,6 +112,7 @@ def test_a_tampered_answer_fails_the_response_hash_step(ui: Ui) -> None:
     assert results == {name: "failed" if name == "response hash matches the bytes received"
                        else "passed" for name in STEPS}
     expect(answer.locator(".step.bad .step-detail")).to_have_text(re.compile(r"^sha256 [0-9a-f]{64}$"))
+    assert page.evaluate(AUDIT) == []
     ui.shot("chat-verify-failed")
 
 
@@ -156,7 +156,12 @@ def fake_stream(route: Route) -> None:
 def test_model_output_stays_text(ui: Ui) -> None:
     page = open_chat(ui)
     dialogs: list[str] = []
-    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+
+    def dialog_opened(dialog: Dialog) -> None:
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", dialog_opened)
     page.route("**/v1/chat/completions", fake_stream)
     answer = send(page, "Show me some HTML.")
     body = answer.locator(".answer-body")
@@ -179,3 +184,13 @@ def test_model_output_stays_text(ui: Ui) -> None:
     expect(answer.get_by_role("button", name="Verify")).to_be_disabled()
     expect(answer.locator(".answer-note")).to_contain_text("without a receipt")
     assert dialogs == []
+
+
+def test_an_unfunded_account_is_told_why_in_words(ui: Ui) -> None:
+    ui.expect_status(402)
+    ui.sign_up()
+    ui.goto("/chat")
+    answer = send(ui.page, "Hello?")
+    expect(answer.locator(".message.error")).to_contain_text(re.compile("balance|credit", re.I))
+    expect(answer.get_by_role("button", name="Verify")).to_be_disabled()
+    expect(ui.page.get_by_role("button", name="Retry")).to_be_enabled()

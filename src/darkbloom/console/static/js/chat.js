@@ -30,6 +30,7 @@
   const MAX_STORED_TURNS = 100;
   const MAX_STORED_CHARS = 500000;
   const MIN_DECODE_S = 0.05;
+  const WAITING = "waiting for a provider";
   const hasModels = modelSelect.options.length > 0;
 
   // {role, content, reasoning, model, view}: view is the answer's DOM (never stored).
@@ -91,7 +92,7 @@
     const [tpsBox, tps] = stat("tok/s", "stat-tps");
     const [tokensBox, tokens] = stat("Tokens", "stat-tokens");
     const view = {
-      badge: el("span", { class: "badge trust", text: "waiting for a provider" }),
+      badge: el("span", { class: "badge trust", text: WAITING }),
       thinkingText: el("div", { class: "thinking-text" }),
       body: el("div", { class: "answer-body" }),
       error: el("p", { class: "message error", role: "alert" }),
@@ -205,7 +206,7 @@
       if (!chunk || typeof chunk !== "object") return;
       if (chunk.error) {
         const message = typeof chunk.error.message === "string" ? chunk.error.message : "the answer failed";
-        darkbloom.say(view.error, message.slice(0, 500));
+        darkbloom.say(view.error, message.slice(0, 500), "error");
         return;
       }
       const choice = Array.isArray(chunk.choices) ? chunk.choices[0] : null;
@@ -248,7 +249,8 @@
         darkbloom.say(status, "Stopped");
       } else {
         const message = exc instanceof darkbloom.ApiError ? exc.message : "the connection was lost";
-        darkbloom.say(view.error, message);
+        darkbloom.say(view.error, message, "error");
+        if (view.badge.textContent === WAITING) view.badge.textContent = "no provider answered";
         darkbloom.say(status, `The answer failed: ${message}`);
       }
     } finally {
