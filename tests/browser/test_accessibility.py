@@ -64,8 +64,8 @@ AUDIT = """
 MARK = """
 () => {
   const controls = [...document.querySelectorAll("a[href], button, input, select, textarea, summary")]
-    .filter((el) => !el.disabled && el.type !== "hidden" && el.getClientRects().length > 0
-            && getComputedStyle(el).visibility !== "hidden" && el.getAttribute("tabindex") !== "-1");
+    .filter((el) => !el.disabled && el.type !== "hidden" && el.getAttribute("tabindex") !== "-1"
+            && el.checkVisibility({visibilityProperty: true}));  // not in a closed <details>
   controls.forEach((el, i) => el.setAttribute("data-a11y", String(i)));
   return controls.length;
 }
@@ -99,9 +99,12 @@ def _audit(ui: Ui, path: str) -> list[str]:
             problems.append(f"{path}: no visible focus on {focused['tag']} {focused['text']!r}")
         if focused["id"] is not None:
             reached.add(focused["id"])
-    missing = total - len(reached)
-    if missing > 0:
-        problems.append(f"{path}: {missing} of {total} controls not reachable with Tab")
+    if len(reached) < total:
+        missed = ui.page.evaluate("""(reached) => [...document.querySelectorAll("[data-a11y]")]
+            .filter((el) => !reached.includes(el.getAttribute("data-a11y")))
+            .map((el) => `${el.tagName} "${(el.textContent || el.name || "").trim().slice(0, 30)}"`)""",
+                                  sorted(reached))
+        problems.append(f"{path}: not reachable with Tab: {', '.join(missed)}")
     return problems
 
 

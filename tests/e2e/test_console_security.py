@@ -12,7 +12,7 @@ import pytest
 from darkbloom.console.headers import CONTENT_SECURITY_POLICY
 from tests.e2e.harness import Coordinator
 
-ORIGIN = "https://console.example.com"
+ORIGIN = "http://console.example.com"  # http: cookies stay usable by this plain-http client
 PAGES = ("/signin", "/signup", "/models", "/network", "/earn")
 PRIVATE = ("/chat", "/keys", "/billing", "/providers", "/link")
 

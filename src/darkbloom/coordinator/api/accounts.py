@@ -77,12 +77,23 @@ def _idle(request: Request) -> timedelta:
     return timedelta(days=request.app.state.settings.session_idle_days)
 
 
+# Answers that carry a secret (a session token, an API key) are never kept by a cache.
+NO_STORE = {"cache-control": "no-store", "pragma": "no-cache"}
+
+
+def _secure_cookies(request: Request) -> bool:
+    """Secure cookies when this request came over TLS or the console's public URL is https: behind
+    a TLS-terminating proxy the hop to the coordinator is plain http, yet browsers use https."""
+    return request.url.scheme == "https" or \
+        request.app.state.settings.public_url.lower().startswith("https://")
+
+
 async def _signed_in(request: Request, account_id: str, email: str, status: int) -> Response:
     issued = await store.open_session(request.app.state.sessions, account_id, _idle(request))
     response = JSONResponse({"account_id": account_id, "email": email,
                              "session_token": issued.token, "csrf_token": issued.csrf_token},
-                            status_code=status)
-    max_age, secure = int(_idle(request).total_seconds()), request.url.scheme == "https"
+                            status_code=status, headers=NO_STORE)
+    max_age, secure = int(_idle(request).total_seconds()), _secure_cookies(request)
     response.set_cookie(SESSION_COOKIE, issued.token, max_age=max_age, httponly=True, samesite="lax",
                         secure=secure)
     # The console's scripts send this back as X-CSRF-Token (double submit, checked against the
@@ -127,9 +138,9 @@ async def login(request: Request) -> Response:
 async def logout(request: Request, identity: SessionDep) -> Response:
     await store.close_session(request.app.state.sessions, identity.session_id)
     response = JSONResponse({"status": "signed_out"})
-    response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="lax",
-                           secure=request.url.scheme == "https")
-    response.delete_cookie(CSRF_COOKIE, samesite="strict", secure=request.url.scheme == "https")
+    secure = _secure_cookies(request)
+    response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="lax", secure=secure)
+    response.delete_cookie(CSRF_COOKIE, samesite="strict", secure=secure)
     return response
 
 
@@ -144,11 +155,12 @@ async def me(request: Request, identity: SessionDep) -> dict[str, Any]:
 
 
 @router.post("/v1/auth/keys", openapi_extra=openapi_body((), label="string"))
-async def create_key(request: Request, identity: FinancialSessionDep) -> dict[str, Any]:
+async def create_key(request: Request, identity: FinancialSessionDep) -> Response:
     label = string_field(await json_object(request), "label", MAX_LABEL_CHARS, required=False) or ""
     issued = await create_api_key(request.app.state.sessions, identity.account_id, label)
-    return {"api_key": issued.secret, "account_id": issued.account_id, "id": issued.id,
-            "prefix": issued.prefix, "label": label, "created_at": rfc3339(issued.created_at)}
+    return JSONResponse({"api_key": issued.secret, "account_id": issued.account_id, "id": issued.id,
+                         "prefix": issued.prefix, "label": label,
+                         "created_at": rfc3339(issued.created_at)}, headers=NO_STORE)
 
 
 @router.get("/v1/auth/keys")

@@ -98,10 +98,21 @@ const darkbloom = (() => {
     return `${sign}$${whole.toLocaleString("en-US")}.${frac}`;
   }
 
+  // What the console keeps in this browser (the chat's conversation) goes with the session: the
+  // next person at a shared machine must not read it.
+  function forgetLocalData() {
+    for (const store of [window.sessionStorage, window.localStorage]) {
+      for (const key of Object.keys(store)) {
+        if (key.startsWith("darkbloom.")) store.removeItem(key);
+      }
+    }
+  }
+
   document.addEventListener("click", async (event) => {
     const target = event.target.closest("[data-action='sign-out']");
     if (!target) return;
     try { await api("POST", "/v1/auth/logout"); } catch (_) { /* signed out already */ }
+    forgetLocalData();
     window.location.assign("/signin");
   });
 
