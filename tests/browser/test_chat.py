@@ -16,7 +16,8 @@ LONG = 120_000  # ms: a CPU provider shares two cores with the browser and the c
 STEPS = ["stream holds only events the receipt covers", "receipt is a well-formed v2 receipt",
          "provider is in the attestation listing",
          "attestation blob is signed by that identity key and binds the receipt's encryption key",
-         "response hash matches the bytes received", "receipt signature is valid",
+         "response hash matches the bytes received", "request hash matches the body sent",
+         "receipt signature is valid", "model is the one asked for",
          "weights are the catalog's for this model"]
 
 

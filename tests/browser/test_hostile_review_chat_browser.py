@@ -2,8 +2,9 @@
 serves the page, the stream and the listing), against a real provider that signs honestly.
 
 The question each test asks: can Verify say "Verified" for an answer that is not the answer to
-what the user asked, with the model the user chose? Findings are strict xfails asserting the
-correct behaviour.
+what the user asked, with the model the user chose? Each test was a finding (a strict xfail);
+they pass now that Verify checks the request hash against the bytes the page sent, the receipt's
+model against the one asked for, and says "Not verified" when a step could not run.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import json
 import re
 from typing import Any
 
-import pytest
 from playwright.sync_api import Locator, Page, Request, Route, expect
 
 from tests.browser.conftest import Ui
@@ -37,9 +37,6 @@ def rewrite_request(page: Page, change: Any) -> None:
     page.route("**/v1/chat/completions", handler)
 
 
-@pytest.mark.xfail(strict=True, reason="verify.js never checks the receipt's request_sha256 against the "
-                   "body the page sent (verify_receipt's request_body step): a coordinator that rewrites "
-                   "the prompt gets the answer to its own prompt shown as Verified")
 def test_an_answer_to_a_prompt_the_coordinator_rewrote_is_not_verified(ui: Ui) -> None:
     page = open_chat(ui)
 
@@ -51,8 +48,6 @@ def test_an_answer_to_a_prompt_the_coordinator_rewrote_is_not_verified(ui: Ui) -
     assert verdict_after_verify(answer).startswith("Not verified")
 
 
-@pytest.mark.xfail(strict=True, reason="a replayed stream (an earlier answer with its genuine receipt) "
-                   "passes Verify for a different question: nothing binds the receipt to this request")
 def test_an_earlier_answer_replayed_for_a_new_question_is_not_verified(ui: Ui) -> None:
     page = open_chat(ui)
     saved: dict[str, Any] = {}
@@ -72,9 +67,6 @@ def test_an_earlier_answer_replayed_for_a_new_question_is_not_verified(ui: Ui) -
     assert verdict_after_verify(second).startswith("Not verified")
 
 
-@pytest.mark.xfail(strict=True, reason="the weights step looks up the receipt's own model, and nothing "
-                   "compares the receipt's model with the one the user chose: a coordinator that routes "
-                   "a premium-model request to a cheaper model gets it Verified")
 def test_an_answer_from_another_model_than_chosen_is_not_verified(ui: Ui) -> None:
     page = open_chat(ui)
     # The page's catalog (coordinator data) lists a premium model; the user picks it.
@@ -95,8 +87,6 @@ def test_an_answer_from_another_model_than_chosen_is_not_verified(ui: Ui) -> Non
     assert verdict_after_verify(answer).startswith("Not verified")
 
 
-@pytest.mark.xfail(strict=True, reason="a check that could not run (ok null: the catalog lists no weights "
-                   "for the receipt's model) still ends in 'Verified: every check passed.'")
 def test_a_verdict_with_an_unchecked_step_does_not_say_every_check_passed(ui: Ui) -> None:
     page = open_chat(ui)
     page.evaluate("() => { for (const o of document.getElementById('chat-model').options) "

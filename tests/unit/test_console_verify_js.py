@@ -9,6 +9,7 @@ installs Debian's nodejs when it is missing) and fail without it: nothing is ski
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import random
 import shutil
@@ -46,7 +47,9 @@ const input = JSON.parse(require("fs").readFileSync(0, "utf8"));
       events.push(...reader.push(new Uint8Array(bytes.subarray(at))), ...reader.end());
       const receiptText = events.map(V.receiptTextOf).filter((r) => r !== null).pop() ?? null;
       const transcript = V.concat(...events.map(V.transcriptPart));
-      const steps = await V.verifyStream({ receiptText, transcript, events, providers: job.providers });
+      const requestBody = job.request_b64 ? new Uint8Array(Buffer.from(job.request_b64, "base64")) : null;
+      const steps = await V.verifyStream({ receiptText, transcript, events, providers: job.providers,
+                                           requestBody, catalog: job.catalog ?? null });
       out.push({ transcript_b64: Buffer.from(transcript).toString("base64"),
                  steps: steps.map((s) => [s.name, s.ok]) });
     }
@@ -118,7 +121,8 @@ def chunk(delta: dict[str, Any]) -> str:
         {"index": 0, "delta": delta, "finish_reason": None}]}, ensure_ascii=False, separators=(",", ":"))
 
 
-def stream(contents: list[str], key: IdentityKey = KEY, signer: IdentityKey | None = None) -> str:
+def stream(contents: list[str], key: IdentityKey = KEY, signer: IdentityKey | None = None,
+           request_sha256: str = "0" * 64, model: str = "smollm2-135m") -> str:
     events = [chunk({"role": "assistant", "content": ""}),
               chunk({"reasoning_content": "thinking\u2026"}),
               *(chunk({"content": c}) for c in contents),
@@ -126,9 +130,9 @@ def stream(contents: list[str], key: IdentityKey = KEY, signer: IdentityKey | No
     transcript = Transcript(stream=True)
     for event in events:
         transcript.add(event)
-    receipt = Receipt(request_id="r-1", model="smollm2-135m", endpoint="/v1/chat/completions",
+    receipt = Receipt(request_id="r-1", model=model, endpoint="/v1/chat/completions",
                       provider_key=key.public_b64, encryption_key=ENCRYPTION_KEY, weight_hash="ab" * 32,
-                      quantization="Q4_1", request_sha256="0" * 64,
+                      quantization="Q4_1", request_sha256=request_sha256,
                       response_sha256=transcript.hexdigest(), prompt_tokens=3, completion_tokens=4,
                       created=1_800_000_000)
     signed = SignedReceipt(receipt=receipt, signature=(signer or key).sign(receipt.message()))
@@ -183,3 +187,32 @@ def test_a_stream_with_an_event_the_receipt_cannot_cover_is_flagged() -> None:
     smuggled = good.replace("data: [DONE]", "event: message\ndata: {\"x\":1}\n\ndata: [DONE]")
     got = run_js([stream_job(smuggled, listing(), 7)])[0]
     assert got["steps"][0] == ["stream holds only events the receipt covers", False]
+
+
+def test_the_receipt_is_tied_to_the_body_sent_and_the_model_asked_for() -> None:
+    """The request hash step is Python's (request_body); the model and weights steps are the
+    console's: the receipt's model must be the one the sent body names, with that model's weights."""
+    body = json.dumps({"model": "smollm2-135m", "messages": [{"role": "user", "content": "Hi \u00e9"}],
+                       "stream": True}, ensure_ascii=False).encode()
+    other = body.replace(b"Hi", b"Yo")
+    premium = body.replace(b"smollm2-135m", b"premium-405b")
+    catalog = {"smollm2-135m": "ab" * 32, "premium-405b": "cd" * 32}
+    good = stream(["Hello"], request_sha256=hashlib.sha256(body).hexdigest())
+    swapped = stream(["Hello"], request_sha256=hashlib.sha256(premium).hexdigest())
+    cases = [(good, body), (good, other), (swapped, premium)]
+    got = run_js([{**stream_job(text, listing(), seed), "request_b64": base64.b64encode(sent).decode(),
+                   "catalog": catalog} for seed, (text, sent) in enumerate(cases)])
+    for (text, sent), js in zip(cases, got, strict=True):
+        transcript, signed = split_stream(text)
+        assert signed is not None
+        steps = verify_receipt(signed.receipt.model_dump(), signed.signature, transcript, listing(),
+                               request_body=sent)
+        assert js["steps"][1:len(steps) + 1] == [[s.name, s.ok] for s in steps]
+    names = [name for name, _ in got[0]["steps"]]
+    assert names[-4:] == ["request hash matches the body sent", "receipt signature is valid",
+                          "model is the one asked for", "weights are the catalog's for this model"]
+    assert all(ok for _, ok in got[0]["steps"])
+    failed = [[name for name, ok in js["steps"] if not ok] for js in got]
+    assert failed[1] == ["request hash matches the body sent"]
+    # The body asked for premium-405b; the provider served (and signed) smollm2-135m.
+    assert failed[2] == ["model is the one asked for", "weights are the catalog's for this model"]

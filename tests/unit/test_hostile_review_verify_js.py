@@ -4,8 +4,8 @@ renderer (static/js/markdown.js), under node.
 The attacker is a coordinator (it serves the stream, the attestation listing and the catalog on
 the page) or a provider (it signs what it likes). Every stream, receipt, signature and listing
 below goes through verify.js and through Python's reference (``split_stream`` +
-``verify_receipt``): verify.js must never pass what Python fails. Findings are strict xfails that
-assert the correct behaviour; plain tests pin what holds.
+``verify_receipt``): verify.js must never pass what Python fails. The findings were strict xfails
+asserting the correct behaviour; they are fixed and pass, with the tests that pinned what held.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
 from darkbloom.client.verify import verify_receipt
@@ -198,9 +197,6 @@ def test_stream_shapes_get_the_same_verdict_as_python() -> None:
         assert got[name] == (False, False), name
 
 
-@pytest.mark.xfail(strict=True, reason="SseReader decodes each event with a non-fatal TextDecoder that "
-                   "drops a leading U+FEFF BOM per event, so a stream Python rejects (MalformedStream / "
-                   "no receipt) passes in the browser")
 def test_a_bom_before_an_event_fails_as_in_python() -> None:
     valid = comment(receipt_fields(GOOD))
     cases = {
@@ -256,9 +252,6 @@ def test_receipt_spellings_get_the_same_verdict_as_python() -> None:
         assert got[name] == (True, True), name
 
 
-@pytest.mark.xfail(strict=True, reason="parseSignedReceipt checks `key in RECEIPT_FIELDS`, which "
-                   "also finds Object.prototype's members: a receipt with an extra 'constructor', "
-                   "'toString' or 'valueOf' field passes in the browser; Python forbids extra fields")
 def test_receipt_fields_named_after_object_prototype_members_are_refused() -> None:
     fields = receipt_fields(GOOD)
     cases = {name: (sse([*GOOD, comment({**fields, name: 1}), DONE]), listing())
@@ -267,9 +260,6 @@ def test_receipt_fields_named_after_object_prototype_members_are_refused() -> No
     assert got == {name: (False, False) for name in cases}
 
 
-@pytest.mark.xfail(strict=True, reason="verify.js accepts lone UTF-16 surrogates (\\ud800) in receipt "
-                   "and attestation-blob strings; Python's parsers refuse them, so a receipt or blob "
-                   "only the browser passes can be signed")
 def test_a_receipt_with_a_lone_surrogate_fails_as_in_python() -> None:
     fields = receipt_fields(GOOD, model="smollm2-135m\ud800")
     good = sse([*GOOD, comment(receipt_fields(GOOD)), DONE])
@@ -411,10 +401,6 @@ def test_hostile_listings_get_the_same_verdict_as_python() -> None:
     assert got["blob with a duplicate key"] == got["entry key differs from blob publicKey"] == (False, False)
 
 
-@pytest.mark.xfail(strict=True, reason="the listing step shows the coordinator's unverified trust_level "
-                   "('trust hardware') as part of a passed check, though the browser checks no "
-                   "certificate chain: a hostile coordinator gets a self-signed machine shown as "
-                   "hardware next to 'Verified'")
 def test_a_passed_check_does_not_vouch_for_a_hardware_claim_it_did_not_check() -> None:
     good = sse([*GOOD, comment(receipt_fields(GOOD)), DONE])
     entry = {**listing()[1], "trust_level": "hardware", "chip_name": "Apple M4 Ultra (Secure Enclave)"}
@@ -507,17 +493,11 @@ def test_a_1mb_plain_answer_and_deep_nesting_render_quickly() -> None:
         assert time.monotonic() - started < 10
 
 
-@pytest.mark.xfail(strict=True, reason="markdown.js HEADING regex /^\\s{0,3}(#{1,6})\\s+(.*?)\\s*#*\\s*$/ "
-                   "backtracks cubically: a 4 KB heading line of spaces freezes the tab for many "
-                   "seconds, and render() reruns on every animation frame while streaming")
 def test_a_heading_full_of_spaces_does_not_freeze_the_page() -> None:
     out = render("# a" + " " * 4000 + "b", limit_s=5)
     assert out is not None and out["ms"] < 500
 
 
-@pytest.mark.xfail(strict=True, reason="markdown.js inline() reruns every INLINE regex over the whole "
-                   "remaining line after each match: quadratic, so a 1 MB answer of short code spans "
-                   "(200 KB rendered) blocks the page for seconds per repaint")
 def test_a_1mb_answer_of_inline_spans_does_not_freeze_the_page() -> None:
     out = render("`a` " * 250_000, limit_s=5)
     assert out is not None and out["ms"] < 1000

@@ -163,7 +163,14 @@
     const turn = { role: "assistant", content: "", reasoning: "", model };
     turns.push(turn);
     const view = answerView(turn);
-    const record = { receiptText: null, events: [], parts: [] };
+    // The body is serialized once: these exact bytes are sent and later checked against the
+    // receipt's request_sha256 (the coordinator relays them to the provider unchanged).
+    const requestText = JSON.stringify({
+      model, messages, max_tokens: maxTokens(), stream: true, stream_options: { include_usage: true },
+    });
+    const record = {
+      receiptText: null, events: [], parts: [], requestBody: new TextEncoder().encode(requestText),
+    };
     view.record = record;
     const timing = { started: performance.now(), first: null, last: null, count: 0, usage: null };
     let finish = null;
@@ -224,9 +231,8 @@
     };
 
     try {
-      const response = await darkbloom.api("POST", "/v1/chat/completions", {
-        model, messages, max_tokens: maxTokens(), stream: true, stream_options: { include_usage: true },
-      }, { raw: true, signal: controller.signal, headers: { Accept: "text/event-stream" } });
+      const response = await darkbloom.api("POST", "/v1/chat/completions", requestText,
+        { raw: true, signal: controller.signal, headers: { Accept: "text/event-stream" } });
       showTrust(view, response.headers);
       const reader = new V.SseReader();
       const body = response.body.getReader();
@@ -281,8 +287,8 @@
   const RESULT = { true: ["ok", "✓", "passed"], false: ["bad", "✗", "failed"], null: ["skip", "–", "not checked"] };
 
   function catalog() {
-    const weights = {};
-    for (const option of modelSelect.options) weights[option.value] = option.dataset.weightHash || "";
+    const weights = new Map();
+    for (const option of modelSelect.options) weights.set(option.value, option.dataset.weightHash || "");
     return weights;
   }
 
@@ -298,7 +304,7 @@
       const steps = await V.verifyStream({
         receiptText: record.receiptText, transcript: V.concat(...record.parts), events: record.events,
         providers: listing && Array.isArray(listing.providers) ? listing.providers : [],
-        catalog: catalog(),
+        requestBody: record.requestBody, catalog: catalog(),
       });
       for (const step of steps) {
         const [kind, mark, word] = RESULT[String(step.ok)];
@@ -309,13 +315,14 @@
           step.detail ? el("span", { class: "step-detail", text: step.detail }) : ""));
       }
       view.steps.classList.remove("hidden");
-      const failed = steps.filter((s) => s.ok === false);
-      if (failed.length) {
-        darkbloom.say(view.verdict, `Not verified: ${failed.map((s) => s.name).join("; ")} failed.`, "error");
-      } else {
-        darkbloom.say(view.verdict, "Verified: every check passed.", "ok");
-      }
-      darkbloom.say(status, failed.length ? "Receipt not verified" : "Receipt verified");
+      // Verified only when every step ran and passed: a step that could not run is no pass.
+      const failed = steps.filter((s) => s.ok === false).map((s) => s.name);
+      const unchecked = steps.filter((s) => s.ok === null).map((s) => s.name);
+      const why = [failed.length ? `${failed.join("; ")} failed.` : "",
+        unchecked.length ? `${unchecked.join("; ")} could not be checked.` : ""].filter(Boolean).join(" ");
+      if (why) darkbloom.say(view.verdict, `Not verified: ${why}`, failed.length ? "error" : undefined);
+      else darkbloom.say(view.verdict, "Verified: every check passed.", "ok");
+      darkbloom.say(status, why ? "Receipt not verified" : "Receipt verified");
     } catch (exc) {
       darkbloom.say(view.verdict, `Could not verify: ${exc && exc.message ? exc.message : exc}`, "error");
     } finally {

@@ -21,14 +21,15 @@ const darkbloom = (() => {
   }
 
   // fetch() to our own API; JSON in and out. Errors (OpenAI or Anthropic JSON) become ApiError
-  // with the server's message.
+  // with the server's message. A string body is JSON already and is sent exactly as given (the
+  // chat hashes the bytes it sent to check the receipt's request hash).
   async function api(method, path, body, extra = {}) {
     const headers = { Accept: "application/json", ...(extra.headers || {}) };
     if (body !== undefined) headers["Content-Type"] = "application/json";
     if (!["GET", "HEAD"].includes(method)) headers["X-CSRF-Token"] = cookie("darkbloom_csrf");
     const response = await fetch(path, {
       method, headers, credentials: "same-origin", signal: extra.signal,
-      body: body === undefined ? undefined : JSON.stringify(body),
+      body: body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body),
     });
     if (extra.raw) {
       if (!response.ok) throw await errorOf(response);

@@ -4,12 +4,15 @@
 // Covers what chat answers use: paragraphs, headings, bold, italic, inline code, fenced code
 // blocks (an unclosed fence while streaming is a code block to the end), bullet and numbered
 // lists, block quotes, rules and links (http and https only, rel="noopener noreferrer").
-// Bounded: past MAX_CHARS the rest is shown as plain text, and inline nesting stops at a depth.
+// Bounded: past MAX_CHARS the rest is shown as plain text, inline nesting stops at a depth and
+// a line's spans at a count; every pattern runs in time linear in its line (render() reruns on
+// each animation frame while an answer streams, so a slow pattern would freeze the tab).
 "use strict";
 
 const darkbloomMarkdown = (() => {
   const MAX_CHARS = 200000;
   const MAX_DEPTH = 8;
+  const MAX_SPANS = 2000;
 
   function node(tag, className, text) {
     const element = document.createElement(tag);
@@ -27,14 +30,24 @@ const darkbloomMarkdown = (() => {
     }
   }
 
-  // Inline spans, earliest match first; text between matches stays text.
-  const INLINE = [
-    { re: /`([^`\n]+)`/, make: (m) => node("code", "", m[1]) },
-    { re: /\[([^\]\n]{1,500})\]\(([^)\s]{1,2000})\)/, make: (m, depth) => link(m[1], m[2], depth) },
-    { re: /\*\*([^*\n][^\n]*?)\*\*|__([^_\n][^\n]*?)__/, make: (m, depth) => wrap("strong", m[1] || m[2], depth) },
-    { re: /\*([^*\s][^*\n]*?)\*|\b_([^_\s][^_\n]*?)_\b/, make: (m, depth) => wrap("em", m[1] || m[2], depth) },
-    { re: /https?:\/\/[^\s<>()]+[^\s<>().,;:!?'"]/, make: (m) => link(m[0], m[0], MAX_DEPTH) },
-  ];
+  // Inline spans in one pattern, scanned once from left to right (the earliest match wins, and
+  // at one place the first alternative): code, link, strong, emphasis, bare URL. Groups:
+  // 1 code; 2, 3 link text and target; 4, 5 strong; 6, 7 emphasis; a bare URL is the match.
+  const INLINE = new RegExp([
+    /`([^`\n]+)`/.source,
+    /\[([^[\]\n]{1,500})\]\(([^)[\]\s]{1,2000})\)/.source,
+    /\*\*([^*\n][^\n]*?)\*\*|__([^_\n][^\n]*?)__/.source,
+    /\*([^*\s][^*\n]*?)\*|\b_([^_\s][^_\n]*?)_\b/.source,
+    /https?:\/\/[^\s<>()]+[^\s<>().,;:!?'"]/.source,
+  ].join("|"), "g");
+
+  function span(m, depth) {
+    if (m[1] !== undefined) return node("code", "", m[1]);
+    if (m[2] !== undefined) return link(m[2], m[3], depth);
+    if (m[4] !== undefined || m[5] !== undefined) return wrap("strong", m[4] ?? m[5], depth);
+    if (m[6] !== undefined || m[7] !== undefined) return wrap("em", m[6] ?? m[7], depth);
+    return link(m[0], m[0], MAX_DEPTH);
+  }
 
   function wrap(tag, text, depth) {
     const element = node(tag);
@@ -53,24 +66,19 @@ const darkbloomMarkdown = (() => {
     return a;
   }
 
+  // Text with its inline spans, in one pass. INLINE is shared with the nested calls span()
+  // makes, so its lastIndex is set before each search.
   function inline(parent, text, depth = 0) {
-    let rest = text;
-    while (rest) {
-      let best = null;
-      if (depth < MAX_DEPTH) {
-        for (const rule of INLINE) {
-          const m = rule.re.exec(rest);
-          if (m && (best === null || m.index < best.m.index)) best = { rule, m };
-        }
-      }
-      if (best === null) {
-        parent.append(document.createTextNode(rest));
-        return;
-      }
-      if (best.m.index > 0) parent.append(document.createTextNode(rest.slice(0, best.m.index)));
-      parent.append(best.rule.make(best.m, depth));
-      rest = rest.slice(best.m.index + best.m[0].length);
+    let at = 0;
+    for (let spans = 0; depth < MAX_DEPTH && spans < MAX_SPANS && at < text.length; spans++) {
+      INLINE.lastIndex = at;
+      const m = INLINE.exec(text);
+      if (m === null) break;
+      if (m.index > at) parent.append(document.createTextNode(text.slice(at, m.index)));
+      at = m.index + m[0].length;
+      parent.append(span(m, depth));
     }
+    if (at < text.length) parent.append(document.createTextNode(text.slice(at)));
   }
 
   function codeBlock(lang, lines) {
@@ -85,10 +93,22 @@ const darkbloomMarkdown = (() => {
   }
 
   const FENCE = /^\s{0,3}(```|~~~)\s*([^\s`]*)/;
-  const HEADING = /^\s{0,3}(#{1,6})\s+(.*?)\s*#*\s*$/;
-  const BULLET = /^\s{0,3}[-*+]\s+(.*)$/;
-  const NUMBERED = /^\s{0,3}(\d{1,9})[.)]\s+(.*)$/;
-  const QUOTE = /^\s{0,3}>\s?(.*)$/;
+  // The `s` flag lets `.*$` take any rest of the line (a CR or U+2028 in it included), so a
+  // failed match never backtracks through a long run of spaces.
+  const HEADING = /^\s{0,3}(#{1,6})[ \t]+(.*)$/s;
+  const BULLET = /^\s{0,3}[-*+]\s+(.*)$/s;
+  const NUMBERED = /^\s{0,3}(\d{1,9})[.)]\s+(.*)$/s;
+  const QUOTE = /^\s{0,3}>\s?(.*)$/s;
+
+  // A heading's text without its closing #s (only when a space or tab precedes them, as in
+  // CommonMark) and trailing blanks; by hand, in linear time.
+  function headingText(text) {
+    let end = text.trimEnd().length;
+    let hashes = end;
+    while (hashes > 0 && text[hashes - 1] === "#") hashes--;
+    if (hashes < end && (hashes === 0 || text[hashes - 1] === " " || text[hashes - 1] === "\t")) end = hashes;
+    return text.slice(0, end).trimEnd();
+  }
   const RULE = /^\s{0,3}([-*_])(\s*\1){2,}\s*$/;
 
   // Block structure, line by line; returns a DocumentFragment.
@@ -120,7 +140,7 @@ const darkbloomMarkdown = (() => {
         flush();
         // Answers sit under the page's h1 and the turn's heading: their "#" starts at h3.
         const h = node(`h${Math.min(6, m[1].length + 2)}`);
-        inline(h, m[2]);
+        inline(h, headingText(m[2]));
         out.append(h);
       } else if (RULE.test(line)) {
         flush();

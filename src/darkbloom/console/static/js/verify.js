@@ -281,11 +281,14 @@
   // --- the stream: events, their forms and the transcript -----------------------------------
 
   // Splits an SSE body into events at blank lines (as protocol/sse.split_stream does), keeping
-  // the bytes exact: push() bytes as they come, then end(). Returns event texts.
+  // the bytes exact: push() bytes as they come, then end(). Returns event texts. Decoded as
+  // `darkbloom verify` decodes a saved stream (bytes.decode("utf-8", "replace")): a byte order
+  // mark stays a character (it is not the start of an SSE line, so such an event fails the
+  // forms check, as in Python) and invalid bytes become U+FFFD.
   class SseReader {
     constructor() {
       this.buffer = new Uint8Array(0);
-      this.decoder = new TextDecoder("utf-8");
+      this.decoder = new TextDecoder("utf-8", { ignoreBOM: true });
     }
 
     push(chunk) {
@@ -355,11 +358,15 @@
 
   // --- the receipt -------------------------------------------------------------------------
 
+  // A lone UTF-16 surrogate (from a \ud800 escape) is no Unicode text: pydantic's str refuses
+  // it, so a receipt or blob field holding one is refused here too.
+  const wellFormed = (s) => !/\p{Cs}/u.test(s);
   const SHORT = (v, nullable) => (nullable && v === null) ||
-    (typeof v === "string" && Array.from(v).length <= 256);
+    (typeof v === "string" && wellFormed(v) && Array.from(v).length <= 256);
   const HEX64 = (v) => typeof v === "string" && /^[0-9a-f]{64}$/.test(v);
   const INT = (max) => (v) => v instanceof Num && v.isInt && v.bigint() >= 0n && v.bigint() <= max;
-  const RECEIPT_FIELDS = {
+  // A Map, not an object: a field named "constructor" or "__proto__" is an unknown field.
+  const RECEIPT_FIELDS = new Map(Object.entries({
     v: (v) => v instanceof Num && v.isInt && v.bigint() === 2n,
     request_id: (v) => SHORT(v), model: (v) => SHORT(v), endpoint: (v) => SHORT(v),
     provider_key: (v) => SHORT(v), encryption_key: (v) => SHORT(v),
@@ -367,7 +374,7 @@
     request_sha256: HEX64, response_sha256: HEX64,
     prompt_tokens: INT(2n ** 31n - 1n), completion_tokens: INT(2n ** 31n - 1n),
     created: INT(2n ** 40n),
-  };
+  }));
 
   // SignedReceipt.parse: the comment's JSON as a v2 receipt and its signature, or null. The
   // receipt comes back as a Map of every field (v included), ready for canonicalJson.
@@ -383,10 +390,11 @@
         !/^[A-Za-z0-9+/=]{1,200}$/.test(signature)) return null;
     const receipt = new Map([["v", new Num("2")]]);
     for (const [key, value] of body) {
-      if (!(key in RECEIPT_FIELDS) || !RECEIPT_FIELDS[key](value)) return null;
+      const valid = RECEIPT_FIELDS.get(key);
+      if (valid === undefined || !valid(value)) return null;
       receipt.set(key, value);
     }
-    if (Object.keys(RECEIPT_FIELDS).some((key) => !receipt.has(key))) return null;
+    if ([...RECEIPT_FIELDS.keys()].some((key) => !receipt.has(key))) return null;
     return { receipt, signature };
   }
 
@@ -419,7 +427,9 @@
     } catch (_) {
       blob = null;
     }
-    const typed = blob instanceof Map &&
+    // As AttestationBlob: typed known fields, and keys that are Unicode text (unknown fields'
+    // values are kept as they are).
+    const typed = blob instanceof Map && [...blob.keys()].every(wellFormed) &&
       Object.entries(BLOB_FIELDS).every(([key, ok]) => ok(blob.get(key)));
     if (!typed) throw new InvalidAttestation("attestation blob is not base64 JSON with a publicKey");
     if (!equalBytes(encoder.encode(canonicalJson(blob)), raw)) {
@@ -437,13 +447,28 @@
 
   // --- the steps ---------------------------------------------------------------------------
 
+  // The "model" of a request body (bytes), or null when the body names none.
+  function modelAsked(body) {
+    let parsed = null;
+    try { parsed = parseJson(new TextDecoder("utf-8").decode(body)); } catch (_) { parsed = null; }
+    const model = parsed instanceof Map ? parsed.get("model") : undefined;
+    return typeof model === "string" ? model : null;
+  }
+
+  const short = (text) => (text.length > 40 ? `${text.slice(0, 40)}…` : text);
+
   // verify_receipt's checks, in its order, for a streamed answer:
   //   receiptText: the JSON after ": darkbloom-receipt " (null when the stream had none);
   //   transcript: the exact transcript bytes; events: every event text, for the forms check;
   //   providers: GET /v1/providers/attestation's "providers";
-  //   catalog: optional {model id: weight hash} to compare the receipt's weights with.
+  //   requestBody: optional, the exact bytes the page sent: checked against request_sha256
+  //     (the coordinator relays the body byte for byte), which ties the answer to this question,
+  //     and then the receipt's model must be the one the body asked for;
+  //   catalog: optional {model id: weight hash} (an object or a Map) to compare the receipt's
+  //     weights with those of the model asked for (the receipt's own, without a body).
   // Returns [{name, ok, detail}]; ok is true, false, or null for a check that could not run.
-  async function verifyStream({ receiptText, transcript, events = [], providers = [], catalog = null }) {
+  async function verifyStream({ receiptText, transcript, events = [], providers = [], requestBody = null,
+    catalog = null }) {
     const steps = [];
     const step = (name, ok, detail = "") => steps.push({ name, ok, detail });
     const problem = events.map(eventProblem).find((p) => p !== null) || null;
@@ -456,11 +481,12 @@
     const receipt = signed.receipt;
     const key = receipt.get("provider_key");
 
+    // The listing is the coordinator's: its trust level and chip name are claims this page does
+    // not check (no certificate chain here), so a passed step does not repeat them.
     const entry = Array.isArray(providers)
       ? providers.find((p) => p && typeof p === "object" && p.identity_public_key === key) : undefined;
     step("provider is in the attestation listing", entry !== undefined,
-      entry ? `${entry.chip_name || "provider"} · trust ${entry.trust_level || "none"}`
-        : `no provider with identity key ${key.slice(0, 64)}`);
+      entry ? "" : `no provider with identity key ${key.slice(0, 64)}`);
     if (entry !== undefined) {
       let detail = "";
       try {
@@ -483,19 +509,33 @@
     const digest = await sha256Hex(transcript);
     step("response hash matches the bytes received", digest === receipt.get("response_sha256"),
       `sha256 ${digest}`);
+    if (requestBody !== null) {
+      const sent = await sha256Hex(requestBody);
+      step("request hash matches the body sent", sent === receipt.get("request_sha256"),
+        sent === receipt.get("request_sha256") ? ""
+          : "the provider answered another request than this page sent");
+    }
     const message = concat(encoder.encode(RECEIPT_CONTEXT), encoder.encode(canonicalJson(receipt)));
     step("receipt signature is valid", await verifySignature(key, message, signed.signature));
 
+    const served = receipt.get("model");
+    let model = served;
+    if (requestBody !== null) {
+      model = modelAsked(requestBody);
+      step("model is the one asked for", model === served,
+        model === served ? short(served) : `receipt ${short(served)}, asked for ${short(String(model))}`);
+    }
     if (catalog) {
-      const model = receipt.get("model");
-      const expected = Object.prototype.hasOwnProperty.call(catalog, model) ? catalog[model] : undefined;
-      const served = receipt.get("weight_hash");
-      if (expected === undefined || expected === null || expected === "") {
-        step("weights are the catalog's for this model", null, `the catalog lists no weights for ${model}`);
+      const listed = catalog instanceof Map ? catalog.get(model)
+        : Object.prototype.hasOwnProperty.call(catalog, model) ? catalog[model] : undefined;
+      const weights = receipt.get("weight_hash");
+      const name = "weights are the catalog's for this model";
+      if (typeof listed !== "string" || listed === "") {
+        step(name, null, `the catalog lists no weights for ${short(String(model))}`);
       } else {
-        step("weights are the catalog's for this model", served === expected,
-          served === expected ? `${model} · ${String(served).slice(0, 16)}…`
-            : `receipt ${String(served).slice(0, 16)}…, catalog ${expected.slice(0, 16)}…`);
+        step(name, weights === listed,
+          weights === listed ? `${short(String(model))} · ${String(weights).slice(0, 16)}…`
+            : `receipt ${String(weights).slice(0, 16)}…, catalog ${listed.slice(0, 16)}…`);
       }
     }
     return steps;
@@ -504,7 +544,7 @@
   const api = {
     Num, JsonError, parseJson, canonicalJson, pyFloat, b64decode, b64encode, derToRaw, concat,
     verifySignature, isCanonicalKey, SseReader, dataOf, transcriptPart, receiptTextOf, eventProblem,
-    parseSignedReceipt, openAttestation, InvalidAttestation, verifyStream, sha256Hex,
+    parseSignedReceipt, openAttestation, InvalidAttestation, verifyStream, sha256Hex, modelAsked,
   };
   root.darkbloomVerify = api;
   if (typeof module === "object" && module.exports) module.exports = api;
