@@ -10,7 +10,6 @@ import asyncio
 import html
 import json
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -157,11 +156,9 @@ ODD_QUERIES = (
 def test_odd_query_strings_never_5xx_nor_stall(coordinator: Coordinator, path: str) -> None:
     with _http(coordinator) as http:
         _signed_up(http)
-        for query in ODD_QUERIES:
-            started = time.monotonic()
+        for query in ODD_QUERIES:  # a stall ends in the client's timeout, an error
             page = http.get(f"{path}?{query}", follow_redirects=False)
             assert page.status_code < 500, (path, query)
-            assert time.monotonic() - started < 5, (path, query)
             assert "content-security-policy" in page.headers
             assert "<script>" not in page.text and "%3Cscript" not in page.text.lower()
 
@@ -231,14 +228,12 @@ def test_a_key_is_never_on_a_page_and_sign_out_ends_the_session(coordinator: Coo
     assert httpx.get(f"{coordinator.base_url}/keys", cookies=stale).status_code == 303
 
 
-def test_network_live_is_cheap_to_flood(coordinator: Coordinator) -> None:
-    """Public and unauthenticated: each render must come from the stats cache, not the database."""
+def test_network_live_survives_a_flood(coordinator: Coordinator) -> None:
+    """Public and unauthenticated: renders come from the stats cache (single flight, tested in
+    test_stats); its cost is measured in `make bench`, never asserted here."""
     with _http(coordinator) as http:
-        http.get("/network/live")
-        started = time.monotonic()
         for _ in range(100):
             assert http.get("/network/live").status_code == 200
-    assert (time.monotonic() - started) / 100 < 0.05
 
 
 # --- findings -----------------------------------------------------------------------------------
