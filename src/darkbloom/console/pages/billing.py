@@ -18,6 +18,7 @@ from markupsafe import Markup
 from darkbloom.console.charts import bar_chart
 from darkbloom.console.render import page, signed_in, to_sign_in, usd
 from darkbloom.coordinator.api.billing import MIN_CHECKOUT_MICRO_USD, configured
+from darkbloom.coordinator.api.payments import usage_cursor
 from darkbloom.coordinator.store import ledger
 from darkbloom.coordinator.store.usage import DAY_S, DaySpend, fill_days, spend_by_day, usage_page, utc
 
@@ -38,12 +39,6 @@ class UsageRow:
 
 def row_time(stamp: datetime) -> str:
     return utc(stamp).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def cursor(stamp: datetime) -> str:
-    """To the microsecond, as /v1/payments/usage writes ``timestamp``: whole seconds would skip
-    the rows settled earlier in the same second."""
-    return utc(stamp).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def day_label(day: int) -> str:
@@ -70,7 +65,7 @@ async def billing_page(request: Request) -> Response:
                        CHART_DAYS)
     records = await usage_page(state.sessions, account_id, USAGE_ROWS, None)
     rows = [UsageRow(row_time(r.created_at), r.model, r.prompt_tokens, r.completion_tokens,
-                     r.cost_micro_usd, cursor(r.created_at)) for r in records]
+                     r.cost_micro_usd, usage_cursor(r.created_at)) for r in records]
     return page(request, "billing.html", identity, "Billing", balance=held,
                 stripe=configured(request), min_checkout=usd(MIN_CHECKOUT_MICRO_USD),
                 max_checkout=usd(state.settings.stripe_max_checkout_micro_usd),

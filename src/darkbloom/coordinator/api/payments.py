@@ -36,7 +36,7 @@ def _stamp(value: datetime) -> str:
     return utc(value).strftime(TIMESTAMP_FORMAT)
 
 
-def _cursor(value: datetime) -> str:
+def usage_cursor(value: datetime) -> str:
     """A usage row's time to the microsecond, as stored: it is the next page's ``before``, and at
     whole seconds that skipped the rows settled earlier in the same second."""
     return utc(value).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -87,7 +87,7 @@ async def payments_usage(request: Request, identity: ApiKeyDep) -> dict[str, Any
         "job_id": row.request_id, "request_id": row.request_id, "model": row.model,
         "endpoint": row.endpoint, "prompt_tokens": row.prompt_tokens,
         "completion_tokens": row.completion_tokens, "cost_micro_usd": row.cost_micro_usd,
-        "status": row.status, "self_routed": row.self_routed, "timestamp": _cursor(row.created_at),
+        "status": row.status, "self_routed": row.self_routed, "timestamp": usage_cursor(row.created_at),
     } for row in rows]}
 
 
