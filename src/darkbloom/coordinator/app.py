@@ -21,6 +21,7 @@ from darkbloom.coordinator.api.cors import CorsMiddleware, origin_of
 from darkbloom.coordinator.api.device import router as device_router
 from darkbloom.coordinator.api.inference import router as inference_router
 from darkbloom.coordinator.api.invites import router as invites_router
+from darkbloom.coordinator.api.media import router as media_router
 from darkbloom.coordinator.api.metrics import router as metrics_router
 from darkbloom.coordinator.api.models import router as models_router
 from darkbloom.coordinator.api.operators import router as operators_router
@@ -129,6 +130,7 @@ def create_app(settings: CoordinatorSettings, catalog: Catalog | None = None) ->
     app.include_router(models_router)
     app.include_router(payments_router)
     app.include_router(inference_router)
+    app.include_router(media_router)
     app.include_router(provider_router)
     app.include_router(providers_router)
     app.include_router(admin_router)

@@ -11,12 +11,21 @@ a bad file stops the coordinator at start with one line saying what is wrong.
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from darkbloom.inference.catalog import GGUF_FILENAME, Catalog, CatalogModel
 from darkbloom.textfile import UnreadableFile, read_small
@@ -26,6 +35,12 @@ MAX_ENTRIES = 256
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/+-]{0,127}$"
 
 Name = Annotated[str, StringConstraints(pattern=_NAME)]
+
+
+# The weights layout and the default price (api.md §4) of each media model type.
+MEDIA_FORMATS = {"transcription": "ctranslate2", "image": "diffusers"}
+MEDIA_PRICES = {"transcription": 1_000, "image": 1_500}  # per audio minute, per image
+PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")
 
 
 class CatalogFileError(ValueError):
@@ -43,7 +58,9 @@ class CatalogEntry(BaseModel):
     size_bytes: int = Field(gt=0, le=2**40)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     filename: str
-    download_url: str = Field(max_length=2048)
+    # Media models (media.md) are directories a provider already has (a Whisper conversion, a
+    # diffusers pipeline in its models directory or the Hugging Face cache): no download.
+    download_url: str = Field(default="", max_length=2048)
     architecture: str = Field(default="", max_length=64)
     description: str = Field(default="", max_length=1000)
     model_type: str = Field(default="text", pattern=r"^[a-z]{1,32}$")
@@ -53,16 +70,23 @@ class CatalogEntry(BaseModel):
     capabilities: list[Annotated[str, StringConstraints(pattern=r"^[a-z_]{1,32}$")]] | None = Field(
         default=None, max_length=32)
 
-    @field_validator("filename")
-    @classmethod
-    def _plain_gguf(cls, value: str) -> str:
-        if not GGUF_FILENAME.fullmatch(value):
-            raise ValueError("must be a plain file name ending in .gguf (letters, digits, . _ + -)")
-        return value
+    @model_validator(mode="after")
+    def _weights(self) -> CatalogEntry:
+        if self.model_type in MEDIA_FORMATS:
+            if not PLAIN_NAME.fullmatch(self.filename):
+                raise ValueError("filename must be a plain directory name (letters, digits, . _ + -)")
+        elif not GGUF_FILENAME.fullmatch(self.filename):
+            raise ValueError("filename must be a plain file name ending in .gguf (letters, digits, "
+                             ". _ + -)")
+        elif not self.download_url:
+            raise ValueError("download_url is required for a text model")
+        return self
 
     @field_validator("download_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
+        if not value:
+            return value
         try:
             parts = urlsplit(value)
         except ValueError:
@@ -83,6 +107,10 @@ class CatalogEntry(BaseModel):
         for price in ("input_price", "output_price"):
             if getattr(self, price) is not None:
                 extra[price] = getattr(self, price)
+        if self.model_type in MEDIA_FORMATS:  # media.md prices unless the file sets its own
+            extra = {"input_price": MEDIA_PRICES[self.model_type], "output_price": 0,
+                     "capabilities": (self.model_type,), "format": MEDIA_FORMATS[self.model_type],
+                     **extra}
         return CatalogModel(
             id=self.id, display_name=self.display_name or self.id, aliases=tuple(self.aliases),
             context_length=self.context_length, quantization=self.quantization,

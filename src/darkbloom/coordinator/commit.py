@@ -19,7 +19,7 @@ from darkbloom.coordinator.dispatch import Attempt, ConsumerTooSlow, Dispatcher,
 from darkbloom.coordinator.prepare import Prepared
 from darkbloom.coordinator.routing.cost import Demand
 from darkbloom.coordinator.routing.scheduler import Route, Scheduler
-from darkbloom.coordinator.usage import settle_usage
+from darkbloom.coordinator.usage import settle_media_usage, settle_usage
 from darkbloom.errors import (
     DarkbloomError,
     InvalidRequest,
@@ -139,7 +139,7 @@ class Committer:
             attempt = self.dispatcher.send(
                 provider, body, demand=demand, model=prepared.request.model, endpoint=prepared.endpoint,
                 stream=prepared.request.stream, max_tokens_cap=prepared.max_tokens_cap,
-                x_request_id=REQUEST_ID.get())
+                x_request_id=REQUEST_ID.get(), media=prepared.media is not None)
             try:
                 return Committed(attempt, await self._first_chunk(attempt), n, prepared)
             except DarkbloomError as failed:
@@ -173,7 +173,7 @@ class Committer:
             except TimeoutError:
                 self.dispatcher.timed_out(attempt)
                 raise UpstreamTimeout("provider did not respond in time") from None
-            if event.kind == "accepted":
+            if event.kind in ("accepted", "progress"):  # progress: a long media job works on
                 timeout = self.settings.accepted_timeout_s
             elif event.kind == "chunk":
                 return event.data
@@ -198,12 +198,18 @@ class Committer:
                 raise UpstreamTimeout("provider stopped sending; response timed out") from None
             if event.kind == "chunk":
                 yield event.data
+            elif event.kind == "progress":
+                continue  # a long media job is still working: the wait starts again
             elif event.kind == "complete":
                 assert event.usage is not None
-                usage, problems = settle_usage(
-                    event.usage, own_prompt_tokens=prepared.prompt_tokens,
-                    context_length=prepared.model.context_length,
-                    max_tokens_cap=prepared.max_tokens_cap, events=event.chunks)
+                if prepared.media is not None:
+                    usage, problems = settle_media_usage(event.usage, prepared.media.unit,
+                                                         prepared.media.units)
+                else:
+                    usage, problems = settle_usage(
+                        event.usage, own_prompt_tokens=prepared.prompt_tokens,
+                        context_length=prepared.model.context_length,
+                        max_tokens_cap=prepared.max_tokens_cap, events=event.chunks)
                 if problems:
                     log.warning("provider %s reported usage out of bounds on %s: %s",
                                 attempt.provider.id, attempt.request_id, "; ".join(problems))

@@ -73,7 +73,7 @@ class Verdicts(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    kind: Literal["accepted", "chunk", "complete", "error"]
+    kind: Literal["accepted", "chunk", "complete", "error", "progress"]
     data: bytes = b""
     usage: Usage | None = None
     receipt: SignedReceipt | None = None
@@ -98,6 +98,9 @@ class Attempt:
     transcript: Transcript | None = None  # standard mode: to check the provider's receipt
     receipt: SignedReceipt | None = None  # standard stream: the checked receipt it carried
     x_request_id: str | None = None  # the consumer's X-Request-ID, for log lines about it
+    # A media answer (media.md): its chunks are pieces of one body (not events), in order.
+    media: bool = False
+    progressed: float = 0.0  # the most work done a heartbeat reported (audio seconds, steps)
     # Monotonic times, for the provider's reputation: dispatched, and its first chunk arrived.
     sent_at: float = field(default_factory=time.monotonic)
     first_chunk_at: float | None = None
@@ -132,7 +135,7 @@ class Dispatcher:
 
     def send(self, provider: ProviderConn, body: bytes | Sealed, *, demand: Demand, model: str,
              endpoint: Endpoint, stream: bool, max_tokens_cap: int,
-             x_request_id: str | None = None) -> Attempt:
+             x_request_id: str | None = None, media: bool = False) -> Attempt:
         """Seal ``body`` to the provider's key (or forward the consumer's own envelope unchanged)
         and queue it; the caller already holds a slot."""
         request_id = str(uuid.uuid4())
@@ -148,7 +151,7 @@ class Dispatcher:
                           stream=stream, max_tokens_cap=max_tokens_cap,
                           deadline=time.monotonic() + self.deadline_s,
                           transcript=Transcript(stream) if channel else None,
-                          x_request_id=x_request_id)
+                          x_request_id=x_request_id, media=media)
         self.pending[attempt.request_id] = attempt
         frame = InferenceRequest(
             request_id=attempt.request_id,
@@ -183,6 +186,18 @@ class Dispatcher:
             self._fail(attempt, ProviderFailed(DISCONNECTED))
 
     # --- frames from providers ---------------------------------------------------------
+
+    def progress(self, provider: ProviderConn, jobs: list[tuple[str, float]]) -> None:
+        """A heartbeat said these media jobs moved on (request id, work done): each one's wait
+        for its answer starts again, so a long image job is not cut by it. Only work that grew
+        counts (a stuck job does not keep itself alive), and the response deadline still holds."""
+        for request_id, done in jobs:
+            attempt = self.pending.get(request_id)
+            if attempt is None or attempt.provider is not provider or not attempt.media \
+                    or done <= attempt.progressed:
+                continue
+            attempt.progressed = done
+            attempt.events.put_nowait(Event("progress"))
 
     def handle(self, provider: ProviderConn,
                frame: InferenceAccepted | InferenceResponseChunk | InferenceComplete | InferenceError
@@ -239,7 +254,15 @@ class Dispatcher:
         if attempt.received_bytes > self.max_response_bytes:
             self._violation(attempt, f"response larger than {self.max_response_bytes} bytes")
             return
-        if attempt.channel is None:  # consumer-blind: relay ciphertext we cannot open
+        if attempt.media and attempt.channel is not None:  # a piece of the body: bytes as made
+            try:
+                plaintext = attempt.channel.open("response", attempt.request_id, frame.seq, ciphertext)
+            except SealingError as exc:
+                self._violation(attempt, f"chunk could not be opened: {type(exc).__name__}")
+                return
+            if attempt.transcript is not None:
+                attempt.transcript.add_body(plaintext)
+        elif attempt.channel is None:  # consumer-blind: relay ciphertext we cannot open
             plaintext = sealed_event(attempt.request_id, frame.seq, ciphertext)
         else:
             try:

@@ -59,6 +59,20 @@ def request_cost(prompt_tokens: int, completion_tokens: int, input_price: int, o
     return max(MIN_CHARGE_MICRO_USD, cost) if cost > 0 else 0
 
 
+# Media prices (media.md): micro-USD per audio minute (charged by the millisecond) or per image.
+AUDIO_MS_PER_MINUTE = 60_000
+PER_IMAGE = 1
+
+
+def media_cost(units: int, price: int, units_per_price: int) -> int:
+    """``max(100, ceil(units × price / units_per_price))`` micro-USD: audio milliseconds at a price
+    per minute, or images at a price per image. Nothing to charge stays at 0."""
+    if units < 0 or price < 0 or units_per_price < 1:
+        raise ValueError("units and price must not be negative, units_per_price must be positive")
+    cost = -(-(units * price) // units_per_price)
+    return max(MIN_CHARGE_MICRO_USD, cost) if cost > 0 else 0
+
+
 def prompt_estimate(text_bytes: int) -> int:
     """billing.md §3 Decision: a prompt the coordinator cannot tokenize is reserved for at one token
     per 3 bytes (one CJK character is 3 bytes and often a whole token), at least 1."""

@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from darkbloom.config import CoordinatorSettings
 from darkbloom.coordinator.commit import Committed, Committer, Finished
-from darkbloom.coordinator.money import prompt_estimate, request_cost
+from darkbloom.coordinator.money import media_cost, prompt_estimate, request_cost
 from darkbloom.coordinator.prepare import Prepared, Preparer
 from darkbloom.coordinator.pricing import PriceBook
 from darkbloom.coordinator.recorder import Recorder
@@ -39,6 +39,7 @@ from darkbloom.coordinator.store.ledger import InsufficientFunds
 from darkbloom.coordinator.store.requests_log import RequestOutcome
 from darkbloom.coordinator.usage import STREAM_FRAMING_EVENTS
 from darkbloom.errors import AuthenticationFailed, DarkbloomError, PaymentRequired
+from darkbloom.inference.media_request import ImageRequest, TranscriptionRequest
 from darkbloom.protocol.frames import Endpoint
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class Call:
     blind: bool = False
     route_self: bool = False  # X-Darkbloom-Route: self (billing.md §5)
     x_request_id: str | None = None
+    media: TranscriptionRequest | ImageRequest | None = None  # as the route read it (media.md)
 
 
 @dataclass(slots=True)
@@ -136,6 +138,9 @@ class Pipeline:
         return Opened(call, prepared, committed, hold, outcome, started)
 
     async def _prepare(self, call: Call) -> Prepared:
+        if call.media is not None:
+            return await self.preparer.prepare_media(call.endpoint, call.body, call.media,
+                                                     call.min_trust)
         if call.blind:
             # Off the loop: an envelope of up to ~16 MiB takes a while to parse and validate.
             return await asyncio.to_thread(self.preparer.prepare_blind, call.endpoint, call.body,
@@ -144,6 +149,11 @@ class Pipeline:
 
     def _hold(self, call: Call, prepared: Prepared, request_id: str) -> charging.Hold:
         price = self.prices.price(prepared.model)
+        if (job := prepared.media) is not None:  # priced per audio minute or per image
+            amount = 0 if call.route_self else media_cost(job.units, price.input_price,
+                                                          job.units_per_price)
+            return charging.Hold(request_id, call.identity.account_id, amount, price.input_price, 0,
+                                 job.units, 0, call.identity.key_id, job.units_per_price)
         if prepared.prompt_tokens is not None:
             estimate = prepared.prompt_tokens
         elif prepared.sealed_for:  # the largest sealed copy: base64 of the body
@@ -207,7 +217,8 @@ class Pipeline:
             if finished is not None:
                 outcome.status, outcome.status_code = "completed", 200
                 prompt, completion = await self._billable(opened, finished)
-                await self._settle(opened, prompt, completion, "completed", plausible=not finished.disputed)
+                await self._settle(opened, prompt, completion, "completed", plausible=not finished.disputed,
+                                   media_units=_media_units(opened.prepared, finished))
             elif failure is not None:
                 outcome.status, outcome.status_code, outcome.error_code = (
                     "failed", failure.status_code, failure.code)
@@ -233,6 +244,8 @@ class Pipeline:
         usage = finished.usage
         outcome = opened.outcome
         outcome.prompt_tokens, outcome.completion_tokens = usage.prompt_tokens, usage.completion_tokens
+        if opened.prepared.media is not None:  # units already bounded (usage.settle_media_usage)
+            return 0, 0
         ceiling = _prompt_ceiling(opened.hold)
         if opened.prepared.prompt_tokens is None and usage.prompt_tokens > ceiling:
             # No count of our own (consumer-blind, or no tokenizer here): the provider's figure
@@ -285,7 +298,7 @@ class Pipeline:
         event that carried generated text; for consumer-blind streams (unreadable here) one per
         relayed event past the framing a stream can carry. Nothing relayed: nothing."""
         cap = opened.prepared.max_tokens_cap
-        if relayed <= 0:
+        if relayed <= 0 or opened.prepared.media is not None:  # a media body comes whole or not
             return 0
         recount = await self._recount(opened, cap)
         if recount is not None:
@@ -297,7 +310,7 @@ class Pipeline:
         return min(await asyncio.to_thread(text_events, endpoint, stream, events), cap)
 
     async def _settle(self, opened: Opened, prompt: int, completion: int, status: str, *,
-                      plausible: bool) -> None:
+                      plausible: bool, media_units: int = 0) -> None:
         provider = opened.committed.attempt.provider
         hold = opened.hold
         served = charging.Served(
@@ -306,7 +319,8 @@ class Pipeline:
             api_key_id=opened.call.identity.key_id, provider_id=provider.id,
             provider_account_id=provider.account_id, provider_key=provider.identity_key,
             plausible=(plausible and prompt <= _prompt_ceiling(hold) and completion <= hold.max_tokens),
-            ttft_ms=opened.outcome.ttft_ms, duration_ms=opened.outcome.duration_ms)
+            ttft_ms=opened.outcome.ttft_ms, duration_ms=opened.outcome.duration_ms,
+            media_units=media_units)
         try:
             await charging.settle(self.sessions, hold, served, fee_bps=self.settings.platform_fee_bps,
                                   referral_pct=self.settings.referral_share_pct)
@@ -346,6 +360,12 @@ class Pipeline:
                     log.warning("refunded %d reservation(s) that outlived any request", refunded)
             except (SQLAlchemyError, OSError) as exc:
                 log.warning("could not sweep orphaned reservations (%s)", type(exc).__name__)
+
+
+def _media_units(prepared: Prepared, finished: Finished) -> int:
+    """The audio milliseconds or images a media request completed with (already bounded by
+    usage.settle_media_usage); 0 for text."""
+    return 0 if prepared.media is None else getattr(finished.usage, prepared.media.unit) or 0
 
 
 def _prompt_ceiling(hold: charging.Hold) -> int:

@@ -9,17 +9,25 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import ValidationError
 
 from darkbloom.config import CoordinatorSettings
+from darkbloom.coordinator.money import AUDIO_MS_PER_MINUTE, PER_IMAGE
 from darkbloom.coordinator.trust.attestation import LEVELS
 from darkbloom.errors import InvalidRequest, ModelNotFound, NoProviderAvailable, RequestTooLarge
+from darkbloom.inference.audio import measure_audio
 from darkbloom.inference.budget import output_budget
 from darkbloom.inference.catalog import Catalog, CatalogModel
 from darkbloom.inference.dialects import parse_request_off_loop
 from darkbloom.inference.fields import MAX_OUTPUT_TOKENS
+from darkbloom.inference.media_request import (
+    MODEL_TYPE,
+    TRANSCRIPTION_CONTENT_TYPES,
+    ImageRequest,
+    TranscriptionRequest,
+)
 from darkbloom.inference.prompt import PromptBuilder
 from darkbloom.inference.request import GenerationRequest, parse_json_body
 from darkbloom.protocol.blind import BlindEnvelope
@@ -44,6 +52,21 @@ class Prepared:
     min_trust: str | None = None
     # Consumer-blind mode: provider id -> (its X25519 key as the consumer saw it, the envelope).
     sealed_for: dict[str, tuple[str, Sealed]] | None = None
+    media: MediaJob | None = None  # a transcription or an image request (media.md)
+
+
+@dataclass(frozen=True, slots=True)
+class MediaJob:
+    """What the coordinator knows of a media request before any provider sees it."""
+
+    unit: Literal["audio_ms", "images"]  # the Usage and Receipt field the provider reports
+    units: int  # audio milliseconds it decoded (the most it will charge for), or images asked
+    content_type: str  # of the answer's body, which the provider makes
+
+    @property
+    def units_per_price(self) -> int:
+        """The model's price is per this many units (money.py)."""
+        return AUDIO_MS_PER_MINUTE if self.unit == "audio_ms" else PER_IMAGE
 
 
 def parse_blind_envelope(body: dict[str, Any]) -> BlindEnvelope:
@@ -67,6 +90,8 @@ class Tokenizers:
         self._off_loop = 0
         self._builders: dict[str, PromptBuilder] = {}
         for model in catalog.models:
+            if not model.is_text:
+                continue
             path: Path | None = model.weights_path()
             if path is None:
                 log.warning("no local tokenizer for %s: context checks move to the provider",
@@ -100,10 +125,7 @@ class Preparer:
             raise InvalidRequest(f"x-min-trust-level must be one of {', '.join(LEVELS)}",
                                  param="x-min-trust-level")
         request = await parse_request_off_loop(endpoint, raw)
-        model = self.catalog.resolve(request.model)
-        if model is None:
-            raise ModelNotFound(f"The model {request.model!r} does not exist or is not available "
-                                "on this network; see GET /v1/models", param="model")
+        model = self._model(request.model, endpoint)
         builder = self.tokenizers.get(model.id)
         if builder is None:
             return Prepared(endpoint, raw, request, model, None,
@@ -115,6 +137,37 @@ class Preparer:
         cap = output_budget(request, len(tokens), model.context_length,
                             self.settings.default_max_tokens)
         return Prepared(endpoint, raw, request, model, len(tokens), cap, min_trust)
+
+    def _model(self, name: str, endpoint: str) -> CatalogModel:
+        """The catalog model a request names, of the type its endpoint serves (400 otherwise)."""
+        model = self.catalog.resolve(name)
+        if model is None:
+            raise ModelNotFound(f"The model {name!r} does not exist or is not available "
+                                "on this network; see GET /v1/models", param="model")
+        wanted = MODEL_TYPE.get(endpoint, "text")
+        if model.model_type != wanted:
+            raise InvalidRequest(f"The model {model.id!r} is a {model.model_type} model; {endpoint} "
+                                 f"needs a {wanted} model (see GET /v1/models)", param="model",
+                                 code="model_type_mismatch")
+        return model
+
+    async def prepare_media(self, endpoint: Endpoint, raw: bytes,
+                            media: TranscriptionRequest | ImageRequest,
+                            min_trust: str | None = None) -> Prepared:
+        """A media request the route has read and validated: its model, and what it may cost.
+        Audio is decoded here (off the loop) to measure it: corrupt, empty or overlong audio is
+        a 400 before any money is held or any provider is asked."""
+        if min_trust is not None and min_trust not in LEVELS:
+            raise InvalidRequest(f"x-min-trust-level must be one of {', '.join(LEVELS)}",
+                                 param="x-min-trust-level")
+        model = self._model(media.model, endpoint)
+        request = GenerationRequest(endpoint=endpoint, model=media.model, stream=False)
+        if isinstance(media, TranscriptionRequest):
+            audio_ms = await asyncio.to_thread(measure_audio, media.audio)
+            job = MediaJob("audio_ms", audio_ms, TRANSCRIPTION_CONTENT_TYPES[media.response_format])
+        else:
+            job = MediaJob("images", media.n, "application/json")
+        return Prepared(endpoint, raw, request, model, None, 1, min_trust, media=job)
 
     def prepare_blind(self, endpoint: Endpoint, raw: bytes, min_trust: str | None = None) -> Prepared:
         """A body the consumer sealed to providers itself (trust.md §9): only the clear fields
@@ -129,6 +182,10 @@ class Preparer:
         model = self.catalog.resolve(envelope.model)
         if model is None:
             raise ModelNotFound("The model in the envelope does not exist", param="model")
+        if not model.is_text:
+            raise InvalidRequest(f"The model {model.id!r} is a {model.model_type} model; "
+                                 "consumer-blind requests are served for text models only",
+                                 param="model", code="model_type_mismatch")
         limit = self.blind_entry_limit
         sealed_for: dict[str, tuple[str, Sealed]] = {}
         for i, entry in enumerate(envelope.sealed):

@@ -136,6 +136,13 @@ async def collect(pipeline: Pipeline, opened: Opened) -> tuple[bytes, Finished]:
     """A non-streamed answer, whole. It runs to completion even if the consumer has gone (the
     answer was produced and is charged; billing.md §4)."""
     committed = opened.committed
+    if opened.prepared.media is not None:  # pieces of one body, in order (media.md)
+        pieces = [committed.first_chunk]
+        async for item in pipeline.events(opened):
+            if isinstance(item, Finished):
+                return b"".join(pieces), item
+            pieces.append(item)
+        raise ProviderFailed("provider ended the response without completing it")
     blind = opened.prepared.sealed_for is not None
     if not blind and not committed.first_chunk.startswith(b"data: "):
         raise ProviderFailed("invalid provider response")

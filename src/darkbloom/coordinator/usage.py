@@ -48,3 +48,16 @@ def completion_floor(events: int, max_tokens_cap: int) -> int:
     report may say. (A stream the consumer cut is charged about one token per event instead: the
     fewest would let a consumer that hangs up on the last event pay an eighth; pipeline.py.)"""
     return min(max(events - STREAM_FRAMING_EVENTS, 0) // EVENTS_PER_TOKEN, max_tokens_cap)
+
+
+def settle_media_usage(reported: Usage, unit: str, most: int) -> tuple[Usage, list[str]]:
+    """A media request's units (media.md): the provider's measure, at most what the coordinator
+    measured (audio) or asked for (images); it is never charged for more."""
+    value = getattr(reported, unit)
+    problems = []
+    if value is None:
+        problems.append(f"no {unit} reported")
+        value = most
+    elif value > most:
+        problems.append(f"{unit} {value} > {most}")
+    return Usage(prompt_tokens=0, completion_tokens=0, **{unit: min(value, most)}), problems

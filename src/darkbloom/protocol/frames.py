@@ -16,6 +16,9 @@ from darkbloom.protocol.trust import SignedReceipt
 PROTOCOL_VERSION = 2
 MIN_PROTOCOL_VERSION = 2
 MAX_FRAME_BYTES = 10 * 1024 * 1024
+# A request frame (coordinator -> provider) may carry a whole audio upload: 25 MiB, base64 in the
+# sealed JSON, sealed and base64 again (media.md). Everything else stays within MAX_FRAME_BYTES.
+MAX_REQUEST_FRAME_BYTES = 48 * 1024 * 1024
 
 # Close codes (protocol.md §2).
 CLOSE_NORMAL = 1000
@@ -138,6 +141,17 @@ class BackendCapacity(BaseModel):
     total_memory_gb: float = 0.0
 
 
+class JobProgress(BaseModel):
+    """A long media job's progress (media.md): audio seconds transcribed, or denoising steps
+    done, of the whole. It keeps the coordinator's wait for the answer from timing out."""
+
+    model_config = ConfigDict(extra="ignore")
+    request_id: str = Field(min_length=1, max_length=128)
+    unit: Literal["audio_seconds", "steps"]
+    done: float = Field(ge=0, le=1e9)
+    total: float = Field(ge=0, le=1e9)
+
+
 class Heartbeat(Frame):
     type: Literal["heartbeat"] = "heartbeat"
     status: Literal["idle", "serving"] = "idle"
@@ -146,6 +160,7 @@ class Heartbeat(Frame):
     stats: Stats = Field(default_factory=Stats)
     system_metrics: SystemMetrics = Field(default_factory=SystemMetrics)
     backend_capacity: BackendCapacity | None = None
+    progress: list[JobProgress] = Field(default_factory=list, max_length=256)
 
 
 class InferenceAccepted(Frame):
@@ -167,6 +182,9 @@ class Usage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     prompt_tokens: int = Field(ge=0)
     completion_tokens: int = Field(ge=0)
+    # Media (media.md): what the request is priced by, as the provider measured it.
+    audio_ms: int | None = Field(default=None, ge=0, le=2**40)
+    images: int | None = Field(default=None, ge=0, le=1024)
 
 
 class InferenceComplete(Frame):
@@ -240,7 +258,8 @@ class Registered(Frame):
     reason: str = ""
 
 
-Endpoint = Literal["/v1/chat/completions", "/v1/completions", "/v1/messages", "/v1/responses"]
+Endpoint = Literal["/v1/chat/completions", "/v1/completions", "/v1/messages", "/v1/responses",
+                   "/v1/audio/transcriptions", "/v1/images/generations"]
 
 
 class InferenceRequest(Frame):

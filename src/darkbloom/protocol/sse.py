@@ -79,6 +79,10 @@ class Transcript:
         if in_transcript(event):
             self._hash.update(transcript_part(event, self._stream))
 
+    def add_body(self, piece: bytes) -> None:
+        """A media answer's body comes in pieces, hashed as the bytes they are (media.md)."""
+        self._hash.update(piece)
+
     def hexdigest(self) -> str:
         return self._hash.hexdigest()
 

@@ -110,14 +110,23 @@ class Receipt(BaseModel):
     prompt_tokens: Count
     completion_tokens: Count
     created: Annotated[int, Field(ge=0, le=2**40)]
+    # Media (media.md): the decoded audio's length, or the images made; absent from text
+    # receipts (and from their signed bytes), so those are unchanged.
+    audio_ms: Annotated[int, Field(ge=0, le=2**40)] | None = None
+    images: Count | None = None
 
     def canonical(self) -> bytes:
-        """Canonical JSON of every field: what headers and records carry."""
-        return canonical_json(self.model_dump())
+        """Canonical JSON of every field (the media ones only when set): what headers and
+        records carry."""
+        unset = {name for name in _MEDIA_FIELDS if getattr(self, name) is None}
+        return canonical_json(self.model_dump(exclude=unset))
 
     def message(self) -> bytes:
         """The signed bytes: context string + the canonical JSON."""
         return RECEIPT_CONTEXT + self.canonical()
+
+
+_MEDIA_FIELDS = ("audio_ms", "images")
 
 
 class SignedReceipt(BaseModel):
@@ -129,7 +138,9 @@ class SignedReceipt(BaseModel):
         return verify(self.receipt.provider_key, self.receipt.message(), self.signature)
 
     def json_text(self) -> str:
-        return json.dumps(self.model_dump(), separators=(",", ":"), sort_keys=True)
+        receipt = json.loads(self.receipt.canonical())  # unset media fields stay out, as signed
+        return json.dumps({"receipt": receipt, "signature": self.signature}, separators=(",", ":"),
+                          sort_keys=True)
 
     @classmethod
     def parse(cls, obj: object) -> SignedReceipt | None:

@@ -32,7 +32,7 @@ from darkbloom.logcontext import REQUEST_ID, sanitize
 from darkbloom.protocol import MalformedFrame, UnknownFrame, decode, encode
 from darkbloom.protocol.frames import (
     COORDINATOR_FRAME_TYPES,
-    MAX_FRAME_BYTES,
+    MAX_REQUEST_FRAME_BYTES,
     AttestationChallenge,
     AttestationResponse,
     BackendCapacity,
@@ -200,6 +200,7 @@ class ProviderAgent:
                         tokens_generated=self.server.tokens_generated),
             system_metrics=hardware.metrics(),
             backend_capacity=BackendCapacity(slots=slots),
+            progress=self.server.progress.snapshot(),
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -243,7 +244,7 @@ class ProviderAgent:
             headers["Authorization"] = f"Bearer {self.settings.token.get_secret_value()}"
         async with websockets.connect(
             url or self.settings.coordinators[0], additional_headers=headers,
-            max_size=MAX_FRAME_BYTES,
+            max_size=MAX_REQUEST_FRAME_BYTES,  # an audio upload's request is the largest frame
             ping_interval=self.settings.ping_interval_s, ping_timeout=self.settings.ping_timeout_s,
             open_timeout=10,
         ) as ws:

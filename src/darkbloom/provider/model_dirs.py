@@ -84,7 +84,8 @@ def directory_engine_runs() -> bool:
     """Whether mlx-lm or vLLM could run here (their cheap ``problem()`` checks, no import)."""
     from darkbloom.provider.engines.select import BACKENDS
 
-    return any(b.problem() is None for b in BACKENDS if b.formats & {"mlx", "safetensors"})
+    return any(b.problem() is None for b in BACKENDS
+               if b.formats & {"mlx", "safetensors", "diffusers", "ctranslate2"})
 
 
 def _subdirs(parent: Path, *, follow_links: bool) -> list[os.DirEntry[str]]:
@@ -165,9 +166,73 @@ def _snapshot(repo: Path) -> Path | None:
     return path if path.is_dir() and not path.is_symlink() else None
 
 
+# Media model directories (media.md): a CTranslate2 Whisper conversion (faster-whisper's layout)
+# and a diffusers pipeline (save_pretrained's layout, also a hub snapshot's).
+WHISPER_FILES = ("model.bin", "config.json", "tokenizer.json", "vocabulary.txt", "vocabulary.json",
+                 "preprocessor_config.json")
+PIPELINE_HASHED = ("*.safetensors", "*.json", "*.txt", "*.model")
+MAX_PIPELINE_PARTS = 16  # component sub-directories of a pipeline (unet, vae, text_encoder, ...)
+
+
+def _inside(files: dict[str, Path], root: Path) -> bool:
+    real_root = root.resolve()
+    return all(f.resolve().is_relative_to(real_root) and f.resolve().is_file() for f in files.values())
+
+
+def whisper_files(path: Path, root: Path) -> dict[str, Path] | None:
+    """A CTranslate2 Whisper directory's hashed files, or None when it is not one."""
+    try:
+        files = {name: path / name for name in WHISPER_FILES if (path / name).is_file()}
+        if not {"model.bin", "config.json"} <= files.keys() or not (
+                "tokenizer.json" in files or any(n.startswith("vocabulary") for n in files)):
+            return None
+        return files if _inside(files, root) else None
+    except (OSError, RuntimeError):
+        return None
+
+
+def pipeline_files(path: Path, root: Path) -> dict[str, Path] | None:
+    """A diffusers pipeline directory's hashed files (``component/name`` keys), or None when it
+    has no model_index.json or is too large to be one."""
+    try:
+        if not (path / "model_index.json").is_file():
+            return None
+        files = {"model_index.json": path / "model_index.json"}
+        for part in _subdirs(path, follow_links=False)[:MAX_PIPELINE_PARTS]:
+            with os.scandir(part.path) as it:
+                for count, entry in enumerate(it):
+                    if count >= MAX_DIR_ENTRIES:
+                        return None
+                    if any(fnmatchcase(entry.name, p) for p in PIPELINE_HASHED):
+                        files[f"{part.name}/{entry.name}"] = Path(entry.path)
+        return files if _inside(files, root) else None
+    except (OSError, RuntimeError):
+        return None
+
+
+def media_dir_model(model_id: str, path: Path, root: Path, hashes: Path) -> LocalModel | None:
+    fmt: ModelFormat
+    if (files := whisper_files(path, root)) is not None:
+        fmt, model_type, quantization = "ctranslate2", "transcription", ""
+    elif (files := pipeline_files(path, root)) is not None:
+        fmt, model_type, quantization = "diffusers", "image", ""
+    else:
+        return None
+    try:
+        size = sum(file.stat().st_size for file in files.values())
+        digest = weight_hash(path, files, hash_cache(path, hashes))
+    except OSError:
+        return None
+    return LocalModel(id=model_id, path=path, format=fmt, size_bytes=size, weight_hash=digest,
+                      quantization=quantization, context_length=DEFAULT_CONTEXT,
+                      model_type=model_type)
+
+
 def _model(model_id: str, path: Path, root: Path, hashes: Path) -> LocalModel | None:
     if not MODEL_ID.fullmatch(model_id):
         return None
+    if (media := media_dir_model(model_id, path, root, hashes)) is not None:
+        return media
     files = model_files(path, root)
     if files is None:
         return None

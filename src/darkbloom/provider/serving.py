@@ -20,6 +20,7 @@ from darkbloom.crypto import KeyPair, SealingError, SessionChannel, public_key_f
 from darkbloom.crypto.signing import IdentityKey
 from darkbloom.errors import DarkbloomError, InvalidRequest, to_frame
 from darkbloom.inference.dialects import ENDPOINTS, INLINE_BYTES, parse_request_off_loop
+from darkbloom.inference.media_request import MEDIA_ENDPOINTS
 from darkbloom.inference.request import GenerationRequest
 from darkbloom.protocol.blind import CONSUMER_SEALED
 from darkbloom.protocol.frames import (
@@ -33,6 +34,7 @@ from darkbloom.protocol.frames import (
 from darkbloom.protocol.sse import DONE, receipt_comment
 from darkbloom.provider.assembly import ResponseAssembler
 from darkbloom.provider.engines.base import Engine, Finished, Started
+from darkbloom.provider.media_serving import ProgressBoard, serve_media
 from darkbloom.provider.receipts import ReceiptWriter
 
 log = logging.getLogger(__name__)
@@ -118,6 +120,7 @@ class RequestServer:
         self.keys = keys
         self.identity = identity or IdentityKey.generate()
         self.replays = ReplayGuard()
+        self.progress = ProgressBoard()  # running media jobs, for the heartbeat
         self.send = send
         self.requests_served = 0
         self.tokens_generated = 0
@@ -141,6 +144,9 @@ class RequestServer:
                 channel, body = _open(frame, self.keys)
             if blind:  # remembered once it opens, whatever becomes of it; checked before parsing
                 self.replays.admit(frame.encrypted_body.ephemeral_public_key)  # canonical: one spelling
+            if frame.endpoint in MEDIA_ENDPOINTS:
+                await serve_media(self, frame, body, channel, cancel)
+                return
             request = await _parse(frame, body, channel)
             if not self.engine.serves(request.model):
                 raise _refused(404, f"model {request.model!r} is not served by this provider")
@@ -169,6 +175,11 @@ class RequestServer:
             # Type only: an engine exception message could quote the prompt.
             log.error("engine failure on %s: %s", rid, type(exc).__name__)
             await self.send(to_frame(DarkbloomError("engine failure"), rid))
+
+    async def refuse(self, rid: str, refused: DarkbloomError) -> None:
+        """Report a refusal of a request the coordinator sealed (its words travel as they are)."""
+        await self._refuse(rid, _refused(refused.status_code, refused.message, refused.code,
+                                         refused.param), None)
 
     async def _refuse(self, rid: str, refused: DarkbloomError, blind: SessionChannel | None) -> None:
         """Report a refusal. In consumer-blind mode only status and code travel in the clear: the

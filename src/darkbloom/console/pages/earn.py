@@ -108,7 +108,7 @@ def _choices(request: Request, models: tuple[CatalogModel, ...]) -> dict[str, An
 @router.get("/earn")
 async def earn_page(request: Request) -> Response:
     state = request.app.state
-    models: tuple[CatalogModel, ...] = state.catalog.models
+    models: tuple[CatalogModel, ...] = tuple(m for m in state.catalog.models if m.is_text)
     prices = {m.id: state.prices.price(m).output_price for m in models}
     fee_bps: int = state.settings.platform_fee_bps
     chosen = _choices(request, models)

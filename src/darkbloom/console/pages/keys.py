@@ -28,7 +28,7 @@ def snippet_model(request: Request) -> str:
     """A model to put in the snippets: the first one served now, else the catalog's first."""
     state = request.app.state
     online = state.scheduler.model_summaries()
-    models = state.catalog.models
+    models = [m for m in state.catalog.models if m.is_text]  # the snippets are chat calls
     for model in models:
         if model.id in online:
             return str(model.id)

@@ -119,9 +119,19 @@ async def _read_call(request: Request, endpoint: Endpoint, identity: KeyIdentity
 
 
 async def serve(request: Request, endpoint: Endpoint, identity: KeyIdentity) -> Response:
-    pipeline: Pipeline = request.app.state.pipeline
     try:
         call, reply_channel = await _read_call(request, endpoint, identity)
+    except DarkbloomError as exc:
+        return error_response(exc, endpoint)
+    return await answer(request, call, reply_channel)
+
+
+async def answer(request: Request, call: Call, reply_channel: Channel | None = None) -> Response:
+    """Run a Call through the pipeline and write its answer: a stream, or the whole body with its
+    receipt in headers."""
+    pipeline: Pipeline = request.app.state.pipeline
+    endpoint = call.endpoint
+    try:
         opened = await until_disconnect(request.receive, pipeline.open(call))
     except ClientGone:
         return Response(status_code=499)
@@ -151,7 +161,9 @@ async def serve(request: Request, endpoint: Endpoint, identity: KeyIdentity) -> 
     if reply_channel is not None:
         return Response(seal_body(reply_channel, request.app.state.sender_kid, body),
                         media_type="application/darkbloom-sealed+json", headers=headers)
-    return Response(body, media_type="application/json", headers=headers)
+    media = opened.prepared.media
+    return Response(body, media_type=media.content_type if media else "application/json",
+                    headers=headers)
 
 
 @router.post("/v1/chat/completions")

@@ -36,6 +36,7 @@ def openai_model(model: CatalogModel, online: ModelSummary, prices: PriceBook) -
             "trust_level": online.trust_level,
             "input_price": price.input_price,
             "output_price": price.output_price,
+            "price_unit": model.price_unit,
             "aliases": list(model.aliases),
         },
     }
@@ -66,7 +67,7 @@ async def model_catalog(request: Request, type: str | None = None) -> dict[str, 
             # only in a wheel (pip installs them).
             "filename": m.filename, "sha256": m.weight_hash, "download_url": m.download_url or None,
             "download_name": m.filename, "s3_name": m.filename,
-            "input_price": m.input_price, "output_price": m.output_price,
+            "input_price": m.input_price, "output_price": m.output_price, "price_unit": m.price_unit,
             "capabilities": list(m.capabilities), "aliases": list(m.aliases),
             "providers_online": online.get(m.id, ModelSummary()).providers, "active": True,
         }

@@ -446,6 +446,8 @@ class ProviderSession:
             return model.id if model else None
 
         conn.heartbeat = clamps.heartbeat(frame, conn.models, resolve)
+        if frame.progress:
+            self.dispatcher.progress(conn, [(job.request_id, job.done) for job in frame.progress])
         self.scheduler.reputations.of(conn).heartbeat(conn.heartbeat.stats, gap,
                                                       self.settings.heartbeat_interval_s)
         self._publish(conn)

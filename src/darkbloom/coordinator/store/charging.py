@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import literal, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
-from darkbloom.coordinator.money import request_cost, split_cost
+from darkbloom.coordinator.money import media_cost, request_cost, split_cost
 from darkbloom.coordinator.store.ledger import (
     PLATFORM_ACCOUNT_ID,
     Balances,
@@ -62,6 +62,15 @@ class Hold:
     prompt_estimate: int
     max_tokens: int
     api_key_id: str | None = None  # the key it was made with (None: a session), checked unrevoked
+    # Media (media.md): ``input_price`` is per this many units (audio ms per minute, 1 per image)
+    # and ``prompt_estimate`` the units reserved; 0 for text, priced by tokens.
+    units_per_price: int = 0
+
+    def cost(self, served: Served) -> int:
+        if self.units_per_price:
+            return media_cost(served.media_units, self.input_price, self.units_per_price)
+        return request_cost(served.prompt_tokens, served.completion_tokens, self.input_price,
+                            self.output_price)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +89,7 @@ class Served:
     plausible: bool  # the counts are within what the coordinator could check (excess may be charged)
     ttft_ms: float | None = None
     duration_ms: float = 0.0
+    media_units: int = 0  # audio milliseconds or images, for a media request
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,8 +267,7 @@ async def settle(sessions: async_sessionmaker[AsyncSession], hold: Hold, served:
         referrer = (await session.execute(select(Referral.referrer_account_id).where(
             Referral.account_id == account_id))).scalar_one_or_none()
         rewarded = referrer is not None and referrer not in (account_id, provider)
-        cost = 0 if self_routed or provider is None else request_cost(
-            served.prompt_tokens, served.completion_tokens, hold.input_price, hold.output_price)
+        cost = 0 if self_routed or provider is None else hold.cost(served)
         parts = split_cost(cost, fee_bps, referral_pct, rewarded)
         involved = [account_id] + [a for a in (provider, referrer if rewarded else None) if a]
         if parts.platform_fee:

@@ -10,13 +10,14 @@ None of them sees the network or the sealing; the agent does that.
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
 from darkbloom.inference.capabilities import CAPABILITIES as CAPABILITIES
 from darkbloom.inference.formatting import Logprobs
+from darkbloom.inference.media_request import ImageRequest, TranscriptionRequest
 from darkbloom.inference.request import GenerationRequest
 from darkbloom.protocol.frames import ModelInfo, Slot
 
@@ -46,7 +47,7 @@ class Finished:
 
 GenerationEvent = Started | TextDelta | Finished
 
-ModelFormat = Literal["gguf", "mlx", "safetensors"]
+ModelFormat = Literal["gguf", "mlx", "safetensors", "ctranslate2", "diffusers"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +55,7 @@ class LocalModel:
     """A model's files on this machine, in the form an engine loads."""
 
     id: str
-    path: Path  # a GGUF file, or a directory (MLX, safetensors)
+    path: Path  # a GGUF file, or a directory (MLX, safetensors, CTranslate2 Whisper, diffusers)
     format: ModelFormat
     size_bytes: int
     weight_hash: str | None = None
@@ -96,6 +97,77 @@ class LoadedModel(Protocol):
     def close(self) -> None: ...
 
 
+# --- media (media.md): blocking jobs, run in a worker thread by the model host ----------------
+
+ProgressFn = Callable[[float, float], None]
+"""``progress(done, total)``: audio seconds transcribed of the whole, or denoising steps of all
+the request's steps; called from the worker thread, often, and must be cheap."""
+
+
+class Cancelled(Exception):
+    """The job's cancel event was seen between two segments or two denoising steps."""
+
+
+@dataclass(frozen=True, slots=True)
+class Word:
+    start: float
+    end: float
+    word: str
+    probability: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    id: int
+    start: float  # seconds
+    end: float
+    text: str
+    tokens: tuple[int, ...] = ()
+    temperature: float = 0.0
+    avg_logprob: float = 0.0
+    compression_ratio: float = 0.0
+    no_speech_prob: float = 0.0
+    words: tuple[Word, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    text: str
+    language: str  # ISO-639-1, as detected or as asked
+    duration_ms: int  # of the decoded audio: what the request is charged for
+    segments: tuple[Segment, ...] = ()
+
+
+class MediaModel(Protocol):
+    """A media model resident in memory: one job at a time per slot; ``close`` unloads it."""
+
+    model: LocalModel
+
+    @property
+    def slots(self) -> int: ...
+
+    @property
+    def busy_slots(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class LoadedTranscriber(MediaModel, Protocol):
+    def transcribe(self, request: TranscriptionRequest, cancel: threading.Event,
+                   progress: ProgressFn) -> Transcript:
+        """Decode and transcribe (blocking). InvalidRequest for audio that does not decode;
+        Cancelled between segments once ``cancel`` is set."""
+        ...
+
+
+class LoadedImageModel(MediaModel, Protocol):
+    def generate_images(self, request: ImageRequest, cancel: threading.Event,
+                        progress: ProgressFn) -> list[bytes]:
+        """``request.n`` PNG images of ``request.size`` (blocking); the same seed gives the same
+        bytes. Cancelled between denoising steps once ``cancel`` is set."""
+        ...
+
+
 class EngineBackend(Protocol):
     """An inference runtime; importing its library is deferred to ``load``."""
 
@@ -106,7 +178,8 @@ class EngineBackend(Protocol):
         """Why it cannot run on this machine (library missing, no GPU...), or None."""
         ...
 
-    def load(self, model: LocalModel, *, slots: int, threads: int | None) -> LoadedModel: ...
+    def load(self, model: LocalModel, *, slots: int, threads: int | None
+             ) -> LoadedModel | LoadedTranscriber | LoadedImageModel: ...
 
 
 class Engine(Protocol):

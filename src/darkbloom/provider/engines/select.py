@@ -1,5 +1,6 @@
 """Which engine runs a model here: the one the operator named, else the one for its format.
 
+Whisper CTranslate2 directories run on faster-whisper, diffusers pipelines on diffusers (media.md).
 GGUF files run on llama.cpp (any OS; CPU, Metal or CUDA), MLX directories on mlx-lm (Apple
 Silicon), safetensors directories on vLLM (NVIDIA), or on mlx-lm where vLLM cannot run (mlx-lm
 loads a plain Hugging Face safetensors checkpoint too, converting as it loads). Nothing here
@@ -11,12 +12,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from darkbloom.provider.engines.base import EngineBackend, LocalModel, ModelFormat
+from darkbloom.provider.engines.diffusion import DiffusersBackend
 from darkbloom.provider.engines.llamacpp import LlamaCppBackend
 from darkbloom.provider.engines.mlx import MlxBackend
 from darkbloom.provider.engines.vllm import VllmBackend
+from darkbloom.provider.engines.whisper import FasterWhisperBackend
 
-BACKENDS: tuple[EngineBackend, ...] = (LlamaCppBackend(), MlxBackend(), VllmBackend())
-DEFAULT_FOR: dict[ModelFormat, str] = {"gguf": "llama.cpp", "mlx": "mlx-lm", "safetensors": "vllm"}
+BACKENDS: tuple[EngineBackend, ...] = (LlamaCppBackend(), MlxBackend(), VllmBackend(),
+                                       FasterWhisperBackend(), DiffusersBackend())
+DEFAULT_FOR: dict[ModelFormat, str] = {"gguf": "llama.cpp", "mlx": "mlx-lm", "safetensors": "vllm",
+                                       "ctranslate2": "faster-whisper", "diffusers": "diffusers"}
 # Other spellings an operator may write in the config or on the command line.
 # Engines that also load a format, when its own engine cannot run here.
 ALSO_FOR: dict[ModelFormat, tuple[str, ...]] = {"safetensors": ("mlx-lm",)}
