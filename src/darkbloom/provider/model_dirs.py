@@ -183,9 +183,8 @@ def whisper_files(path: Path, root: Path) -> dict[str, Path] | None:
     """A CTranslate2 Whisper directory's hashed files, or None when it is not one."""
     try:
         files = {name: path / name for name in WHISPER_FILES if (path / name).is_file()}
-        if not {"model.bin", "config.json"} <= files.keys() or not (
-                "tokenizer.json" in files or any(n.startswith("vocabulary") for n in files)):
-            return None
+        if not {"model.bin", "config.json", "tokenizer.json"} <= files.keys():
+            return None  # without its tokenizer faster-whisper would fetch one from the hub
         return files if _inside(files, root) else None
     except (OSError, RuntimeError):
         return None

@@ -15,7 +15,7 @@ from darkbloom.coordinator.catalog_file import (
     build_catalog,
     load_catalog_file,
 )
-from darkbloom.inference.catalog import DEFAULT_MODEL
+from darkbloom.inference.catalog import BUILTIN_MODELS, DEFAULT_MODEL
 
 ENTRY: dict[str, Any] = {
     "id": "tiny-1b", "display_name": "Tiny 1B", "aliases": ["org/Tiny-1B"], "context_length": 4096,
@@ -32,7 +32,7 @@ def write(tmp_path: Path, entries: Any, name: str = "catalog.json") -> Path:
 
 def test_a_json_file_adds_models_after_the_built_in_ones(tmp_path: Path) -> None:
     catalog = build_catalog(write(tmp_path, [ENTRY]))
-    assert [m.id for m in catalog.models] == [DEFAULT_MODEL.id, "tiny-1b"]
+    assert [m.id for m in catalog.models] == [m.id for m in BUILTIN_MODELS] + ["tiny-1b"]
     model = catalog.resolve("org/Tiny-1B")
     assert model is not None and model.download_url == ENTRY["download_url"]
     assert model.weight_hash == "ab" * 32 and model.package == "" and model.weights_path() is None
@@ -49,7 +49,7 @@ def test_a_toml_file_with_models_tables(tmp_path: Path) -> None:
 
 
 def test_no_file_is_the_built_in_catalog() -> None:
-    assert build_catalog(None).models == (DEFAULT_MODEL,)
+    assert build_catalog(None).models == BUILTIN_MODELS
 
 
 @pytest.mark.parametrize(("change", "complaint"), [

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from darkbloom.inference.catalog import DEFAULT_MODEL
+from darkbloom.inference.catalog import DEFAULT_MODEL, WHISPER_TINY_EN
 from darkbloom.provider.model_store import DownloadSpec, ModelStore, StoreError, fits
 from tests.range_server import serving
 
@@ -43,7 +43,7 @@ def test_download_installs_a_checked_file_and_lists_it(store: ModelStore) -> Non
     assert not (store.models_dir / (NAME + ".part")).exists()
     assert seen[-1] == (len(BLOB), len(BLOB)) and len(seen) > 2
     assert store.find("tiny-alias") == model
-    assert {m.id for m in store.installed()} == {"tiny", DEFAULT_MODEL.id}
+    assert {m.id for m in store.installed()} == {"tiny", DEFAULT_MODEL.id, WHISPER_TINY_EN.id}
     assert not store.is_packaged(model)
 
 

@@ -128,6 +128,7 @@ class Segment:
     compression_ratio: float = 0.0
     no_speech_prob: float = 0.0
     words: tuple[Word, ...] = ()
+    seek: int = 0  # Whisper's window offset (OpenAI's verbose_json reports it)
 
 
 @dataclass(frozen=True, slots=True)

@@ -190,6 +190,6 @@ def _segment(index: int, raw: Any) -> Segment:
         id=index, start=float(raw.start), end=float(raw.end), text=str(raw.text),
         tokens=tuple(int(t) for t in raw.tokens), temperature=float(raw.temperature or 0.0),
         avg_logprob=float(raw.avg_logprob), compression_ratio=float(raw.compression_ratio),
-        no_speech_prob=float(raw.no_speech_prob),
+        no_speech_prob=float(raw.no_speech_prob), seek=int(raw.seek),
         words=tuple(Word(start=float(w.start), end=float(w.end), word=str(w.word),
                          probability=float(w.probability)) for w in raw.words or ()))

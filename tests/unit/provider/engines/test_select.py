@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 
 from darkbloom.provider.engines.base import LoadedModel, LocalModel, ModelFormat
+from darkbloom.provider.engines.diffusion import DiffusersBackend
 from darkbloom.provider.engines.llamacpp import LlamaCppBackend
 from darkbloom.provider.engines.mlx import MlxBackend
 from darkbloom.provider.engines.select import BACKENDS, EngineUnavailable, by_name, choose
 from darkbloom.provider.engines.vllm import VllmBackend
+from darkbloom.provider.engines.whisper import FasterWhisperBackend
 
 
 @dataclass
@@ -108,9 +110,12 @@ def test_an_unknown_engine() -> None:
 
 
 def test_the_registry() -> None:
-    assert [type(b) for b in BACKENDS] == [LlamaCppBackend, MlxBackend, VllmBackend]
-    assert {fmt for b in BACKENDS for fmt in b.formats} == {"gguf", "mlx", "safetensors"}
-    assert [b.name for b in BACKENDS] == ["llama.cpp", "mlx-lm", "vllm"]
+    assert [type(b) for b in BACKENDS] == [LlamaCppBackend, MlxBackend, VllmBackend,
+                                           FasterWhisperBackend, DiffusersBackend]
+    assert {fmt for b in BACKENDS for fmt in b.formats} == {"gguf", "mlx", "safetensors",
+                                                             "ctranslate2", "diffusers"}
+    assert [b.name for b in BACKENDS] == ["llama.cpp", "mlx-lm", "vllm", "faster-whisper",
+                                          "diffusers"]
 
 
 def test_here_gguf_runs_and_the_others_say_why_not() -> None:
