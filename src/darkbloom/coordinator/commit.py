@@ -108,8 +108,10 @@ class Committer:
         """Dispatch until some provider produces a first chunk; raise the consumer's error if none."""
         tried: set[str] = set()
         last: DarkbloomError | None = None
-        demand = Demand.of(prepared.model.id, prompt_tokens=prepared.prompt_tokens,
-                           body_bytes=len(prepared.body), max_tokens=prepared.request.max_tokens,
+        media = prepared.media is not None  # no prompt or KV cache to size: one unit of work
+        demand = Demand.of(prepared.model.id, prompt_tokens=1 if media else prepared.prompt_tokens,
+                           body_bytes=len(prepared.body),
+                           max_tokens=1 if media else prepared.request.max_tokens,
                            model_bytes=prepared.model.size_bytes,
                            needs=needed(prepared.request))
         for n in range(1, self.settings.max_attempts + 1):

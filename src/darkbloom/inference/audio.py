@@ -13,7 +13,6 @@ Uploads are hostile bytes handed to FFmpeg, so the work is bounded and the surfa
 
 from __future__ import annotations
 
-import gc
 import io
 import logging
 import math
@@ -180,8 +179,10 @@ def decode_audio(data: bytes, sample_rate: int = WHISPER_RATE,
                 chunks.extend(_pcm(out) for out in resampler.resample(frame))
             if resampler is not None:
                 chunks.extend(_flush(resampler))
+                # No gc.collect() here (faster-whisper's #390 workaround): with PyAV 18 300
+                # decodes leave RSS flat, and a full collection in a provider with torch loaded
+                # costs 0.2-0.3 s per request (docs/BENCHMARKS.md).
                 del resampler
-                gc.collect()  # FFmpeg resampler state is freed by the collector (faster-whisper #390)
     except InvalidRequest:
         raise
     except Exception as exc:

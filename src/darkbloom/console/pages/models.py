@@ -32,8 +32,9 @@ class ModelRow:
     context_length: int
     providers: int
     trust: str  # TRUST_WORDS' wording; "" when no provider serves it
-    input_price: int  # micro-USD per 1M prompt tokens
+    input_price: int  # micro-USD per 1M prompt tokens, or per price_unit (media)
     output_price: int  # micro-USD per 1M completion tokens
+    price_unit: str = "1M tokens"
 
 
 def model_rows(catalog: Catalog, online: dict[str, ModelSummary], prices: PriceBook) -> list[ModelRow]:
@@ -45,7 +46,7 @@ def model_rows(catalog: Catalog, online: dict[str, ModelSummary], prices: PriceB
         trust = TRUST_WORDS.get(summary.trust_level, "Unverified") if summary.providers else ""
         rows.append(ModelRow(model.id, model.display_name, model.model_type, model.quantization,
                              model.context_length, summary.providers, trust, price.input_price,
-                             price.output_price))
+                             price.output_price, model.price_unit))
     rows.sort(key=lambda row: (-row.providers, row.display_name.lower()))
     return rows
 
