@@ -87,6 +87,7 @@ MODELS: dict[str, dict[str, Any]] = {
 ACCEPTED_WAIT_S = 2  # the coordinator's accepted_timeout_s: the wait for an answer after acceptance
 DEADLINE_S = 6  # its response_deadline_s
 MAX_RESPONSE = 3 * 1024 * 1024  # its max_response_bytes (ciphertext)
+QUEUE_WAIT_S = 3  # its queue_timeout_s
 PNG_BODY = json.dumps({"created": 0, "data": [{"b64_json": "iVBORw0KGgo="}], "size": "64x64",
                        "output_format": "png"}).encode()
 
@@ -117,7 +118,7 @@ def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coordinato
         "size_bytes": 1000, "sha256": IMAGE_HASH, "filename": IMAGE_MODEL, "model_type": "image"}]))
     stack = Coordinator(work, catalog_file=catalog, heartbeat_interval_s=1,
                         accepted_timeout_s=ACCEPTED_WAIT_S, response_deadline_s=DEADLINE_S,
-                        max_response_bytes=MAX_RESPONSE).start()
+                        max_response_bytes=MAX_RESPONSE, queue_timeout_s=QUEUE_WAIT_S).start()
     try:
         yield stack
     finally:
@@ -287,6 +288,7 @@ async def test_a_broken_media_answer_is_a_502_in_our_words_and_refunded(
         answer = await generate(coordinator)
     assert answer.status_code == 502, answer.text
     assert "red square" not in answer.text  # never the provider's words
+    assert "red square" not in coordinator.log_text()  # nor the prompt, in any log line
     assert await charged(coordinator, before, refunded=True) == 0
 
 
@@ -485,6 +487,37 @@ async def test_progress_past_the_measured_audio_keeps_nothing_alive(coordinator:
         await progress(job.fake, [(job.request_id, 5.0 * (i + 1))], unit="steps", total=1e9)
 
     async with serving(coordinator, WHISPER, _hold_with(past_the_end, 8, True)):
+        held = await transcribe(coordinator)
+    assert held.status_code == 504, (held.status_code, held.text[:200])
+
+
+async def test_an_upload_is_not_routed_as_if_its_bytes_were_prompt_tokens(
+        coordinator: Coordinator) -> None:
+    """A provider that reports its memory (backend_capacity.total_memory_gb) still gets a 30 s
+    upload: routing sizes a media request as one unit, not its bytes as prompt tokens with a KV
+    cache each (found in this review while it was being fixed, b7e199a; kept as a regression)."""
+    async def answers(job: Job) -> None:
+        await answer(job, b'{"text":""}', audio_ms=30_000)
+
+    async with serving(coordinator, WHISPER, answers) as (fake,):
+        await fake.send({"type": "heartbeat", "status": "idle", "warm_models": [WHISPER],
+                         "backend_capacity": {"total_memory_gb": 16, "slots": [
+                             {"model": WHISPER, "state": "running"}]}})
+        await asyncio.sleep(0.5)  # ordering only: the heartbeat is read before the request
+        served = await transcribe(coordinator, silence_wav(30.0, rate=4000))
+    assert served.status_code == 200, served.text
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "F12: inference_accepted sent again and again restarts the wait for the answer as progress "
+    "does, with no growth to check: the 'a stuck job does not keep itself alive' rule of "
+    "Dispatcher.progress is bypassed by re-accepting (commit.py _first_chunk treats every "
+    "'accepted' event as fresh life; events() lets one restart the chunk wait too)"))
+async def test_repeated_acceptance_keeps_nothing_alive(coordinator: Coordinator) -> None:
+    async def accept_again(job: Job, i: int) -> None:
+        await job.accepted()
+
+    async with serving(coordinator, WHISPER, _hold_with(accept_again, 8, True)):
         held = await transcribe(coordinator)
     assert held.status_code == 504, (held.status_code, held.text[:200])
 
@@ -766,8 +799,7 @@ async def test_a_long_image_prompt_is_never_printed(host: Host, caplog: pytest.L
     "F9: when the provider's session drops mid-job (agent._abort_all cancels the serving task), "
     "serve_media's finally clears the job's progress, but the worker thread runs on to its next "
     "step and writes it back: the entry then stays on the ProgressBoard for good (sent in every "
-    "later heartbeat; the board grows by one per such job), and ModelHost counts the model unused "
-    "while its thread still runs (media_serving.py ProgressBoard, models.py run_media)"))
+    "later heartbeat; the board grows by one per such job) (media_serving.py ProgressBoard)"))
 async def test_a_dropped_session_leaves_no_progress_behind(host: Host) -> None:
     cancel = threading.Event()
     frame = host.frame(IMAGES, _image(size="256x256", steps=150))

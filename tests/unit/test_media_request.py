@@ -15,6 +15,7 @@ from darkbloom.coordinator.catalog_file import CatalogEntry
 from darkbloom.coordinator.money import MIN_CHARGE_MICRO_USD, media_cost
 from darkbloom.coordinator.usage import settle_media_usage
 from darkbloom.errors import InvalidRequest, RequestTooLarge
+from darkbloom.inference import media_request
 from darkbloom.inference.media_request import (
     MAX_AUDIO_BYTES,
     image_request,
@@ -75,7 +76,7 @@ def test_oversized_audio_is_a_413() -> None:
     assert refused.value.status_code == 413 and refused.value.param == "file"
 
 
-def test_a_sealed_body_is_checked_again() -> None:
+def test_a_sealed_body_is_checked_again(monkeypatch: pytest.MonkeyPatch) -> None:
     good = json.loads(transcription_from_form(form(), "a.wav", AUDIO).to_body())
     for change in ({"file": "!!"}, {"file": None}, {"filename": "../x.exe"}, {"temperature": 9},
                    {"timestamp_granularities": "word"}):
@@ -83,8 +84,9 @@ def test_a_sealed_body_is_checked_again() -> None:
             parse_transcription_body(json.dumps({**good, **change}).encode())
     with pytest.raises(InvalidRequest):
         parse_transcription_body(b"[1]")
+    monkeypatch.setattr(media_request, "MAX_AUDIO_BYTES", 1000)  # the same check, smaller
     with pytest.raises(RequestTooLarge):
-        parse_transcription_body(json.dumps({**good, "file": "A" * (MAX_AUDIO_BYTES * 4 // 3 + 8)}).encode())
+        parse_transcription_body(json.dumps({**good, "file": "A" * (1000 * 4 // 3 + 8)}).encode())
 
 
 def test_image_request_fields() -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from darkbloom.errors import InvalidRequest
-from darkbloom.inference.audio import WHISPER_RATE, decode_audio
+from darkbloom.inference.audio import WHISPER_RATE, decode_audio, measure_audio
 from darkbloom.inference.media_request import TranscriptionRequest
 from darkbloom.provider.engines.base import (
     Cancelled,
@@ -152,7 +152,9 @@ class WhisperTranscriber:
         if whisper is None:
             raise RuntimeError(f"{self.model.id} is closed")
         audio = decode_audio(request.audio, WHISPER_RATE)
-        duration_ms = len(audio) * 1000 // WHISPER_RATE
+        # Measured as the coordinator measures it (native samples, before resampling), so the
+        # two agree to the millisecond on what the request is charged for.
+        duration_ms = measure_audio(request.audio)
         total = duration_ms / 1000
         if cancel.is_set():
             raise Cancelled()
