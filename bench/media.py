@@ -39,14 +39,14 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.e2e.harness import Coordinator, Provider
 from tests.media.speech import speak, word_error_rate
-from tests.media.tiny_pipeline import build_tiny_pipeline
+from tests.media.tiny_pipeline import build_tiny_pipeline, catalog_entry
 
 from darkbloom.inference.audio import WHISPER_RATE, decode_audio, measure_audio
 from darkbloom.inference.media_request import ImageRequest
 from darkbloom.provider.engines.base import LocalModel
 from darkbloom.provider.engines.diffusion import DiffusersBackend
 from darkbloom.provider.engines.whisper import BEAM_SIZE, FALLBACK_TEMPERATURES, wheel_model_dir
-from darkbloom.provider.model_dirs import pipeline_files, weight_hash
+from darkbloom.provider.model_dirs import pipeline_files
 
 WHISPER = "whisper-tiny-en"
 TEST_DOUBLE = "tiny-sd-test-double"
@@ -63,16 +63,6 @@ PARAGRAPH = (
     "west, the sea turns grey, and the boats come home before the light is gone. At night the town "
     "is quiet again, and only the lighthouse keeps watch over the water and the rocks below."
 )
-
-
-def _catalog_entry(pipeline: Path, work: Path) -> dict[str, Any]:
-    """The test double's catalog entry (as tests/e2e/test_media.py registers it)."""
-    files = pipeline_files(pipeline, pipeline)
-    assert files is not None
-    return {"id": TEST_DOUBLE, "display_name": "Tiny SD (test double: random weights)",
-            "context_length": 77, "size_bytes": sum(f.stat().st_size for f in files.values()),
-            "sha256": weight_hash(pipeline, files, work / "hash.json"), "filename": TEST_DOUBLE,
-            "model_type": "image", "description": "A random-weight test double; noise, not art."}
 
 
 class Direct:
@@ -157,7 +147,7 @@ def run_all() -> dict[str, Any]:
         audio_s = len(decode_audio(audio_bytes, WHISPER_RATE)) / WHISPER_RATE
         pipeline = build_tiny_pipeline(work / "provider-config" / "models" / TEST_DOUBLE)
         catalog = work / "catalog.json"
-        catalog.write_text(json.dumps([_catalog_entry(pipeline, work)]))
+        catalog.write_text(json.dumps([catalog_entry(pipeline, work)]))
         coordinator, provider = _start_stack(work, catalog)
         direct = Direct(pipeline)
         client = coordinator.client()

@@ -24,10 +24,9 @@ import pytest
 from PIL import Image
 
 from darkbloom.coordinator.money import media_cost
-from darkbloom.provider.model_dirs import pipeline_files, weight_hash
 from tests.e2e.harness import Coordinator, Provider
 from tests.media.speech import encode, speak, word_error_rate
-from tests.media.tiny_pipeline import build_tiny_pipeline
+from tests.media.tiny_pipeline import build_tiny_pipeline, catalog_entry
 
 WHISPER = "whisper-tiny-en"
 TEST_DOUBLE = "tiny-sd-test-double"
@@ -67,21 +66,12 @@ class MediaStack:
                           headers={"Authorization": f"Bearer {self.coordinator.api_key}"})
 
 
-def _catalog_entry(pipeline: Path, work: Path) -> dict[str, Any]:
-    files = pipeline_files(pipeline, pipeline)
-    assert files is not None
-    return {"id": TEST_DOUBLE, "display_name": "Tiny SD (test double: random weights)",
-            "context_length": 77, "size_bytes": sum(f.stat().st_size for f in files.values()),
-            "sha256": weight_hash(pipeline, files, work / "hash.json"), "filename": TEST_DOUBLE,
-            "model_type": "image", "description": "A random-weight test double; noise, not art."}
-
-
 @pytest.fixture(scope="module")
 def media(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MediaStack]:
     work = tmp_path_factory.mktemp("media")
     pipeline = build_tiny_pipeline(work / "provider-config" / "models" / TEST_DOUBLE)
     catalog = work / "catalog.json"
-    catalog.write_text(json.dumps([_catalog_entry(pipeline, work)]))
+    catalog.write_text(json.dumps([catalog_entry(pipeline, work)]))
     # Short waits: a job longer than accepted_timeout_s lives only by the progress heartbeats
     # carry (once a second here).
     coordinator = Coordinator(work, catalog_file=catalog, heartbeat_interval_s=1,

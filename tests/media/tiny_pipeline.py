@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from darkbloom.provider.model_dirs import pipeline_files, weight_hash
+
 TEST_DOUBLE_ID = "tiny-sd-test-double"  # the id tests serve it under: never a real model's name
 _SEED = 1234
 _MERGES = ("t h", "th e</w>", "a n", "i n", "e r", "o n", "r e", "a t", "e n", "o r")
@@ -93,6 +95,17 @@ def build_tiny_pipeline(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     pipeline.save_pretrained(str(path), safe_serialization=True)
     return path
+
+
+def catalog_entry(pipeline: Path, hashes: Path) -> dict[str, object]:
+    """The double's entry for a test's own catalog file (DARKBLOOM_CATALOG_FILE): the only place
+    it is ever registered."""
+    files = pipeline_files(pipeline, pipeline)
+    assert files is not None
+    return {"id": TEST_DOUBLE_ID, "display_name": "Tiny SD (test double: random weights)",
+            "context_length": 77, "size_bytes": sum(f.stat().st_size for f in files.values()),
+            "sha256": weight_hash(pipeline, files, hashes / "hash.json"), "filename": TEST_DOUBLE_ID,
+            "model_type": "image", "description": "A random-weight test double; noise, not art."}
 
 
 @pytest.fixture(scope="session")
