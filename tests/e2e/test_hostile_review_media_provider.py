@@ -12,8 +12,8 @@ ModelHost serving the wheel's Whisper tiny.en on faster-whisper and the tiny ran
 Stable-Diffusion-shaped TEST DOUBLE (tests/media/tiny_pipeline.py) on diffusers, fed request frames
 sealed here as a coordinator seals them.
 
-Each finding is a test that fails on the code as reviewed (``xfail(strict=True)``, the reason says
-what is wrong); what holds is asserted plainly.
+Each finding of the review (F1-F11) was a test that failed on the code as reviewed; each is now
+fixed and asserted plainly, with the finding's number in its docstring or name.
 """
 
 from __future__ import annotations
@@ -178,10 +178,10 @@ def receipt(job: Job, covered: bytes, **units: int) -> dict[str, Any]:
                            endpoint=job.endpoint, encryption_key=job.fake.keys.public_b64,
                            weight_hash=None, quantization=None, request_body=b"", stream=False)
     writer.add_body(covered)
-    return writer.sign(0, 0, **units).model_dump(mode="json")
+    return dict(writer.sign(0, 0, **units).model_dump(mode="json"))
 
 
-async def complete(job: Job, signed: dict[str, Any] | None = None, **units: int) -> None:
+async def complete(job: Job, *, signed: dict[str, Any] | None = None, **units: int) -> None:
     frame: dict[str, Any] = {"type": "inference_complete", "finish_reason": "stop",
                              "usage": {"prompt_tokens": 0, "completion_tokens": 0, **units}}
     if signed is not None:
@@ -194,7 +194,7 @@ async def answer(job: Job, body: bytes, *, signed: bool = True, **units: int) ->
     carrying the same units."""
     await job.accepted()
     await piece(job, body)
-    await complete(job, receipt(job, body, **units) if signed else None, **units)
+    await complete(job, signed=receipt(job, body, **units) if signed else None, **units)
 
 
 async def progress(fake: FakeProvider, entries: list[tuple[str, float]], unit: str = "steps",
@@ -316,7 +316,7 @@ async def test_a_receipt_for_other_bytes_or_missing_is_never_relayed(coordinator
     async def other_bytes(job: Job) -> None:
         await job.accepted()
         await piece(job, PNG_BODY)
-        await complete(job, receipt(job, b"some other body", images=1), images=1)
+        await complete(job, signed=receipt(job, b"some other body", images=1), images=1)
 
     async with serving(coordinator, IMAGE_MODEL, other_bytes):
         relayed = await generate(coordinator)
@@ -331,10 +331,6 @@ async def test_a_receipt_for_other_bytes_or_missing_is_never_relayed(coordinator
     assert unsigned.status_code == 200 and receipt_header(unsigned) is None
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "F1: the coordinator charges the provider's image count without counting the images in the "
-    "body it relays in the clear: a provider that returns 1 image for n=2 and reports images=2 "
-    "is paid (and the consumer charged) for 2 (commit.py events -> usage.settle_media_usage)"))
 async def test_images_are_charged_for_the_images_the_body_holds(coordinator: Coordinator) -> None:
     async def one_of_two(job: Job) -> None:
         await answer(job, PNG_BODY, images=2)  # the body holds one image
@@ -346,10 +342,6 @@ async def test_images_are_charged_for_the_images_the_body_holds(coordinator: Coo
     assert await charged(coordinator, before) == IMAGE_PRICE
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "F2: a media body is never checked against its response format: an SSE-looking (or any) body "
-    "for an image request is relayed as 200 application/json and charged for the reported images "
-    "(dispatch.py _chunk media branch, relay.collect)"))
 async def test_a_body_that_is_not_an_images_response_is_not_relayed_or_charged(
         coordinator: Coordinator) -> None:
     sse = b'data: {"created":0,"data":[{"b64_json":"iVBORw0KGgo="}]}\n\ndata: [DONE]\n\n'
@@ -366,17 +358,12 @@ async def test_a_body_that_is_not_an_images_response_is_not_relayed_or_charged(
         await charged(coordinator, before)  # let it settle before the next test reads the balance
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "F3: the receipt's priced units are never compared with the units charged: a provider signs "
-    "audio_ms=10 while usage says 30 000 ms and the consumer is charged for 30 s; the receipt is "
-    "relayed, and for text/srt/vtt/json formats `darkbloom verify` has no duration to catch it "
-    "(dispatch.py _checked_receipt checks hash, key, id and signature only)"))
 async def test_a_receipt_that_understates_the_charge_is_not_relayed(coordinator: Coordinator) -> None:
     async def understated(job: Job) -> None:
         body = b"hello there"
         await job.accepted()
         await piece(job, body)
-        await complete(job, receipt(job, body, audio_ms=10), audio_ms=30_000)
+        await complete(job, signed=receipt(job, body, audio_ms=10), audio_ms=30_000)
 
     before = await balance(coordinator)
     async with serving(coordinator, WHISPER, understated):  # 30 s: above the minimum charge
@@ -387,12 +374,6 @@ async def test_a_receipt_that_understates_the_charge_is_not_relayed(coordinator:
     assert signed is None or media_cost(signed["audio_ms"], AUDIO_PRICE, 60_000) == cost, signed
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "F4: a consumer's own input error found only by the provider (language 'fr' for the "
-    "English-only whisper-tiny-en: the real engine refuses it 400 unsupported_language) is "
-    "counted as the provider's failure and retried on every provider, and the consumer gets a "
-    "502: a free way to mark every honest transcription provider failed (commit.py: a provider's "
-    "4xx in standard mode is its failure; prepare_media never checks language against the model)"))
 async def test_an_unsupported_language_is_the_consumers_400(coordinator: Coordinator) -> None:
     async def honest_refusal(job: Job) -> None:  # what RequestServer sends (see part 2)
         await job._send({"type": "inference_error", "status_code": 400, "code": "unsupported_language",
@@ -407,8 +388,8 @@ async def test_an_unsupported_language_is_the_consumers_400(coordinator: Coordin
 
 # --- 1.2 progress heartbeats --------------------------------------------------------------------
 
-def _hold_with(beat: Callable[[Job, int], Awaitable[None]], beats: int, then_answer: bool,
-               **units: int) -> Script:
+def _hold_with(beat: Callable[[Job, int], Awaitable[None]], beats: int, then_answer: bool
+               ) -> Script:
     """Accept, then send ``beats`` heartbeats half a second apart (together longer than the
     coordinator's 2 s wait for an answer), then answer (or stay silent)."""
     async def script(job: Job) -> None:
@@ -420,7 +401,7 @@ def _hold_with(beat: Callable[[Job, int], Awaitable[None]], beats: int, then_ans
             await asyncio.sleep(0.5)
         if then_answer and job.request_id not in job.fake.cancels:
             await piece(job, b'{"text":""}')
-            await complete(job, audio_ms=AUDIO_MS, **units)
+            await complete(job, audio_ms=AUDIO_MS)
     return script
 
 
@@ -445,11 +426,8 @@ async def test_progress_for_another_providers_request_keeps_nothing_alive(
         ids = [j.request_id for j in other.jobs] + ["not-a-request", "x" * 128]
         await progress(job.fake, [(rid, float(i + 1)) for rid in ids], unit="audio_seconds")
 
-    async def also_text_ids(job: Job, i: int) -> None:
-        await foreign(job, i)
-
     async with serving(coordinator, WHISPER, _hold_with(foreign, 8, True),
-                       _hold_with(also_text_ids, 8, True)) as pair:
+                       _hold_with(foreign, 8, True)) as pair:
         fakes.extend(pair)
         first, second = await asyncio.gather(transcribe(coordinator), transcribe(coordinator))
     assert (first.status_code, second.status_code) == (504, 504), (first.text, second.text)
@@ -476,12 +454,6 @@ async def test_growing_progress_and_a_progress_flood_still_end_at_the_deadline(
         assert (await http.get(f"{coordinator.base_url}/health")).status_code == 200
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "F5: progress is taken on the provider's word with no bound from the job itself: done past "
-    "the audio the coordinator measured (a 1 s clip 'transcribed' to 5, 10, 15 ... s), in the "
-    "wrong unit, or grown by any epsilon, restarts the wait every heartbeat, so a provider can "
-    "hold any media request (and its slot and hold) for the whole 30-minute response deadline "
-    "(dispatch.py Dispatcher.progress ignores unit and total and has no per-job bound)"))
 async def test_progress_past_the_measured_audio_keeps_nothing_alive(coordinator: Coordinator) -> None:
     async def past_the_end(job: Job, i: int) -> None:
         await progress(job.fake, [(job.request_id, 5.0 * (i + 1))], unit="steps", total=1e9)
@@ -508,11 +480,6 @@ async def test_an_upload_is_not_routed_as_if_its_bytes_were_prompt_tokens(
     assert served.status_code == 200, served.text
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "F12: inference_accepted sent again and again restarts the wait for the answer as progress "
-    "does, with no growth to check: the 'a stuck job does not keep itself alive' rule of "
-    "Dispatcher.progress is bypassed by re-accepting (commit.py _first_chunk treats every "
-    "'accepted' event as fresh life; events() lets one restart the chunk wait too)"))
 async def test_repeated_acceptance_keeps_nothing_alive(coordinator: Coordinator) -> None:
     async def accept_again(job: Job, i: int) -> None:
         await job.accepted()
@@ -524,12 +491,6 @@ async def test_repeated_acceptance_keeps_nothing_alive(coordinator: Coordinator)
 
 # --- 1.3 limits an honest answer meets ----------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "F6: max_response_bytes counts base64 ciphertext (4/3 of the body), so an answer a legal "
-    "request may produce -- n=4 at 2048x2048, high-entropy PNGs (~12.6 MB each, ~67 MB as "
-    "b64_json) -- is a protocol violation: the honest provider is marked failed, the request is "
-    "retried on up to max_attempts providers that all do the work and all fail, and the "
-    "consumer pays nothing (dispatch.py _chunk; MAX_RESPONSE_BYTES 64 MiB)"))
 def test_the_largest_legal_image_answer_fits_the_response_limit() -> None:
     import numpy as np
     from PIL import Image
@@ -549,7 +510,9 @@ def test_the_largest_legal_image_answer_fits_the_response_limit() -> None:
     dispatcher = Dispatcher(scheduler)  # the coordinator's default limits
     assert scheduler.try_acquire(Demand(IMAGE_MODEL)) is conn
     attempt = dispatcher.send(conn, request.to_body(), demand=Demand(IMAGE_MODEL), model=IMAGE_MODEL,
-                              endpoint=IMAGES, stream=False, max_tokens_cap=1, media=True)
+                              endpoint=IMAGES, stream=False, max_tokens_cap=1,
+                              media=("steps", 1e6, 1.0),
+                              max_response_bytes=request.sealed_answer_bytes)
     sent = conn.outbox.get_nowait()
     frame = InferenceRequest.model_validate_json(sent)
     channel = SessionChannel(keys, public_key_from_b64(frame.encrypted_body.ephemeral_public_key),
@@ -574,22 +537,17 @@ def _largest_transcription_frame() -> str:
         "\U0001f600" * (MAX_PROMPT_CHARS // 2), "verbose_json", 1.0, ("segment", "word")).to_body()
     ephemeral = KeyPair.generate()
     channel = SessionChannel(ephemeral, KeyPair.generate().public, "requester")
-    return encode(InferenceRequest(
+    return str(encode(InferenceRequest(
         request_id="r" * 128, model=WHISPER, endpoint=TRANSCRIPTIONS, stream=False, max_tokens_cap=1,
         encrypted_body=Sealed(ephemeral_public_key=ephemeral.public_b64,
                               ciphertext=channel.seal("request", "", 0, body)),
-        x_request_id="x" * 128))
+        x_request_id="x" * 128)))
 
 
 def test_the_largest_transcription_request_fits_the_providers_frame_limit() -> None:
     assert len(_largest_transcription_frame().encode()) <= MAX_REQUEST_FRAME_BYTES
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "F7: the cluster bus carries at most MAX_FRAME_BYTES (10 MiB) per message, but a "
-    "transcription request frame is up to ~45 MiB (25 MiB audio, base64 twice): an upload over "
-    "~5.5 MiB to a provider held by another coordinator fails with MessageTooLarge "
-    "(cluster/bus.py MAX_MESSAGE_BYTES; link.send_remote)"))
 def test_the_largest_transcription_request_fits_the_cluster_bus() -> None:
     assert len(_largest_transcription_frame().encode()) <= bus.MAX_MESSAGE_BYTES
 
@@ -686,8 +644,9 @@ async def _serve(host: Host, frame: InferenceRequest, cancel: threading.Event | 
 
 async def test_a_hostile_coordinators_media_requests_are_refused_before_any_work(host: Host) -> None:
     """Sealed by "consumer", model or stream unlike the sealed body, base64 invalid or past the
-    limit, the wrong model type either way, a model not served, a chat request for a media model:
-    each is one 4xx error frame (never a crash), and no job ran."""
+    limit, the wrong model type either way, a model not served, audio that does not decode, a
+    chat request for a media model: each is one 4xx error frame (never a crash), no piece is
+    sent, and the host's counts and progress board are idle after."""
     big = json.dumps({"model": WHISPER, "file": "A" * (MAX_AUDIO_BYTES * 4 // 3 + 8),
                       "filename": "a.wav"}).encode()
     cases = [
@@ -700,6 +659,7 @@ async def test_a_hostile_coordinators_media_requests_are_refused_before_any_work
         (host.frame(IMAGES, _image(model=WHISPER)), 400),
         (host.frame(TRANSCRIPTIONS, _transcription(host.speech, model="tiny-sd-test-double")), 400),
         (host.frame(TRANSCRIPTIONS, _transcription(host.speech, model="smollm2-135m")), 404),
+        (host.frame(TRANSCRIPTIONS, _transcription(b"RIFF" + bytes(range(256)) * 8)), 400),
         (host.frame("/v1/chat/completions", json.dumps({
             "model": WHISPER, "messages": [{"role": "user", "content": "hi"}]}).encode()), 400),
     ]
@@ -778,11 +738,6 @@ async def test_the_event_loop_runs_while_a_job_runs_and_nothing_is_logged_of_the
     assert host.idle()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "F8 (privacy): an image prompt longer than CLIP's 77 tokens is printed to the provider's "
-    "stderr (its log) by diffusers' truncation warning, 'The following part of your input was "
-    "truncated ...: [<prompt text>]'; the diffusers/transformers loggers are never silenced "
-    "(engines/diffusion.py only disables progress bars)"))
 async def test_a_long_image_prompt_is_never_printed(host: Host, caplog: pytest.LogCaptureFixture,
                                                     capfd: pytest.CaptureFixture[str]) -> None:
     caplog.set_level("DEBUG")
@@ -795,20 +750,17 @@ async def test_a_long_image_prompt_is_never_printed(host: Host, caplog: pytest.L
     assert "confidential" not in printed, printed[-600:]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "F9: when the provider's session drops mid-job (agent._abort_all cancels the serving task), "
-    "serve_media's finally clears the job's progress, but the worker thread runs on to its next "
-    "step and writes it back: the entry then stays on the ProgressBoard for good (sent in every "
-    "later heartbeat; the board grows by one per such job) (media_serving.py ProgressBoard)"))
 async def test_a_dropped_session_leaves_no_progress_behind(host: Host) -> None:
     cancel = threading.Event()
     frame = host.frame(IMAGES, _image(size="256x256", steps=150))
     task = asyncio.create_task(host.server.serve(frame, cancel))
     await until(lambda: bool(host.server.progress.snapshot()))
-    cancel.set()  # as _abort_all does
+    # As _abort_all does (there cancel.set() comes first, in the same loop turn: the worker's
+    # next step end comes after serve_media's finally all the same, but for a rare race).
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    cancel.set()
     sd = host.served("tiny-sd-test-double")
     await until(lambda: not sd.loaded.busy_slots)  # the worker thread stops at its next step
     stale = host.server.progress.snapshot()
@@ -816,10 +768,6 @@ async def test_a_dropped_session_leaves_no_progress_behind(host: Host) -> None:
     assert stale == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "F10: a second image job waiting for the pipeline (threading.Lock, no timeout) never sees its "
-    "cancel: it holds a worker thread and stays queued until the running job ends, then fails "
-    "499 (Whisper's slot wait polls its cancel; engines/diffusion.py generate_images does not)"))
 async def test_a_cancelled_image_job_waiting_for_the_pipeline_ends_at_once(host: Host) -> None:
     running, waiting = threading.Event(), threading.Event()
     first = host.frame(IMAGES, _image(size="256x256", steps=150))

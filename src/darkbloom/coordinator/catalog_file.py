@@ -69,6 +69,9 @@ class CatalogEntry(BaseModel):
     output_price: int | None = Field(default=None, ge=0, le=10**12)
     capabilities: list[Annotated[str, StringConstraints(pattern=r"^[a-z_]{1,32}$")]] | None = Field(
         default=None, max_length=32)
+    # A transcription model's languages (ISO 639-1); unset: any.
+    languages: list[Annotated[str, StringConstraints(pattern=r"^[a-z]{2,3}$")]] = Field(
+        default_factory=list, max_length=128)
 
     @model_validator(mode="after")
     def _weights(self) -> CatalogEntry:
@@ -116,7 +119,7 @@ class CatalogEntry(BaseModel):
             context_length=self.context_length, quantization=self.quantization,
             size_bytes=self.size_bytes, weight_hash=self.sha256, package="", filename=self.filename,
             architecture=self.architecture, description=self.description, model_type=self.model_type,
-            download_url=self.download_url, **extra)
+            download_url=self.download_url, languages=tuple(self.languages), **extra)
 
 
 def _printable(text: str) -> str:

@@ -141,7 +141,9 @@ class Committer:
             attempt = self.dispatcher.send(
                 provider, body, demand=demand, model=prepared.request.model, endpoint=prepared.endpoint,
                 stream=prepared.request.stream, max_tokens_cap=prepared.max_tokens_cap,
-                x_request_id=REQUEST_ID.get(), media=prepared.media is not None)
+                x_request_id=REQUEST_ID.get(),
+                media=prepared.media.progress if prepared.media is not None else None,
+                max_response_bytes=prepared.media.answer_bytes if prepared.media is not None else 0)
             try:
                 return Committed(attempt, await self._first_chunk(attempt), n, prepared)
             except DarkbloomError as failed:

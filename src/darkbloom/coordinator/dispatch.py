@@ -98,9 +98,12 @@ class Attempt:
     transcript: Transcript | None = None  # standard mode: to check the provider's receipt
     receipt: SignedReceipt | None = None  # standard stream: the checked receipt it carried
     x_request_id: str | None = None  # the consumer's X-Request-ID, for log lines about it
-    # A media answer (media.md): its chunks are pieces of one body (not events), in order.
-    media: bool = False
+    # A media answer (media.md): its chunks are pieces of one body (not events), in order; and
+    # how its progress must read to count (unit, most work, least growth: prepare.MediaJob).
+    media: tuple[str, float, float] | None = None
     progressed: float = 0.0  # the most work done a heartbeat reported (audio seconds, steps)
+    accepted: bool = False
+    max_response_bytes: int = 0  # of ciphertext; 0: the dispatcher's limit
     # Monotonic times, for the provider's reputation: dispatched, and its first chunk arrived.
     sent_at: float = field(default_factory=time.monotonic)
     first_chunk_at: float | None = None
@@ -135,7 +138,8 @@ class Dispatcher:
 
     def send(self, provider: ProviderConn, body: bytes | Sealed, *, demand: Demand, model: str,
              endpoint: Endpoint, stream: bool, max_tokens_cap: int,
-             x_request_id: str | None = None, media: bool = False) -> Attempt:
+             x_request_id: str | None = None, media: tuple[str, float, float] | None = None,
+             max_response_bytes: int = 0) -> Attempt:
         """Seal ``body`` to the provider's key (or forward the consumer's own envelope unchanged)
         and queue it; the caller already holds a slot."""
         request_id = str(uuid.uuid4())
@@ -151,7 +155,8 @@ class Dispatcher:
                           stream=stream, max_tokens_cap=max_tokens_cap,
                           deadline=time.monotonic() + self.deadline_s,
                           transcript=Transcript(stream) if channel else None,
-                          x_request_id=x_request_id, media=media)
+                          x_request_id=x_request_id, media=media,
+                          max_response_bytes=max(max_response_bytes, self.max_response_bytes))
         self.pending[attempt.request_id] = attempt
         frame = InferenceRequest(
             request_id=attempt.request_id,
@@ -187,14 +192,18 @@ class Dispatcher:
 
     # --- frames from providers ---------------------------------------------------------
 
-    def progress(self, provider: ProviderConn, jobs: list[tuple[str, float]]) -> None:
-        """A heartbeat said these media jobs moved on (request id, work done): each one's wait
-        for its answer starts again, so a long image job is not cut by it. Only work that grew
-        counts (a stuck job does not keep itself alive), and the response deadline still holds."""
-        for request_id, done in jobs:
+    def progress(self, provider: ProviderConn, jobs: list[tuple[str, str, float]]) -> None:
+        """A heartbeat said these media jobs moved on (request id, unit, work done): each one's
+        wait for its answer starts again, so a long image job is not cut by it. Only work that
+        grew by a real amount, in the job's unit and within its size, counts: a stuck or lying
+        job cannot keep itself alive past what it could be doing, and the response deadline
+        holds whatever it says."""
+        for request_id, unit, done in jobs:
             attempt = self.pending.get(request_id)
-            if attempt is None or attempt.provider is not provider or not attempt.media \
-                    or done <= attempt.progressed:
+            if attempt is None or attempt.provider is not provider or attempt.media is None:
+                continue
+            wanted, most, least = attempt.media
+            if unit != wanted or done > most or done < attempt.progressed + least:
                 continue
             attempt.progressed = done
             attempt.events.put_nowait(Event("progress"))
@@ -218,7 +227,9 @@ class Dispatcher:
                 frame: InferenceAccepted | InferenceResponseChunk | InferenceComplete | InferenceError
                 ) -> None:
         if isinstance(frame, InferenceAccepted):
-            attempt.events.put_nowait(Event("accepted"))
+            if not attempt.accepted:  # once: a repeat would restart the wait for the answer
+                attempt.accepted = True
+                attempt.events.put_nowait(Event("accepted"))
         elif isinstance(frame, InferenceResponseChunk):
             self._chunk(attempt, frame)
         elif isinstance(frame, InferenceComplete):
@@ -251,10 +262,10 @@ class Dispatcher:
             return
         ciphertext = frame.encrypted_data.ciphertext
         attempt.received_bytes += len(ciphertext)
-        if attempt.received_bytes > self.max_response_bytes:
-            self._violation(attempt, f"response larger than {self.max_response_bytes} bytes")
+        if attempt.received_bytes > attempt.max_response_bytes:
+            self._violation(attempt, f"response larger than {attempt.max_response_bytes} bytes")
             return
-        if attempt.media and attempt.channel is not None:  # a piece of the body: bytes as made
+        if attempt.media is not None and attempt.channel is not None:  # a piece of the body
             try:
                 plaintext = attempt.channel.open("response", attempt.request_id, frame.seq, ciphertext)
             except SealingError as exc:
@@ -283,7 +294,10 @@ class Dispatcher:
         attempt.next_seq += 1
         if attempt.first_chunk_at is None:
             attempt.first_chunk_at = time.monotonic()
-        if attempt.buffered_bytes + len(plaintext) > self.max_buffered_bytes:
+        # A media body is collected whole by the coordinator itself (relay.collect), so its bound
+        # is the answer's; a stream waits for the consumer, within the buffer's.
+        buffer = attempt.max_response_bytes if attempt.media is not None else self.max_buffered_bytes
+        if attempt.buffered_bytes + len(plaintext) > buffer:
             log.warning("request %s: consumer too slow, cancelling", attempt.request_id)
             self.cancel(attempt)
             attempt.events.put_nowait(Event("error", error=ConsumerTooSlow(TOO_SLOW)))
@@ -340,6 +354,13 @@ class Dispatcher:
         log.warning("provider %s sent a receipt that %s on %s; dropped", attempt.provider.id,
                     problem, attempt.request_id)
         return None
+
+    def rejected(self, attempt: Attempt, reason: str) -> None:
+        """A completed answer the coordinator will not relay (a media body not in its format):
+        the provider's failure, on its record."""
+        log.warning("provider %s answered %s with %s; refused", attempt.provider.id,
+                    attempt.request_id, reason)
+        self._failed(attempt.provider, request_id=attempt.request_id)
 
     def _failed(self, provider: ProviderConn, timeout: bool = False, request_id: str = "") -> None:
         """The provider's failure, on its record: here, or for a provider held by another

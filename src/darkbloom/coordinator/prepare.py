@@ -23,6 +23,7 @@ from darkbloom.inference.catalog import Catalog, CatalogModel
 from darkbloom.inference.dialects import parse_request_off_loop
 from darkbloom.inference.fields import MAX_OUTPUT_TOKENS
 from darkbloom.inference.media_request import (
+    MAX_STEPS,
     MODEL_TYPE,
     TRANSCRIPTION_CONTENT_TYPES,
     ImageRequest,
@@ -62,11 +63,22 @@ class MediaJob:
     unit: Literal["audio_ms", "images"]  # the Usage and Receipt field the provider reports
     units: int  # audio milliseconds it decoded (the most it will charge for), or images asked
     content_type: str  # of the answer's body, which the provider makes
+    answer: str  # what the body must be: "images", or the transcription's response_format
+    answer_bytes: int = 0  # the most its sealed pieces can honestly hold; 0: the usual limit
 
     @property
     def units_per_price(self) -> int:
         """The model's price is per this many units (money.py)."""
         return AUDIO_MS_PER_MINUTE if self.unit == "audio_ms" else PER_IMAGE
+
+    @property
+    def progress(self) -> tuple[str, float, float]:
+        """How a heartbeat's progress on this job must read to count (dispatch.py): its unit, the
+        most work the job can be (the audio measured here, or every image's steps, a scheduler
+        taking up to two model calls per step), and the least growth that counts."""
+        if self.unit == "audio_ms":
+            return "audio_seconds", self.units / 1000 + 1, 0.01
+        return "steps", float(self.units * (2 * MAX_STEPS + 1)), 1.0
 
 
 def parse_blind_envelope(body: dict[str, Any]) -> BlindEnvelope:
@@ -163,10 +175,16 @@ class Preparer:
         model = self._model(media.model, endpoint)
         request = GenerationRequest(endpoint=endpoint, model=media.model, stream=False)
         if isinstance(media, TranscriptionRequest):
+            if media.language and model.languages and media.language not in model.languages:
+                raise InvalidRequest(f"{model.id} does not transcribe language {media.language!r}; "
+                                     f"it knows {', '.join(model.languages)}", param="language",
+                                     code="unsupported_language")
             audio_ms = await asyncio.to_thread(measure_audio, media.audio)
-            job = MediaJob("audio_ms", audio_ms, TRANSCRIPTION_CONTENT_TYPES[media.response_format])
+            job = MediaJob("audio_ms", audio_ms, TRANSCRIPTION_CONTENT_TYPES[media.response_format],
+                           media.response_format)
         else:
-            job = MediaJob("images", media.n, "application/json")
+            job = MediaJob("images", media.n, "application/json", "images",
+                           media.sealed_answer_bytes)
         return Prepared(endpoint, raw, request, model, None, 1, min_trust, media=job)
 
     def prepare_blind(self, endpoint: Endpoint, raw: bytes, min_trust: str | None = None) -> Prepared:

@@ -11,6 +11,7 @@ from typing import TypeVar
 from fastapi.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from darkbloom.coordinator import media_answer
 from darkbloom.coordinator.api.errors import stream_error_event
 from darkbloom.coordinator.commit import CHARGED_AS_DELIVERED, Finished
 from darkbloom.coordinator.pipeline import Opened, Pipeline
@@ -136,11 +137,13 @@ async def collect(pipeline: Pipeline, opened: Opened) -> tuple[bytes, Finished]:
     """A non-streamed answer, whole. It runs to completion even if the consumer has gone (the
     answer was produced and is charged; billing.md §4)."""
     committed = opened.committed
-    if opened.prepared.media is not None:  # pieces of one body, in order (media.md)
+    if (job := opened.prepared.media) is not None:  # pieces of one body, in order (media.md)
         pieces = [committed.first_chunk]
         async for item in pipeline.events(opened):
             if isinstance(item, Finished):
-                return b"".join(pieces), item
+                body = b"".join(pieces)
+                return body, await media_answer.checked(pipeline.committer.dispatcher,
+                                                        committed.attempt, job, body, item)
             pieces.append(item)
         raise ProviderFailed("provider ended the response without completing it")
     blind = opened.prepared.sealed_for is not None

@@ -50,6 +50,8 @@ class CatalogModel:
     # How the weights are laid out: a GGUF file, or a directory (a CTranslate2 Whisper
     # conversion, a diffusers pipeline); ``filename`` names the directory for the latter.
     format: str = "gguf"
+    # A transcription model's languages (ISO 639-1); empty: any Whisper knows.
+    languages: tuple[str, ...] = ()
 
     @property
     def is_text(self) -> bool:
@@ -118,6 +120,7 @@ WHISPER_TINY_EN = CatalogModel(
     output_price=0,
     capabilities=("transcription",),
     format="ctranslate2",
+    languages=("en",),
 )
 
 DEFAULT_MODEL = SMOLLM2_135M

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from darkbloom.errors import InvalidRequest, RequestTooLarge
 from darkbloom.inference.fields import is_int, is_number, model_name
 from darkbloom.inference.request import parse_json_body
 
+PIECE_BYTES = 1024 * 1024  # an answer's body travels in sealed pieces of at most this
 MediaEndpoint = Literal["/v1/audio/transcriptions", "/v1/images/generations"]
 TRANSCRIPTIONS: MediaEndpoint = "/v1/audio/transcriptions"
 IMAGES: MediaEndpoint = "/v1/images/generations"
@@ -210,6 +212,16 @@ class ImageRequest:
     @property
     def size(self) -> str:
         return f"{self.width}x{self.height}"
+
+    @property
+    def sealed_answer_bytes(self) -> int:
+        """The most an honest answer can be as sealed pieces: each PNG at worst its raw RGBA
+        pixels, one filter byte per row and deflate's stored-block overhead, in base64 in the
+        JSON; then each piece with its nonce and tag, in base64 again."""
+        png = math.ceil((self.width * self.height * 4 + self.height) * 1.001) + 1024
+        plain = self.n * (math.ceil(png / 3) * 4 + 64) + 4096
+        pieces = math.ceil(plain / PIECE_BYTES)
+        return math.ceil((plain + pieces * 40) / 3) * 4 + pieces * 4
 
     def to_body(self) -> bytes:
         return json.dumps({"model": self.model, "prompt": self.prompt, "size": self.size, "n": self.n,

@@ -20,6 +20,7 @@ from darkbloom.errors import DarkbloomError, InvalidRequest, to_frame
 from darkbloom.inference.image_format import render_images
 from darkbloom.inference.media_request import (
     MODEL_TYPE,
+    PIECE_BYTES,
     TRANSCRIPTIONS,
     ImageRequest,
     TranscriptionRequest,
@@ -50,7 +51,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-PIECE_BYTES = 1024 * 1024  # one sealed chunk of the answer body: far inside a frame
 
 
 @runtime_checkable
@@ -62,20 +62,29 @@ class MediaHost(Protocol):
 
 class ProgressBoard:
     """Each running media job's latest progress, written from worker threads (one assignment of
-    an immutable value per call) and read by the heartbeat."""
+    an immutable value per call) and read by the heartbeat. A job's reporter stops writing once
+    the job is done: a worker thread that outlives its request cannot put it back."""
 
     def __init__(self) -> None:
         self._jobs: dict[str, JobProgress] = {}
+        self._ended: set[str] = set()
 
     def reporter(self, request_id: str, unit: str) -> Callable[[float, float], None]:
+        self._ended.discard(request_id)
+
         def report(done: float, total: float) -> None:
+            if request_id in self._ended:
+                return
             self._jobs[request_id] = JobProgress(
                 request_id=request_id, unit="audio_seconds" if unit == "audio_ms" else "steps",
                 done=min(max(done, 0.0), 1e9), total=min(max(total, 0.0), 1e9))
         return report
 
     def done(self, request_id: str) -> None:
+        self._ended.add(request_id)
         self._jobs.pop(request_id, None)
+        if len(self._ended) > 4096:  # only a job still running can write; old ids can go
+            self._ended = {rid for rid in self._ended if rid in self._jobs}
 
     def snapshot(self) -> list[JobProgress]:
         return list(self._jobs.values())[:256]

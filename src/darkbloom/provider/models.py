@@ -237,7 +237,14 @@ class ModelHost:
         served.users += 1
         try:
             loaded = cast(MediaModel, await self._ready(served))
-            return await asyncio.to_thread(job, loaded)
+            running = asyncio.ensure_future(asyncio.to_thread(job, loaded))
+            try:
+                return await asyncio.shield(running)
+            except asyncio.CancelledError:
+                # The thread cannot be stopped: it runs on until the job sees its cancel event,
+                # and the model counts as in use (never unloaded under it) until then.
+                await asyncio.wait({running})
+                raise
         finally:
             served.users -= 1
             served.last_used = self._clock()

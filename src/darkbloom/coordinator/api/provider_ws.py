@@ -447,7 +447,8 @@ class ProviderSession:
 
         conn.heartbeat = clamps.heartbeat(frame, conn.models, resolve)
         if frame.progress:
-            self.dispatcher.progress(conn, [(job.request_id, job.done) for job in frame.progress])
+            self.dispatcher.progress(conn, [(job.request_id, job.unit, job.done)
+                                            for job in frame.progress])
         self.scheduler.reputations.of(conn).heartbeat(conn.heartbeat.stats, gap,
                                                       self.settings.heartbeat_interval_s)
         self._publish(conn)

@@ -36,11 +36,13 @@ from redis.exceptions import RedisError
 from darkbloom.coordinator.cluster._aio import COMMAND_TIMEOUT_S, bounded, cancelling, stop
 from darkbloom.coordinator.cluster.keys import Keys, check_id
 from darkbloom.coordinator.cluster.presence import Presence
-from darkbloom.protocol.frames import MAX_FRAME_BYTES
+from darkbloom.protocol.frames import MAX_REQUEST_FRAME_BYTES
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = MAX_FRAME_BYTES  # no protocol frame is larger, so no honest message is
+# No protocol frame is larger, so no honest message is: a request carrying a whole audio upload
+# (media.md) is the largest.
+MAX_MESSAGE_BYTES = MAX_REQUEST_FRAME_BYTES
 INBOX_MAXLEN = 2_000
 REPLIES_MAXLEN = 20_000
 STREAM_TTL_S = 60.0  # a stream nobody writes to (its node died) is gone this long after

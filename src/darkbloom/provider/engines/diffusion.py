@@ -45,6 +45,7 @@ from darkbloom.provider.engines.base import Cancelled, LocalModel, ModelFormat, 
 
 log = logging.getLogger(__name__)
 
+_WAIT_S = 0.1  # how often a job waiting for the pipeline looks at its cancel event
 DEFAULT_STEPS = 25  # when the request names none: diffusers' 50 halved (CPU time), clean with DDIM/Euler
 # model_index.json ``_class_name``s this engine generates with (see the module docstring).
 TEXT_TO_IMAGE_PIPELINES = frozenset({"StableDiffusionPipeline", "StableDiffusionXLPipeline"})
@@ -152,9 +153,13 @@ class DiffusersImageModel:
         self._job = threading.Lock()  # one pipeline call at a time
         self._busy = 0
         self._torch: Any = torch
-        # Loading progress bars are noise in a service's log (process-wide switches).
+        # Loading progress bars are noise in a service's log (process-wide switches), and the
+        # libraries' warnings can quote the request: CLIP's "the following part of your input
+        # was truncated" prints the end of a long prompt. Errors only.
         diffusers_logging.disable_progress_bar()
         transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+        diffusers_logging.set_verbosity_error()
+        transformers_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
         pipe: Any = AutoPipelineForText2Image.from_pretrained(  # type: ignore[no-untyped-call]
             str(path), local_files_only=True, dtype=torch.float32,
             low_cpu_mem_usage=importlib.util.find_spec("accelerate") is not None,
@@ -179,8 +184,12 @@ class DiffusersImageModel:
 
     def generate_images(self, request: ImageRequest, cancel: threading.Event,
                         progress: ProgressFn) -> list[bytes]:
-        """``request.n`` PNGs (blocking); Cancelled between denoising steps, never images after."""
-        with self._job:
+        """``request.n`` PNGs (blocking); Cancelled between denoising steps, never images after,
+        and while waiting for the pipeline behind another job."""
+        while not self._job.acquire(timeout=_WAIT_S):
+            if cancel.is_set():
+                raise Cancelled()
+        try:
             with self._lock:
                 self._busy += 1
             try:
@@ -188,6 +197,8 @@ class DiffusersImageModel:
             finally:
                 with self._lock:
                     self._busy -= 1
+        finally:
+            self._job.release()
 
     def _generate(self, request: ImageRequest, cancel: threading.Event,
                   progress: ProgressFn) -> list[bytes]:
