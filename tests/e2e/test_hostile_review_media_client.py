@@ -5,9 +5,9 @@ tests/media/tiny_pipeline.py, a TEST DOUBLE registered only in this module's cat
 fixture is tests/e2e/test_media.py's). Two tests run their own provider-less coordinator: measuring
 audio needs none, and what they flood it with must not slow the other tests.
 
-Each finding is a test that fails on the code as reviewed (``xfail(strict=True)``, the reason says
-what is wrong); the plain tests are attacks that held. No test asserts a wall-clock number: a stall
-shows as a client timeout.
+Each finding was a test that failed on the code as reviewed; each is fixed and now asserted
+plainly, like the attacks that held. No test asserts a wall-clock number: a stall shows as a
+client timeout.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import socket
 import struct
 import threading
@@ -32,6 +31,7 @@ import numpy as np
 import openai
 import pytest
 
+from darkbloom.coordinator.api.media import MAX_UPLOADS_PER_ACCOUNT
 from darkbloom.coordinator.money import media_cost
 from tests.e2e.harness import Coordinator, Provider, _cli
 from tests.media.speech import speak
@@ -245,7 +245,7 @@ def test_odd_multipart_forms_are_openai_4xx_never_5xx(stack: Stack) -> None:
         "the file under another name": (multipart([model, file_part(wav, name=b"audio")]), form,
                                         "audio"),
         "a field over 64 KiB": (multipart([model, field(b"prompt", b"x" * 200_000),
-                                           file_part(wav)]), form, None),
+                                           file_part(wav)]), form, "prompt"),
         "33 fields": (multipart([model, *[field(b"user", b"u")] * 33, file_part(wav)]), form, None),
         "no name in the disposition": (multipart([model, (b'Content-Disposition: form-data; '
                                                           b'filename="a.wav"', wav)]), form, None),
@@ -442,12 +442,6 @@ def test_an_unsupported_language_is_a_400_naming_language(stack: Stack) -> None:
         assert refused.value.body["param"] == "language"  # type: ignore[index]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Audio the coordinator measures but the provider's resampler turns into nothing (a 1 Hz WAV of "
-    "4 samples: the coordinator measures 4 s, decode_audio yields 0 samples at 16 kHz and the "
-    "provider answers 400 empty_file) reaches the consumer as a 502 provider_error: the "
-    "coordinator's acceptance (audio.measure_audio) and the provider's (audio.decode_audio) "
-    "differ, and the provider's 4xx becomes a 5xx (commit.py)"))
 def test_audio_only_the_provider_finds_empty_is_a_400(stack: Stack) -> None:
     answer = stack.transcribe({"file": ("a.wav", pcm_wav(1, 4))})
     assert openai_error(answer, 400)["param"] == "file"
@@ -466,30 +460,17 @@ def test_no_image_prompt_reaches_the_provider_log(stack: Stack) -> None:
     assert "quiet harbour" not in stack.logs()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "An account with no money gets its upload decoded before any balance check: prepare_media "
-    "measures the audio (up to 2 h of decoding, ~25 CPU-seconds for 7.5 MB of 7.1 Opus) and only "
-    "then does _hold/_reserve answer 402; an over-long file is a free 400 after the full decode "
-    "(pipeline.open: _prepare before _reserve)"))
 def test_an_account_that_cannot_pay_is_refused_before_its_audio_is_decoded(stack: Stack) -> None:
     answer = stack.transcribe({"file": ("a.wav", over_two_hours_cheaply(8 * MiB))},
                               key=stack.poor_key)
     assert openai_error(answer, 402)["code"] == "insufficient_funds"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A media 402 tells the consumer to 'lower max_tokens', a field transcription and image "
-    "requests do not have (pipeline.LOW_BALANCE is the text message)"))
 def test_a_media_402_does_not_mention_max_tokens(stack: Stack) -> None:
     answer = stack.transcribe({"file": ("a.wav", stack.speech.read_bytes())}, key=stack.poor_key)
     assert "max_tokens" not in openai_error(answer, 402)["message"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A 'file' part sent without a filename (curl -F 'file=<a.wav') is read as a text field: under "
-    "64 KiB the consumer is told 'Unrecognized request argument supplied: file', over it 'Part "
-    "exceeded maximum size of 64KB' with param null; neither says the file needs a filename "
-    "(api/media.py read_transcription, media_request.transcription_from_form)"))
 def test_a_file_part_without_a_filename_gets_a_400_that_says_so(stack: Stack) -> None:
     model = field(b"model", WHISPER.encode())
     for audio in (pcm_wav(16_000, 8000), stack.speech.read_bytes()):
@@ -520,11 +501,6 @@ def test_slow_uploads_do_not_hold_up_other_consumers(stack: Stack) -> None:
 
 # --- findings that need a coordinator of their own (flooded, then killed) ------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "No bound on media uploads in flight: each max-size upload costs the coordinator ~100 MB at "
-    "once (the 26 MiB body buffered whole by read_body, the audio bytes, the base64 JSON body "
-    "made by to_body, then the sealed copy), with no cap on how many run together (rate limits "
-    "aside: 10 per account at once by default); 16 at once grow it by ~1.5 GB"))
 def test_concurrent_max_size_uploads_have_bounded_memory(bare: Coordinator) -> None:
     assert bare.proc is not None
     upload = over_two_hours_cheaply(25 * MiB)  # refused after a cheap decode: no provider needed
@@ -547,12 +523,6 @@ def test_concurrent_max_size_uploads_have_bounded_memory(bare: Coordinator) -> N
     assert peak - rss_before < 768 * 1024, f"the coordinator grew by {(peak - rss_before) // 1024} MiB"
 
 
-@pytest.mark.xfail(strict=True, raises=httpx.TimeoutException, reason=(
-    "Audio measuring runs on asyncio's default executor (prepare_media: asyncio.to_thread), "
-    "unbounded and shared with the text routes: a few small uploads that decode for long (7.5 MB "
-    "of 7.1 Opus silence past 2 h: ~25 CPU-seconds each, then a free 400) take every worker "
-    "thread, and a text request that needs one (a chat with response_format, parsed off the loop "
-    "in dialects.parse_request_off_loop) waits behind them for minutes"))
 def test_media_decoding_does_not_starve_text_requests(bare: Coordinator) -> None:
     heavy = long_silence("libopus", "ogg", 48_000, "7.1", 7_300, 960)
     body = multipart([field(b"model", WHISPER.encode()),
@@ -560,8 +530,10 @@ def test_media_decoding_does_not_starve_text_requests(bare: Coordinator) -> None
     request = raw_request(bare.base_url, "/v1/audio/transcriptions", bare.api_key, body,
                           "multipart/form-data; boundary=BOUND")
     port = int(bare.base_url.rsplit(":", 1)[1])
-    workers = min(32, (os.cpu_count() or 1) + 4)  # asyncio's default executor in the coordinator
-    senders = [socket.create_connection(("127.0.0.1", port), timeout=60) for _ in range(workers + 4)]
+    # As many as one account may send at once: more than asyncio's default executor has threads
+    # on this machine, and more than the audio measuring threads.
+    senders = [socket.create_connection(("127.0.0.1", port), timeout=60)
+               for _ in range(MAX_UPLOADS_PER_ACCOUNT)]
     try:
         for sock in senders:
             sock.sendall(request)

@@ -72,6 +72,13 @@ def _context_exceeded(prepared: Prepared) -> InvalidRequest:
 
 
 _BLIND_STATUSES = frozenset({400, 409, 413, 422})
+# A media upload's faults only a provider's own decode may find: (param, our words) for each code.
+_MEDIA_INPUT = {
+    "empty_file": ("file", "The audio file holds no audio the provider could decode"),
+    "invalid_file_format": ("file", "The file could not be decoded as audio by the providers"),
+    "audio_too_long": ("file", "The audio is longer than the providers accept"),
+    "unsupported_language": ("language", "No provider transcribes that language with this model"),
+}
 _CODE = re.compile(r"^[a-z_]{1,64}$")  # a provider's error code, passed on only if it is a plain word
 BLIND_REFUSAL = ("a provider refused the sealed request; the reason is sealed to you "
                  "(open error.sealed with darkbloom.client.blind.open_error)")
@@ -167,6 +174,11 @@ class Committer:
                 self.dispatcher.cancel(attempt)
                 raise
         assert last is not None
+        if prepared.media is not None and isinstance(last, ProviderReported) \
+                and (words := _MEDIA_INPUT.get(last.code or "")) is not None:
+            # Every provider tried refused the upload itself, the last in these words: the
+            # consumer's input after all (in our words, never a provider's).
+            raise InvalidRequest(words[1], param=words[0], code=last.code) from None
         raise _consumers_error(last, len(tried))
 
     async def _first_chunk(self, attempt: Attempt) -> bytes:

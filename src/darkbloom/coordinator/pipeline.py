@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from darkbloom.config import CoordinatorSettings
 from darkbloom.coordinator.commit import Committed, Committer, Finished
-from darkbloom.coordinator.money import media_cost, prompt_estimate, request_cost
+from darkbloom.coordinator.money import MIN_CHARGE_MICRO_USD, media_cost, prompt_estimate, request_cost
 from darkbloom.coordinator.prepare import Prepared, Preparer
 from darkbloom.coordinator.pricing import PriceBook
 from darkbloom.coordinator.recorder import Recorder
@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 LOW_BALANCE = ("your balance is too low for this request \u2014 add funds at /billing or lower "
                "max_tokens")
+LOW_BALANCE_MEDIA = "your balance is too low for this request \u2014 add funds at /billing"
 _INLINE_RECOUNT_BYTES = 16 * 1024  # recounting longer answers runs off the event loop
 # A recount this far below a provider's (already bounded) report counts against the provider;
 # re-tokenizing generated text rarely matches the generation token for token.
@@ -114,11 +115,13 @@ class Pipeline:
                                  account_id=call.identity.account_id, x_request_id=call.x_request_id)
         hold: charging.Hold | None = None
         try:
+            if isinstance(call.media, TranscriptionRequest) and not call.route_self:
+                await self._can_pay(call)  # before the upload is decoded: decoding costs CPU
             prepared = await self._prepare(call)
             outcome.model, outcome.stream = prepared.model.id, prepared.request.stream
             outcome.prompt_tokens = prepared.prompt_tokens or 0
             hold = self._hold(call, prepared, outcome.id)
-            await self._reserve(hold)
+            await self._reserve(hold, LOW_BALANCE_MEDIA if call.media is not None else LOW_BALANCE)
             route = Route(owner=call.identity.account_id) if call.route_self else Route(
                 paid=hold.amount_micro_usd > 0)
             committed = await self.committer.commit(prepared, route)
@@ -166,7 +169,14 @@ class Pipeline:
         return charging.Hold(request_id, call.identity.account_id, amount, price.input_price,
                              price.output_price, estimate, prepared.max_tokens_cap, call.identity.key_id)
 
-    async def _reserve(self, hold: charging.Hold) -> None:
+    async def _can_pay(self, call: Call) -> None:
+        """402 for an account that could not pay even the minimum charge (its reservation would
+        fail anyway, after the work of measuring the upload)."""
+        balance = await charging.balance_of(self.sessions, call.identity.account_id)
+        if balance < MIN_CHARGE_MICRO_USD:
+            raise PaymentRequired(LOW_BALANCE_MEDIA, code="insufficient_funds")
+
+    async def _reserve(self, hold: charging.Hold, low_balance: str = LOW_BALANCE) -> None:
         """Take the hold, or 402. Shielded: a consumer leaving mid-way cancels ``open`` while the
         transaction may already have committed; the reservation then still finishes, so the refund
         that follows finds it (a cancel that landed on the commit itself left it open for good)."""
@@ -177,7 +187,7 @@ class Pipeline:
             await asyncio.wait({reserving})
             raise
         except InsufficientFunds:
-            raise PaymentRequired(LOW_BALANCE, code="insufficient_funds") from None
+            raise PaymentRequired(low_balance, code="insufficient_funds") from None
         except charging.KeyRevoked:
             if hold.api_key_id is not None:
                 self.forget_key(hold.api_key_id)

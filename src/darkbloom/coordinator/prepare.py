@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -126,11 +127,17 @@ class Tokenizers:
             self._off_loop -= 1
 
 
+# Uploads are measured on threads of their own: a long decode never takes a thread the text
+# routes' off-loop work needs (asyncio's default pool), and at most this many run at once.
+AUDIO_THREADS = 2
+
+
 class Preparer:
     def __init__(self, settings: CoordinatorSettings, catalog: Catalog, tokenizers: Tokenizers) -> None:
         self.settings = settings
         self.catalog = catalog
         self.tokenizers = tokenizers
+        self._audio = ThreadPoolExecutor(AUDIO_THREADS, thread_name_prefix="audio-measure")
 
     async def prepare(self, endpoint: Endpoint, raw: bytes, min_trust: str | None = None) -> Prepared:
         if min_trust is not None and min_trust not in LEVELS:
@@ -179,7 +186,8 @@ class Preparer:
                 raise InvalidRequest(f"{model.id} does not transcribe language {media.language!r}; "
                                      f"it knows {', '.join(model.languages)}", param="language",
                                      code="unsupported_language")
-            audio_ms = await asyncio.to_thread(measure_audio, media.audio)
+            audio_ms = await asyncio.get_running_loop().run_in_executor(
+                self._audio, measure_audio, media.audio)
             job = MediaJob("audio_ms", audio_ms, TRANSCRIPTION_CONTENT_TYPES[media.response_format],
                            media.response_format)
         else:

@@ -42,6 +42,9 @@ DEMUXERS = "wav,mp3,mov,flac,ogg,matroska,aac,mpeg"
 DECODERS = ("pcm_", "adpcm_", "mp1", "mp2", "mp3", "aac", "alac", "flac", "vorbis", "libvorbis",
             "opus", "libopus")
 MAX_SAMPLE_RATE = 192_000
+# Below this no speech survives resampling to 16 kHz (a 1 Hz "recording" resamples to nothing):
+# refused here, so the coordinator and the provider agree on what is audio.
+MIN_SAMPLE_RATE = 1_000
 MAX_CHANNELS = 32
 MAX_BAD_PACKETS = 1000  # damaged packets skipped before the file counts as corrupt
 _OPEN_OPTIONS = {"format_whitelist": DEMUXERS}
@@ -126,7 +129,8 @@ def _frames(data: bytes, max_seconds: float, tally: _Tally) -> Generator[AudioFr
                 if not isinstance(frame, AudioFrame):
                     continue
                 rate = frame.sample_rate
-                if not 0 < rate <= MAX_SAMPLE_RATE or not 0 < frame.layout.nb_channels <= MAX_CHANNELS:
+                if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE \
+                        or not 0 < frame.layout.nb_channels <= MAX_CHANNELS:
                     raise _undecodable(": its sample rate or channel count is out of range")
                 if frame.samples <= 0:
                     continue

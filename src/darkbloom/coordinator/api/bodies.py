@@ -3,6 +3,7 @@ and the JSON-object bodies of the account and money routes with their field chec
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import datetime
 from typing import Any, NoReturn
@@ -14,13 +15,21 @@ from darkbloom.errors import InvalidRequest, RequestTooLarge
 MAX_BODY_BYTES = 64 * 1024  # api.md §1: 64 KiB outside the inference routes
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, idle_s: float | None = None) -> bytes:
+    """The body, at most ``limit`` bytes; with ``idle_s``, TimeoutError when the client sends
+    nothing for that long (an upload left hanging would hold its place for good)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise RequestTooLarge(f"request body exceeds {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    stream = request.stream()
+    while True:
+        try:
+            async with asyncio.timeout(idle_s):
+                chunk = await anext(stream)
+        except StopAsyncIteration:
+            break
         size += len(chunk)
         if size > limit:
             raise RequestTooLarge(f"request body exceeds {limit} bytes")

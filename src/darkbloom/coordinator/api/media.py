@@ -20,7 +20,7 @@ from darkbloom.coordinator.api.inference import answer, route_self, strictest
 from darkbloom.coordinator.api.ratelimit import InferenceKeyDep, with_rate_headers
 from darkbloom.coordinator.pipeline import Call
 from darkbloom.coordinator.store.credentials import KeyIdentity
-from darkbloom.errors import DarkbloomError, InvalidRequest
+from darkbloom.errors import DarkbloomError, InvalidRequest, NoProviderAvailable, TooManyRequests
 from darkbloom.inference.media_request import (
     IMAGES,
     MAX_AUDIO_BYTES,
@@ -39,10 +39,63 @@ MAX_FORM_BYTES = MAX_AUDIO_BYTES + 1024 * 1024  # the file, and room for the for
 MAX_FORM_FIELDS = 32
 MAX_FIELD_BYTES = 64 * 1024
 MAX_IMAGE_BODY_BYTES = 64 * 1024
+_NO_FILENAME = ("send the audio as a file part with a filename (curl: -F file=@audio.wav; the "
+                "extension names the format)")
 
 
 async def _replay(body: bytes) -> AsyncGenerator[bytes, None]:
     yield body
+
+
+MAX_UPLOADS_PER_ACCOUNT = 8  # uploads one account may have arriving at once
+UPLOAD_IDLE_S = 30.0  # an upload that sends nothing for this long is ended (408)
+# What read uploads may hold at once, counted as each audio's size times the copies a request
+# keeps while it is measured, sealed and sent (the audio, its base64 JSON, the sealed frame).
+UPLOAD_MEMORY_BUDGET = 1024 * 1024 * 1024
+COPIES_HELD = 5
+
+
+class MediaGate:
+    """Bounds what uploads can make the coordinator hold (media.md): a 25 MiB upload is ~125 MB
+    while it is measured, sealed and sent. An account may have a few arriving at once (429 past
+    that), and read uploads are worked on within a memory budget in all (503 past it); a slow
+    upload holds only its own account's place while it arrives."""
+
+    def __init__(self, budget: int = UPLOAD_MEMORY_BUDGET) -> None:
+        self.uploading: dict[str, int] = {}
+        self.budget = budget
+        self.held = 0
+
+    def arriving(self, account_id: str) -> None:
+        if self.uploading.get(account_id, 0) >= MAX_UPLOADS_PER_ACCOUNT:
+            raise TooManyRequests(f"at most {MAX_UPLOADS_PER_ACCOUNT} uploads may arrive at once "
+                                  "per account; wait for one to finish", code="too_many_uploads")
+        self.uploading[account_id] = self.uploading.get(account_id, 0) + 1
+
+    def arrived(self, account_id: str) -> None:
+        left = self.uploading.pop(account_id, 1) - 1
+        if left > 0:
+            self.uploading[account_id] = left
+
+    def take(self, audio_bytes: int) -> int:
+        """Room for one read upload (its share of the budget, to give back), or 503."""
+        share = audio_bytes * COPIES_HELD
+        if self.held and self.held + share > self.budget:
+            raise NoProviderAvailable("the coordinator is busy with other uploads; retry shortly",
+                                      code="busy", headers={"Retry-After": "1"})
+        self.held += share
+        return share
+
+    def give_back(self, share: int) -> None:
+        self.held -= share
+
+
+def _gate(request: Request) -> MediaGate:
+    state = request.app.state
+    if not hasattr(state, "media_gate"):
+        state.media_gate = MediaGate()
+    gate: MediaGate = state.media_gate
+    return gate
 
 
 async def read_transcription(request: Request) -> TranscriptionRequest:
@@ -52,9 +105,15 @@ async def read_transcription(request: Request) -> TranscriptionRequest:
     if content_type.partition(";")[0].strip().lower() != "multipart/form-data":
         raise InvalidRequest("file is required: send the audio as multipart/form-data with a "
                              "'file' field", param="file")
-    body = await read_body(request, MAX_FORM_BYTES)
+    try:
+        body = await read_body(request, MAX_FORM_BYTES, idle_s=UPLOAD_IDLE_S)
+    except TimeoutError:
+        raise InvalidRequest(f"the upload sent nothing for {UPLOAD_IDLE_S:g} s", status_code=408,
+                             code="upload_timeout") from None
+    # Fields are bounded here (each named in its error) rather than by the parser's part limit,
+    # whose error names no field: the whole body is already within MAX_FORM_BYTES.
     parser = MultiPartParser(Headers({"content-type": content_type}), _replay(body),
-                             max_files=1, max_fields=MAX_FORM_FIELDS, max_part_size=MAX_FIELD_BYTES)
+                             max_files=1, max_fields=MAX_FORM_FIELDS, max_part_size=MAX_FORM_BYTES)
     try:
         form = await parser.parse()
     except MultiPartException as exc:
@@ -68,6 +127,11 @@ async def read_transcription(request: Request) -> TranscriptionRequest:
                     raise InvalidRequest(f"unexpected file field {key[:64]!r}: send the audio as "
                                          "'file'", param=key[:64])
                 upload = value
+            elif key == "file":  # a part without a filename is a plain field to the parser
+                raise InvalidRequest(_NO_FILENAME, param="file")
+            elif len(value) > MAX_FIELD_BYTES:
+                raise InvalidRequest(f"form field {key[:64]!r} is over {MAX_FIELD_BYTES // 1024} "
+                                     "KiB", param=key[:64])
             else:
                 fields.setdefault(key, []).append(value)
         audio = await upload.read() if upload is not None else None
@@ -84,10 +148,17 @@ async def read_image(request: Request) -> tuple[bytes, ImageRequest]:
 
 
 async def _serve(request: Request, endpoint: MediaEndpoint, identity: KeyIdentity) -> Response:
+    gate = _gate(request)
+    share = 0
     try:
         media: TranscriptionRequest | ImageRequest
         if endpoint == TRANSCRIPTIONS:
-            media = await read_transcription(request)
+            gate.arriving(identity.account_id)
+            try:
+                media = await read_transcription(request)
+            finally:
+                gate.arrived(identity.account_id)
+            share = gate.take(len(media.audio))
             body = media.to_body()
         else:
             body, media = await read_image(request)
@@ -95,9 +166,11 @@ async def _serve(request: Request, endpoint: MediaEndpoint, identity: KeyIdentit
                     strictest(request.headers.get("x-min-trust-level"), identity.min_trust_level),
                     route_self=route_self(request), x_request_id=request.scope["state"].get("request_id"),
                     media=media)
+        return await answer(request, call)
     except DarkbloomError as exc:
         return error_response(exc, endpoint)
-    return await answer(request, call)
+    finally:
+        gate.give_back(share)
 
 
 @router.post("/v1/audio/transcriptions")

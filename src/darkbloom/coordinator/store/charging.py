@@ -113,6 +113,14 @@ def _autocommit(engine: AsyncEngine) -> AsyncEngine:
     return view
 
 
+async def balance_of(sessions: async_sessionmaker[AsyncSession], account_id: str) -> int:
+    """The account's balance as it stands (a read, no lock): for a check before costly work."""
+    async with sessions() as session:
+        value = (await session.execute(select(Balance.balance_micro_usd).where(
+            Balance.account_id == account_id))).scalar_one_or_none()
+    return int(value or 0)
+
+
 async def reserve(sessions: async_sessionmaker[AsyncSession], hold: Hold,
                   coordinator_id: str | None = None) -> None:
     """Debit the hold (``reserve`` row) and open the reservation, or raise InsufficientFunds or
