@@ -22,8 +22,6 @@ both sides alike.
 from __future__ import annotations
 
 import base64
-import gc
-import json
 import os
 import statistics
 import sys
@@ -34,12 +32,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.e2e.harness import Coordinator, Provider
 from tests.media.speech import speak, word_error_rate
-from tests.media.tiny_pipeline import build_tiny_pipeline, catalog_entry
+from tests.media.stack import media_stack
 
 from darkbloom.inference.audio import WHISPER_RATE, decode_audio, measure_audio
 from darkbloom.inference.media_request import ImageRequest
@@ -119,76 +114,51 @@ def _alternate(rounds: int, direct: Callable[[], Any], through: Callable[[], Any
     return times["direct"], times["darkbloom"], last["direct"], last["darkbloom"]
 
 
-def _start_stack(work: Path, catalog: Path) -> tuple[Coordinator, Provider]:
-    coordinator = Coordinator(work, catalog_file=catalog, log_level="warning").start()
-    provider = Provider(coordinator, threads=THREADS)
-    provider.env["DARKBLOOM_PROVIDER_MODELS"] = json.dumps([WHISPER, TEST_DOUBLE])
-    provider.env["DARKBLOOM_PROVIDER_LOG_LEVEL"] = "warning"
-    provider.start(wait=False)
-    deadline = time.monotonic() + 180
-    served: set[str] = set()
-    while served != {WHISPER, TEST_DOUBLE}:
-        if provider.proc is None or provider.proc.poll() is not None or time.monotonic() > deadline:
-            provider.stop()
-            coordinator.stop()
-            raise RuntimeError(f"the provider did not come up serving both models:\n"
-                               f"{provider.log_text()[-3000:]}")
-        data = httpx.get(f"{coordinator.base_url}/v1/models", timeout=5).json()["data"]
-        served = {m["id"] for m in data if m["metadata"]["provider_count"]}
-        time.sleep(0.2)
-    return coordinator, provider
-
-
 def run_all() -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-media-") as tmp:
         work = Path(tmp)
         speech = speak(PARAGRAPH, work / "speech.wav")
         audio_bytes = speech.read_bytes()
         audio_s = len(decode_audio(audio_bytes, WHISPER_RATE)) / WHISPER_RATE
-        pipeline = build_tiny_pipeline(work / "provider-config" / "models" / TEST_DOUBLE)
-        catalog = work / "catalog.json"
-        catalog.write_text(json.dumps([catalog_entry(pipeline, work)]))
-        coordinator, provider = _start_stack(work, catalog)
-        direct = Direct(pipeline)
-        client = coordinator.client()
-        try:
-            def through_transcribe() -> str:
-                with speech.open("rb") as handle:
-                    return str(client.audio.transcriptions.create(model=WHISPER, file=handle).text)
+        with media_stack(work, threads=THREADS, quiet=True) as (coordinator, _):
+            direct = Direct(work / "provider-config" / "models" / TEST_DOUBLE)
+            client = coordinator.client()
+            try:
+                def through_transcribe() -> str:
+                    with speech.open("rb") as handle:
+                        return str(client.audio.transcriptions.create(model=WHISPER, file=handle).text)
 
-            def through_image() -> bytes:
-                answer = client.images.generate(model=TEST_DOUBLE, prompt=IMAGE_PROMPT,
-                                                size=f"{SIZE}x{SIZE}", n=1,  # type: ignore[arg-type]
-                                                extra_body={"steps": STEPS, "seed": SEED})
-                assert answer.data and answer.data[0].b64_json
-                return base64.b64decode(answer.data[0].b64_json)
+                def through_image() -> bytes:
+                    answer = client.images.generate(model=TEST_DOUBLE, prompt=IMAGE_PROMPT,
+                                                    size=f"{SIZE}x{SIZE}", n=1,  # type: ignore[arg-type]
+                                                    extra_body={"steps": STEPS, "seed": SEED})
+                    assert answer.data and answer.data[0].b64_json
+                    return base64.b64decode(answer.data[0].b64_json)
 
-            def p50(fn: Callable[[], Any]) -> float:
-                return statistics.median(_timed(fn)[0] for _ in range(5))
+                def p50(fn: Callable[[], Any]) -> float:
+                    return statistics.median(_timed(fn)[0] for _ in range(5))
 
-            # The pieces of audio handling, in this process (torch and diffusers loaded, as in
-            # the provider): decoding includes inference/audio.py's full gc.collect().
-            pieces = {"decode": p50(lambda: decode_audio(audio_bytes, WHISPER_RATE)),
-                      "gc": p50(gc.collect), "measure": p50(lambda: measure_audio(audio_bytes))}
-            load_before = os.getloadavg()[0]
-            # Warm-up, both sides (first calls allocate and fill caches), then the rounds.
-            direct.transcribe(audio_bytes)
-            through_transcribe()
-            print(f"transcription: {TRANSCRIBE_ROUNDS} alternating rounds of {audio_s:.1f} s of "
-                  "speech...", flush=True)
-            t_direct, t_through, text_direct, text_through = _alternate(
-                TRANSCRIBE_ROUNDS, lambda: direct.transcribe(audio_bytes), through_transcribe)
-            direct.image()
-            through_image()
-            print(f"images: {IMAGE_ROUNDS} alternating rounds ({SIZE}x{SIZE}, {STEPS} steps, "
-                  "test double)...", flush=True)
-            i_direct, i_through, png_direct, png_through = _alternate(
-                IMAGE_ROUNDS, direct.image, through_image)
-            load_after = os.getloadavg()[0]
-        finally:
-            direct.close()
-            provider.stop()
-            coordinator.stop()
+                # The pieces of audio handling, in this process (torch and diffusers loaded, as in
+                # the provider).
+                pieces = {"decode": p50(lambda: decode_audio(audio_bytes, WHISPER_RATE)),
+                          "measure": p50(lambda: measure_audio(audio_bytes))}
+                load_before = os.getloadavg()[0]
+                # Warm-up, both sides (first calls allocate and fill caches), then the rounds.
+                direct.transcribe(audio_bytes)
+                through_transcribe()
+                print(f"transcription: {TRANSCRIBE_ROUNDS} alternating rounds of {audio_s:.1f} s of "
+                      "speech...", flush=True)
+                t_direct, t_through, text_direct, text_through = _alternate(
+                    TRANSCRIBE_ROUNDS, lambda: direct.transcribe(audio_bytes), through_transcribe)
+                direct.image()
+                through_image()
+                print(f"images: {IMAGE_ROUNDS} alternating rounds ({SIZE}x{SIZE}, {STEPS} steps, "
+                      "test double)...", flush=True)
+                i_direct, i_through, png_direct, png_through = _alternate(
+                    IMAGE_ROUNDS, direct.image, through_image)
+                load_after = os.getloadavg()[0]
+            finally:
+                direct.close()
     return {
         "audio_s": audio_s, "audio_bytes": len(audio_bytes), "pieces": pieces,
         "load": (load_before, load_after),
@@ -230,9 +200,8 @@ def table(results: dict[str, Any]) -> str:
         f"({results['audio_bytes'] / 2**20:.2f} MiB WAV); same transcript both ways: "
         f"{'yes' if results['same_text'] else 'no'}. Pieces (p50, in the bench process, which like "
         f"the provider holds torch and diffusers): decoding the WAV to 16 kHz (`decode_audio`, on "
-        f"both sides) {pieces['decode'] * 1000:.0f} ms, of which its closing full `gc.collect()` "
-        f"about {pieces['gc'] * 1000:.0f} ms; the coordinator's duration pass (`measure_audio`) "
-        f"{pieces['measure'] * 1000:.0f} ms.",
+        f"both sides) {pieces['decode'] * 1000:.0f} ms; the duration pass (`measure_audio`, the "
+        f"coordinator's and the provider's) {pieces['measure'] * 1000:.0f} ms.",
         "",
         f"| images (TEST DOUBLE: tiny random-weight SD pipeline, {SIZE}x{SIZE}, {STEPS} steps, n=1) "
         "| wall s p50 (min–max) | images per minute, p50 (best) | requests |",

@@ -35,10 +35,9 @@ from darkbloom.coordinator.api.media import MAX_UPLOADS_PER_ACCOUNT
 from darkbloom.coordinator.money import media_cost
 from tests.e2e.harness import Coordinator, Provider, _cli
 from tests.media.speech import speak
-from tests.media.tiny_pipeline import build_tiny_pipeline, catalog_entry
+from tests.media.stack import WHISPER, media_stack
+from tests.media.tiny_pipeline import TEST_DOUBLE_ID as TEST_DOUBLE
 
-WHISPER = "whisper-tiny-en"
-TEST_DOUBLE = "tiny-sd-test-double"
 SENTENCE = "Open the window and let the fresh air in. The weather is warm and sunny today."
 TRANSCRIPT_WORDS = ("fresh air", "sunny today", "weather is warm")
 MiB = 1024 * 1024
@@ -193,31 +192,11 @@ def openai_error(answer: httpx.Response, *statuses: int) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     work = tmp_path_factory.mktemp("media-client")
-    pipeline = build_tiny_pipeline(work / "provider-config" / "models" / TEST_DOUBLE)
-    catalog = work / "catalog.json"
-    catalog.write_text(json.dumps([catalog_entry(pipeline, work)]))
     # Heartbeats each second carry progress; the wait for an accepted job's answer is longer than
-    # test_media's 2 s, so a busy CI machine does not turn an honest job into a 504 here.
-    coordinator = Coordinator(work, catalog_file=catalog, heartbeat_interval_s=1,
-                              accepted_timeout_s=30).start()
-    poor_key = _cli(["keys", "create", "--account", "penniless"], coordinator.env)
-    provider = Provider(coordinator)
-    provider.env["DARKBLOOM_PROVIDER_MODELS"] = json.dumps([WHISPER, TEST_DOUBLE])
-    provider.env["DARKBLOOM_PROVIDER_THREADS"] = "2"
-    provider.start(wait=False)
-    try:
-        deadline = time.monotonic() + 180
-        served: set[str] = set()
-        while time.monotonic() < deadline and served != {WHISPER, TEST_DOUBLE}:
-            assert provider.proc is not None and provider.proc.poll() is None, provider.log_text()
-            data = httpx.get(f"{coordinator.base_url}/v1/models", timeout=5).json()["data"]
-            served = {m["id"] for m in data if m["metadata"]["provider_count"]}
-            time.sleep(0.2)
-        assert served == {WHISPER, TEST_DOUBLE}, provider.log_text()[-3000:]
+    # test_media's, so a busy CI machine does not turn an honest job into a 504 here.
+    with media_stack(work, heartbeat_interval_s=1, accepted_timeout_s=30) as (coordinator, provider):
+        poor_key = _cli(["keys", "create", "--account", "penniless"], coordinator.env)
         yield Stack(coordinator, provider, speak(SENTENCE, work / "speech.wav"), poor_key)
-    finally:
-        provider.stop()
-        coordinator.stop()
 
 
 @pytest.fixture

@@ -26,10 +26,9 @@ from PIL import Image
 from darkbloom.coordinator.money import media_cost
 from tests.e2e.harness import Coordinator, Provider
 from tests.media.speech import encode, speak, word_error_rate
-from tests.media.tiny_pipeline import build_tiny_pipeline, catalog_entry
+from tests.media.stack import WHISPER, media_stack
+from tests.media.tiny_pipeline import TEST_DOUBLE_ID as TEST_DOUBLE
 
-WHISPER = "whisper-tiny-en"
-TEST_DOUBLE = "tiny-sd-test-double"
 SENTENCE = "Open the window and let the fresh air in. The weather is warm and sunny today."
 MAX_WER = 0.25  # Whisper tiny.en hears espeak-ng's en-us voice say this word for word here
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -69,30 +68,10 @@ class MediaStack:
 @pytest.fixture(scope="module")
 def media(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MediaStack]:
     work = tmp_path_factory.mktemp("media")
-    pipeline = build_tiny_pipeline(work / "provider-config" / "models" / TEST_DOUBLE)
-    catalog = work / "catalog.json"
-    catalog.write_text(json.dumps([catalog_entry(pipeline, work)]))
     # Short waits: a job longer than accepted_timeout_s lives only by the progress heartbeats
     # carry (once a second here).
-    coordinator = Coordinator(work, catalog_file=catalog, heartbeat_interval_s=1,
-                              accepted_timeout_s=5).start()
-    provider = Provider(coordinator)
-    provider.env["DARKBLOOM_PROVIDER_MODELS"] = json.dumps([WHISPER, TEST_DOUBLE])
-    provider.env["DARKBLOOM_PROVIDER_THREADS"] = "2"
-    provider.start(wait=False)
-    try:
-        deadline = time.monotonic() + 180
-        served: set[str] = set()
-        while time.monotonic() < deadline and served != {WHISPER, TEST_DOUBLE}:
-            assert provider.proc is not None and provider.proc.poll() is None, provider.log_text()
-            data = httpx.get(f"{coordinator.base_url}/v1/models", timeout=5).json()["data"]
-            served = {m["id"] for m in data if m["metadata"]["provider_count"]}
-            time.sleep(0.2)
-        assert served == {WHISPER, TEST_DOUBLE}, provider.log_text()[-3000:]
+    with media_stack(work, heartbeat_interval_s=1, accepted_timeout_s=5) as (coordinator, provider):
         yield MediaStack(coordinator, provider, speak(SENTENCE, work / "speech.wav"))
-    finally:
-        provider.stop()
-        coordinator.stop()
 
 
 # --- models and routing ------------------------------------------------------------------------

