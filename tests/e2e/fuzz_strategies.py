@@ -26,6 +26,10 @@ from tests.e2e.harness import MODEL
 CHAT, COMPLETIONS, RESPONSES = "/v1/chat/completions", "/v1/completions", "/v1/responses"
 MESSAGES, COUNT_TOKENS = "/v1/messages", "/v1/messages/count_tokens"
 POST_ROUTES = (CHAT, COMPLETIONS, RESPONSES, MESSAGES, COUNT_TOKENS)
+# The media routes (issue 13): the fuzz stack serves no media model, so a request that passes
+# their checks ends in the documented 503 (no provider).
+TRANSCRIPTIONS, IMAGES = "/v1/audio/transcriptions", "/v1/images/generations"
+MEDIA_ROUTES = (TRANSCRIPTIONS, IMAGES)
 ANTHROPIC_ROUTES = frozenset({MESSAGES, COUNT_TOKENS})
 GET_ROUTES = ("/v1/models", "/v1/models/catalog", "/v1/models/{model_id}", "/v1/receipts/{request_id}",
               "/v1/providers/attestation", "/v1/encryption-key", "/v1/runtime/manifest", "/health",
@@ -657,3 +661,63 @@ def account_calls() -> st.SearchStrategy[Call]:
         return Call(method, path, (*auth, ("content-type", b"application/json")), body)
     return st.builds(build, st.sampled_from(ACCOUNT_ROUTES), ACCOUNT_AUTH, ACCOUNT_BODY,
                      st.sampled_from(ACCOUNT_QUERIES))
+
+
+# --- the media routes (issue 13) ----------------------------------------------------------------
+
+MEDIA_MODELS = st.sampled_from([MODEL, "whisper-tiny-en", "whisper-1", "tiny-sd", "", 5, None])
+_TINY_WAV = (b"RIFF\x2c\x00\x00\x00WAVEfmt \x10\x00\x00\x00\x01\x00\x01\x00\x80\x3e\x00\x00"
+             b"\x00\x7d\x00\x00\x02\x00\x10\x00data\x08\x00\x00\x00" + b"\x00\x01" * 4)
+
+
+def _image_body() -> st.SearchStrategy[Any]:
+    return st.fixed_dictionaries({"model": MEDIA_MODELS, "prompt": st.text(max_size=20)}, optional={
+        "n": st.integers(-1, 6), "steps": st.integers(-1, 200), "seed": st.integers(-1, 2**64),
+        "size": st.sampled_from(["64x64", "1024x1024", "auto", "0x0", "4096x4096", "64x", "x",
+                                 "1e3x64", " 64x64", "64X64"]),
+        "negative_prompt": st.text(max_size=10) | st.integers(),
+        "response_format": st.sampled_from(["b64_json", "url", "", None]),
+        "output_format": st.sampled_from(["png", "jpeg", None])})
+
+
+def _part(name: bytes, value: bytes, filename: bytes | None = None) -> bytes:
+    disposition = b'Content-Disposition: form-data; name="' + name + b'"'
+    if filename is not None:
+        disposition += b'; filename="' + filename + b'"'
+    return b"--fuzzboundary\r\n" + disposition + b"\r\n\r\n" + value + b"\r\n"
+
+
+def _form(fields: list[tuple[bytes, bytes]], file: tuple[bytes, bytes] | None, cut: int) -> bytes:
+    body = b"".join(_part(name, value) for name, value in fields)
+    if file is not None:
+        body += _part(b"file", file[1], file[0])
+    body += b"--fuzzboundary--\r\n"
+    return body[:cut] if cut else body
+
+
+FORM_FIELDS = st.tuples(
+    st.sampled_from([b"model", b"language", b"prompt", b"response_format", b"temperature",
+                     b"timestamp_granularities[]", b"stream", b"file", b"junk", b"model\x00",
+                     b'mo"del']),
+    st.sampled_from([b"whisper-tiny-en", b"whisper-1", MODEL.encode(), b"en", b"fr", b"verbose_json",
+                     b"srt", b"word", b"segment", b"0.5", b"nan", b"-1", b"true", b"", b"\xff\xfe",
+                     b"x" * 70_000]))
+UPLOADS = st.tuples(
+    st.sampled_from([b"a.wav", b"a.mp3", b"a.webm", b"noext", b"a.aiff", b"../../a.wav", b"a\x00.wav",
+                     b"", "\u00e9.ogg".encode()]),
+    st.one_of(st.binary(max_size=600), st.just(_TINY_WAV), st.just(b""),
+              st.binary(max_size=64).map(lambda tail: _TINY_WAV[:44] + tail)))
+
+
+def media_calls() -> st.SearchStrategy[Call]:
+    """JSON (random, hostile or image-shaped) to both media routes, and multipart forms (odd
+    fields, odd files, cut short, a wrong boundary) to the transcription route."""
+    json_calls = st.builds(post, st.sampled_from(MEDIA_ROUTES), JSON | HOSTILE | _image_body())
+    forms = st.builds(
+        lambda fields, file, cut, ctype: Call("POST", TRANSCRIPTIONS, (*AUTH, ("content-type", ctype)),
+                                              _form(fields, file, cut)),
+        st.lists(FORM_FIELDS, max_size=5), st.none() | UPLOADS, st.sampled_from([0, 0, 0, 10, 120]),
+        st.sampled_from([b"multipart/form-data; boundary=fuzzboundary",
+                         b"multipart/form-data; boundary=other", b"multipart/form-data",
+                         b"application/json"]))
+    return st.one_of(json_calls, forms)
