@@ -20,6 +20,7 @@ import psutil
 import pytest
 
 from darkbloom.cli import daemon
+from darkbloom.inference.catalog import WHISPER_TINY_EN
 from tests.e2e.harness import MODEL, Coordinator
 from tests.e2e.terminal import Terminal
 from tests.e2e.test_provider_daemon_cli import cli_env, darkbloom
@@ -117,8 +118,9 @@ def test_start_logs_stop_in_a_terminal(tmp_path: Path, coordinator: Coordinator)
     try:
         with Terminal(env) as term:
             term.run("start")
-            term.wait_for(r"Pick numbers, e\.g\. 1 3 \[1-1\]")
-            assert MODEL in term.screen()
+            # Both wheel-shipped models are installed and fit: the text model, and Whisper.
+            term.wait_for(r"Pick numbers, e\.g\. 1 3 \[1-2\]")
+            assert MODEL in term.screen() and WHISPER_TINY_EN.id in term.screen()
             term.type("1")
             assert term.wait_exit(120) == 0, term.screen()
             pid = int(term.wait_for(r"started in the background, pid (\d+)").group(1))

@@ -200,7 +200,8 @@ class Dispatcher:
         holds whatever it says."""
         for request_id, unit, done in jobs:
             attempt = self.pending.get(request_id)
-            if attempt is None or attempt.provider is not provider or attempt.media is None:
+            if attempt is None or attempt.provider is not provider or attempt.media is None \
+                    or not attempt.accepted:  # before its acceptance, a job has no progress
                 continue
             wanted, most, least = attempt.media
             if unit != wanted or done > most or done < attempt.progressed + least:
