@@ -92,6 +92,12 @@ def parse_blind_envelope(body: dict[str, Any]) -> BlindEnvelope:
                              param=where[0][:64], code="invalid_sealed_envelope") from None
 
 
+def _check_trust(min_trust: str | None) -> None:
+    if min_trust is not None and min_trust not in LEVELS:
+        raise InvalidRequest(f"x-min-trust-level must be one of {', '.join(LEVELS)}",
+                             param="x-min-trust-level")
+
+
 class Tokenizers:
     """Vocabulary-only llama.cpp models, loaded once per catalog model whose file is present.
 
@@ -140,9 +146,7 @@ class Preparer:
         self._audio = ThreadPoolExecutor(AUDIO_THREADS, thread_name_prefix="audio-measure")
 
     async def prepare(self, endpoint: Endpoint, raw: bytes, min_trust: str | None = None) -> Prepared:
-        if min_trust is not None and min_trust not in LEVELS:
-            raise InvalidRequest(f"x-min-trust-level must be one of {', '.join(LEVELS)}",
-                                 param="x-min-trust-level")
+        _check_trust(min_trust)
         request = await parse_request_off_loop(endpoint, raw)
         model = self._model(request.model, endpoint)
         builder = self.tokenizers.get(model.id)
@@ -176,9 +180,7 @@ class Preparer:
         """A media request the route has read and validated: its model, and what it may cost.
         Audio is decoded here (off the loop) to measure it: corrupt, empty or overlong audio is
         a 400 before any money is held or any provider is asked."""
-        if min_trust is not None and min_trust not in LEVELS:
-            raise InvalidRequest(f"x-min-trust-level must be one of {', '.join(LEVELS)}",
-                                 param="x-min-trust-level")
+        _check_trust(min_trust)
         model = self._model(media.model, endpoint)
         request = GenerationRequest(endpoint=endpoint, model=media.model, stream=False)
         if isinstance(media, TranscriptionRequest):
@@ -201,9 +203,7 @@ class Preparer:
 
         Each sealed entry must fit in one frame to its provider (``entry_limit``), so no envelope
         can make a provider's socket close on an oversized frame."""
-        if min_trust is not None and min_trust not in LEVELS:
-            raise InvalidRequest(f"x-min-trust-level must be one of {', '.join(LEVELS)}",
-                                 param="x-min-trust-level")
+        _check_trust(min_trust)
         envelope = parse_blind_envelope(parse_json_body(raw))
         model = self.catalog.resolve(envelope.model)
         if model is None:

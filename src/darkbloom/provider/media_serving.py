@@ -83,8 +83,8 @@ class ProgressBoard:
     def done(self, request_id: str) -> None:
         self._ended.add(request_id)
         self._jobs.pop(request_id, None)
-        if len(self._ended) > 4096:  # only a job still running can write; old ids can go
-            self._ended = {rid for rid in self._ended if rid in self._jobs}
+        if len(self._ended) > 4096:  # bounded; ModelHost.run_media waits out a cancelled job's
+            self._ended.clear()        # thread, so an ended id is rarely written to again
 
     def snapshot(self) -> list[JobProgress]:
         return list(self._jobs.values())[:256]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -111,11 +112,16 @@ async def _read_call(request: Request, endpoint: Endpoint, identity: KeyIdentity
             raise RequestTooLarge(f"request body exceeds {limit} bytes")
     else:
         body = await read_body(request, limit)
-    call = Call(endpoint, body, identity,
+    return make_call(request, endpoint, body, identity, blind=blind), reply_channel
+
+
+def make_call(request: Request, endpoint: Endpoint, body: bytes, identity: KeyIdentity,
+              **kind: Any) -> Call:
+    """The Call for a body a route has read: the request's trust floor, route and id with it."""
+    return Call(endpoint, body, identity,
                 strictest(request.headers.get("x-min-trust-level"), identity.min_trust_level),
-                blind=blind, route_self=route_self(request),
-                x_request_id=request.scope["state"].get("request_id"))
-    return call, reply_channel
+                route_self=route_self(request), x_request_id=request.scope["state"].get("request_id"),
+                **kind)
 
 
 async def serve(request: Request, endpoint: Endpoint, identity: KeyIdentity) -> Response:

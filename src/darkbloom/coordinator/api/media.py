@@ -16,9 +16,8 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from darkbloom.coordinator.api.bodies import read_body
 from darkbloom.coordinator.api.errors import error_response
-from darkbloom.coordinator.api.inference import answer, route_self, strictest
+from darkbloom.coordinator.api.inference import answer, make_call
 from darkbloom.coordinator.api.ratelimit import InferenceKeyDep, with_rate_headers
-from darkbloom.coordinator.pipeline import Call
 from darkbloom.coordinator.store.credentials import KeyIdentity
 from darkbloom.errors import DarkbloomError, InvalidRequest, NoProviderAvailable, TooManyRequests
 from darkbloom.inference.media_request import (
@@ -162,11 +161,7 @@ async def _serve(request: Request, endpoint: MediaEndpoint, identity: KeyIdentit
             body = media.to_body()
         else:
             body, media = await read_image(request)
-        call = Call(endpoint, body, identity,
-                    strictest(request.headers.get("x-min-trust-level"), identity.min_trust_level),
-                    route_self=route_self(request), x_request_id=request.scope["state"].get("request_id"),
-                    media=media)
-        return await answer(request, call)
+        return await answer(request, make_call(request, endpoint, body, identity, media=media))
     except DarkbloomError as exc:
         return error_response(exc, endpoint)
     finally:
