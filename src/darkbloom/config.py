@@ -221,7 +221,7 @@ FILE_KEYS: dict[str, dict[str, str]] = {
     "coordinator": {"url": "coordinator_url", "urls": "coordinator_urls",
                     "heartbeat_interval_secs": "heartbeat_interval_s"},
     "backend": {"models": "models", "idle_timeout_mins": "idle_timeout_mins", "slots": "slots",
-                "threads": "threads", "engine": "engine"},
+                "threads": "threads", "engine": "engine", "prefix_cache": "prefix_cache"},
 }
 SCHEDULE_SECTION = "schedule"
 
@@ -259,8 +259,12 @@ class ProviderSettings(BaseSettings):
         default_factory=lambda: ["smollm2-135m"], min_length=1, max_length=32)
     # Unload models after this many minutes without a request (0: never); the next one reloads.
     idle_timeout_mins: int = Field(default=60, ge=0, le=525_600)
-    # One llama.cpp context per slot; the provider advertises exactly this many.
-    slots: int = Field(default=1, ge=1, le=256)
+    # Sequences decoded together per model (llama.cpp: one context, continuous batching); the
+    # provider advertises exactly this many. None: the engine's choice (llama.cpp: as many as
+    # fit a KV budget, at most 8; media engines: 1).
+    slots: int | None = Field(default=None, ge=1, le=256)
+    # KV prefix reuse between one account's requests (docs/decisions.md "Prefix cache").
+    prefix_cache: Literal["extend", "any", "off"] = "extend"
     threads: int | None = Field(default=None, ge=1, le=1024)
     # None: chosen by machine (mlx-lm on Apple Silicon, vLLM with an NVIDIA GPU, else llama.cpp).
     engine: Engine | None = None

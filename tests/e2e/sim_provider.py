@@ -69,7 +69,8 @@ class ReplayEngine:
         return self.models()[0] if self.serves(model) else None
 
     async def generate(self, request: GenerationRequest, max_tokens_cap: int,
-                       cancel: threading.Event) -> AsyncIterator[GenerationEvent]:
+                       cancel: threading.Event, cache_scope: str | None = None
+                       ) -> AsyncIterator[GenerationEvent]:
         prompt = (len(self._builder.tokens(request)) if self._builder is not None
                   else max(1, len(repr(request)) // 4))
         limit = min(max_tokens_cap, request.max_tokens or self.tokens, self.tokens)

@@ -12,8 +12,11 @@ Coordinators = Annotated[list[str] | None, typer.Option(
                           "coordinators of one network, tried in order on failover.")]
 Models = Annotated[list[str] | None, typer.Option(
     "--model", help="Model id to serve; repeat for several (each gets its own slots).")]
-Slots = Annotated[int | None, typer.Option(help="Concurrent requests per model.")]
-Threads = Annotated[int | None, typer.Option(help="CPU threads per slot (default: cores ÷ slots).")]
+Slots = Annotated[int | None, typer.Option(
+    help="Concurrent requests per model, decoded together (default: llama.cpp as many as fit "
+         "2 GiB of KV cache, up to 8; media models 1).")]
+Threads = Annotated[int | None, typer.Option(
+    help="CPU threads for each model's engine (default: all cores).")]
 IdleTimeout = Annotated[int | None, typer.Option(
     "--idle-timeout", help="Unload a model after this many idle minutes (0: never); the next "
                            "request reloads it.")]

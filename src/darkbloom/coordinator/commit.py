@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from darkbloom.config import CoordinatorSettings
 from darkbloom.coordinator.dispatch import Attempt, ConsumerTooSlow, Dispatcher, PastDeadline
 from darkbloom.coordinator.prepare import Prepared
+from darkbloom.coordinator.routing.affinity import CacheScopes
 from darkbloom.coordinator.routing.cost import Demand
 from darkbloom.coordinator.routing.scheduler import Route, Scheduler
 from darkbloom.coordinator.usage import settle_media_usage, settle_usage
@@ -110,6 +111,7 @@ class Committer:
         self.settings = settings
         self.scheduler = scheduler
         self.dispatcher = dispatcher
+        self.scopes = CacheScopes()
 
     async def commit(self, prepared: Prepared, route: Route) -> Committed:
         """Dispatch until some provider produces a first chunk; raise the consumer's error if none."""
@@ -150,9 +152,13 @@ class Committer:
                 stream=prepared.request.stream, max_tokens_cap=prepared.max_tokens_cap,
                 x_request_id=REQUEST_ID.get(),
                 media=prepared.media.progress if prepared.media is not None else None,
-                max_response_bytes=prepared.media.answer_bytes if prepared.media is not None else 0)
+                max_response_bytes=prepared.media.answer_bytes if prepared.media is not None else 0,
+                cache_scope=(self.scopes.scope(route.consumer, provider.id)
+                             if route.consumer is not None else None))
             try:
-                return Committed(attempt, await self._first_chunk(attempt), n, prepared)
+                committed = Committed(attempt, await self._first_chunk(attempt), n, prepared)
+                self.scheduler.last_served.served(route.consumer, demand.model, provider.id)
+                return committed
             except DarkbloomError as failed:
                 last = failed
                 tried.add(provider.id)

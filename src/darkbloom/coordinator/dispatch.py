@@ -139,7 +139,7 @@ class Dispatcher:
     def send(self, provider: ProviderConn, body: bytes | Sealed, *, demand: Demand, model: str,
              endpoint: Endpoint, stream: bool, max_tokens_cap: int,
              x_request_id: str | None = None, media: tuple[str, float, float] | None = None,
-             max_response_bytes: int = 0) -> Attempt:
+             max_response_bytes: int = 0, cache_scope: str | None = None) -> Attempt:
         """Seal ``body`` to the provider's key (or forward the consumer's own envelope unchanged)
         and queue it; the caller already holds a slot."""
         request_id = str(uuid.uuid4())
@@ -167,6 +167,7 @@ class Dispatcher:
             max_tokens_cap=max_tokens_cap,
             sealed_by="coordinator" if channel else "consumer",
             x_request_id=x_request_id,
+            cache_scope=cache_scope,
         )
         if not provider.send(frame):
             self._fail(attempt, ProviderFailed(DISCONNECTED))

@@ -122,8 +122,9 @@ class Pipeline:
             outcome.prompt_tokens = prepared.prompt_tokens or 0
             hold = self._hold(call, prepared, outcome.id)
             await self._reserve(hold, LOW_BALANCE_MEDIA if call.media is not None else LOW_BALANCE)
-            route = Route(owner=call.identity.account_id) if call.route_self else Route(
-                paid=hold.amount_micro_usd > 0)
+            account = call.identity.account_id
+            route = Route(owner=account, consumer=account) if call.route_self else Route(
+                paid=hold.amount_micro_usd > 0, consumer=account)
             committed = await self.committer.commit(prepared, route)
         except BaseException as exc:
             if hold is not None and not isinstance(exc, PaymentRequired):

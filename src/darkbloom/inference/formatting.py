@@ -33,6 +33,7 @@ class Outcome:
     completion_tokens: int
     stop_sequence: str | None = None
     tool_calls: tuple[ToolCall, ...] = ()
+    cached_tokens: int = 0  # of prompt_tokens, served from the provider's prefix cache
 
 
 class Formatter(Protocol):

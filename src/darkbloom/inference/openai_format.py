@@ -26,13 +26,17 @@ def dumps(obj: Any) -> str:
 class UsageCounts:
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0
 
-    def as_openai(self) -> dict[str, int]:
-        return {
+    def as_openai(self) -> dict[str, Any]:
+        usage: dict[str, Any] = {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
         }
+        if self.cached_tokens:  # OpenAI's field for prompt tokens a prefix cache served
+            usage["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+        return usage
 
 
 class OpenAIFormatter:
@@ -125,7 +129,7 @@ class OpenAIFormatter:
 
     def stream_end(self, outcome: Outcome) -> list[str]:
         """Tool calls as OpenAI streams them: id, type and name first, then the arguments."""
-        usage = UsageCounts(outcome.prompt_tokens, outcome.completion_tokens)
+        usage = UsageCounts(outcome.prompt_tokens, outcome.completion_tokens, outcome.cached_tokens)
         calls = []
         for i, call in enumerate(outcome.tool_calls):
             opening = {"index": i, "id": call.id, "type": "function",
@@ -138,7 +142,7 @@ class OpenAIFormatter:
         return self._chunk([{"index": 0, "delta": {"tool_calls": [call]}, "finish_reason": None}])
 
     def body(self, text: str, reasoning: str, outcome: Outcome, logprobs: Logprobs = ()) -> str:
-        usage = UsageCounts(outcome.prompt_tokens, outcome.completion_tokens)
+        usage = UsageCounts(outcome.prompt_tokens, outcome.completion_tokens, outcome.cached_tokens)
         return self.full_response(text, outcome.finish_reason, usage, reasoning, outcome.tool_calls,
                                   logprobs)
 

@@ -66,7 +66,8 @@ class ResponsesFormatter:
             reasoned = any(item["type"] == "reasoning" for item in items)
             usage = {
                 "input_tokens": outcome.prompt_tokens,
-                "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+                "input_tokens_details": {"cached_tokens": outcome.cached_tokens,
+                                         "cache_write_tokens": 0},
                 "output_tokens": outcome.completion_tokens,
                 # api.md §3.3: all output counts as reasoning once any reasoning exists.
                 "output_tokens_details": {"reasoning_tokens": outcome.completion_tokens if reasoned else 0},

@@ -273,6 +273,9 @@ class InferenceRequest(Frame):
     max_tokens_cap: int = Field(ge=1)
     sealed_by: Literal["coordinator", "consumer"] = "coordinator"
     x_request_id: str | None = None  # the consumer's X-Request-ID, for the provider's log lines only
+    # KV prefixes are reused only between requests with the same scope: one account's, opaque
+    # (coordinator/routing/affinity.py). None: reuse nothing.
+    cache_scope: str | None = Field(default=None, max_length=64)
 
 
 class Cancel(Frame):

@@ -46,13 +46,14 @@ class ResponseAssembler:
         assert finished.finish_reason != "cancelled"
         payloads = self._render(self._splitter.flush()) if self._splitter else []
         outcome = Outcome(finished.finish_reason, finished.prompt_tokens,
-                          finished.completion_tokens, finished.stop_sequence)
+                          finished.completion_tokens, finished.stop_sequence,
+                          cached_tokens=finished.cached_tokens)
         if self._holding:
             held = "".join(self._held)
             call = read_call(held, self._tools)
             if call is not None:
                 outcome = Outcome("tool_calls", outcome.prompt_tokens, outcome.completion_tokens,
-                                  tool_calls=(call,))
+                                  tool_calls=(call,), cached_tokens=outcome.cached_tokens)
             else:
                 payloads += self._release(held)
         if not self.request.stream:

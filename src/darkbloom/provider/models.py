@@ -57,10 +57,17 @@ class _Served:
     reload: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
+def default_slots(backend: EngineBackend, model: LocalModel) -> int:
+    """Slots when the operator set none: the engine's own choice where it has one (llama.cpp
+    batches several sequences), else one job at a time."""
+    choose = getattr(backend, "default_slots", None)
+    return int(choose(model)) if callable(choose) else 1
+
+
 class ModelHost:
     """The agent's engine: routes each request to its model, reloading a cold one first."""
 
-    def __init__(self, models: Sequence[tuple[LocalModel, EngineBackend]], *, slots: int = 1,
+    def __init__(self, models: Sequence[tuple[LocalModel, EngineBackend]], *, slots: int | None = 1,
                  threads: int | None = None, idle_timeout_s: float | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  budget_bytes: int | None = None) -> None:
@@ -93,7 +100,9 @@ class ModelHost:
                 "is left: serve fewer or smaller models")
         log.info("loading %s with %s", served.model.id, served.backend.name)
         try:
-            loaded = served.backend.load(served.model, slots=self._slots, threads=self._threads)
+            slots = self._slots if self._slots is not None else default_slots(served.backend,
+                                                                              served.model)
+            loaded = served.backend.load(served.model, slots=slots, threads=self._threads)
         except Exception as exc:  # the engine's words may be long; its type and first line say it
             served.state = "crashed"
             reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
@@ -219,12 +228,13 @@ class ModelHost:
         return served
 
     async def generate(self, request: GenerationRequest, max_tokens_cap: int,
-                       cancel: threading.Event) -> AsyncIterator[GenerationEvent]:
+                       cancel: threading.Event, cache_scope: str | None = None
+                       ) -> AsyncIterator[GenerationEvent]:
         served = self._served_as(request.model, "text")
         served.users += 1
         try:
             loaded = cast(LoadedModel, await self._ready(served))
-            async for event in loaded.generate(request, max_tokens_cap, cancel):
+            async for event in loaded.generate(request, max_tokens_cap, cancel, cache_scope):
                 yield event
         finally:
             served.users -= 1

@@ -19,6 +19,7 @@ from typing import Protocol
 from darkbloom.config import ProviderSettings
 from darkbloom.provider.agent import ProviderAgent
 from darkbloom.provider.engines.base import Engine, EngineBackend, LocalModel
+from darkbloom.provider.engines.llamacpp import LlamaCppBackend
 from darkbloom.provider.engines.select import EngineUnavailable, choose
 from darkbloom.provider.model_store import ModelStore
 from darkbloom.provider.models import ModelHost, ModelLoadError
@@ -76,7 +77,10 @@ def model_host(settings: ProviderSettings, store: ModelStore, clock: Clock | Non
         if model is None:
             raise FileNotFoundError(f"model {name!r} is not installed here: run `darkbloom models "
                                     f"download --model {name}` (or `darkbloom models list`)")
-        models.append((model, choose(model, settings.engine)))
+        backend = choose(model, settings.engine)
+        if isinstance(backend, LlamaCppBackend):
+            backend = LlamaCppBackend(prefix_cache=settings.prefix_cache)
+        models.append((model, backend))
     return ModelHost(models, slots=settings.slots, threads=settings.threads,
                      idle_timeout_s=settings.idle_timeout_mins * 60.0 or None,
                      clock=(clock or SystemClock()).monotonic)

@@ -166,7 +166,8 @@ class RequestServer:
         del body
         sealer = channel if blind else None
         try:
-            await self._generate(rid, channel, request, frame.max_tokens_cap, cancel, receipts, blind)
+            await self._generate(rid, channel, request, frame.max_tokens_cap, cancel, receipts, blind,
+                                 frame.cache_scope)
         except InvalidRequest as exc:
             await self._refuse(rid, exc, sealer)
         except DarkbloomError as exc:
@@ -194,7 +195,8 @@ class RequestServer:
         await self.send(to_frame(refused, rid, sealed_message=blind.seal("error", rid, 0, words)))
 
     async def _generate(self, rid: str, channel: SessionChannel, request: GenerationRequest, cap: int,
-                        cancel: threading.Event, receipts: ReceiptWriter, blind: bool) -> None:
+                        cancel: threading.Event, receipts: ReceiptWriter, blind: bool,
+                        cache_scope: str | None) -> None:
         seq = 0
 
         async def chunk(payloads: list[str], record: bool = True) -> None:
@@ -208,7 +210,7 @@ class RequestServer:
                 seq += 1
 
         assembler = ResponseAssembler(request)
-        async for event in self.engine.generate(request, cap, cancel):
+        async for event in self.engine.generate(request, cap, cancel, cache_scope):
             if isinstance(event, Finished):
                 break
             if isinstance(event, Started):

@@ -57,7 +57,8 @@ class DoubleModel:
         return 3
 
     async def generate(self, request: GenerationRequest, max_tokens_cap: int,
-                       cancel: threading.Event) -> AsyncIterator[GenerationEvent]:
+                       cancel: threading.Event, cache_scope: str | None = None
+                       ) -> AsyncIterator[GenerationEvent]:
         self.running += 1
         try:
             yield Started(3)

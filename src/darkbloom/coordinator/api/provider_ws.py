@@ -75,14 +75,18 @@ class _Close(Exception):
         self.code, self.reason = code, reason
 
 
+MAX_SLOTS = 256  # what a provider's config allows (ProviderSettings.slots)
+
+
 def concurrency_cap(register: Register) -> int:
-    """protocol.md §7: 4 without capacity data, else the memory tier; never above what it says."""
-    memory = register.hardware.memory_gb
-    tier = 4 if memory <= 0 else 2 if memory <= 24 else 4 if memory <= 48 else 6 if memory <= 96 \
-        else 8 if memory <= 128 else 12
+    """The slots a provider says its engine has (issue 14: a batching engine allocated their
+    memory when it loaded, so the count is real); without one, protocol.md §7's guess from
+    memory: 4 without capacity data, else the memory tier (docs/decisions.md)."""
     if register.max_concurrency is not None:
-        return max(1, min(tier, register.max_concurrency))
-    return tier
+        return max(1, min(MAX_SLOTS, register.max_concurrency))
+    memory = register.hardware.memory_gb
+    return 4 if memory <= 0 else 2 if memory <= 24 else 4 if memory <= 48 else 6 if memory <= 96 \
+        else 8 if memory <= 128 else 12
 
 
 def _header_safe(text: str) -> str:

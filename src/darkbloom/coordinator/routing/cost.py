@@ -147,14 +147,19 @@ def quote(provider: ProviderConn, demand: Demand, reputation: float,
 
 
 def choose(quotes: Sequence[Quote], weights: Weights = WEIGHTS,
-           rng: random.Random | None = None) -> ProviderConn | None:
+           rng: random.Random | None = None, prefer: str | None = None) -> ProviderConn | None:
     """protocol.md §7 "Selection": the cheapest, where every quote within ``near_tie_ms`` of it
-    ties; among ties one this coordinator holds, then the shortest queue, then the fewest
-    pending; then uniformly at random."""
+    ties; among ties ``prefer`` (the provider that answered this consumer last: its prefix cache),
+    then one this coordinator holds, then the shortest queue, then the fewest pending; then
+    uniformly at random."""
     if not quotes:
         return None
     best = min(q.cost_ms for q in quotes)
     near = [q for q in quotes if q.cost_ms - best <= weights.near_tie_ms]
+    if prefer is not None:
+        for q in near:
+            if q.provider.id == prefer:
+                return q.provider
     near = [q for q in near if q.provider.home is None] or near
     fewest = min((q.eff_queue, q.pending_total) for q in near)
     tied = [q for q in near if (q.eff_queue, q.pending_total) == fewest]

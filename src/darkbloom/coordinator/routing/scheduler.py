@@ -25,6 +25,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from darkbloom.coordinator.routing.affinity import LastServed
 from darkbloom.coordinator.routing.cost import WEIGHTS, Demand, Weights, choose, quote, unfit
 from darkbloom.coordinator.routing.registry import ProviderConn
 from darkbloom.coordinator.routing.reputation import Reputations
@@ -37,10 +38,13 @@ from darkbloom.inference.capabilities import CAPABILITIES, Unsupported, refusal
 class Route:
     """Whose providers may take a request. ``owner`` (X-Darkbloom-Route: self, billing.md §5): only
     that account's own. ``paid``: only providers linked to an account, since an unlinked one
-    cannot be paid (billing.md §4 step 3)."""
+    cannot be paid (billing.md §4 step 3). ``consumer``: the account asking, whose last provider
+    for the model is preferred among near-ties (its KV prefix may still be cached there:
+    routing/affinity.py); it admits nothing by itself."""
 
     owner: str | None = None
     paid: bool = False
+    consumer: str | None = None
 
     def admits(self, provider: ProviderConn) -> bool:
         if self.owner is not None:
@@ -98,6 +102,7 @@ class Scheduler:
         # Redis, so no provider is over-filled by coordinators choosing at the same moment.
         self.link: SlotLeases | None = None
         self.weights = weights
+        self.last_served = LastServed()
         self.min_trust = min_trust
         self.pass_window_s = pass_window_s
         self.queue_max = queue_max
@@ -277,7 +282,8 @@ class Scheduler:
         coordinator's own is expected to free sooner than crossing costs (``_stay``)."""
         quotes = [quote(p, demand, self._reputation(p), self.weights)
                   for p in self._candidates(demand, exclude, min_trust, only, route)]
-        provider = choose(quotes, self.weights)
+        provider = choose(quotes, self.weights,
+                          prefer=self.last_served.get(route.consumer, demand.model))
         if (provider is not None and provider.home is not None and ahead is not None
                 and only is None
                 and self._stay(demand, ahead, waited_s, exclude, min_trust, route)):

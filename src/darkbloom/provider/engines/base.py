@@ -43,6 +43,7 @@ class Finished:
     prompt_tokens: int
     completion_tokens: int
     stop_sequence: str | None = None  # which of the request's stop sequences ended it
+    cached_tokens: int = 0  # prompt tokens whose KV a prefix cache supplied (not evaluated again)
 
 
 GenerationEvent = Started | TextDelta | Finished
@@ -87,10 +88,13 @@ class LoadedModel(Protocol):
         ...
 
     def generate(self, request: GenerationRequest, max_tokens_cap: int,
-                 cancel: threading.Event) -> AsyncIterator[GenerationEvent]:
+                 cancel: threading.Event, cache_scope: str | None = None
+                 ) -> AsyncIterator[GenerationEvent]:
         """Stream one Started, deltas, then exactly one Finished; stops within a token of ``cancel``.
 
-        Raises InvalidRequest (e.g. context_length_exceeded) before the first event.
+        ``cache_scope``: KV prefixes may be reused only between requests with the same scope (one
+        account's, opaque); None reuses nothing. Raises InvalidRequest (e.g.
+        context_length_exceeded) before the first event.
         """
         ...
 
@@ -215,11 +219,12 @@ class Engine(Protocol):
         ...
 
     def generate(self, request: GenerationRequest, max_tokens_cap: int,
-                 cancel: threading.Event) -> AsyncIterator[GenerationEvent]:
+                 cancel: threading.Event, cache_scope: str | None = None
+                 ) -> AsyncIterator[GenerationEvent]:
         """Stream one Started, deltas, then exactly one Finished; stops within a token of ``cancel``.
 
-        Raises InvalidRequest (e.g. context_length_exceeded, a capability its engine lacks)
-        before the first event.
+        ``cache_scope`` as for LoadedModel.generate. Raises InvalidRequest (e.g.
+        context_length_exceeded, a capability its engine lacks) before the first event.
         """
         ...
 

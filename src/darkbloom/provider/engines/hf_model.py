@@ -43,18 +43,19 @@ class HfModel:
         return len(self._prompts.tokens(request))
 
     async def generate(self, request: GenerationRequest, max_tokens_cap: int,
-                       cancel: threading.Event) -> AsyncIterator[GenerationEvent]:
+                       cancel: threading.Event, cache_scope: str | None = None
+                       ) -> AsyncIterator[GenerationEvent]:
         require(request, self.capabilities)
         async with self._free:
             self._busy += 1
             try:
                 # aclosing: a consumer that leaves early closes the inner stream now, not at GC.
-                async with aclosing(self._stream(request, max_tokens_cap, cancel)) as events:
+                async with aclosing(self._stream(request, max_tokens_cap, cancel, cache_scope)) as events:
                     async for event in events:
                         yield event
             finally:
                 self._busy -= 1
 
-    def _stream(self, request: GenerationRequest, max_tokens_cap: int,
-                cancel: threading.Event) -> AsyncGenerator[GenerationEvent]:
+    def _stream(self, request: GenerationRequest, max_tokens_cap: int, cancel: threading.Event,
+                cache_scope: str | None) -> AsyncGenerator[GenerationEvent]:
         raise NotImplementedError

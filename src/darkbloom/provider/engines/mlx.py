@@ -100,7 +100,8 @@ class MlxModel(HfModel):
             job()
 
     async def _stream(self, request: GenerationRequest, max_tokens_cap: int,
-                      cancel: threading.Event) -> AsyncGenerator[GenerationEvent]:
+                      cancel: threading.Event, cache_scope: str | None
+                      ) -> AsyncGenerator[GenerationEvent]:
         relay = EventRelay()
 
         def job() -> None:

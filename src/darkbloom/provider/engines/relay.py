@@ -24,6 +24,11 @@ class EventRelay:
     def emit(self, item: GenerationEvent | BaseException) -> None:
         self.call(self._events.put_nowait, item)
 
+    def put(self, item: GenerationEvent | BaseException) -> None:
+        """``emit`` for a caller already on the agent's loop (an engine that hands over a whole
+        step's events in one call)."""
+        self._events.put_nowait(item)
+
     def call(self, action: Callable[[T], object], argument: T) -> None:
         """Run ``action(argument)`` on the agent's loop, from any thread. Once that loop has closed
         (its owner finished while the worker was still winding down) there is nobody left to

@@ -46,7 +46,8 @@ class ScriptedEngine:
         return self.models()[0] if self.serves(model) else None
 
     async def generate(self, request: GenerationRequest, max_tokens_cap: int,
-                       cancel: threading.Event) -> AsyncIterator[GenerationEvent]:
+                       cancel: threading.Event, cache_scope: str | None = None
+                       ) -> AsyncIterator[GenerationEvent]:
         yield Started(self.prompt_tokens)
         limit = min(max_tokens_cap, request.max_tokens or max_tokens_cap)
         emitted = 0

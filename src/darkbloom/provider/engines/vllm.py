@@ -147,12 +147,13 @@ class VllmModel(HfModel):
         return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
     async def _stream(self, request: GenerationRequest, max_tokens_cap: int,
-                      cancel: threading.Event) -> AsyncGenerator[GenerationEvent]:
+                      cancel: threading.Event, cache_scope: str | None
+                      ) -> AsyncGenerator[GenerationEvent]:
         relay = EventRelay()
 
         async def drive() -> None:
             try:
-                await self._run(request, max_tokens_cap, cancel, relay.emit)
+                await self._run(request, max_tokens_cap, cancel, cache_scope, relay.emit)
             except asyncio.CancelledError:
                 raise  # the consumer left; vLLM's generate aborts the request on its way out
             except BaseException as exc:  # handed to the awaiting coroutine, re-raised there
@@ -167,6 +168,7 @@ class VllmModel(HfModel):
             running.cancel()  # no-op once finished; otherwise stops (and aborts) it now
 
     async def _run(self, request: GenerationRequest, max_tokens_cap: int, cancel: threading.Event,
+                   cache_scope: str | None,
                    emit: Callable[[GenerationEvent], None]) -> None:
         """On vLLM's loop: one request, from prompt to Finished."""
         from vllm.sampling_params import SamplingParams, StructuredOutputsParams
@@ -192,7 +194,11 @@ class VllmModel(HfModel):
         )
         request_id = uuid.uuid4().hex
         # A tokens prompt (vllm.inputs.TokensPrompt, a TypedDict): vLLM does not re-tokenize.
-        outputs = self._engine.generate({"prompt_token_ids": prompt}, params, request_id)
+        # vLLM caches prefixes across all requests; its cache salt keeps one account's prefixes
+        # from serving (or time-probing) another's, and no scope means no reuse at all.
+        salt = cache_scope if cache_scope is not None else request_id
+        outputs = self._engine.generate({"prompt_token_ids": prompt, "cache_salt": salt}, params,
+                                        request_id)
         sent = ""
         started = False
         completion = 0

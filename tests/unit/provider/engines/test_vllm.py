@@ -101,7 +101,9 @@ async def test_sampling_params_and_the_tokens_prompt(serve: Serve) -> None:
                    stop=["zzz", "qq"])
     events = await run(model, request, cap=100)
     [(prompt, params, request_id)] = calls.generate
-    assert prompt == {"prompt_token_ids": PROMPT}  # what the template rendered, no BOS on top
+    # What the template rendered, no BOS on top; with no cache scope, a salt of its own: vLLM's
+    # prefix cache never serves this request from another's prompt.
+    assert prompt == {"prompt_token_ids": PROMPT, "cache_salt": request_id}
     assert calls.templates == [{"tokenize": False, "chat_template": None,
                                 "add_generation_prompt": True}]
     assert params.given == {
@@ -237,7 +239,15 @@ async def test_too_long_a_prompt_is_refused_before_generating(serve: Serve) -> N
 async def test_text_completions_get_a_bos(serve: Serve) -> None:
     model, calls = serve(HELLO)
     await run(model, parse_completion({"model": "tiny-hf", "prompt": "Once", "max_tokens": 5}))
-    assert calls.generate[0][0] == {"prompt_token_ids": [BOS, *ids("Once")]}
+    assert calls.generate[0][0]["prompt_token_ids"] == [BOS, *ids("Once")]
+
+
+async def test_one_accounts_requests_share_a_cache_salt(serve: Serve) -> None:
+    """vLLM reuses prefixes only between prompts with the same salt: the account's scope."""
+    model, calls = serve(HELLO)
+    for scope in ("scope-a", "scope-a", "scope-b"):
+        [_ async for _ in model.generate(chat(), 50, threading.Event(), scope)]
+    assert [p["cache_salt"] for p, _, _ in calls.generate] == ["scope-a", "scope-a", "scope-b"]
 
 
 async def test_requests_share_the_batch(serve: Serve) -> None:
