@@ -189,6 +189,9 @@ class Pipeline:
         write to finish, so the refund that follows finds it."""
         committing = asyncio.ensure_future(self.committer.commit(prepared, route))
         try:
+            # One turn of the loop first: the commit takes its slot and queues the request for
+            # the provider, so its frame goes out before the hold's database work takes the loop.
+            await asyncio.sleep(0)
             await self._reserve(hold, LOW_BALANCE)
         except BaseException:
             committing.cancel()
