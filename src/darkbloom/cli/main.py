@@ -84,7 +84,7 @@ def serve(
     from darkbloom.cli import logs
     from darkbloom.cli.provider_common import model_store, provider_settings
     from darkbloom.provider.agent import redact_url
-    from darkbloom.provider.runtime import SETUP_ERRORS, disable_core_dumps, model_host
+    from darkbloom.provider.runtime import SETUP_ERRORS, disable_core_dumps, model_host, run
     from darkbloom.provider.runtime import serve as run_serve
 
     disable_core_dumps()
@@ -103,7 +103,7 @@ def serve(
         console.print(str(exc), style="red", markup=False)
         raise typer.Exit(2) from None
     try:
-        asyncio.run(run_serve(settings, host))
+        run(run_serve(settings, host))
     except Exception as exc:  # FatalRejection and friends: say why, exit non-zero
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None

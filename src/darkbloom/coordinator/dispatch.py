@@ -108,6 +108,10 @@ class Attempt:
     sent_at: float = field(default_factory=time.monotonic)
     first_chunk_at: float | None = None
 
+    def ready(self) -> bool:
+        """Whether an event is waiting: the relay writes what has gathered once none is."""
+        return not self.events.empty()
+
     async def next_event(self, wait_s: float) -> Event:
         """The next event within ``wait_s`` (TimeoutError) and the attempt's overall deadline
         (PastDeadline). Which limit ran out is decided before waiting, never by reading the clock
@@ -115,6 +119,10 @@ class Attempt:
         until_deadline = self.deadline - time.monotonic()
         if until_deadline <= 0:
             raise PastDeadline
+        if not self.events.empty():  # no wait, so no timer
+            event = self.events.get_nowait()
+            self.buffered_bytes -= len(event.data)
+            return event
         try:
             async with asyncio.timeout(min(wait_s, until_deadline)):
                 event = await self.events.get()

@@ -2,8 +2,10 @@
 moves the bytes between ``open`` and ``close``.
 
     open()   prepare   parse, validate, count the prompt, fix the output budget  (prepare.py)
-             reserve   hold the most the request can cost, or 402 before any work (store/charging.py)
+             reserve   hold the most the request can cost, or 402            (store/charging.py)
              commit    dispatch until a provider produces a first chunk           (commit.py)
+                       (a text request of an account whose last hold here stood is dispatched
+                       while its hold is written; nothing is relayed before the hold stands)
     events() the provider's remaining chunks, then its checked usage              (commit.py)
     close()  settle    charge what was delivered and pay the provider, or refund the whole hold
              record    the request's row (recorder.py)
@@ -47,6 +49,11 @@ log = logging.getLogger(__name__)
 LOW_BALANCE = ("your balance is too low for this request \u2014 add funds at /billing or lower "
                "max_tokens")
 LOW_BALANCE_MEDIA = "your balance is too low for this request \u2014 add funds at /billing"
+# Accounts whose last reservation here stood: their text requests are dispatched while the hold
+# is written. Any other account (new here, or refused: funds, billing hold, revoked key) reserves
+# first, so a consumer that cannot pay never reaches a provider, and one that just ran dry costs
+# a provider at most one cancelled prefill.
+_PAYERS_MAX = 100_000
 _INLINE_RECOUNT_BYTES = 16 * 1024  # recounting longer answers runs off the event loop
 # A recount this far below a provider's (already bounded) report counts against the provider;
 # re-tokenizing generated text rarely matches the generation token for token.
@@ -95,6 +102,7 @@ class Pipeline:
         self.forget_key = forget_key  # evicts a key found revoked from this process's cache
         self.usage_disputes: dict[str, int] = {}  # provider identity (or id) -> recounts below report
         self._closing: set[asyncio.Task[None]] = set()
+        self._payers: dict[str, None] = {}  # accounts dispatched while reserving (oldest first)
         # Told of every request as it ends (coordinator/metrics.py); never allowed to fail it.
         self.observers: list[Callable[[RequestOutcome], None]] = []
 
@@ -121,11 +129,14 @@ class Pipeline:
             outcome.model, outcome.stream = prepared.model.id, prepared.request.stream
             outcome.prompt_tokens = prepared.prompt_tokens or 0
             hold = self._hold(call, prepared, outcome.id)
-            await self._reserve(hold, LOW_BALANCE_MEDIA if call.media is not None else LOW_BALANCE)
             account = call.identity.account_id
             route = Route(owner=account, consumer=account) if call.route_self else Route(
                 paid=hold.amount_micro_usd > 0, consumer=account)
-            committed = await self.committer.commit(prepared, route)
+            if call.media is None and account in self._payers:
+                committed = await self._reserve_while_committing(hold, prepared, route)
+            else:
+                await self._reserve(hold, LOW_BALANCE_MEDIA if call.media is not None else LOW_BALANCE)
+                committed = await self.committer.commit(prepared, route)
         except BaseException as exc:
             if hold is not None and not isinstance(exc, PaymentRequired):
                 await self._refund(hold)  # nothing to give back (a no-op) if it was never taken
@@ -170,6 +181,27 @@ class Pipeline:
         return charging.Hold(request_id, call.identity.account_id, amount, price.input_price,
                              price.output_price, estimate, prepared.max_tokens_cap, call.identity.key_id)
 
+    async def _reserve_while_committing(self, hold: charging.Hold, prepared: Prepared,
+                                        route: Route) -> Committed:
+        """Reserve and dispatch at once: the database write (~1 ms on PostgreSQL, ~3.5 ms on
+        SQLite) runs during the provider's prefill instead of before it. The first chunk is
+        returned only once the hold stands; a refused hold cancels the attempt, whatever stage
+        it reached, and nothing reaches the consumer. Any other way out waits for the hold's
+        write to finish, so the refund that follows finds it."""
+        committing = asyncio.ensure_future(self.committer.commit(prepared, route))
+        try:
+            # One turn of the loop first: the commit takes its slot and queues the request for
+            # the provider, so its frame goes out before the hold's database work takes the loop.
+            await asyncio.sleep(0)
+            await self._reserve(hold, LOW_BALANCE)
+        except BaseException:
+            committing.cancel()
+            (outcome,) = await asyncio.gather(committing, return_exceptions=True)
+            if isinstance(outcome, Committed):  # it had its first chunk already
+                self.committer.dispatcher.cancel(outcome.attempt)
+            raise
+        return await committing
+
     async def _can_pay(self, call: Call) -> None:
         """402 for an account that could not pay even the minimum charge (its reservation would
         fail anyway, after the work of measuring the upload)."""
@@ -187,15 +219,20 @@ class Pipeline:
         except asyncio.CancelledError:
             await asyncio.wait({reserving})
             raise
-        except InsufficientFunds:
-            raise PaymentRequired(low_balance, code="insufficient_funds") from None
-        except charging.KeyRevoked:
+        except (InsufficientFunds, charging.KeyRevoked, charging.BillingHold) as refused:
+            self._payers.pop(hold.account_id, None)
+            if isinstance(refused, InsufficientFunds):
+                raise PaymentRequired(low_balance, code="insufficient_funds") from None
+            if isinstance(refused, charging.BillingHold):
+                raise PaymentRequired("this account is on billing hold after a card refund or "
+                                      "dispute; contact the operator", code="billing_hold") from None
             if hold.api_key_id is not None:
                 self.forget_key(hold.api_key_id)
             raise AuthenticationFailed("Incorrect API key provided.", code="invalid_api_key") from None
-        except charging.BillingHold:
-            raise PaymentRequired("this account is on billing hold after a card refund or dispute; "
-                                  "contact the operator", code="billing_hold") from None
+        if hold.account_id not in self._payers:
+            if len(self._payers) >= _PAYERS_MAX:
+                del self._payers[next(iter(self._payers))]
+            self._payers[hold.account_id] = None
 
     def events(self, opened: Opened) -> AsyncIterator[bytes | Finished]:
         return self.committer.events(opened.committed)

@@ -73,6 +73,7 @@ class SSERelay(Response):
         self.finished: Finished | None = None
         self.failure: DarkbloomError | None = None  # the provider failed: nothing is charged
         self.cut: DarkbloomError | None = None  # we ended a delivering stream: charged for what went
+        self._items = pipeline.events(opened)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
@@ -100,37 +101,50 @@ class SSERelay(Response):
 
     async def _pump(self, send: Send) -> None:
         opened = self.opened
-        outcome = opened.outcome
-        keep = opened.prepared.sealed_for is None  # clear events are kept to recount the tokens
+        attempt = opened.committed.attempt
+        # Events that arrived together are written in one go; an event alone, at once.
+        gathered = [opened.committed.first_chunk]
         try:
-            first = self._event(opened.committed.first_chunk)
-            outcome.bytes_out += len(first)
-            await send({"type": "http.response.body", "body": first, "more_body": True})
-            # Committed: written after the first chunk is out, so the database write is not in
-            # time to first token.
-            self.pipeline.begin(opened)
-            self.relayed += 1
-            async for item in self.pipeline.events(opened):
+            if not attempt.ready():
+                await self._write(send, gathered)
+            async for item in self._items:
                 if isinstance(item, Finished):
+                    await self._write(send, gathered)
                     self.finished = item
-                    outcome.keep_receipt(item.receipt)
+                    opened.outcome.keep_receipt(item.receipt)
                     break
-                if item.startswith(RECEIPT_MARK):
-                    self.content_done = True
-                data = self._event(item)
-                outcome.bytes_out += len(data)
-                await send({"type": "http.response.body", "body": data, "more_body": True})
-                self.relayed += 1
-                if keep:
-                    opened.delivered.append(item)
+                gathered.append(item)
+                if not attempt.ready():  # nothing more has come: write what has gathered
+                    await self._write(send, gathered)
+            await self._write(send, gathered)
         except DarkbloomError as exc:
+            await self._write(send, gathered)
             # Status is already 200: report in-band, then end without [DONE] (api.md §2).
             if isinstance(exc, CHARGED_AS_DELIVERED):
                 self.cut = exc
             else:
                 self.failure = exc
             await send({"type": "http.response.body", "more_body": True,
-                        "body": self._event(stream_error_event(exc, outcome.endpoint)[:-2])})
+                        "body": self._event(stream_error_event(exc, opened.outcome.endpoint)[:-2])})
+
+    async def _write(self, send: Send, events: list[bytes]) -> None:
+        """Relay ``events`` (and empty the list) in one write: one syscall and one wake-up of the
+        consumer for all of them, however many arrived at once."""
+        if not events:
+            return
+        opened = self.opened
+        first = self.relayed == 0
+        body = b"".join(map(self._event, events))
+        if any(event.startswith(RECEIPT_MARK) for event in events):
+            self.content_done = True
+        opened.outcome.bytes_out += len(body)
+        await send({"type": "http.response.body", "body": body, "more_body": True})
+        if first:  # committed: written after the first chunk is out, off the time to first token
+            self.pipeline.begin(opened)
+        self.relayed += len(events)
+        if opened.prepared.sealed_for is None:  # clear events are kept to recount the tokens
+            opened.delivered.extend(events[1:] if first else events)  # (the first is committed's)
+        events.clear()
 
 
 async def collect(pipeline: Pipeline, opened: Opened) -> tuple[bytes, Finished]:

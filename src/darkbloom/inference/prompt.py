@@ -83,11 +83,31 @@ class PromptBuilder:
             text, special = self.render_chat(request), True
         else:
             text, special = request.prompt or "", False
-        with self._lock:  # llama.cpp's tokenizer is not documented as thread-safe
-            return list(self._llama.tokenize(text.encode("utf-8"), add_bos=True, special=special))
+        return self._tokenize(text.encode("utf-8"), add_bos=True, special=special)
 
     def count(self, text: str) -> int:
         """Tokens in generated ``text`` (no BOS, special tokens as plain text): a recount of what a
         provider says it generated."""
-        with self._lock:
-            return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+        return len(self._tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
+    def _tokenize(self, text: bytes, add_bos: bool, special: bool) -> list[int]:
+        """llama.cpp's tokenizer, called once. llama-cpp-python sizes its token buffer by the
+        model's training context, which a vocabulary-only model reports as 0: every coordinator
+        tokenization ran twice (once to learn the size), in every request's time to first
+        token. A token is at least one byte, so the text's length (and room for what the
+        tokenizer adds: BOS, EOS, a leading space) always fits."""
+        model = getattr(self._llama, "_model", None)
+        with self._lock:  # llama.cpp's tokenizer is not documented as thread-safe
+            if model is None:  # not a llama_cpp.Llama (a test's stand-in)
+                return list(self._llama.tokenize(text, add_bos=add_bos, special=special))
+            import llama_cpp
+
+            room = len(text) + 8
+            for _ in range(2):
+                buffer = (llama_cpp.llama_token * room)()
+                n = llama_cpp.llama_tokenize(model.vocab, text, len(text), buffer, room, add_bos,
+                                             special)
+                if n >= 0:
+                    return buffer[:n]
+                room = -n  # cannot happen (see above); llama.cpp said how much it needs
+            raise RuntimeError("llama.cpp could not tokenize the text")

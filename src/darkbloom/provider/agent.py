@@ -49,6 +49,7 @@ from darkbloom.provider import attestation, hardware
 from darkbloom.provider.benchmark import load_benchmark
 from darkbloom.provider.engines.base import Engine
 from darkbloom.provider.fingerprint import fingerprint
+from darkbloom.provider.outbox import Outbox
 from darkbloom.provider.serving import RequestServer
 
 log = logging.getLogger(__name__)
@@ -144,19 +145,16 @@ class ProviderAgent:
         self.fingerprint = fingerprint()
         self.registered: Registered | None = None
         self._ws: ClientConnection | None = None
+        self._outbox: Outbox | None = None  # the session's frames to the coordinator, in order
         self._in_flight: dict[str, _InFlight] = {}
         self.server = RequestServer(engine, self.keys, self._send, self.identity)
         self.connected = asyncio.Event()
         self._last_model: str | None = None  # the heartbeat's active_model
 
     async def _send(self, frame: BaseModel) -> None:
-        ws = self._ws
-        if ws is None:
-            return
-        try:
-            await ws.send(encode(frame))
-        except websockets.ConnectionClosed:
-            pass
+        """Queue a frame for this session's writer (dropped when there is no session)."""
+        if self._outbox is not None:
+            await self._outbox.put(frame)
 
     def _register_frame(self) -> Register:
         # The token travels in the upgrade's Authorization header only (protocol.md §2).
@@ -247,15 +245,20 @@ class ProviderAgent:
             max_size=MAX_REQUEST_FRAME_BYTES,  # an audio upload's request is the largest frame
             ping_interval=self.settings.ping_interval_s, ping_timeout=self.settings.ping_timeout_s,
             open_timeout=10,
+            # No permessage-deflate: chunks are sealed (random bytes in base64, which deflate
+            # barely shrinks), and zlib on every frame cost both processes CPU on each token.
+            compression=None,
         ) as ws:
             log.info("connected to coordinator %s", redact_url(url or self.settings.coordinators[0]))
             self._ws = ws
+            self._outbox = Outbox(ws, lambda: bool(self.registered and self.registered.frame_batches))
             try:
                 await ws.send(encode(self._register_frame()))
                 reader = asyncio.create_task(self._read(ws))
                 beats = asyncio.create_task(self._heartbeats(ws))
+                writer = asyncio.create_task(self._outbox.run())
                 stopper = asyncio.create_task(stop.wait())
-                done, pending = await asyncio.wait({reader, beats, stopper},
+                done, pending = await asyncio.wait({reader, beats, writer, stopper},
                                                    return_when=asyncio.FIRST_COMPLETED)
                 for task in pending:
                     task.cancel()
@@ -266,6 +269,7 @@ class ProviderAgent:
                     task.result()
             finally:
                 self._ws = None
+                self._outbox = None
                 self.connected.clear()
 
     async def _read(self, ws: ClientConnection) -> None:

@@ -14,11 +14,13 @@ from darkbloom.protocol.frames import (
     CLOSE_UNSUPPORTED_VERSION,
     CLOSE_VERSION_TOO_OLD,
     COORDINATOR_FRAME_TYPES,
+    MAX_BATCH_FRAMES,
     PROTOCOL_VERSION,
     PROVIDER_FRAME_TYPES,
     AttestationChallenge,
     AttestationResponse,
     Cancel,
+    FrameBatch,
     Heartbeat,
     InferenceAccepted,
     InferenceComplete,
@@ -57,7 +59,8 @@ def malformed_from_provider(payload: Any) -> MalformedFrame:
 
 def test_frame_type_sets() -> None:
     assert PROVIDER_FRAME_TYPES == {"register", "heartbeat", "inference_accepted", "inference_response_chunk",
-                                    "inference_complete", "inference_error", "attestation_response"}
+                                    "inference_complete", "inference_error", "attestation_response",
+                                    "frame_batch"}
     assert COORDINATOR_FRAME_TYPES == {"registered", "inference_request", "cancel",
                                        "attestation_challenge", "trust_update", "runtime_status"}
 
@@ -326,3 +329,43 @@ def test_a_well_formed_receipt_decodes_typed() -> None:
                            "usage": {"prompt_tokens": 1, "completion_tokens": 2},
                            "receipt": {"receipt": _receipt(), "signature": "AAAA"}})
     assert frame.receipt.receipt.completion_tokens == 2 and frame.receipt.signature == "AAAA"
+
+
+# --- frame batches (issue 14) --------------------------------------------------------------
+
+
+def test_a_frame_batch_decodes_each_request_frame_in_order() -> None:
+    frames = [InferenceAccepted(request_id="r"),
+              InferenceResponseChunk(request_id="r", seq=0, encrypted_data=Sealed(**SEALED)),
+              InferenceResponseChunk(request_id="q", seq=4, encrypted_data=Sealed(**SEALED)),
+              InferenceError(request_id="s", error="cancelled", status_code=499)]
+    text = '{"v":2,"type":"frame_batch","frames":[' + ",".join(map(encode, frames)) + "]}"
+    batch = from_provider(text)
+    assert isinstance(batch, FrameBatch) and batch.frames == frames
+    assert batch == FrameBatch(frames=frames) and from_provider(encode(batch)) == batch
+
+
+@pytest.mark.parametrize("inner", [
+    {"type": "heartbeat"},  # only request frames travel in a batch
+    {"type": "frame_batch", "frames": [{"type": "inference_accepted", "request_id": "r"}]},
+    {"type": "inference_response_chunk", "request_id": "r", "seq": "x"},
+    {"type": "not_a_frame"},
+])
+def test_a_batch_holding_anything_but_valid_request_frames_is_malformed(inner: dict[str, Any]) -> None:
+    bad = malformed_from_provider({"type": "frame_batch", "frames": [
+        {"type": "inference_accepted", "request_id": CANARY}, inner]})
+    assert bad.close_code == CLOSE_POLICY and "frame_batch" in bad.reason
+
+
+def test_a_batch_is_bounded() -> None:
+    one = {"type": "inference_accepted", "request_id": "r"}
+    assert len(from_provider({"type": "frame_batch", "frames": [one] * MAX_BATCH_FRAMES}).frames) \
+        == MAX_BATCH_FRAMES
+    malformed_from_provider({"type": "frame_batch", "frames": [one] * (MAX_BATCH_FRAMES + 1)})
+    malformed_from_provider({"type": "frame_batch", "frames": []})
+
+
+def test_registered_says_whether_batches_are_read() -> None:
+    assert not from_coordinator({"type": "registered", "provider_id": "p"}).frame_batches
+    assert from_coordinator({"type": "registered", "provider_id": "p",
+                             "frame_batches": True}).frame_batches

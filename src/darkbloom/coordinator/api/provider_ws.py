@@ -55,6 +55,7 @@ from darkbloom.protocol.frames import (
     CLOSE_VERSION_TOO_OLD,
     PROVIDER_FRAME_TYPES,
     AttestationResponse,
+    FrameBatch,
     Hardware,
     Heartbeat,
     ModelInfo,
@@ -299,6 +300,7 @@ class ProviderSession:
             reason = f"trust level {verdict.level} is below the network minimum {settings.min_trust_level}"
         await self.ws.send_text(encode(Registered(
             provider_id=conn.id, trust_level=verdict.level, routable=not reason, reason=reason,
+            frame_batches=True,
             accepted_models=sorted(models), rejected_models=rejected,
             heartbeat_interval_s=settings.heartbeat_interval_s,
             challenge_interval_s=max(1, round(settings.challenge_interval_s)),
@@ -417,27 +419,39 @@ class ProviderSession:
                 return
 
     async def _pump(self, conn: ProviderConn) -> None:
-        while True:
-            try:
-                text = await asyncio.wait_for(self._receive_text(),
-                                              self.settings.heartbeat_timeout_s)
-            except TimeoutError:
-                raise _Close(CLOSE_EVICTED, "no heartbeat") from None
-            frame = decode(text, provider_frame_adapter, PROVIDER_FRAME_TYPES)
-            if isinstance(frame, UnknownFrame):
-                log.warning("provider %s sent unknown frame type %r; ignored", conn.id, frame.type)
-            elif isinstance(frame, Heartbeat):
-                self._heartbeat(conn, frame)
-            elif isinstance(frame, Register):
-                raise _Close(CLOSE_PROTOCOL_ORDER, "duplicate register")
-            elif isinstance(frame, AttestationResponse):
-                if self.challenger is None:
-                    log.warning("provider %s answered a challenge it was never sent", conn.id)
-                else:
-                    self.challenger.answer(frame)
+        loop = asyncio.get_running_loop()
+        silence = self.settings.heartbeat_timeout_s
+        try:
+            # One timer for the whole session, pushed back before each wait (not a task and a
+            # timer per frame, as asyncio.wait_for makes: this loop runs once per token).
+            async with asyncio.timeout(silence) as waiting:
+                while True:
+                    waiting.reschedule(loop.time() + silence)
+                    text = await self._receive_text()
+                    waiting.reschedule(None)
+                    await self._frame(conn, text)
+        except TimeoutError:
+            raise _Close(CLOSE_EVICTED, "no heartbeat") from None
+
+    async def _frame(self, conn: ProviderConn, text: str) -> None:
+        frame = decode(text, provider_frame_adapter, PROVIDER_FRAME_TYPES)
+        if isinstance(frame, UnknownFrame):
+            log.warning("provider %s sent unknown frame type %r; ignored", conn.id, frame.type)
+        elif isinstance(frame, Heartbeat):
+            self._heartbeat(conn, frame)
+        elif isinstance(frame, Register):
+            raise _Close(CLOSE_PROTOCOL_ORDER, "duplicate register")
+        elif isinstance(frame, AttestationResponse):
+            if self.challenger is None:
+                log.warning("provider %s answered a challenge it was never sent", conn.id)
             else:
-                if self.link is None or not await self.link.carried(conn, frame, text):
-                    self.dispatcher.handle(conn, frame)
+                self.challenger.answer(frame)
+        elif isinstance(frame, FrameBatch):
+            for each in frame.frames:  # as if each had come alone, in order
+                if self.link is None or not await self.link.carried(conn, each, encode(each)):
+                    self.dispatcher.handle(conn, each)
+        elif self.link is None or not await self.link.carried(conn, frame, text):
+            self.dispatcher.handle(conn, frame)
 
     def _heartbeat(self, conn: ProviderConn, frame: Heartbeat) -> None:
         """protocol.md §4 heartbeat: keep the clamped report for routing, add the counts and the

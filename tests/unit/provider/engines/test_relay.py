@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from typing import Any
 
 import pytest
 
@@ -46,3 +47,32 @@ def test_a_worker_winding_down_after_the_loop_closed_does_not_raise() -> None:
     thread.start()
     thread.join()
     assert done == []
+
+
+async def test_hand_overs_that_come_together_wake_the_loop_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 14: each hand-over wrote to the loop's self-pipe (a syscall and a wake-up); events
+    that arrive before the loop runs (several sequences of one engine step, a loop that fell
+    behind) now share one wake-up, across relays, and still arrive in order."""
+    loop = asyncio.get_running_loop()
+    wakeups: list[object] = []
+    real = loop.call_soon_threadsafe
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        wakeups.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_soon_threadsafe", counting)
+    relays = [EventRelay() for _ in range(3)]
+    worker = threading.Thread(target=lambda: [r.emit(e) for e in (
+        Started(1), TextDelta("a"), TextDelta("b"), Finished("stop", 1, 2)) for r in relays])
+    worker.start()
+    worker.join()  # the loop is held here: everything arrives before it runs
+    assert len(wakeups) == 1
+    for relay in relays:
+        assert [e async for e in relay.events()] == [Started(1), TextDelta("a"), TextDelta("b"),
+                                                     Finished("stop", 1, 2)]
+    alone = EventRelay()
+    alone.emit(TextDelta("c"))  # the loop has run since: the next hand-over wakes it again
+    assert len(wakeups) == 2
+    alone.emit(Finished("stop", 0, 1))
+    assert [e async for e in alone.events()] == [TextDelta("c"), Finished("stop", 0, 1)]
