@@ -218,7 +218,10 @@ def start_darkbloom(workdir: Path) -> Service:
     else is inherited as a user's shell would pass it (DARKBLOOM_PROVIDER_SLOTS included)."""
     port = free_port()
     state = workdir / "darkbloom"
-    env = {**os.environ, "DARKBLOOM_STATE_DIR": str(state), "DARKBLOOM_PORT": str(port)}
+    # This checkout's code, even where the venv's editable install points at another worktree.
+    path = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "DARKBLOOM_STATE_DIR": str(state), "DARKBLOOM_PORT": str(port),
+           "PYTHONPATH": path}
     service = _spawn("darkbloom", [sys.executable, "-m", "darkbloom", "up"], workdir, env)
     dev_env = state / "dev.env"
     deadline = time.monotonic() + READY_TIMEOUT_S
