@@ -156,7 +156,7 @@ def _spawn(name: str, args: list[str], workdir: Path, env: dict[str, str] | None
     log = workdir / f"{name}.log"
     with log.open("ab") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=workdir,
-                                env=env or dict(os.environ), start_new_session=True)
+                                env=env or dict(os.environ))
     return Service(name, proc, log)
 
 

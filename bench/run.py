@@ -6,7 +6,8 @@ others measure darkbloom's own steps, the money path, the network at scale, the 
 and the media routes. Not a test: nothing here asserts a number.
 
 Flags (each reruns one section and splices it into docs/BENCHMARKS.md): --latency (with --quick:
-3 rounds, no 64-stream level, for a smoke run), --scale, --console, --media.
+3 rounds, no 64-stream level, for a smoke run), --scale, --console, --media. --priority (any
+run) favours the bench's processes over other work on a shared machine (take_priority).
 """
 
 from __future__ import annotations
@@ -181,7 +182,8 @@ def latency_section(quick: bool = False) -> str:
     with tempfile.TemporaryDirectory(prefix="darkbloom-bench-") as tmp:
         results = latency.run(levels, Path(tmp))
     latency_plot(results, ROOT / "docs" / "bench-latency.png")
-    command = ".venv/bin/python bench/run.py --latency" + (" --quick" if quick else "")
+    command = (".venv/bin/python bench/run.py --latency" + (" --quick" if quick else "")
+               + (" --priority" if latency.PRIORITY else ""))
     return latency.section(results, command, machine(), LATENCY_START, LATENCY_END)
 
 
@@ -405,7 +407,31 @@ Same machine, 2 cores, everything co-located:
     print(report)
 
 
+PRIORITY_NICE = -10
+
+
+def take_priority() -> str:
+    """--priority: this machine is shared, and llama.cpp's threads wait for each other at every
+    layer, so another busy process slows decode several-fold. Linux schedules a session's
+    processes as one group ("autogroup") against other sessions, so the bench re-executes itself
+    in a session of its own (setsid) and raises that group's share (autogroup nice -10, root or
+    CAP_SYS_NICE); every system it starts inherits it, so all are favoured alike. Wake-ups still
+    wait behind a running task, so a multi-process path keeps paying for a busy machine."""
+    if os.environ.get("DARKBLOOM_BENCH_SESSION") != "1":
+        os.environ["DARKBLOOM_BENCH_SESSION"] = "1"
+        os.execvp("setsid", ["setsid", "--wait", sys.executable, *sys.argv])
+    try:
+        Path("/proc/self/autogroup").write_text(str(PRIORITY_NICE))
+    except OSError as exc:
+        print(f"--priority: could not raise the session's share ({exc}); running without",
+              flush=True)
+        return ""
+    return f"autogroup nice {PRIORITY_NICE} (`--priority`)"
+
+
 if __name__ == "__main__":
+    if "--priority" in sys.argv[1:]:
+        latency.PRIORITY = take_priority()
     if "--latency" in sys.argv[1:]:
         splice_only(LATENCY_START, LATENCY_END,
                     lambda: latency_section(quick="--quick" in sys.argv[1:]))
