@@ -56,9 +56,14 @@ QUICK = (Level(1, 3, 64), Level(8, 1, 64))
 SYSTEMS = ("in-process", "llama-server", "litellm", "darkbloom")
 
 
+NATO = ("Alfa", "Bravo", "Charlie", "Delta", "Echo", "Foxtrot", "Golf", "Hotel", "India", "Juliett")
+
+
 def messages(k: int) -> list[dict[str, str]]:
-    """Conversation k: its number first, so two requests share only the template's opening."""
-    return [{"role": "system", "content": f"Conversation {k:05d}. You are a helpful assistant."},
+    """Conversation k opens with a word that differs from conversation k-1's, so two requests
+    share only the chat template's first tokens and no KV prefix is worth reusing."""
+    return [{"role": "system",
+             "content": f"{NATO[k % 10]} {k}. You are a helpful assistant."},
             {"role": "user", "content": TASK}]
 
 
@@ -229,7 +234,12 @@ def run(levels: tuple[Level, ...], workdir: Path) -> Results:
               flush=True)
         server = peers.start_llama_server(path, DEFAULT_MODEL.context_length, THREADS, workdir)
         services.append(server)
-        proxy = peers.start_litellm(server.base_url, DEFAULT_MODEL.id, workdir)
+        # LiteLLM gets a server of its own: sharing one, the same conversation sent by both
+        # systems in a round would find its whole prompt in that server's KV cache the second time.
+        upstream = peers.start_llama_server(path, DEFAULT_MODEL.context_length, THREADS, workdir,
+                                            name="llama-server-behind-litellm")
+        services.append(upstream)
+        proxy = peers.start_litellm(upstream.base_url, DEFAULT_MODEL.id, workdir)
         services.append(proxy)
         darkbloom = peers.start_darkbloom(workdir)
         services.append(darkbloom)
@@ -245,7 +255,7 @@ def run(levels: tuple[Level, ...], workdir: Path) -> Results:
                              {"engine": list(server.cpu.values())}),
                     OverHttp("litellm", proxy, DEFAULT_MODEL.id, client,
                              {"front": list(proxy.cpu.values()),
-                              "engine": list(server.cpu.values())}),
+                              "engine": list(upstream.cpu.values())}),
                     OverHttp("darkbloom", darkbloom, DEFAULT_MODEL.id, client,
                              {"front": [darkbloom.cpu["coordinator"]],
                               "engine": [darkbloom.cpu["provider"]]}),
@@ -412,8 +422,10 @@ one sequence per llama.cpp context, greedy (temperature 0).
   turns. Its defaults would decode with half the cores, and `interrupt_requests` would end a
   running stream early whenever another request waits.
 - **LiteLLM proxy** (`litellm --config`, `litellm[proxy]` 1.108.7, the newest whose proxy extra
-  installs from PyPI here; own venv, `bench/locks/litellm-proxy.txt`) routing the model to that
-  server: a master key (it refuses to start without one), no database.
+  installs from PyPI here; own venv, `bench/locks/litellm-proxy.txt`) routing the model to a
+  second such server of its own (sharing one, a conversation sent by both systems would hit the
+  server's KV cache the second time): a master key (it refuses to start without one), no
+  database.
 - **darkbloom** exactly as `make run` starts it: `darkbloom up` (coordinator and provider
   processes, info logging with uvicorn's access log, the SQLite database, the dev consumer's
   key, the provider's default slots and threads), only with its state in a temporary directory
@@ -423,9 +435,10 @@ How: {levels}. Each round sends its requests at once (OpenAI streaming chat, `st
 temperature 0) and waits for all of them; every system runs each round in turn, the order
 rotating, {SETTLE_S:g} s apart, so this shared machine's drift reaches all alike; one uncounted
 warm-up request per system comes first. Request k of a round is the same conversation on every
-system, and each conversation begins with its own number, so no system can reuse the previous
-request's KV cache (llama-cpp-python's server keeps the longest common prefix even with
-`cache=False`; the baseline and darkbloom's provider start every request from an empty cache).
+system, and each conversation opens with a word that differs from the previous one's, so no
+system can reuse the previous request's KV cache (llama-cpp-python's server keeps the longest
+common prefix even with `cache=False`; the baseline and darkbloom's provider start every request
+from an empty cache).
 The client is one `httpx.AsyncClient` for every HTTP system, its connections kept alive between
 requests as the OpenAI SDK keeps them.
 - TTFT: request written → first SSE event whose `delta.content` is not empty. Where a system

@@ -160,7 +160,8 @@ def _spawn(name: str, args: list[str], workdir: Path, env: dict[str, str] | None
     return Service(name, proc, log)
 
 
-def start_llama_server(model_path: Path, n_ctx: int, threads: int, workdir: Path) -> Service:
+def start_llama_server(model_path: Path, n_ctx: int, threads: int, workdir: Path,
+                       name: str = "llama-server") -> Service:
     """llama-cpp-python's OpenAI server, set as the provider sets llama.cpp: the same threads for
     decode and prefill (the server's default decode threads are half the cores), n_batch 512,
     logits for the last token only, no prompt cache. ``interrupt_requests`` off: by default a
@@ -168,7 +169,7 @@ def start_llama_server(model_path: Path, n_ctx: int, threads: int, workdir: Path
     streams short. The server has no continuous batching (nor ``n_parallel``): one context,
     requests take turns behind a lock."""
     port = free_port()
-    service = _spawn("llama-server", [
+    service = _spawn(name, [
         str(LLAMA_SERVER.ensure().python), "-m", "llama_cpp.server", "--model", str(model_path),
         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx),
         "--n_threads", str(threads), "--n_threads_batch", str(threads), "--n_batch", "512",
