@@ -1,4 +1,4 @@
-.PHONY: run test bench lint bootstrap clean
+.PHONY: run test bench bench-latency lint bootstrap clean
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -13,6 +13,11 @@ test: bootstrap
 
 bench: bootstrap
 	.venv/bin/python bench/run.py
+
+# Only the side-by-side section of docs/BENCHMARKS.md (darkbloom, llama-cpp-python's server,
+# LiteLLM, in-process llama.cpp); the peers' venvs are made under ~/.cache/darkbloom/bench-peers.
+bench-latency: bootstrap
+	.venv/bin/python bench/run.py --latency
 
 clean:
 	rm -rf .venv .darkbloom
