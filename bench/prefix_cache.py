@@ -76,32 +76,41 @@ async def ask(model: LlamaCppModel, messages: list[dict[str, str]], scope: str |
 
 
 async def determinism() -> dict[str, tuple[int, int]]:
-    """(answers that differ, cases measured) per kind of cache hit."""
+    """(answers that differ, cases measured) per kind of cache hit. Groups of 8 prompts run
+    together (each in its own sequence; one account each), and each prompt alone as well."""
     model = LlamaCppModel(local_model(), slots=8, reuse="any")
     try:
         repeat = turn = batch = hits = 0
-        for n, text in enumerate(prompts()):
-            user = [{"role": "user", "content": text}]
-            clean = await ask(model, user, None)
-            scope = f"account-{n}"
-            await ask(model, user, scope)  # fills the cache
-            again = await ask(model, user, scope)
-            repeat += again.text != clean.text
-            hits += again.cached > 0
-            follow = [*user, {"role": "assistant", "content": clean.text},
-                      {"role": "user", "content": "Say more."}]
-            fresh = await ask(model, follow, None)
-            reused = await ask(model, follow, scope)
-            turn += reused.text != fresh.text
-            hits += reused.cached > 0
         texts = prompts()
         for start in range(0, len(texts), 8):
-            group = texts[start:start + 8]
-            together = await asyncio.gather(*(ask(model, [{"role": "user", "content": t}], None)
-                                              for t in group))
-            alone = [await ask(model, [{"role": "user", "content": t}], None) for t in group]
-            batch += sum(a.text != b.text for a, b in zip(together, alone, strict=True))
-        assert hits == 2 * len(texts), "every reuse case must have hit the cache"
+            group = [(n, [{"role": "user", "content": t}])
+                     for n, t in enumerate(texts[start:start + 8], start)]
+
+            ids = [n for n, _ in group]
+
+            async def each(chats: list[list[dict[str, str]]], scoped: bool,
+                           ids: list[int] = ids) -> list[Answer]:
+                return list(await asyncio.gather(*(
+                    ask(model, chat, f"account-{n}" if scoped else None)
+                    for n, chat in zip(ids, chats, strict=True))))
+
+            users = [chat for _, chat in group]
+            clean = await each(users, False)
+            alone = [await ask(model, chat, None) for chat in users]
+            batch += sum(a.text != b.text for a, b in zip(clean, alone, strict=True))
+            await each(users, True)
+            again = await each(users, True)
+            follows = [[*chat, {"role": "assistant", "content": answer.text},
+                        {"role": "user", "content": "Say more."}]
+                       for chat, answer in zip(users, clean, strict=True)]
+            reused = await each(follows, True)
+            fresh = await each(follows, False)
+            repeat += sum(a.text != b.text for a, b in zip(again, clean, strict=True))
+            turn += sum(a.text != b.text for a, b in zip(reused, fresh, strict=True))
+            hits += sum(a.cached > 0 for a in again + reused)
+            print(f"  {start + len(group)} prompts: repeat {repeat}, next turn {turn}, "
+                  f"batch {batch} differ", flush=True)
+        assert hits == 2 * len(texts), f"every reuse case must hit the cache ({hits})"
         return {"identical repeat (all but the last prompt token reused)": (repeat, len(texts)),
                 "next turn (earlier prompt + answer reused)": (turn, len(texts)),
                 "8 sequences in one batch vs each alone": (batch, len(texts))}
