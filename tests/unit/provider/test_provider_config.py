@@ -102,7 +102,7 @@ def test_an_explicit_config_dir_is_where_the_file_is_read(config_dir: Path, tmp_
     write(other, "[backend]\nslots = 5\n")
     assert ProviderSettings().slots == 3
     assert ProviderSettings(config_dir=other).slots == 5
-    assert ProviderSettings(config_dir=tmp_path / "empty").slots == 1
+    assert ProviderSettings(config_dir=tmp_path / "empty").slots is None  # the engine chooses
 
 
 # --- precedence and provenance -----------------------------------------------------------------
@@ -200,7 +200,7 @@ def test_a_bad_variable_or_flag_is_named_without_its_value(
     ("slots = 2\n", "unknown key slots at the top (allowed: [coordinator], [backend], [schedule])"),
     ("backend = 2\n", "backend must be a table"),
     ("[backend]\nmodles = []\n", "unknown key backend.modles (allowed in [backend]: models, "
-                                 "idle_timeout_mins, slots, threads, engine)"),
+                                 "idle_timeout_mins, slots, threads, engine, prefix_cache)"),
     ('[coordinator]\ntoken = "x"\n', "unknown key coordinator.token (allowed in [coordinator]: url, urls, "
                                      "heartbeat_interval_secs)"),
     ('[backend]\nslots = "two"\n', "backend.slots: Input should be a valid integer (got text)"),
