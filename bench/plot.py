@@ -45,6 +45,11 @@ def latency_plot(results: Results, out: Path) -> None:
         summaries = [results.summary(system, lv) for lv in results.levels]
         middle.plot(streams, [s.ttft_p50_ms for s in summaries], "o-", color=COLORS[system],
                     label=LABELS[system].replace("`", ""))
+        for n, s in zip(streams, summaries, strict=True):
+            if s.failed:  # its TTFT is over the served requests only: say how many
+                middle.annotate(f"{s.requests - s.failed}/{s.requests} served", (n, s.ttft_p50_ms),
+                                textcoords="offset points", xytext=(-60, -12), fontsize=7,
+                                color=COLORS[system])
         right.plot(streams, [s.aggregate_tps for s in summaries], "o-", color=COLORS[system],
                    label=LABELS[system].replace("`", ""))
     for axis in (middle, right):
