@@ -103,6 +103,7 @@ class Pipeline:
         self.usage_disputes: dict[str, int] = {}  # provider identity (or id) -> recounts below report
         self._closing: set[asyncio.Task[None]] = set()
         self._payers: dict[str, None] = {}  # accounts dispatched while reserving (oldest first)
+        self._overlapping: set[str] = set()  # accounts with such a request being reserved now
         # Told of every request as it ends (coordinator/metrics.py); never allowed to fail it.
         self.observers: list[Callable[[RequestOutcome], None]] = []
 
@@ -132,8 +133,14 @@ class Pipeline:
             account = call.identity.account_id
             route = Route(owner=account, consumer=account) if call.route_self else Route(
                 paid=hold.amount_micro_usd > 0, consumer=account)
-            if call.media is None and account in self._payers:
-                committed = await self._reserve_while_committing(hold, prepared, route)
+            if call.media is None and account in self._payers and account not in self._overlapping:
+                # One such request per account at a time: an account that has just run dry
+                # costs providers at most one cancelled prefill, however many it sends at once.
+                self._overlapping.add(account)
+                try:
+                    committed = await self._reserve_while_committing(hold, prepared, route)
+                finally:
+                    self._overlapping.discard(account)
             else:
                 await self._reserve(hold, LOW_BALANCE_MEDIA if call.media is not None else LOW_BALANCE)
                 committed = await self.committer.commit(prepared, route)
@@ -200,7 +207,12 @@ class Pipeline:
             if isinstance(outcome, Committed):  # it had its first chunk already
                 self.committer.dispatcher.cancel(outcome.attempt)
             raise
-        return await committing
+        try:
+            return await committing
+        except asyncio.CancelledError:  # the consumer left just as the commit finished
+            if committing.done() and not committing.cancelled() and committing.exception() is None:
+                self.committer.dispatcher.cancel(committing.result().attempt)
+            raise
 
     async def _can_pay(self, call: Call) -> None:
         """402 for an account that could not pay even the minimum charge (its reservation would

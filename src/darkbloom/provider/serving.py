@@ -166,8 +166,10 @@ class RequestServer:
         del body
         sealer = channel if blind else None
         try:
+            # Consumer-blind: the coordinator must not choose whose cache a request may read (it
+            # could time its own probes against a blind consumer's prefix), so nothing is reused.
             await self._generate(rid, channel, request, frame.max_tokens_cap, cancel, receipts, blind,
-                                 frame.cache_scope)
+                                 None if blind else frame.cache_scope)
         except InvalidRequest as exc:
             await self._refuse(rid, exc, sealer)
         except DarkbloomError as exc:

@@ -76,7 +76,9 @@ class _Close(Exception):
         self.code, self.reason = code, reason
 
 
-MAX_SLOTS = 256  # what a provider's config allows (ProviderSettings.slots)
+# A stated slot count is believed up to here: above the memory tier's 12 and the llama.cpp
+# engine's default of 8, and low enough that a provider that accepts and stalls holds little.
+MAX_SLOTS = 16
 
 
 def concurrency_cap(register: Register) -> int:
@@ -84,7 +86,7 @@ def concurrency_cap(register: Register) -> int:
     memory when it loaded, so the count is real); without one, protocol.md §7's guess from
     memory: 4 without capacity data, else the memory tier (docs/decisions.md)."""
     if register.max_concurrency is not None:
-        return max(1, min(MAX_SLOTS, register.max_concurrency))
+        return max(1, min(MAX_SLOTS, register.max_concurrency))  # (issue 14)
     memory = register.hardware.memory_gb
     return 4 if memory <= 0 else 2 if memory <= 24 else 4 if memory <= 48 else 6 if memory <= 96 \
         else 8 if memory <= 128 else 12

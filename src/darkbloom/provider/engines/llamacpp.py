@@ -149,11 +149,13 @@ class _Stream:
     def reusable(self, prompt: list[int], policy: PrefixReuse) -> int:
         """How many of ``prompt``'s first tokens can keep this stream's KV. At least the last
         prompt token is always evaluated: its logits give the first generated token."""
-        if policy == "off" or not self.cached:
+        if policy == "off" or not self.cached or not prompt:
             return 0
         shared = common_prefix(self.cached, prompt)
         if shared < len(prompt):
-            return shared  # a next turn: everything shared (whatever the policy)
+            # "extend": only a prompt that contains the stream's whole last prompt (its next
+            # turn); one merely sharing a start with it (a system prompt) starts clean.
+            return shared if policy == "any" or shared >= self.prompt_len else 0
         if policy == "any":
             return len(prompt) - 1
         # The prompt is all cached: an identical repeat is evaluated exactly as its first run
@@ -223,26 +225,38 @@ class _Batcher:
 
     def _work(self) -> None:
         while True:
-            if not self._running:
-                job = self._inbox.get()  # idle: sleep until a request comes
-                if job is None:
+            try:
+                if self._turn():
                     return
-                self._admit(job)
-            while True:
-                try:
-                    job = self._inbox.get_nowait()
-                except queue.Empty:
-                    break
-                if job is None:
-                    for running in self._running:
-                        running.cancel.set()
-                    self._step()  # every job ends as cancelled; nobody waits forever
-                    self._hand_over()
-                    return
-                self._admit(job)
-            if self._running:
-                self._step()
-            self._hand_over()
+            except Exception as exc:  # never let the thread die: every slot would hang
+                log.error("llama.cpp engine step failed: %s", type(exc).__name__)
+                for job in list(self._running):
+                    self._fail(job, exc)
+                self._hand_over()
+
+    def _turn(self) -> bool:
+        """Admit what waits, then one step; True once closed."""
+        if not self._running:
+            job = self._inbox.get()  # idle: sleep until a request comes
+            if job is None:
+                return True
+            self._admit(job)
+        while True:
+            try:
+                job = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                for running in self._running:
+                    running.cancel.set()
+                self._step()  # every job ends as cancelled; nobody waits forever
+                self._hand_over()
+                return True
+            self._admit(job)
+        if self._running:
+            self._step()
+        self._hand_over()
+        return False
 
     def _hand_over(self) -> None:
         """One call_soon_threadsafe (one wake-up of the loop) for everything this step made."""
@@ -262,6 +276,9 @@ class _Batcher:
             job.limit = min(job.cap, output_budget(job.request, len(prompt), self.context_length,
                                                    job.cap))
             job.sampler = self._sampler(job.request)
+            job.stops = StopMatcher(job.request.stop)
+            if job.request.logprobs is not None:
+                job.scorer = _Scorer(self.model, self.ctx)
             stream = self._choose(job.scope, prompt)
         except Exception as exc:  # InvalidRequest before any event, as the contract says
             if job.sampler is not None:
@@ -271,13 +288,13 @@ class _Batcher:
             return
         mine = job.scope is not None and stream.scope == job.scope
         keep = stream.reusable(prompt, self.reuse) if mine else 0
-        self._llama_cpp.llama_memory_seq_rm(self._memory, stream.seq, keep, -1)
+        if not self._llama_cpp.llama_memory_seq_rm(self._memory, stream.seq, keep, -1):
+            # A memory that cannot cut a sequence partway (recurrent, sliding-window): clean.
+            self._llama_cpp.llama_memory_seq_rm(self._memory, stream.seq, -1, -1)
+            keep = 0
         del stream.cached[keep:]
         stream.busy, stream.scope, stream.prompt_len, stream.kept = True, job.scope, len(prompt), keep
         job.stream, job.prompt, job.pending, job.cached = stream, prompt, prompt[keep:], keep
-        job.stops = StopMatcher(job.request.stop)
-        if job.request.logprobs is not None:
-            job.scorer = _Scorer(self.model, self.ctx)
         self._outbox.append((job, job.emit, Started(len(prompt))))
         self._running.append(job)
 
@@ -427,7 +444,10 @@ def _call(fn: Callable[[], None]) -> None:
 
 def _deliver(items: list[tuple[Callable[[Any], object], Any]]) -> None:
     for action, argument in items:
-        action(argument)
+        try:
+            action(argument)
+        except Exception:  # one item's failure must not skip another job's events or ``done``
+            log.exception("llama.cpp hand-over failed")
 
 
 class LlamaCppBackend:

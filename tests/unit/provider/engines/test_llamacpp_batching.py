@@ -63,7 +63,8 @@ def test_common_prefix() -> None:
 # A stream holding a 4-token prompt (its first 2 reused when it ran) and 1 generated token.
 @pytest.mark.parametrize(("prompt", "policy", "kept"), [
     ([1, 2, 3, 4, 7, 8], "extend", 5),  # the next turn: everything shared
-    ([1, 2, 3, 9], "extend", 3),        # diverging: the shared part
+    ([1, 2, 3, 9], "extend", 0),        # diverging inside the last prompt: clean
+    ([1, 2, 3, 9], "any", 3),           # ...or the shared part, when any reuse is allowed
     ([1, 2, 3, 4], "extend", 2),        # identical repeat: kept as its first run kept
     ([1, 2, 3, 4], "any", 3),           # ...or all but the last token, when any reuse is allowed
     ([1, 2, 3], "extend", 0),           # an earlier, shorter prompt: clean
