@@ -70,7 +70,13 @@ class _Committer:
 
     async def commit(self, prepared: Any, route: Any) -> Committed:
         self.calls += 1
-        self.hold_open_at_commit = bool(await _open_reservations(self.sessions))
+        try:
+            self.hold_open_at_commit = bool(await _open_reservations(self.sessions))
+        except asyncio.CancelledError:
+            # Cancelled before its first chunk (the hold was refused first): the real Committer
+            # cancels its attempt on the way out, as this one records.
+            self.dispatcher.cancelled.append(_Attempt())
+            raise
         if self.fail is not None:
             raise self.fail
         return Committed(_Attempt(), b"data: {}", 1, prepared)  # type: ignore[arg-type]
