@@ -179,6 +179,7 @@ class _Job:
     prompt: list[int] = field(default_factory=list)
     cached: int = 0  # prompt tokens whose KV the stream already held
     pending: list[int] = field(default_factory=list)  # prompt tokens not yet evaluated
+    read_at: int = -1  # the step that last read a chunk of ``pending`` (round-robin order)
     limit: int = 0
     sampler: Any = None
     next_token: int | None = None  # sampled, to be evaluated in the next step
@@ -216,10 +217,16 @@ class _Batcher:
     def submit(self, job: _Job) -> None:
         self._inbox.put(job)
 
-    def close(self) -> None:
+    def close(self) -> bool:
+        """Stop the thread; False if it is still inside a step after 10 s, when nothing it
+        uses may be freed (a leak, not a use-after-free)."""
         self._inbox.put(None)
         self._thread.join(timeout=10)
+        if self._thread.is_alive():
+            log.error("llama.cpp engine thread did not stop; its context is left allocated")
+            return False
         self._llama_cpp.llama_batch_free(self._batch)
+        return True
 
     # --- the engine thread ----------------------------------------------------------------
 
@@ -348,11 +355,14 @@ class _Batcher:
                 self._add(job, job.next_token, logits=True)
                 job.next_token = None
         room = N_BATCH - batch.n_tokens
-        for job in self._running:
+        # Prompt chunks round-robin: the prompt that read least recently goes first, so a short
+        # prompt is not held behind the whole of a long one admitted before it.
+        for job in sorted((j for j in self._running if j.pending), key=lambda j: j.read_at):
             chunk = min(len(job.pending), PREFILL_CHUNK)
-            if not chunk or chunk > room:
+            if chunk > room:
                 continue  # (a chunk that does not fit waits a step rather than being cut)
             take, job.pending = job.pending[:chunk], job.pending[chunk:]
+            job.read_at = self.steps
             room -= chunk
             for k, token in enumerate(take):
                 last = not job.pending and k == len(take) - 1
@@ -559,7 +569,8 @@ class LlamaCppModel:
         self._free.release()
 
     def close(self) -> None:
-        self._batcher.close()
+        if not self._batcher.close():
+            return
         self._ctx.close()
         self._llama_model.close()
 
