@@ -139,7 +139,8 @@ class Coordinator:
 class Provider:
     def __init__(self, coordinator: Coordinator, name: str = "provider", slots: int = 1,
                  threads: int | None = None, fallbacks: tuple[Coordinator, ...] = (),
-                 simulated: bool = False, sim_tokens: int = 16, sim_token_s: float = 0.01) -> None:
+                 simulated: bool = False, sim_tokens: int = 16, sim_token_s: float = 0.01,
+                 sim_prefill_s: float = 0.0) -> None:
         """`fallbacks`: more coordinators of the same network, passed after `coordinator` as
         repeated `serve --coordinator` options (the provider fails over among them in order).
         `simulated`: the SIMULATED provider of tests/e2e/sim_provider.py (the real agent over a
@@ -159,6 +160,7 @@ class Provider:
         if simulated:
             self.env.update({"DARKBLOOM_SIM_TOKENS": str(sim_tokens),
                              "DARKBLOOM_SIM_TOKEN_S": str(sim_token_s),
+                             "DARKBLOOM_SIM_PREFILL_S": str(sim_prefill_s),
                              "DARKBLOOM_PROVIDER_COORDINATOR_URLS": ",".join(
                                  c.ws_url for c in (coordinator, *fallbacks))})
         self.proc: subprocess.Popen[bytes] | None = None

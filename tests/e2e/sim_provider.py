@@ -38,8 +38,8 @@ class ReplayEngine:
 
     name = "simulated"
 
-    def __init__(self, slots: int, tokens: int, token_s: float) -> None:
-        self._slots, self.tokens, self.token_s = slots, tokens, token_s
+    def __init__(self, slots: int, tokens: int, token_s: float, prefill_s: float = 0.0) -> None:
+        self._slots, self.tokens, self.token_s, self.prefill_s = slots, tokens, token_s, prefill_s
         self._busy = 0
         path = DEFAULT_MODEL.weights_path()
         self._builder = PromptBuilder.vocab_only(path) if path is not None else None
@@ -77,6 +77,8 @@ class ReplayEngine:
         self._busy += 1
         try:
             yield Started(prompt)
+            if self.prefill_s:  # a prompt's evaluation, as a real engine's takes time
+                await asyncio.sleep(self.prefill_s)
             for i in range(limit):
                 if cancel.is_set():
                     yield Finished("cancelled", prompt, i)
@@ -96,7 +98,8 @@ def main() -> None:
     settings = get_provider_settings()
     logging.basicConfig(level=settings.log_level.upper())
     engine = ReplayEngine(settings.slots, int(os.environ.get("DARKBLOOM_SIM_TOKENS", "16")),
-                          float(os.environ.get("DARKBLOOM_SIM_TOKEN_S", "0.01")))
+                          float(os.environ.get("DARKBLOOM_SIM_TOKEN_S", "0.01")),
+                          float(os.environ.get("DARKBLOOM_SIM_PREFILL_S", "0")))
     asyncio.run(serve(settings, engine))
 
 
