@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import tempfile
@@ -403,10 +404,13 @@ Same machine, 2 cores, everything co-located:
     if vllm_check.MARK_START in old and vllm_check.MARK_END in old:  # recorded on a GPU machine
         kept = old.split(vllm_check.MARK_START, 1)[1].split(vllm_check.MARK_END, 1)[0]
         report = f"{report.rstrip()}\n\n{vllm_check.MARK_START}{kept}{vllm_check.MARK_END}\n"
+    for block in KEPT.findall(old):  # written from other scripts' runs (their commands inside)
+        report = f"{report.rstrip()}\n\n{block}\n"
     out.write_text(report)
     print(report)
 
 
+KEPT = re.compile(r"<!-- kept: [^>]*-->.*?<!-- /kept -->", re.S)
 PRIORITY_NICE = -10
 
 

@@ -60,7 +60,10 @@ N_BATCH = 512  # tokens per llama_decode: the generating sequences' tokens, then
 # cut by how full a step is: the same request is evaluated the same way under any load.
 PREFILL_CHUNK = 256
 MAX_SLOTS = N_BATCH - PREFILL_CHUNK  # so a chunk always fits beside every generating sequence
-DEFAULT_SLOTS = 8  # when the operator sets none: 8 streams decode ~3x one's tokens/s (BENCHMARKS)
+# When the operator sets none. On the 2-core bench machine 8 streams give 1.33x one stream's
+# tokens/s end to end, near llama.cpp's own 1.52x for 8 sequences per llama_decode on that model
+# (docs/BENCHMARKS.md); more slots there would only lengthen each stream's steps.
+DEFAULT_SLOTS = 8
 KV_BUDGET = 2 * 2**30  # bytes of KV cache the default slot count may take
 PENALTY_LAST_N = 64  # llama-cpp-python's default window for repetition penalties
 PrefixReuse = Literal["off", "extend", "any"]
