@@ -6,6 +6,7 @@ llama.cpp calls are fakes. Each ``xfail(strict=True)`` test shows a finding of
 from __future__ import annotations
 
 import asyncio
+import itertools
 import queue
 import threading
 from types import SimpleNamespace
@@ -60,6 +61,7 @@ def _bare_batcher(streams: list[_Stream], reuse: llamacpp.PrefixReuse = "extend"
                                n_tokens=0)
     b._streams = streams
     b.steps = 0
+    b._tickets = itertools.count()
     b._running = []
     b._inbox = queue.SimpleQueue()
     b._outbox = []
@@ -157,7 +159,7 @@ def test_a_second_prompt_is_not_starved_by_a_long_one() -> None:
     log: list[Any] = []
     generating, long, short = _job("a", log), _job("b", log), _job("c", log)
     for job, stream in zip((generating, long, short), streams, strict=True):
-        job.stream, job.stops = stream, None
+        job.stream, job.stops, job.turn = stream, None, next(b._tickets)  # as _admit does
         stream.busy = True
         b._running.append(job)
     generating.next_token = 7
@@ -172,6 +174,47 @@ def test_a_second_prompt_is_not_starved_by_a_long_one() -> None:
         b._step()
     assert len(short.pending) < PREFILL_CHUNK, "the short prompt read nothing in 3 steps"
     assert len(long.pending) == PREFILL_CHUNK * 18, "the long prompt stopped advancing"
+
+
+def test_a_long_prompt_is_not_starved_by_a_stream_of_short_ones() -> None:
+    """Round-robin by ticket, not by step: a prompt admitted after the long one started goes to
+    the back of the line, so clients keeping every free slot filled with PREFILL_CHUNK prompts
+    (each done the step it is read) cannot hold a half-read long prompt back: it reads at least
+    once every ``slots - 1`` steps."""
+    streams = [_Stream(n) for n in range(8)]
+    b = _bare_batcher(streams)
+    log: list[Any] = []
+    generating, long = _job("a", log), _job("b", log)
+    for job, stream in zip((generating, long), streams[:2], strict=True):
+        job.stream, job.stops, job.turn = stream, None, next(b._tickets)
+        stream.busy = True
+        b._running.append(job)
+    generating.next_token = 7
+    long.pending = [1] * (PREFILL_CHUNK * 20)
+
+    def sample(job: _Job, index: int) -> None:
+        if job is generating:
+            job.next_token = 7
+        elif job is not long:  # a short one answered its one token: it leaves
+            b._running.remove(job)
+            assert job.stream is not None
+            job.stream.busy = False
+
+    b._sample = sample  # type: ignore[method-assign]
+    reads = []
+    for step in range(40):
+        for free in [s for s in streams if not s.busy]:  # every free slot takes a short prompt
+            short = _job("c", log)
+            short.stream, short.stops, short.turn = free, None, next(b._tickets)
+            short.pending = [1] * PREFILL_CHUNK
+            free.busy = True
+            b._running.append(short)
+        before = len(long.pending)
+        b._step()
+        if len(long.pending) < before:
+            reads.append(step)
+    gaps = [b - a for a, b in zip([0, *reads], reads, strict=False)]
+    assert reads and max(gaps) <= len(streams) - 1, f"the long prompt read at steps {reads}"
 
 
 async def test_consumer_sealed_requests_ignore_the_coordinators_scope(
@@ -299,6 +342,7 @@ async def test_a_write_cancelled_before_the_transport_took_it_counts_nothing() -
     with pytest.raises(asyncio.CancelledError):
         await relay._write(send, events)
     assert relay.relayed == 0 and relay.opened.delivered == []
+    assert relay.opened.outcome.bytes_out == 0 and not relay.content_done
 
 
 def test_an_unverified_slot_claim_is_bounded() -> None:

@@ -135,10 +135,12 @@ class SSERelay(Response):
         opened = self.opened
         first = self.relayed == 0
         body = b"".join(map(self._event, events))
+        # uvicorn waits for the transport to drain before it writes: a send cancelled there
+        # wrote nothing, so nothing is counted until it returns.
+        await send({"type": "http.response.body", "body": body, "more_body": True})
+        opened.outcome.bytes_out += len(body)
         if any(event.startswith(RECEIPT_MARK) for event in events):
             self.content_done = True
-        opened.outcome.bytes_out += len(body)
-        await send({"type": "http.response.body", "body": body, "more_body": True})
         if first:  # committed: written after the first chunk is out, off the time to first token
             self.pipeline.begin(opened)
         self.relayed += len(events)

@@ -24,6 +24,7 @@ import asyncio
 import codecs
 import contextlib
 import importlib.util
+import itertools
 import logging
 import os
 import queue
@@ -60,7 +61,7 @@ N_BATCH = 512  # tokens per llama_decode: the generating sequences' tokens, then
 # cut by how full a step is: the same request is evaluated the same way under any load.
 PREFILL_CHUNK = 256
 MAX_SLOTS = N_BATCH - PREFILL_CHUNK  # so a chunk always fits beside every generating sequence
-# When the operator sets none. On the 2-core bench machine 8 streams give 1.33x one stream's
+# When the operator sets none. On the 2-core bench machine 8 streams give 1.33-1.37x one stream's
 # tokens/s end to end, near llama.cpp's own 1.52x for 8 sequences per llama_decode on that model
 # (docs/BENCHMARKS.md); more slots there would only lengthen each stream's steps.
 DEFAULT_SLOTS = 8
@@ -182,7 +183,7 @@ class _Job:
     prompt: list[int] = field(default_factory=list)
     cached: int = 0  # prompt tokens whose KV the stream already held
     pending: list[int] = field(default_factory=list)  # prompt tokens not yet evaluated
-    read_at: int = -1  # the step that last read a chunk of ``pending`` (round-robin order)
+    turn: int = 0  # when it was admitted or last read a chunk: a ticket (round-robin order)
     limit: int = 0
     sampler: Any = None
     next_token: int | None = None  # sampled, to be evaluated in the next step
@@ -209,6 +210,7 @@ class _Batcher:
         self._batch = llama_cpp.llama_batch_init(N_BATCH, 0, 1)
         self._streams = [_Stream(seq) for seq in range(streams)]
         self.steps = 0  # llama_decode calls: tokens per step is how full batches run
+        self._tickets = itertools.count()  # prompt-reading turns, handed out in order
         self._running: list[_Job] = []
         self._inbox: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._outbox: list[tuple[_Job, Callable[[Any], object], Any]] = []
@@ -222,13 +224,17 @@ class _Batcher:
 
     def close(self) -> bool:
         """Stop the thread; False if it is still inside a step after 10 s, when nothing it
-        uses may be freed (a leak, not a use-after-free)."""
+        uses may be freed here (llama-cpp-python frees the context once the thread lets go of
+        it; the batch leaks). Closing twice frees nothing twice."""
+        if self._batch is None:
+            return True
         self._inbox.put(None)
         self._thread.join(timeout=10)
         if self._thread.is_alive():
-            log.error("llama.cpp engine thread did not stop; its context is left allocated")
+            log.error("llama.cpp engine thread did not stop within 10 s; not freeing its batch")
             return False
         self._llama_cpp.llama_batch_free(self._batch)
+        self._batch = None
         return True
 
     # --- the engine thread ----------------------------------------------------------------
@@ -305,6 +311,7 @@ class _Batcher:
         del stream.cached[keep:]
         stream.busy, stream.scope, stream.prompt_len, stream.kept = True, job.scope, len(prompt), keep
         job.stream, job.prompt, job.pending, job.cached = stream, prompt, prompt[keep:], keep
+        job.turn = next(self._tickets)
         self._outbox.append((job, job.emit, Started(len(prompt))))
         self._running.append(job)
 
@@ -358,14 +365,16 @@ class _Batcher:
                 self._add(job, job.next_token, logits=True)
                 job.next_token = None
         room = N_BATCH - batch.n_tokens
-        # Prompt chunks round-robin: the prompt that read least recently goes first, so a short
-        # prompt is not held behind the whole of a long one admitted before it.
-        for job in sorted((j for j in self._running if j.pending), key=lambda j: j.read_at):
+        # Prompt chunks round-robin: the prompt that read (or was admitted) least recently goes
+        # first, so a short prompt is not held behind the whole of a long one admitted before
+        # it, nor a long one behind a stream of short ones admitted after it. The first in line
+        # always fits (room >= N_BATCH - MAX_SLOTS = PREFILL_CHUNK).
+        for job in sorted((j for j in self._running if j.pending), key=lambda j: j.turn):
             chunk = min(len(job.pending), PREFILL_CHUNK)
             if chunk > room:
                 continue  # (a chunk that does not fit waits a step rather than being cut)
             take, job.pending = job.pending[:chunk], job.pending[chunk:]
-            job.read_at = self.steps
+            job.turn = next(self._tickets)
             room -= chunk
             for k, token in enumerate(take):
                 last = not job.pending and k == len(take) - 1
