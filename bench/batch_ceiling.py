@@ -19,6 +19,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 PROMPT, STEPS, N_CTX = 40, 48, 2048
+REPEATS = 5  # each figure is the median of this many runs, interleaved across the settings
+
+
+def median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
 
 
 def tokens_per_s(model: Any, sequences: int, unified: bool, threads: int) -> float:
@@ -69,15 +74,20 @@ def main() -> None:
     internals = importlib.import_module("llama_cpp._internals")
     model = internals.LlamaModel(path_model=path, params=llama_cpp.llama_model_default_params(),
                                  verbose=False)
-    print(f"{Path(path).name}, {threads} threads, {STEPS} steps after a {PROMPT}-token prompt each")
+    print(f"{Path(path).name}, {threads} threads, {STEPS} steps after a {PROMPT}-token prompt "
+          f"each; medians of {REPEATS} interleaved runs")
+    settings = [(1, False), (4, False), (4, True), (8, False), (8, True)]
+    runs: dict[tuple[int, bool], list[float]] = {s: [] for s in settings}
     try:
-        one = tokens_per_s(model, 1, False, threads)
+        for _ in range(REPEATS):
+            for sequences, unified in settings:
+                runs[(sequences, unified)].append(tokens_per_s(model, sequences, unified, threads))
+        one = median(runs[(1, False)])
         print(f"  B=1: {one:.1f} tok/s")
-        for sequences in (4, 8):
-            for unified in (False, True):
-                tps = tokens_per_s(model, sequences, unified, threads)
-                print(f"  B={sequences} {'unified' if unified else 'split'} KV: {tps:.1f} tok/s "
-                      f"({tps / one:.2f}x B=1)", flush=True)
+        for sequences, unified in settings[1:]:
+            tps = median(runs[(sequences, unified)])
+            print(f"  B={sequences} {'unified' if unified else 'split'} KV: {tps:.1f} tok/s "
+                  f"({tps / one:.2f}x B=1)", flush=True)
     finally:
         model.close()
 
