@@ -48,10 +48,18 @@ async def _count_is(coordinator: Coordinator, n: int) -> bool:
     return await _count(coordinator) == n
 
 
-def _chat(coordinator: Coordinator) -> httpx.Response:
+def _chat(coordinator: Coordinator, api_key: str | None = None) -> httpx.Response:
     return httpx.post(f"{coordinator.base_url}/v1/chat/completions", timeout=60,
                       json={"model": MODEL, "messages": HI, "max_tokens": 2},
-                      headers={"Authorization": f"Bearer {coordinator.api_key}"})
+                      headers={"Authorization": f"Bearer {api_key or coordinator.api_key}"})
+
+
+def _new_consumer(coordinator: Coordinator, account: str) -> str:
+    """A funded key of an account that has never been served: routing has no provider it
+    prefers for it (the prefix-cache affinity), so near-tied providers are picked at random."""
+    key = _cli(["keys", "create", "--label", account, "--account", account], coordinator.env)
+    _cli(["admin", "credit", "--account", account, "--amount", "1"], coordinator.env)
+    return key
 
 
 @pytest.fixture
@@ -264,8 +272,11 @@ def test_a_provider_4xx_is_a_failed_attempt(coordinator: Coordinator) -> None:
         async def go() -> None:
             async with FakeProvider(coordinator, on_request=_refuse) as refuser:
                 await _until(lambda: _count_is(coordinator, 2), "both providers")
-                for _ in range(30):  # ties are broken at random: until the refuser was tried
-                    reply = await asyncio.to_thread(_chat, coordinator)
+                for i in range(30):  # ties are broken at random: until the refuser was tried
+                    # An account of its own each time: one already served would be routed to
+                    # the provider that served it, and the refuser would never be tried.
+                    key = await asyncio.to_thread(_new_consumer, coordinator, f"fresh-{i}")
+                    reply = await asyncio.to_thread(_chat, coordinator, key)
                     assert reply.status_code == 200
                     assert reply.headers["x-provider-id"] != refuser.registered["provider_id"]
                     if refuser.requests:

@@ -218,13 +218,17 @@ def login(
     from rich.text import Text
 
     from darkbloom.cli.device_login import LoginError, poll_token, request_code
+    from darkbloom.cli.interruptible import Interruptible
     from darkbloom.provider.config_files import save_token
 
     settings = provider_settings()
     base = _coordinator_base(settings, coordinator)
     try:
-        with httpx.Client(follow_redirects=False) as client:
-            code = request_code(client, base)
+        # Not `with httpx.Client`: after a Ctrl-C its close would wait on a request still in
+        # flight in the abandoned thread. The process ends either way.
+        client = httpx.Client(follow_redirects=False)
+        with Interruptible() as waiting:
+            code = waiting.run(lambda: request_code(client, base))
             body = Text.assemble(
                 ("Open  ", "bold"), (code.verification_uri, "bold cyan underline"),
                 ("\nand enter the code\n\n", "bold"), (f"  {code.user_code}  ", "bold black on yellow"),
@@ -232,7 +236,8 @@ def login(
             console.print(Panel(body, title="Link this machine to your darkbloom account",
                                 expand=False, padding=(1, 4)))
             with console.status("Waiting for the code to be approved... (Ctrl-C to cancel)"):
-                linked = poll_token(client, base, code)
+                linked = waiting.run(lambda: poll_token(client, base, code))
+        client.close()
         save_token(settings.config_dir, linked.token)
     except LoginError as exc:
         fail(str(exc))

@@ -1,0 +1,76 @@
+"""Ctrl-C for a command that waits on the network behind a Rich spinner, without hanging.
+
+Python raises KeyboardInterrupt at whatever bytecode the main thread is on. Landing between a
+lock's ``acquire()`` and the ``try`` that releases it (httpcore's pool lock, Rich's Live lock as
+the spinner starts) leaves that lock held, and the cleanup that follows waits for it forever:
+`darkbloom login`, interrupted just as its code appeared, hung until killed. Here SIGINT only
+sets a flag; the blocking work runs in a daemon thread; the main thread sleeps in short ticks
+and raises KeyboardInterrupt itself, from its own loop, where no lock is held.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType, TracebackType
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+TICK_S = 0.05  # how soon a Ctrl-C is seen
+
+
+class Interruptible:
+    """``with Interruptible() as waiting: result = waiting.run(work)``; Ctrl-C raises
+    KeyboardInterrupt from ``run`` (or on leaving the block) and nowhere else. Off the main
+    thread, where no handler can be installed, Python's default behaviour stays."""
+
+    def __init__(self) -> None:
+        self.cancelled = False
+        self._previous: Any = None
+        self._installed = False
+
+    def __enter__(self) -> Interruptible:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+            self._installed = True
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous)
+            self._installed = False
+        if self.cancelled and exc_type is None:
+            raise KeyboardInterrupt  # pressed between two waits: still a cancel
+
+    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
+        self.cancelled = True  # a plain store: nothing here can be left half-done
+
+    def run(self, work: Callable[[], T]) -> T:
+        """``work()`` in a daemon thread: its result, or its exception re-raised. On Ctrl-C the
+        thread is abandoned mid-call (the process is about to exit)."""
+        outcome: list[tuple[bool, Any]] = []
+        done = threading.Event()
+
+        def target() -> None:
+            try:
+                outcome.append((True, work()))
+            except BaseException as exc:  # handed to the caller's thread below
+                outcome.append((False, exc))
+            finally:
+                done.set()
+
+        threading.Thread(target=target, name="interruptible", daemon=True).start()
+        while not done.is_set():  # is_set reads a flag: no lock a signal could strand
+            if self.cancelled:
+                raise KeyboardInterrupt
+            time.sleep(TICK_S)
+        if self.cancelled:
+            raise KeyboardInterrupt
+        ok, value = outcome[0]
+        if ok:
+            return value  # type: ignore[no-any-return]
+        raise value
