@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -152,6 +153,35 @@ def test_models_list_offline_shows_what_is_here_with_a_note(tmp_path: Path) -> N
     listed = json.loads(done.stdout)
     assert listed["reachable"] is False
     assert [m["id"] for m in listed["models"]] == [DEFAULT_MODEL.id, WHISPER_TINY_EN.id]
+
+
+def test_ctrl_c_during_a_download_ends_it_resumable(cli_stack: CliStack, tmp_path: Path) -> None:
+    """Ctrl-C while the server holds the connection: exit 130 with one line, at once (the read
+    in flight is abandoned, not waited for), the partial file kept for the next run."""
+    files = cli_stack.files
+    env = env_for(tmp_path, cli_stack.coordinator.ws_url)
+    files.cut_after = CUT
+    files.release.clear()
+    proc = subprocess.Popen([sys.executable, "-m", "darkbloom", "models", "download", "--model",
+                             "tiny-dl"], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    part = tmp_path / "models" / "tiny.gguf.part"
+    try:
+        deadline = time.monotonic() + 60
+        while not (part.is_file() and part.stat().st_size == CUT):
+            assert proc.poll() is None and time.monotonic() < deadline, "never reached the cut"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 130
+        out = proc.stdout.read().decode() if proc.stdout else ""
+    finally:
+        files.release.set()
+        files.cut_after = None
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "run the same command again to resume the download" in out
+    assert part.stat().st_size == CUT and not (tmp_path / "models" / "tiny.gguf").exists()
 
 
 def test_a_download_whose_hash_differs_installs_nothing(cli_stack: CliStack, tmp_path: Path) -> None:

@@ -166,6 +166,7 @@ def download(
     """
     from rich.markup import escape
 
+    from darkbloom.cli.interruptible import Interruptible
     from darkbloom.provider.agent import redact_url
     from darkbloom.provider.model_store import DownloadSpec, StoreError, fits, memory_budget
 
@@ -199,7 +200,8 @@ def download(
         console.print(f"resuming {spec.id} at {resumed / 1e9:.2f} of {spec.size_bytes / 1e9:.2f} GB",
                       markup=False)
     try:
-        with _progress() as progress:
+        # Ctrl-C as in `login` (cli/interruptible.py): never raised inside the progress bar's lock.
+        with Interruptible() as waiting, _progress() as progress:
             task: list[Any] = []
 
             def report(done: int, total: int) -> None:
@@ -207,7 +209,7 @@ def download(
                     task.append(progress.add_task(spec.id, total=total, completed=done))
                 progress.update(task[0], completed=done)
 
-            local = store.download(spec, report)
+            local = waiting.run(lambda: store.download(spec, report))
     except StoreError as exc:
         fail(str(exc))
     except OSError as exc:  # the disk filled up, the directory is read-only...
