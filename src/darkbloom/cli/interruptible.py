@@ -10,7 +10,10 @@ and raises KeyboardInterrupt itself, from its own loop, where no lock is held.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -24,8 +27,11 @@ TICK_S = 0.05  # how soon a Ctrl-C is seen
 
 class Interruptible:
     """``with Interruptible() as waiting: result = waiting.run(work)``; Ctrl-C raises
-    KeyboardInterrupt from ``run`` (or on leaving the block) and nowhere else. Off the main
-    thread, where no handler can be installed, Python's default behaviour stays."""
+    KeyboardInterrupt from ``run`` and nowhere else: a press while no work runs cancels the next
+    ``run``, a press after the last one cancels nothing (its work is done: a token kept, a
+    download complete). A second press exits at once (130), for a main thread stuck elsewhere,
+    e.g. on a terminal paused with Ctrl-S. Off the main thread, or where SIGINT is ignored (a
+    background job), Python's behaviour stays."""
 
     def __init__(self) -> None:
         self.cancelled = False
@@ -33,7 +39,8 @@ class Interruptible:
         self._installed = False
 
     def __enter__(self) -> Interruptible:
-        if threading.current_thread() is threading.main_thread():
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) not in (signal.SIG_IGN, None)):
             self._previous = signal.signal(signal.SIGINT, self._on_sigint)
             self._installed = True
         return self
@@ -43,15 +50,20 @@ class Interruptible:
         if self._installed:
             signal.signal(signal.SIGINT, self._previous)
             self._installed = False
-        if self.cancelled and exc_type is None:
-            raise KeyboardInterrupt  # pressed between two waits: still a cancel
 
     def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
+        if self.cancelled:  # the second press: whatever the main thread waits on, leave now
+            with contextlib.suppress(Exception):
+                if sys.stdout.isatty():  # the spinner hid the cursor
+                    os.write(sys.stdout.fileno(), b"\x1b[?25h\n")
+            os._exit(130)
         self.cancelled = True  # a plain store: nothing here can be left half-done
 
     def run(self, work: Callable[[], T]) -> T:
         """``work()`` in a daemon thread: its result, or its exception re-raised. On Ctrl-C the
         thread is abandoned mid-call (the process is about to exit)."""
+        if self.cancelled:
+            raise KeyboardInterrupt  # pressed since the last wait
         outcome: list[tuple[bool, Any]] = []
         done = threading.Event()
 
@@ -68,8 +80,6 @@ class Interruptible:
             if self.cancelled:
                 raise KeyboardInterrupt
             time.sleep(TICK_S)
-        if self.cancelled:
-            raise KeyboardInterrupt
         ok, value = outcome[0]
         if ok:
             return value  # type: ignore[no-any-return]

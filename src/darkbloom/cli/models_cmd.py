@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from darkbloom.cli import provider_flags
+from darkbloom.cli.interruptible import Interruptible
 from darkbloom.cli.provider_common import (
     console,
     err_console,
@@ -117,7 +118,10 @@ def list_models(
     where = redact_url(settings.coordinators[0])
     catalog: list[dict[str, Any]] | None
     try:
-        catalog = fetch_catalog(settings)
+        with Interruptible() as waiting:  # Ctrl-C as in `login` (cli/interruptible.py)
+            catalog = waiting.run(lambda: fetch_catalog(settings))
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
     except OSError as exc:
         catalog = None
         err_console.print(f"note: coordinator {where} unreachable ({exc}); showing the models on "
@@ -166,13 +170,15 @@ def download(
     """
     from rich.markup import escape
 
-    from darkbloom.cli.interruptible import Interruptible
     from darkbloom.provider.agent import redact_url
     from darkbloom.provider.model_store import DownloadSpec, StoreError, fits, memory_budget
 
     settings = provider_settings(provider_flags.flags(coordinator))
     try:
-        catalog = fetch_catalog(settings)
+        with Interruptible() as waiting:  # Ctrl-C as in `login` (cli/interruptible.py)
+            catalog = waiting.run(lambda: fetch_catalog(settings))
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
     except OSError as exc:
         fail(f"cannot read the catalog from {redact_url(settings.coordinators[0])} ({exc}); "
              "check that the coordinator runs, or pass --coordinator")
@@ -200,7 +206,7 @@ def download(
         console.print(f"resuming {spec.id} at {resumed / 1e9:.2f} of {spec.size_bytes / 1e9:.2f} GB",
                       markup=False)
     try:
-        # Ctrl-C as in `login` (cli/interruptible.py): never raised inside the progress bar's lock.
+        # Never raised inside the progress bar's lock.
         with Interruptible() as waiting, _progress() as progress:
             task: list[Any] = []
 

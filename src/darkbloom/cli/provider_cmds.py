@@ -223,10 +223,10 @@ def login(
 
     settings = provider_settings()
     base = _coordinator_base(settings, coordinator)
+    # Not `with httpx.Client`: after a Ctrl-C its close would wait on a request still in flight
+    # in the abandoned thread (the process ends at once instead).
+    client = httpx.Client(follow_redirects=False)
     try:
-        # Not `with httpx.Client`: after a Ctrl-C its close would wait on a request still in
-        # flight in the abandoned thread. The process ends either way.
-        client = httpx.Client(follow_redirects=False)
         with Interruptible() as waiting:
             code = waiting.run(lambda: request_code(client, base))
             body = Text.assemble(
@@ -238,8 +238,9 @@ def login(
             with console.status("Waiting for the code to be approved... (Ctrl-C to cancel)"):
                 linked = waiting.run(lambda: poll_token(client, base, code))
         client.close()
-        save_token(settings.config_dir, linked.token)
+        save_token(settings.config_dir, linked.token)  # a Ctrl-C after approval keeps the token
     except LoginError as exc:
+        client.close()
         fail(str(exc))
     except KeyboardInterrupt:
         fail("login cancelled: nothing was stored", 130)
@@ -304,17 +305,25 @@ def _dicts(value: object, limit: int) -> list[dict[str, Any]]:
 def _fetch_earnings(settings: ProviderSettings, base: str, limit: int) -> dict[str, Any]:
     import httpx
 
-    from darkbloom.cli.device_login import LoginError, call
+    from darkbloom.cli.device_login import Answer, LoginError, call
+    from darkbloom.cli.interruptible import Interruptible
 
     token = settings.token.get_secret_value() if settings.token else None
     if not token:
         fail("not logged in: run `darkbloom login` to link this machine to your account")
-    try:
+
+    def fetch() -> Answer:
         with httpx.Client(follow_redirects=False) as client:
-            answer = call(client, "GET", f"{base}/v1/provider/account-earnings?limit={limit}",
-                          token=token)
+            return call(client, "GET", f"{base}/v1/provider/account-earnings?limit={limit}",
+                        token=token)
+
+    try:
+        with Interruptible() as waiting:  # Ctrl-C as in `login`
+            answer = waiting.run(fetch)
     except LoginError as exc:
         fail(str(exc))
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
     if answer.status == 401:
         fail("the coordinator refused this machine's provider token (revoked?): run "
               "`darkbloom login` again")

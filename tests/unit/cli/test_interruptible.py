@@ -20,12 +20,34 @@ def _ctrl_c() -> None:
 
 def test_a_ctrl_c_inside_a_lock_does_not_strand_it() -> None:
     lock = threading.Lock()
-    with pytest.raises(KeyboardInterrupt), Interruptible() as waiting:
+    with Interruptible() as waiting:
         lock.acquire()
         _ctrl_c()  # with Python's default handler this would raise here, the lock still held
         lock.release()
         assert waiting.cancelled
+        with pytest.raises(KeyboardInterrupt):  # the next wait is cancelled at once
+            waiting.run(lambda: time.sleep(30))
     assert not lock.locked()
+
+
+def test_a_ctrl_c_after_the_last_wait_cancels_nothing() -> None:
+    with Interruptible() as waiting:
+        assert waiting.run(lambda: "token") == "token"
+        _ctrl_c()  # e.g. while the spinner stops: the token is kept, nothing is raised
+    assert waiting.cancelled
+
+
+def test_an_ignored_sigint_stays_ignored() -> None:
+    """A background job (`cmd &` from sh) ignores SIGINT: a Ctrl-C meant for the foreground job
+    must not cancel it."""
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with Interruptible() as waiting:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            _ctrl_c()
+            assert waiting.run(lambda: 7) == 7
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_run_raises_promptly_on_ctrl_c_while_the_work_blocks() -> None:
