@@ -160,8 +160,9 @@ class Ui:
 
     def _failed(self, request: Request) -> None:
         failure = request.failure or ""
-        if "ERR_ABORTED" in failure and request.resource_type in ("fetch", "document"):
-            return  # a stream the test stopped, or a navigation away from a page
+        if "ERR_ABORTED" in failure and request.resource_type in (
+                "fetch", "document", "image", "other"):
+            return  # a stream the test stopped, a navigation away (the favicon's load with it)
         self.problems.append(f"request failed: {request.method} {request.url} ({failure})")
 
 

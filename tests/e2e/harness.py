@@ -36,6 +36,13 @@ def _cli(args: list[str], env: dict[str, str]) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
+def default_sigint() -> None:
+    """``preexec_fn`` for a child a test sends SIGINT to, as a terminal's Ctrl-C would: a suite
+    started in the background (``cmd &`` from a shell without job control, as CI may be) ignores
+    SIGINT, children inherit that, and Python then leaves it ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _terminate(proc: subprocess.Popen[bytes] | None) -> None:
     """SIGTERM (a clean shutdown, as an operator would stop it), SIGKILL after 20 s."""
     if proc and proc.poll() is None:

@@ -25,7 +25,7 @@ import pytest
 
 from darkbloom.inference.catalog import DEFAULT_MODEL, WHISPER_TINY_EN
 from darkbloom.provider.benchmark import load_benchmark
-from tests.e2e.harness import ROOT, Coordinator, free_port
+from tests.e2e.harness import ROOT, Coordinator, default_sigint, free_port
 from tests.e2e.terminal import Terminal
 from tests.range_server import RangeServer, serving
 
@@ -164,7 +164,8 @@ def test_ctrl_c_during_a_download_ends_it_resumable(cli_stack: CliStack, tmp_pat
     files.release.clear()
     proc = subprocess.Popen([sys.executable, "-m", "darkbloom", "models", "download", "--model",
                              "tiny-dl"], env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            preexec_fn=default_sigint)
     part = tmp_path / "models" / "tiny.gguf.part"
     try:
         deadline = time.monotonic() + 60

@@ -2,10 +2,10 @@
 
 Python raises KeyboardInterrupt at whatever bytecode the main thread is on. Landing between a
 lock's ``acquire()`` and the ``try`` that releases it (httpcore's pool lock, Rich's Live lock as
-the spinner starts) leaves that lock held, and the cleanup that follows waits for it forever:
-`darkbloom login`, interrupted just as its code appeared, hung until killed. Here SIGINT only
-sets a flag; the blocking work runs in a daemon thread; the main thread sleeps in short ticks
-and raises KeyboardInterrupt itself, from its own loop, where no lock is held.
+the spinner starts: both acquire in an ``__enter__`` of their own) leaves that lock held, and
+the cleanup that follows (closing the client, stopping the spinner) waits for it forever. Here
+SIGINT only sets a flag; the blocking work runs in a daemon thread; the main thread sleeps in
+short ticks and raises KeyboardInterrupt itself, from its own loop, where no lock is held.
 """
 
 from __future__ import annotations

@@ -7,10 +7,21 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
 from darkbloom.cli.interruptible import Interruptible
+
+
+@pytest.fixture(autouse=True)
+def _python_sigint() -> Iterator[None]:
+    """A fresh process's SIGINT handler: earlier tests in this process may leave another (a
+    library's handler installed from C reads back as None)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    if before is not None:
+        signal.signal(signal.SIGINT, before)
 
 
 def _ctrl_c() -> None:

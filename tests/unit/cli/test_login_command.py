@@ -18,6 +18,8 @@ from typing import ClassVar
 
 import pytest
 
+from tests.e2e.harness import default_sigint
+
 TOKEN = "darkbloom-pt-" + "5e" * 32
 
 
@@ -88,7 +90,7 @@ def test_ctrl_c_while_waiting(tmp_path: Path, server: str) -> None:
     _Device.approve_after = 10**6
     proc = subprocess.Popen([sys.executable, "-m", "darkbloom", "login", "--coordinator", server],
                             env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=default_sigint)
     assert proc.stdout is not None and proc.stderr is not None
     try:
         for line in proc.stdout:  # the code is on the screen: the command is waiting
