@@ -153,6 +153,10 @@ async def until(check: Callable[[], Awaitable[bool]], what: str, wait_s: float =
         await asyncio.sleep(0.05)
 
 
+async def cancel_arrived(fake: FakeProvider) -> bool:
+    return bool(fake.cancels)
+
+
 async def status_is(stack: Stack, provider_id: str, *statuses: str) -> bool:
     entry = (await listing(stack)).get(provider_id)
     return entry is not None and entry["routable"] and entry["status"] in statuses
@@ -383,6 +387,8 @@ async def test_first_response_timer_retries_elsewhere(net: Stack) -> None:
     before = await Books.read(net)
     (text, headers), fake = await fake_first(net, script, lambda: openai_plain(net))
     assert text != "late"
+    # The cancel follows the consumer's error, on another connection: wait for it.
+    await until(lambda: cancel_arrived(fake), "the cancel reaches the provider", 20)
     assert fake.cancels == [fake.jobs[0].request_id]
     assert_served_once(net, fake, before, await settled(net, before, 1), headers)
 
@@ -399,6 +405,8 @@ async def test_accepted_timer_retries_elsewhere(net: Stack) -> None:
     before = await Books.read(net)
     (text, headers), fake = await fake_first(net, script, lambda: openai_stream(net))
     assert text and "late" not in text
+    # The cancel follows the consumer's error, on another connection: wait for it.
+    await until(lambda: cancel_arrived(fake), "the cancel reaches the provider", 20)
     assert fake.cancels == [fake.jobs[0].request_id]
     assert_served_once(net, fake, before, await settled(net, before, 1), headers)
 
@@ -539,6 +547,8 @@ async def test_chunk_timer_ends_the_stream_with_a_timeout_and_costs_nothing(alon
     error, fake = await serve_alone(alone, script, lambda: sdk_stream_error(alone))
     assert error.body == {"message": "provider stopped sending; response timed out",
                           "type": "timeout"}
+    # The cancel follows the consumer's error, on another connection: wait for it.
+    await until(lambda: cancel_arrived(fake), "the cancel reaches the provider", 20)
     assert fake.cancels == [fake.jobs[0].request_id]
     await assert_nothing_charged(alone, fake, before)
 
@@ -563,6 +573,8 @@ async def test_the_response_deadline_charges_what_was_delivered(alone: Stack) ->
     error, fake = await serve_alone(alone, script, lambda: sdk_stream_error(alone, 1000))
     assert error.body == {"message": "the response ran past the coordinator's time limit",
                           "type": "timeout"}
+    # The cancel follows the consumer's error, on another connection: wait for it.
+    await until(lambda: cancel_arrived(fake), "the cancel reaches the provider", 20)
     assert fake.cancels == [fake.jobs[0].request_id]
     after = await settled(alone, before, 1)
     rows, earned = after.since(before)
