@@ -83,6 +83,13 @@ def test_completions_validation(client: openai.OpenAI) -> None:
     assert _body(info.value)["param"] == "echo"
 
 
+def test_a_prompt_that_tokenizes_to_nothing_is_400(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model=MODEL, prompt="\x16", max_tokens=1)
+    error = _body(info.value)
+    assert error["code"] == "empty_prompt" and error["param"] == "prompt"
+
+
 def test_unknown_model_is_404(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as info:
         client.chat.completions.create(model="no-such-model", messages=USER)  # type: ignore[arg-type]

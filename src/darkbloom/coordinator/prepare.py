@@ -179,7 +179,9 @@ class Preparer:
                             min_trust: str | None = None) -> Prepared:
         """A media request the route has read and validated: its model, and what it may cost.
         Audio is decoded here (off the loop) to measure it: corrupt, empty or overlong audio is
-        a 400 before any money is held or any provider is asked."""
+        a 400 before any money is held or any provider is asked. ``raw`` is an image request's
+        body as sent; a transcription's is built here, once its audio passed (an upload refused
+        for its audio never costs the base64 copy)."""
         _check_trust(min_trust)
         model = self._model(media.model, endpoint)
         request = GenerationRequest(endpoint=endpoint, model=media.model, stream=False)
@@ -192,6 +194,7 @@ class Preparer:
                 self._audio, measure_audio, media.audio)
             job = MediaJob("audio_ms", audio_ms, TRANSCRIPTION_CONTENT_TYPES[media.response_format],
                            media.response_format)
+            raw = media.to_body()
         else:
             job = MediaJob("images", media.n, "application/json", "images",
                            media.sealed_answer_bytes)

@@ -73,13 +73,16 @@ class TranscriptionRequest:
         return "word" in self.timestamp_granularities
 
     def to_body(self) -> bytes:
-        """The JSON sealed to the provider."""
-        return json.dumps({
-            "model": self.model, "file": base64.b64encode(self.audio).decode("ascii"),
-            "filename": self.filename, "language": self.language, "prompt": self.prompt,
-            "response_format": self.response_format, "temperature": self.temperature,
+        """The JSON sealed to the provider. The audio's base64 is spliced in as bytes (its
+        alphabet needs no JSON escaping): a 25 MiB upload costs one 33 MiB copy here, not the four
+        a str, its JSON text and their encoding would."""
+        rest = json.dumps({
+            "model": self.model, "filename": self.filename, "language": self.language,
+            "prompt": self.prompt, "response_format": self.response_format,
+            "temperature": self.temperature,
             "timestamp_granularities": list(self.timestamp_granularities),
         }, separators=(",", ":")).encode()
+        return b"".join((b'{"file":"', base64.b64encode(self.audio), b'",', rest[1:]))
 
 
 def audio_format(filename: str) -> str:

@@ -68,3 +68,11 @@ def test_prompt_filling_context(prompt_tokens: int, request_: GenerationRequest,
     err = info.value
     assert (err.param, err.code) == (param, "context_length_exceeded")
     assert f"resulted in {prompt_tokens} tokens" in err.message
+
+
+@pytest.mark.parametrize(("request_", "param"), [(chat_request(), "messages"),
+                                                 (completion_request(), "prompt")])
+def test_no_prompt_tokens_is_refused(request_: GenerationRequest, param: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        output_budget(request_, prompt_tokens=0, context_length=4096, default_max_tokens=16)
+    assert caught.value.code == "empty_prompt" and caught.value.param == param

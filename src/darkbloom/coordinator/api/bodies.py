@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncGenerator
 from datetime import datetime
 from typing import Any, NoReturn
 
@@ -15,13 +16,14 @@ from darkbloom.errors import InvalidRequest, RequestTooLarge
 MAX_BODY_BYTES = 64 * 1024  # api.md §1: 64 KiB outside the inference routes
 
 
-async def read_body(request: Request, limit: int, idle_s: float | None = None) -> bytes:
-    """The body, at most ``limit`` bytes; with ``idle_s``, TimeoutError when the client sends
-    nothing for that long (an upload left hanging would hold its place for good)."""
+async def body_chunks(request: Request, limit: int,
+                      idle_s: float | None = None) -> AsyncGenerator[bytes, None]:
+    """The body as it arrives, at most ``limit`` bytes (413 past it); with ``idle_s``,
+    TimeoutError when the client sends nothing for that long (an upload left hanging would hold
+    its place for good)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise RequestTooLarge(f"request body exceeds {limit} bytes")
-    chunks: list[bytes] = []
     size = 0
     stream = request.stream()
     while True:
@@ -29,12 +31,16 @@ async def read_body(request: Request, limit: int, idle_s: float | None = None) -
             async with asyncio.timeout(idle_s):
                 chunk = await anext(stream)
         except StopAsyncIteration:
-            break
+            return
         size += len(chunk)
         if size > limit:
             raise RequestTooLarge(f"request body exceeds {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        yield chunk
+
+
+async def read_body(request: Request, limit: int, idle_s: float | None = None) -> bytes:
+    """The whole body, bounded as ``body_chunks`` bounds it."""
+    return b"".join([chunk async for chunk in body_chunks(request, limit, idle_s)])
 
 
 class JsonNumber(str):

@@ -7,14 +7,12 @@ the clear over TLS, like a text prompt in standard mode, and is sealed here to t
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
-
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from darkbloom.coordinator.api.bodies import read_body
+from darkbloom.coordinator.api.bodies import body_chunks, read_body
 from darkbloom.coordinator.api.errors import error_response
 from darkbloom.coordinator.api.inference import answer, make_call
 from darkbloom.coordinator.api.ratelimit import InferenceKeyDep, with_rate_headers
@@ -40,10 +38,6 @@ MAX_FIELD_BYTES = 64 * 1024
 MAX_IMAGE_BODY_BYTES = 64 * 1024
 _NO_FILENAME = ("send the audio as a file part with a filename (curl: -F file=@audio.wav; the "
                 "extension names the format)")
-
-
-async def _replay(body: bytes) -> AsyncGenerator[bytes, None]:
-    yield body
 
 
 MAX_UPLOADS_PER_ACCOUNT = 8  # uploads one account may have arriving at once
@@ -98,23 +92,23 @@ def _gate(request: Request) -> MediaGate:
 
 
 async def read_transcription(request: Request) -> TranscriptionRequest:
-    """The multipart form as a validated request. The whole body is read first, within a bound
-    (413 past it), and parsed from memory: the parser never waits on the client."""
+    """The multipart form as a validated request, parsed as it arrives within a bound (413 past
+    it): the file part is spooled to disk past 1 MiB, so an upload is held in memory once, as
+    the audio read back out of the form, never also as the raw form."""
     content_type = request.headers.get("content-type", "")
     if content_type.partition(";")[0].strip().lower() != "multipart/form-data":
         raise InvalidRequest("file is required: send the audio as multipart/form-data with a "
                              "'file' field", param="file")
-    try:
-        body = await read_body(request, MAX_FORM_BYTES, idle_s=UPLOAD_IDLE_S)
-    except TimeoutError:
-        raise InvalidRequest(f"the upload sent nothing for {UPLOAD_IDLE_S:g} s", status_code=408,
-                             code="upload_timeout") from None
     # Fields are bounded here (each named in its error) rather than by the parser's part limit,
     # whose error names no field: the whole body is already within MAX_FORM_BYTES.
-    parser = MultiPartParser(Headers({"content-type": content_type}), _replay(body),
+    parser = MultiPartParser(Headers({"content-type": content_type}),
+                             body_chunks(request, MAX_FORM_BYTES, idle_s=UPLOAD_IDLE_S),
                              max_files=1, max_fields=MAX_FORM_FIELDS, max_part_size=MAX_FORM_BYTES)
     try:
         form = await parser.parse()
+    except TimeoutError:
+        raise InvalidRequest(f"the upload sent nothing for {UPLOAD_IDLE_S:g} s", status_code=408,
+                             code="upload_timeout") from None
     except MultiPartException as exc:
         raise InvalidRequest(f"the multipart form could not be read: {str(exc)[:200]}") from None
     fields: dict[str, list[str]] = {}
@@ -158,7 +152,7 @@ async def _serve(request: Request, endpoint: MediaEndpoint, identity: KeyIdentit
             finally:
                 gate.arrived(identity.account_id)
             share = gate.take(len(media.audio))
-            body = media.to_body()
+            body = b""  # built once the audio is measured (Preparer.prepare_media)
         else:
             body, media = await read_image(request)
         return await answer(request, make_call(request, endpoint, body, identity, media=media))

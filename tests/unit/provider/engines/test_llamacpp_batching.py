@@ -158,6 +158,19 @@ async def test_a_refused_request_does_not_disturb_running_ones(model: LlamaCppMo
     assert done.finish_reason in ("length", "stop") and text
 
 
+async def test_a_prompt_of_no_tokens_is_refused_not_decoded(model: LlamaCppModel) -> None:
+    """A control character tokenizes to nothing on SmolLM2 (no BOS is added): an empty batch
+    would leave nothing to sample from. A consumer-sealed body reaches the engine unchecked."""
+    request = GenerationRequest(endpoint="/v1/completions", model=DEFAULT_MODEL.id, prompt="\x16",
+                                max_tokens=1)
+    assert model.count_tokens(request) == 0
+    with pytest.raises(InvalidRequest) as caught:
+        await run(model, request)
+    assert caught.value.code == "empty_prompt" and caught.value.param == "prompt"
+    text, done = await run(model, chat("Say hi.", 4))  # and the engine serves on
+    assert done.finish_reason in ("length", "stop") and text
+
+
 async def test_logprobs_of_a_batched_stream_match_its_text(model: LlamaCppModel) -> None:
     events: list[GenerationEvent] = []
 
