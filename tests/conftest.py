@@ -41,3 +41,27 @@ def postgres_url() -> Iterator[str]:
         yield url
     finally:
         drop_postgres_database(name)
+
+
+# --- where the suite's time goes -------------------------------------------------------------
+
+_FILE_SECONDS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Setup, call and teardown time per test file (a module's stack starts in its first setup)."""
+    path = report.nodeid.partition("::")[0]
+    _FILE_SECONDS[path] = _FILE_SECONDS.get(path, 0.0) + report.duration
+
+
+@pytest.hookimpl(trylast=True)  # after the slowest tests, next to the result line
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The slowest files, after the slowest tests: a suite kept near 20 minutes needs to see
+    which files to make cheaper, and a module-scoped stack's start is in no single test's call."""
+    if not _FILE_SECONDS:
+        return
+    total = sum(_FILE_SECONDS.values())
+    terminalreporter.section("slowest 15 files")
+    for path, seconds in sorted(_FILE_SECONDS.items(), key=lambda item: -item[1])[:15]:
+        terminalreporter.write_line(f"{seconds:8.1f}s {100 * seconds / total:5.1f}%  {path}")
+    terminalreporter.write_line(f"{total:8.1f}s in all ({len(_FILE_SECONDS)} files)")
