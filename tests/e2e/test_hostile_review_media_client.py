@@ -245,6 +245,12 @@ def test_odd_multipart_forms_are_openai_4xx_never_5xx(stack: Stack) -> None:
                             "file"),
         "a JSON body": (json.dumps({"model": WHISPER, "file": "UklGRg=="}).encode(),
                         "application/json", "file"),
+        # Charsets Python decodes oddly: punycode raised past the form parser's handler (a 500),
+        # unicode_escape and utf-7 made a lone surrogate the provider refused (a 502).
+        **{f"charset={charset}": (multipart([model, field(b"prompt", prompt), file_part(wav)]),
+                                  f"{form}; charset={charset}", None)
+           for charset, prompt in (("punycode", b"abc.def"), ("unicode_escape", b"\\ud800"),
+                                   ("utf-7", b"+2AA-"), ("latin-1", b"caf\xe9"))},
     }
     for name, (body, content_type, param) in cases.items():
         error = openai_error(stack.post("/v1/audio/transcriptions", body, content_type), 400)
@@ -255,6 +261,31 @@ def test_odd_multipart_forms_are_openai_4xx_never_5xx(stack: Stack) -> None:
     anonymous = httpx.post(f"{stack.url}/v1/audio/transcriptions", files={"file": ("a.wav", wav)},
                            data={"model": WHISPER}, timeout=30)
     assert openai_error(anonymous, 401)["code"] == "missing_api_key"
+
+
+def test_a_utf8_charset_is_welcome_and_a_hang_up_mid_upload_is_no_error(stack: Stack) -> None:
+    wav = stack.speech.read_bytes()
+    body = multipart([field(b"model", WHISPER.encode()), field(b"prompt", "caf\u00e9".encode()),
+                      file_part(wav)])
+    answer = stack.post("/v1/audio/transcriptions", body,
+                        'multipart/form-data; boundary=BOUND; charset="UTF-8"', timeout=120)
+    assert answer.status_code == 200, answer.text
+    # Every upload place of the account taken by a client that hangs up a few MiB in...
+    large = multipart([field(b"model", WHISPER.encode()), file_part(wav + bytes(10 * MiB))])
+    request = raw_request(stack.url, "/v1/audio/transcriptions", stack.coordinator.api_key, large,
+                          "multipart/form-data; boundary=BOUND")
+    port = int(stack.url.rsplit(":", 1)[1])
+    for _ in range(MAX_UPLOADS_PER_ACCOUNT):
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(request[:3 * MiB])
+    # ...is given back (a 429 until the coordinator saw each hang-up), and none was an error.
+    deadline = time.monotonic() + 60
+    while (answer := stack.post("/v1/audio/transcriptions", body,
+                                "multipart/form-data; boundary=BOUND", timeout=120)).status_code == 429:
+        assert time.monotonic() < deadline, "the hung-up uploads still hold the account's places"
+        time.sleep(0.2)
+    assert answer.status_code == 200, answer.text
+    assert "unhandled" not in stack.coordinator.log_text()
 
 
 def test_filenames_and_content_type_lies_are_harmless_and_never_logged(stack: Stack) -> None:

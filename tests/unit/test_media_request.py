@@ -46,6 +46,9 @@ def test_form_defaults_and_round_trip_through_the_sealed_body() -> None:
                                    "a/b/../c.wav", AUDIO)
     assert full.words and full.language == "en" and full.filename == "c.wav"
     assert parse_transcription_body(full.to_body()) == full
+    odd = transcription_from_form(form(prompt='"}\\ \u2028 \x00 \U0001f600 </script>'), 'q"\\.wav',
+                                  AUDIO)  # the body splices base64 into JSON: the rest must hold
+    assert parse_transcription_body(odd.to_body()) == odd
 
 
 @pytest.mark.parametrize(("fields", "filename", "audio", "param"), [
@@ -62,6 +65,7 @@ def test_form_defaults_and_round_trip_through_the_sealed_body() -> None:
     ({"stream": "true"}, "a.wav", AUDIO, "stream"),
     ({"colour": "blue"}, "a.wav", AUDIO, "colour"),
     ({"model": ["a", "b"]}, "a.wav", AUDIO, "model"),
+    ({"prompt": "half a pair \ud800"}, "a.wav", AUDIO, "prompt"),  # the provider's JSON refuses it
 ])
 def test_form_errors_name_the_field(fields: dict[str, Any], filename: str, audio: bytes | None,
                                     param: str) -> None:

@@ -85,6 +85,14 @@ class TranscriptionRequest:
         return b"".join((b'{"file":"', base64.b64encode(self.audio), b'",', rest[1:]))
 
 
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def audio_format(filename: str) -> str:
     """The format an upload's name says, ``wav`` when it has no extension; 400 for any other."""
     name = filename.rsplit("/", 1)[-1]
@@ -150,6 +158,9 @@ def transcription_request(body: Mapping[str, Any], filename: Any, audio: bytes) 
     prompt = body.get("prompt")
     if prompt is not None and (not isinstance(prompt, str) or len(prompt) > MAX_PROMPT_CHARS):
         raise InvalidRequest(f"prompt must be a string of at most {MAX_PROMPT_CHARS} characters",
+                             param="prompt")
+    if prompt is not None and not _is_unicode(prompt):  # the provider's JSON parser refuses it
+        raise InvalidRequest("prompt holds a lone UTF-16 surrogate; send valid Unicode text",
                              param="prompt")
     fmt = body.get("response_format") or "json"
     if fmt not in RESPONSE_FORMATS:

@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from darkbloom.errors import DarkbloomError, InternalError
 from darkbloom.protocol.errors import (
@@ -106,6 +107,11 @@ async def _http(request: Request, exc: Exception) -> Response:
     return error_response(error, request.url.path)
 
 
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    """The client hung up while its body was being read: nothing to answer, nothing went wrong."""
+    return Response(status_code=499)
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
     # Type, method and route template only: a message, traceback or raw path could quote the request.
     route = getattr(request.scope.get("route"), "path", None) or "(no route)"
@@ -122,4 +128,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(DarkbloomError, _darkbloom)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from python_multipart.multipart import parse_options_header
 from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
@@ -96,9 +97,14 @@ async def read_transcription(request: Request) -> TranscriptionRequest:
     it): the file part is spooled to disk past 1 MiB, so an upload is held in memory once, as
     the audio read back out of the form, never also as the raw form."""
     content_type = request.headers.get("content-type", "")
-    if content_type.partition(";")[0].strip().lower() != "multipart/form-data":
+    kind, options = parse_options_header(content_type)
+    if kind != b"multipart/form-data":
         raise InvalidRequest("file is required: send the audio as multipart/form-data with a "
                              "'file' field", param="file")
+    # The parser decodes fields in any codec Python has ("punycode" raised past its handler,
+    # "unicode_escape" made lone surrogates): fields are UTF-8, as every SDK sends them.
+    if options.get(b"charset", b"utf-8").lower() not in (b"utf-8", b"utf8", b"us-ascii"):
+        raise InvalidRequest("the form's charset must be utf-8")
     # Fields are bounded here (each named in its error) rather than by the parser's part limit,
     # whose error names no field: the whole body is already within MAX_FORM_BYTES.
     parser = MultiPartParser(Headers({"content-type": content_type}),
