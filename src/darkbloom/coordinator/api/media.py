@@ -51,9 +51,10 @@ COPIES_HELD = 5
 
 class MediaGate:
     """Bounds what uploads can make the coordinator hold (media.md): a 25 MiB upload is ~125 MB
-    while it is measured, sealed and sent. An account may have a few arriving at once (429 past
-    that), and read uploads are worked on within a memory budget in all (503 past it); a slow
-    upload holds only its own account's place while it arrives."""
+    while it is sealed and sent (its share is taken once it is read, before it is measured). An
+    account may have a few arriving at once (429 past that), and read uploads are worked on
+    within a memory budget in all (503 past it); a slow upload holds only its own account's place
+    while it arrives."""
 
     def __init__(self, budget: int = UPLOAD_MEMORY_BUDGET) -> None:
         self.uploading: dict[str, int] = {}
