@@ -93,10 +93,25 @@ def _gate(request: Request) -> MediaGate:
     return gate
 
 
+class _FormParser(MultiPartParser):
+    """Starlette's parser, refusing a field as it grows past MAX_FIELD_BYTES, so no field is held
+    whole first, with an error that names the field (the parser's own part limit names none)."""
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        part = self._current_part
+        if part.file is None and len(part.data) + end - start > MAX_FIELD_BYTES:
+            name = part.field_name[:64]
+            if name == "file":  # a part without a filename is a plain field to the parser
+                raise InvalidRequest(_NO_FILENAME, param="file")
+            raise InvalidRequest(f"form field {name!r} is over {MAX_FIELD_BYTES // 1024} KiB",
+                                 param=name)
+        super().on_part_data(data, start, end)
+
+
 async def read_transcription(request: Request) -> TranscriptionRequest:
     """The multipart form as a validated request, parsed as it arrives within a bound (413 past
-    it): the file part is spooled to disk past 1 MiB, so an upload is held in memory once, as
-    the audio read back out of the form, never also as the raw form."""
+    it): the file part is spooled to disk past 1 MiB and other fields are refused past 64 KiB,
+    so an upload is held in memory once, as the audio read back out of the form."""
     content_type = request.headers.get("content-type", "")
     kind, options = parse_options_header(content_type)
     if kind != b"multipart/form-data":
@@ -106,11 +121,9 @@ async def read_transcription(request: Request) -> TranscriptionRequest:
     # "unicode_escape" made lone surrogates): fields are UTF-8, as every SDK sends them.
     if options.get(b"charset", b"utf-8").lower() not in (b"utf-8", b"utf8", b"us-ascii"):
         raise InvalidRequest("the form's charset must be utf-8")
-    # Fields are bounded here (each named in its error) rather than by the parser's part limit,
-    # whose error names no field: the whole body is already within MAX_FORM_BYTES.
-    parser = MultiPartParser(Headers({"content-type": content_type}),
-                             body_chunks(request, MAX_FORM_BYTES, idle_s=UPLOAD_IDLE_S),
-                             max_files=1, max_fields=MAX_FORM_FIELDS, max_part_size=MAX_FORM_BYTES)
+    parser = _FormParser(Headers({"content-type": content_type}),
+                         body_chunks(request, MAX_FORM_BYTES, idle_s=UPLOAD_IDLE_S),
+                         max_files=1, max_fields=MAX_FORM_FIELDS, max_part_size=MAX_FIELD_BYTES)
     try:
         form = await parser.parse()
     except TimeoutError:
@@ -129,9 +142,6 @@ async def read_transcription(request: Request) -> TranscriptionRequest:
                 upload = value
             elif key == "file":  # a part without a filename is a plain field to the parser
                 raise InvalidRequest(_NO_FILENAME, param="file")
-            elif len(value) > MAX_FIELD_BYTES:
-                raise InvalidRequest(f"form field {key[:64]!r} is over {MAX_FIELD_BYTES // 1024} "
-                                     "KiB", param=key[:64])
             else:
                 fields.setdefault(key, []).append(value)
         audio = await upload.read() if upload is not None else None
